@@ -1,0 +1,4 @@
+//! Sans-I/O protocol state machines: SASL, c2s stream negotiation.
+#![forbid(unsafe_code)]
+
+pub mod sasl;

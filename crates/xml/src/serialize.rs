@@ -1,0 +1,143 @@
+//! Serializer: element tree → UTF-8 bytes. Stanzas are always re-serialized from the parsed
+//! tree, never forwarded as the bytes a peer sent (reliability.md §0.3).
+
+use crate::element::{Element, Node};
+
+/// Appends `s` with the five XML special characters escaped (safe for text and for
+/// attribute values quoted with either quote).
+pub fn escape_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\'' => b"&apos;",
+            b'"' => b"&quot;",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(rep);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
+/// Escapes a string into a new `String`.
+pub fn escape(s: &str) -> String {
+    let mut v = Vec::with_capacity(s.len());
+    escape_into(&mut v, s);
+    // Escaping only replaces ASCII bytes with ASCII sequences, so the result stays UTF-8.
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// The stream namespace: its elements are written with the `stream:` prefix that every stream
+/// header declares (`<stream:features>`, `<stream:error>`).
+const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
+
+pub(crate) fn write_element(el: &Element, out: &mut Vec<u8>, parent_ns: &str) {
+    out.push(b'<');
+    let prefixed = el.ns() == STREAMS_NS;
+    if prefixed {
+        out.extend_from_slice(b"stream:");
+    }
+    out.extend_from_slice(el.name().as_bytes());
+    if !prefixed && el.ns() != parent_ns {
+        out.extend_from_slice(b" xmlns='");
+        escape_into(out, el.ns());
+        out.push(b'\'');
+    }
+    let mut extra_prefix = 0usize;
+    for (k, v) in el.attrs() {
+        out.push(b' ');
+        if let Some(rest) = k.strip_prefix('{') {
+            // `{NS}name`: declare a prefix for it on this element.
+            if let Some((ns, local)) = rest.split_once('}') {
+                let prefix = format!("a{extra_prefix}");
+                extra_prefix += 1;
+                out.extend_from_slice(b"xmlns:");
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(b"='");
+                escape_into(out, ns);
+                out.extend_from_slice(b"' ");
+                out.extend_from_slice(prefix.as_bytes());
+                out.push(b':');
+                out.extend_from_slice(local.as_bytes());
+            } else {
+                out.extend_from_slice(k.as_bytes());
+            }
+        } else {
+            out.extend_from_slice(k.as_bytes());
+        }
+        out.extend_from_slice(b"='");
+        escape_into(out, v);
+        out.push(b'\'');
+    }
+    if el.nodes().is_empty() {
+        out.extend_from_slice(b"/>");
+        return;
+    }
+    out.push(b'>');
+    // Children of a prefixed element inherit the parent's default namespace, not the prefix's.
+    let child_parent = if prefixed { parent_ns } else { el.ns() };
+    for n in el.nodes() {
+        match n {
+            Node::Element(c) => write_element(c, out, child_parent),
+            Node::Text(t) => escape_into(out, t),
+        }
+    }
+    out.extend_from_slice(b"</");
+    if prefixed {
+        out.extend_from_slice(b"stream:");
+    }
+    out.extend_from_slice(el.name().as_bytes());
+    out.push(b'>');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_specials_in_text_and_attributes() {
+        let e = Element::new("body", "jabber:client")
+            .with_attr("a", "x'\"<&>")
+            .with_text("</body></message><iq type='set'>");
+        let s = String::from_utf8(e.to_bytes_in("jabber:client")).unwrap_or_default();
+        assert_eq!(
+            s,
+            "<body a='x&apos;&quot;&lt;&amp;&gt;'>&lt;/body&gt;&lt;/message&gt;&lt;iq type=&apos;set&apos;&gt;</body>"
+        );
+    }
+
+    #[test]
+    fn declares_namespace_only_when_it_changes() {
+        let e = Element::new("iq", "jabber:client")
+            .with_child(Element::new("ping", "urn:xmpp:ping"))
+            .with_child(Element::new("x", "jabber:client"));
+        let s = String::from_utf8(e.to_bytes_in("jabber:client")).unwrap_or_default();
+        assert_eq!(s, "<iq><ping xmlns='urn:xmpp:ping'/><x/></iq>");
+        let s = String::from_utf8(e.to_bytes()).unwrap_or_default();
+        assert!(s.starts_with("<iq xmlns='jabber:client'>"));
+    }
+
+    #[test]
+    fn stream_namespace_uses_the_stream_prefix() {
+        let e = Element::new("features", STREAMS_NS)
+            .with_child(Element::new("bind", "urn:ietf:params:xml:ns:xmpp-bind"))
+            .with_child(Element::new("x", "jabber:client"));
+        let s = String::from_utf8(e.to_bytes_in("jabber:client")).unwrap_or_default();
+        assert_eq!(
+            s,
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><x/></stream:features>"
+        );
+    }
+
+    #[test]
+    fn foreign_namespaced_attribute_gets_a_prefix() {
+        let e = Element::new("x", "urn:a").with_attr("{urn:b}y", "1");
+        let s = String::from_utf8(e.to_bytes()).unwrap_or_default();
+        assert_eq!(s, "<x xmlns='urn:a' xmlns:a0='urn:b' a0:y='1'/>");
+    }
+}

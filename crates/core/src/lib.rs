@@ -1,1 +1,16 @@
-//! placeholder
+//! Canto's core: configuration, the session manager, the router and the module API. It never
+//! touches sockets: connections live in `canto-net`, which hands it parsed stanzas.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod module;
+mod router;
+pub mod server;
+pub mod session;
+
+pub use config::Config;
+pub use module::{Identity, IqHandler, IqRequest, IqTarget, Module, ModuleCtx, ModuleTable, Spec};
+pub use server::Server;
+pub use session::{
+    Bound, Closer, DeliveryError, Outbound, SessionHandle, SessionId, SessionManager,
+};

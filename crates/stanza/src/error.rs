@@ -143,7 +143,11 @@ pub struct StreamError {
 impl StreamError {
     /// An error with only a condition.
     pub fn new(condition: StreamCondition) -> StreamError {
-        StreamError { condition, text: None, app: None }
+        StreamError {
+            condition,
+            text: None,
+            app: None,
+        }
     }
 
     /// Adds descriptive text.
@@ -225,14 +229,17 @@ impl Condition {
     pub fn default_type(self) -> ErrorType {
         use Condition as C;
         match self {
-            C::BadRequest | C::JidMalformed | C::NotAcceptable | C::PolicyViolation => ErrorType::Modify,
+            C::BadRequest | C::JidMalformed | C::NotAcceptable | C::PolicyViolation => {
+                ErrorType::Modify
+            }
             C::Redirect | C::Gone => ErrorType::Cancel,
             C::Forbidden | C::NotAuthorized | C::RegistrationRequired | C::SubscriptionRequired => {
                 ErrorType::Auth
             }
-            C::RecipientUnavailable | C::RemoteServerTimeout | C::ResourceConstraint | C::UnexpectedRequest => {
-                ErrorType::Wait
-            }
+            C::RecipientUnavailable
+            | C::RemoteServerTimeout
+            | C::ResourceConstraint
+            | C::UnexpectedRequest => ErrorType::Wait,
             _ => ErrorType::Cancel,
         }
     }
@@ -248,7 +255,7 @@ pub struct StanzaError {
     /// Optional human-readable text.
     pub text: Option<String>,
     /// Optional application-specific condition element.
-    pub app: Option<Element>,
+    pub app: Option<Box<Element>>,
     /// `by`: the entity that generated the error (RFC 6120 §8.3.2).
     pub by: Option<String>,
 }
@@ -256,7 +263,13 @@ pub struct StanzaError {
 impl StanzaError {
     /// An error with the condition's default type.
     pub fn new(condition: Condition) -> StanzaError {
-        StanzaError { kind: condition.default_type(), condition, text: None, app: None, by: None }
+        StanzaError {
+            kind: condition.default_type(),
+            condition,
+            text: None,
+            app: None,
+            by: None,
+        }
     }
 
     /// Overrides the error type.
@@ -273,7 +286,7 @@ impl StanzaError {
 
     /// Adds an application-specific condition.
     pub fn with_app(mut self, app: Element) -> StanzaError {
-        self.app = Some(app);
+        self.app = Some(Box::new(app));
         self
     }
 
@@ -294,7 +307,7 @@ impl StanzaError {
             e.push_child(Element::new("text", ns::STANZAS).with_text(t.clone()));
         }
         if let Some(a) = &self.app {
-            e.push_child(a.clone());
+            e.push_child((**a).clone());
         }
         e
     }
@@ -317,7 +330,11 @@ impl StanzaError {
             kind,
             condition: cond,
             text: e.get_child("text", ns::STANZAS).map(|t| t.text()),
-            app: e.children().find(|c| c.ns() != ns::STANZAS).cloned(),
+            app: e
+                .children()
+                .find(|c| c.ns() != ns::STANZAS)
+                .cloned()
+                .map(Box::new),
             by: e.attr("by").map(str::to_string),
         })
     }
@@ -356,14 +373,21 @@ mod tests {
         assert_eq!(e.kind, ErrorType::Cancel);
         let back = StanzaError::from_element(&e.to_element(ns::CLIENT));
         assert_eq!(back, Some(e));
-        assert_eq!(StanzaError::new(Condition::BadRequest).kind, ErrorType::Modify);
+        assert_eq!(
+            StanzaError::new(Condition::BadRequest).kind,
+            ErrorType::Modify
+        );
         assert_eq!(StanzaError::new(Condition::Forbidden).kind, ErrorType::Auth);
     }
 
     #[test]
     fn oversize_maps_to_policy_violation_with_stanza_too_big() {
-        let e: StreamError = canto_xml::XmlError::PolicyViolation(canto_xml::LimitKind::Bytes).into();
+        let e: StreamError =
+            canto_xml::XmlError::PolicyViolation(canto_xml::LimitKind::Bytes).into();
         assert_eq!(e.condition, StreamCondition::PolicyViolation);
-        assert!(e.app.is_some_and(|a| a.is("stanza-too-big", ns::XMPP_ERRORS)));
+        assert!(
+            e.app
+                .is_some_and(|a| a.is("stanza-too-big", ns::XMPP_ERRORS))
+        );
     }
 }

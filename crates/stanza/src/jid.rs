@@ -1,6 +1,8 @@
 //! JIDs (RFC 7622), normalized with stringprep like Prosody (the `jid` crate).
 
-pub use jid::{BareJid, DomainPart, DomainRef, FullJid, Jid, NodePart, NodeRef, ResourcePart, ResourceRef};
+pub use jid::{
+    BareJid, DomainPart, DomainRef, FullJid, Jid, NodePart, NodeRef, ResourcePart, ResourceRef,
+};
 
 use crate::error::{Condition, StanzaError};
 
@@ -67,13 +69,20 @@ mod tests {
             "a@b/".into(),
         ] {
             let e = parse_jid(&bad).err();
-            assert_eq!(e.map(|e| e.condition), Some(Condition::JidMalformed), "{bad:?}");
+            assert_eq!(
+                e.map(|e| e.condition),
+                Some(Condition::JidMalformed),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn domain_and_node_normalization() {
-        assert_eq!(normalize_domain("Example.TEST").as_deref(), Some("example.test"));
+        assert_eq!(
+            normalize_domain("Example.TEST").as_deref(),
+            Some("example.test")
+        );
         assert_eq!(normalize_domain("a@b"), None);
         assert_eq!(normalize_node("Alice").as_deref(), Some("alice"));
         assert_eq!(normalize_node("a@b"), None);

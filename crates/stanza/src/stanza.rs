@@ -182,7 +182,9 @@ pub fn iq(kind: IqType, id: &str) -> Element {
         IqType::Result => "result",
         IqType::Error => "error",
     };
-    Element::new("iq", ns::CLIENT).with_attr("type", t).with_attr("id", id)
+    Element::new("iq", ns::CLIENT)
+        .with_attr("type", t)
+        .with_attr("id", id)
 }
 
 #[cfg(test)]
@@ -207,13 +209,17 @@ mod tests {
 
     #[test]
     fn error_reply_swaps_addresses_and_keeps_id() {
-        let req = iq(IqType::Get, "7").with_attr("from", "a@b/c").with_attr("to", "b");
+        let req = iq(IqType::Get, "7")
+            .with_attr("from", "a@b/c")
+            .with_attr("to", "b");
         let r = error_reply(&req, &StanzaError::new(Condition::ServiceUnavailable));
         assert_eq!(r.attr("to"), Some("a@b/c"));
         assert_eq!(r.attr("from"), Some("b"));
         assert_eq!(r.attr("id"), Some("7"));
         assert_eq!(r.attr("type"), Some("error"));
-        let e = r.get_child("error", ns::CLIENT).and_then(StanzaError::from_element);
+        let e = r
+            .get_child("error", ns::CLIENT)
+            .and_then(StanzaError::from_element);
         assert_eq!(e.map(|e| e.condition), Some(Condition::ServiceUnavailable));
     }
 

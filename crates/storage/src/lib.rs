@@ -55,8 +55,12 @@ pub trait AccountStore: Send + Sync {
     /// Creates an account; [`StorageError::AlreadyExists`] if it is already present.
     async fn create(&self, host: &str, username: &str, creds: &Credentials) -> Result<()>;
     /// Replaces an account's credentials; `false` if there is no such account.
-    async fn set_credentials(&self, host: &str, username: &str, creds: &Credentials)
-    -> Result<bool>;
+    async fn set_credentials(
+        &self,
+        host: &str,
+        username: &str,
+        creds: &Credentials,
+    ) -> Result<bool>;
     /// The stored credentials, or `None` if there is no such account.
     async fn credentials(&self, host: &str, username: &str) -> Result<Option<Credentials>>;
     /// Whether the account exists.

@@ -99,26 +99,16 @@ impl AccountStore for MemoryBackend {
     }
 
     async fn credentials(&self, host: &str, username: &str) -> Result<Option<Credentials>> {
-        Ok(self
-            .lock()
-            .accounts
-            .get(&user_key(host, username))
-            .cloned())
+        Ok(self.lock().accounts.get(&user_key(host, username)).cloned())
     }
 
     async fn exists(&self, host: &str, username: &str) -> Result<bool> {
-        Ok(self
-            .lock()
-            .accounts
-            .contains_key(&user_key(host, username)))
+        Ok(self.lock().accounts.contains_key(&user_key(host, username)))
     }
 
     async fn delete(&self, host: &str, username: &str) -> Result<bool> {
         let mut inner = self.lock();
-        let existed = inner
-            .accounts
-            .remove(&user_key(host, username))
-            .is_some();
+        let existed = inner.accounts.remove(&user_key(host, username)).is_some();
         let is_user = |k: &StoreKey| k.1 == host && k.2 == username;
         inner.kv.retain(|k, _| !is_user(k));
         inner.map.retain(|k, _| !is_user(k));
@@ -323,10 +313,7 @@ impl ArchiveStore for MemoryBackend {
         let Some(items) = select(archive, q) else {
             return Ok(Vec::new());
         };
-        Ok(items
-            .take(q.limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect())
+        Ok(items.take(q.limit.unwrap_or(usize::MAX)).cloned().collect())
     }
 
     async fn count(&self, store: &str, host: &str, user: &str, q: &ArchiveQuery) -> Result<usize> {

@@ -164,10 +164,11 @@ impl SqliteBackend {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
         let known = to_i64(MIGRATIONS.len());
         if current > known {
             return Err(StorageError::Database(format!(
@@ -520,20 +521,26 @@ fn push_filters(
     user: &str,
     q: &ArchiveQuery,
 ) {
-    b.push(" WHERE store = ")
+    // Index choice (SQLite has no statistics without ANALYZE, so it is steered with unary
+    // `+`, which keeps a term from using an index): with `ids`, look them up through the
+    // unique `id` index; otherwise walk the owner's (store, host, username[, with_jid], seq)
+    // index, never the store-wide stamp index, which spans all users.
+    let owner = if q.ids.is_some() { "+" } else { "" };
+    b.push(format_args!(" WHERE {owner}store = "))
         .push_bind(store)
-        .push(" AND host = ")
+        .push(format_args!(" AND {owner}host = "))
         .push_bind(host)
-        .push(" AND username = ")
+        .push(format_args!(" AND {owner}username = "))
         .push_bind(user);
     if let Some(with) = &q.with {
-        b.push(" AND with_jid = ").push_bind(with.as_str());
+        b.push(format_args!(" AND {owner}with_jid = "))
+            .push_bind(with.as_str());
     }
     if let Some(start) = q.start_ms {
-        b.push(" AND stamp_ms >= ").push_bind(start);
+        b.push(" AND +stamp_ms >= ").push_bind(start);
     }
     if let Some(end) = q.end_ms {
-        b.push(" AND stamp_ms <= ").push_bind(end);
+        b.push(" AND +stamp_ms <= ").push_bind(end);
     }
     for (op, id) in [(">", &q.after_id), ("<", &q.before_id)] {
         if let Some(id) = id {
@@ -661,10 +668,12 @@ impl ArchiveStore for SqliteBackend {
         ids: Option<&[String]>,
     ) -> Result<usize> {
         let query = match ids {
-            None => sqlx::query("DELETE FROM archive WHERE store = ? AND host = ? AND username = ?")
-                .bind(store)
-                .bind(host)
-                .bind(user),
+            None => {
+                sqlx::query("DELETE FROM archive WHERE store = ? AND host = ? AND username = ?")
+                    .bind(store)
+                    .bind(host)
+                    .bind(user)
+            }
             Some(ids) => sqlx::query(
                 "DELETE FROM archive WHERE store = ? AND host = ? AND username = ?
                  AND id IN (SELECT value FROM json_each(?))",
@@ -694,6 +703,89 @@ impl ArchiveStore for SqliteBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `PRAGMA max_page_count` makes SQLite report SQLITE_FULL, like a full disk.
+    #[tokio::test]
+    async fn full_database_maps_to_full() {
+        let dir = std::env::temp_dir().join(format!(
+            "canto-storage-full-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let path = dir.join("full.sqlite");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .pragma("max_page_count", "40");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("connect");
+        let backend = SqliteBackend { pool };
+        backend.migrate().await.expect("migrate");
+        let blob = vec![7u8; 16 * 1024];
+        let mut stored = 0;
+        let err = loop {
+            match backend.append("s", "h", "u", "w", 0, &blob, None).await {
+                Ok(_) => stored += 1,
+                Err(e) => break e,
+            }
+            assert!(stored < 100, "never filled up");
+        };
+        assert!(matches!(err, StorageError::Full(_)), "{err:?}");
+        // Nothing partial was stored, and the store still works for reads.
+        let n = backend
+            .count("s", "h", "u", &ArchiveQuery::default())
+            .await
+            .expect("count");
+        assert_eq!(n, stored);
+        backend.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every pooled connection runs with WAL, `synchronous=FULL` and a busy timeout.
+    #[tokio::test]
+    async fn durability_pragmas_are_set() {
+        let dir = std::env::temp_dir().join(format!(
+            "canto-storage-pragmas-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let backend = SqliteBackend::open(&dir.join("p.sqlite"))
+            .await
+            .expect("open");
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            let mut conn = backend.pool.acquire().await.expect("acquire");
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("journal_mode");
+            assert_eq!(mode, "wal");
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("synchronous");
+            assert_eq!(sync, 2, "FULL");
+            let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("busy_timeout");
+            assert_eq!(busy, 10_000);
+            conns.push(conn);
+        }
+        let version: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&backend.pool)
+            .await
+            .expect("version");
+        assert_eq!(version, to_i64(MIGRATIONS.len()));
+        drop(conns);
+        backend.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn json_array_escapes() {

@@ -230,7 +230,10 @@ mod tests {
         let e = Element::new("iq", "jabber:client")
             .with_child(Element::new("query", "a"))
             .with_child(Element::new("query", "b").with_text("x"));
-        assert_eq!(e.get_child("query", "b").map(|c| c.text()), Some("x".into()));
+        assert_eq!(
+            e.get_child("query", "b").map(|c| c.text()),
+            Some("x".into())
+        );
         assert!(e.get_child("query", "c").is_none());
         assert_eq!(e.children().count(), 2);
     }

@@ -300,7 +300,10 @@ impl StreamParser {
                     Some(cur) => cur.push_text(text),
                     None => {
                         // Between stanzas only whitespace (keepalives) is allowed.
-                        if !text.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')) {
+                        if !text
+                            .bytes()
+                            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+                        {
                             return Err(XmlError::BadFormat("text at stream level"));
                         }
                         self.pending_bytes = 0;
@@ -336,17 +339,26 @@ mod tests {
 
     #[test]
     fn header_stanza_and_close() {
-        let doc = format!("{HEADER}<message to='a@b'><body>hi &amp; bye</body></message> </stream:stream>");
+        let doc = format!(
+            "{HEADER}<message to='a@b'><body>hi &amp; bye</body></message> </stream:stream>"
+        );
         let (out, r) = parse_all(doc.as_bytes(), Limits::AUTHENTICATED);
         assert_eq!(r, Ok(()));
         assert_eq!(out.len(), 3);
-        let StreamEvent::Header(h) = &out[0] else { panic!("no header") };
+        let StreamEvent::Header(h) = &out[0] else {
+            panic!("no header")
+        };
         assert_eq!(h.name(), "stream");
         assert_eq!(h.ns(), "http://etherx.jabber.org/streams");
         assert_eq!(h.attr("to"), Some("example.test"));
-        let StreamEvent::Stanza(m) = &out[1] else { panic!("no stanza") };
+        let StreamEvent::Stanza(m) = &out[1] else {
+            panic!("no stanza")
+        };
         assert!(m.is("message", "jabber:client"));
-        assert_eq!(m.get_child("body", "jabber:client").map(|b| b.text()), Some("hi & bye".into()));
+        assert_eq!(
+            m.get_child("body", "jabber:client").map(|b| b.text()),
+            Some("hi & bye".into())
+        );
         assert_eq!(out[2], StreamEvent::Close);
     }
 
@@ -359,7 +371,9 @@ mod tests {
             assert_eq!(p.feed(std::slice::from_ref(b), &mut out), Ok(()));
         }
         assert_eq!(out.len(), 2);
-        let StreamEvent::Stanza(iq) = &out[1] else { panic!("no stanza") };
+        let StreamEvent::Stanza(iq) = &out[1] else {
+            panic!("no stanza")
+        };
         assert!(iq.has_child("ping", "urn:xmpp:ping"));
     }
 
@@ -367,7 +381,9 @@ mod tests {
     fn xml_lang_attribute_is_kept_with_its_prefix() {
         let doc = format!("{HEADER}<message xml:lang='en'/>");
         let (out, _) = parse_all(doc.as_bytes(), Limits::AUTHENTICATED);
-        let StreamEvent::Stanza(m) = &out[1] else { panic!("no stanza") };
+        let StreamEvent::Stanza(m) = &out[1] else {
+            panic!("no stanza")
+        };
         assert_eq!(m.attr("xml:lang"), Some("en"));
     }
 
@@ -378,8 +394,14 @@ mod tests {
             err_of("<?xml version='1.0'?><!DOCTYPE s [<!ENTITY a 'x'>]><stream:stream/>"),
             XmlError::RestrictedXml(_)
         ));
-        assert!(matches!(err_of(&format!("{HEADER}<!-- hi -->")), XmlError::RestrictedXml(_)));
-        assert!(matches!(err_of(&format!("{HEADER}<?pi data?>")), XmlError::RestrictedXml(_)));
+        assert!(matches!(
+            err_of(&format!("{HEADER}<!-- hi -->")),
+            XmlError::RestrictedXml(_)
+        ));
+        assert!(matches!(
+            err_of(&format!("{HEADER}<?pi data?>")),
+            XmlError::RestrictedXml(_)
+        ));
         assert!(matches!(
             err_of(&format!("{HEADER}<message><body>&lol9;</body></message>")),
             XmlError::RestrictedXml(_)
@@ -403,36 +425,69 @@ mod tests {
 
     #[test]
     fn malformed_documents_are_not_well_formed() {
-        assert!(matches!(err_of(&format!("{HEADER}<message to='a' to='b'/>")), XmlError::NotWellFormed(_)));
-        assert!(matches!(err_of(&format!("{HEADER}<foo:bar/>")), XmlError::NotWellFormed(_)));
-        assert!(matches!(err_of(&format!("{HEADER}<message><body></message>")), XmlError::NotWellFormed(_)));
-        assert!(matches!(err_of(&format!("{HEADER}<message><body>&#0;</body></message>")), XmlError::NotWellFormed(_)));
-        assert!(matches!(err_of(&format!("{HEADER}<message><body>&#xD800;</body></message>")), XmlError::NotWellFormed(_)));
+        assert!(matches!(
+            err_of(&format!("{HEADER}<message to='a' to='b'/>")),
+            XmlError::NotWellFormed(_)
+        ));
+        assert!(matches!(
+            err_of(&format!("{HEADER}<foo:bar/>")),
+            XmlError::NotWellFormed(_)
+        ));
+        assert!(matches!(
+            err_of(&format!("{HEADER}<message><body></message>")),
+            XmlError::NotWellFormed(_)
+        ));
+        assert!(matches!(
+            err_of(&format!("{HEADER}<message><body>&#0;</body></message>")),
+            XmlError::NotWellFormed(_)
+        ));
+        assert!(matches!(
+            err_of(&format!("{HEADER}<message><body>&#xD800;</body></message>")),
+            XmlError::NotWellFormed(_)
+        ));
         assert!(err_of("GET / HTTP/1.1\r\n\r\n").condition() == "not-well-formed");
     }
 
     #[test]
     fn text_between_stanzas_is_bad_format_but_whitespace_is_fine() {
-        let (out, r) = parse_all(format!("{HEADER}  \n\t <presence/>").as_bytes(), Limits::AUTHENTICATED);
+        let (out, r) = parse_all(
+            format!("{HEADER}  \n\t <presence/>").as_bytes(),
+            Limits::AUTHENTICATED,
+        );
         assert_eq!(r, Ok(()));
         assert_eq!(out.len(), 2);
-        assert!(matches!(err_of(&format!("{HEADER}hello<presence/>")), XmlError::BadFormat(_)));
+        assert!(matches!(
+            err_of(&format!("{HEADER}hello<presence/>")),
+            XmlError::BadFormat(_)
+        ));
     }
 
     #[test]
     fn oversized_stanza_is_stopped_before_it_is_all_read() {
-        let limits = Limits { max_stanza_bytes: 1000, ..Limits::AUTHENTICATED };
+        let limits = Limits {
+            max_stanza_bytes: 1000,
+            ..Limits::AUTHENTICATED
+        };
         let mut p = StreamParser::new(limits);
         let mut out = Vec::new();
-        assert_eq!(p.feed(format!("{HEADER}<message><body>").as_bytes(), &mut out), Ok(()));
+        assert_eq!(
+            p.feed(format!("{HEADER}<message><body>").as_bytes(), &mut out),
+            Ok(())
+        );
         let chunk = vec![b'a'; 600];
         assert_eq!(p.feed(&chunk, &mut out), Ok(()));
-        assert_eq!(p.feed(&chunk, &mut out), Err(XmlError::PolicyViolation(LimitKind::Bytes)));
+        assert_eq!(
+            p.feed(&chunk, &mut out),
+            Err(XmlError::PolicyViolation(LimitKind::Bytes))
+        );
     }
 
     #[test]
     fn budget_resets_per_stanza() {
-        let limits = Limits { max_stanza_bytes: 100, ..Limits::AUTHENTICATED };
+        let limits = Limits {
+            max_stanza_bytes: 100,
+            ..Limits::AUTHENTICATED
+        };
         let mut doc = HEADER.to_string();
         for _ in 0..50 {
             doc.push_str("<presence/>");
@@ -458,7 +513,12 @@ mod tests {
             doc.push_str("<a/>");
         }
         let (_, r) = parse_all(doc.as_bytes(), Limits::UNAUTHENTICATED);
-        assert!(matches!(r, Err(XmlError::PolicyViolation(LimitKind::Elements | LimitKind::Bytes))));
+        assert!(matches!(
+            r,
+            Err(XmlError::PolicyViolation(
+                LimitKind::Elements | LimitKind::Bytes
+            ))
+        ));
 
         let mut doc = format!("{HEADER}<message");
         for i in 0..10_000 {
@@ -466,7 +526,12 @@ mod tests {
         }
         doc.push_str("/>");
         let (_, r) = parse_all(doc.as_bytes(), Limits::AUTHENTICATED);
-        assert!(matches!(r, Err(XmlError::PolicyViolation(LimitKind::Attributes | LimitKind::Bytes))));
+        assert!(matches!(
+            r,
+            Err(XmlError::PolicyViolation(
+                LimitKind::Attributes | LimitKind::Bytes
+            ))
+        ));
     }
 
     #[test]
@@ -487,7 +552,9 @@ mod tests {
         let (out, r) = parse_all(doc.as_bytes(), Limits::AUTHENTICATED);
         assert_eq!(r, Ok(()));
         assert_eq!(out.len(), 2);
-        let StreamEvent::Stanza(m) = &out[1] else { panic!("no stanza") };
+        let StreamEvent::Stanza(m) = &out[1] else {
+            panic!("no stanza")
+        };
         let s = String::from_utf8(m.to_bytes_in("jabber:client")).unwrap_or_default();
         assert_eq!(s.matches("<message").count(), 1);
         assert!(s.contains("&lt;/body&gt;"));

@@ -147,7 +147,10 @@ mod tests {
             0x41, 0x25, 0xc2, 0x47, 0xe4, 0x3a, 0xb1, 0xe9, 0x3c, 0x6d, 0xff, 0x76,
         ];
         let k = ScramKeys::derive(HashAlgo::Sha1, "pencil", &salt, 4096);
-        assert_eq!(hex(&k.stored_key), "e9d94660c39d65c38fbad91c358f14da0eef2bd6");
+        assert_eq!(
+            hex(&k.stored_key),
+            "e9d94660c39d65c38fbad91c358f14da0eef2bd6"
+        );
         assert!(k.verify_password(HashAlgo::Sha1, "pencil"));
         assert!(!k.verify_password(HashAlgo::Sha1, "pencil2"));
     }

@@ -242,13 +242,19 @@ mod tests {
         assert_eq!(decode_payload("="), Ok(vec![]));
         assert_eq!(decode_payload(""), Ok(vec![]));
         assert_eq!(decode_payload("AGZvbwBiYXI="), Ok(b"\0foo\0bar".to_vec()));
-        assert_eq!(decode_payload("AGZvbwBiYXI"), Err(SaslFailure::IncorrectEncoding));
+        assert_eq!(
+            decode_payload("AGZvbwBiYXI"),
+            Err(SaslFailure::IncorrectEncoding)
+        );
         assert_eq!(decode_payload("!!!!"), Err(SaslFailure::IncorrectEncoding));
         assert_eq!(decode_payload("=="), Err(SaslFailure::IncorrectEncoding));
         assert_eq!(encode_payload(b""), "=");
         assert_eq!(encode_payload(b"\0foo\0bar"), "AGZvbwBiYXI=");
         assert_eq!(SaslFailure::NotAuthorized.condition(), "not-authorized");
-        assert_eq!(SaslFailure::TemporaryAuthFailure.condition(), "temporary-auth-failure");
+        assert_eq!(
+            SaslFailure::TemporaryAuthFailure.condition(),
+            "temporary-auth-failure"
+        );
     }
 
     #[test]

@@ -129,7 +129,10 @@ mod tests {
             Step::Failure(SaslFailure::NotAuthorized)
         );
         let (mut s, _) = start(Some(b"\0nobody\0pencil"));
-        assert_eq!(s.credentials(None), Step::Failure(SaslFailure::NotAuthorized));
+        assert_eq!(
+            s.credentials(None),
+            Step::Failure(SaslFailure::NotAuthorized)
+        );
     }
 
     #[test]
@@ -165,7 +168,11 @@ mod tests {
             b"\0user\0pen\xc3",
         ] {
             let (_, step) = start(Some(msg));
-            assert_eq!(step, Step::Failure(SaslFailure::MalformedRequest), "{msg:?}");
+            assert_eq!(
+                step,
+                Step::Failure(SaslFailure::MalformedRequest),
+                "{msg:?}"
+            );
         }
         // Syntactically fine but not a valid localpart.
         for msg in [&b"\0us er\0pencil"[..], b"\0user@example.org\0pencil"] {

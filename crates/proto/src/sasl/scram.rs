@@ -80,7 +80,9 @@ pub(super) fn client_first(
     let authzid = if authz.is_empty() {
         String::new()
     } else {
-        let name = authz.strip_prefix("a=").ok_or(SaslFailure::MalformedRequest)?;
+        let name = authz
+            .strip_prefix("a=")
+            .ok_or(SaslFailure::MalformedRequest)?;
         unescape_saslname(name)?
     };
 
@@ -119,9 +121,7 @@ pub(super) fn client_first(
         (true, Binding::None | Binding::ClientSupports) => {
             return Err(SaslFailure::MalformedRequest);
         }
-        (true, Binding::Required(name)) => {
-            ctx.cb.get(name).ok_or(SaslFailure::NotAuthorized)?
-        }
+        (true, Binding::Required(name)) => ctx.cb.get(name).ok_or(SaslFailure::NotAuthorized)?,
     };
 
     let username = normalize_username(&raw_user)?;
@@ -277,7 +277,9 @@ fn unescape_saslname(s: &str) -> Result<String, SaslFailure> {
     let mut rest = s;
     while let Some(pos) = rest.find('=') {
         out.push_str(&rest[..pos]);
-        let escape = rest.get(pos..pos + 3).ok_or(SaslFailure::MalformedRequest)?;
+        let escape = rest
+            .get(pos..pos + 3)
+            .ok_or(SaslFailure::MalformedRequest)?;
         match escape {
             "=2C" => out.push(','),
             "=3D" => out.push('='),
@@ -529,9 +531,7 @@ mod tests {
             step,
             Step::Success {
                 username: "user".into(),
-                additional_data: Some(
-                    b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec()
-                ),
+                additional_data: Some(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec()),
             }
         );
     }
@@ -553,7 +553,10 @@ mod tests {
             &format!("n,,{bare}"),
             Some(creds()),
         );
-        let nonce1 = sf1.split(',').next().and_then(|r| r.strip_prefix("r=abcdef"));
+        let nonce1 = sf1
+            .split(',')
+            .next()
+            .and_then(|r| r.strip_prefix("r=abcdef"));
         let nonce1 = nonce1.expect("nonce starts with the client nonce");
         assert!(nonce1.len() >= 24);
         assert!(is_valid_nonce(nonce1));
@@ -782,7 +785,12 @@ mod tests {
     fn channel_binding_policy() {
         // p= without a -PLUS mechanism.
         assert_eq!(
-            first_failure(Mechanism::ScramSha256, tls(), true, "p=tls-exporter,,n=user,r=abc"),
+            first_failure(
+                Mechanism::ScramSha256,
+                tls(),
+                true,
+                "p=tls-exporter,,n=user,r=abc"
+            ),
             Step::Failure(SaslFailure::NotAuthorized)
         );
         // -PLUS with an unavailable or unknown binding.
@@ -840,7 +848,11 @@ mod tests {
 
     #[test]
     fn authzid_of_another_account() {
-        for authzid in ["a=admin@example.org", "a=user@evil.example", "a=example.org"] {
+        for authzid in [
+            "a=admin@example.org",
+            "a=user@evil.example",
+            "a=example.org",
+        ] {
             assert_eq!(
                 first_failure(
                     Mechanism::ScramSha256,
@@ -871,8 +883,14 @@ mod tests {
         assert_eq!(unescape_saslname("a=2Cb=3Dc"), Ok("a,b=c".to_owned()));
         assert_eq!(unescape_saslname("="), Err(SaslFailure::MalformedRequest));
         assert_eq!(unescape_saslname("a=2"), Err(SaslFailure::MalformedRequest));
-        assert_eq!(unescape_saslname("a=2c"), Err(SaslFailure::MalformedRequest));
-        assert_eq!(unescape_saslname("a=41"), Err(SaslFailure::MalformedRequest));
+        assert_eq!(
+            unescape_saslname("a=2c"),
+            Err(SaslFailure::MalformedRequest)
+        );
+        assert_eq!(
+            unescape_saslname("a=41"),
+            Err(SaslFailure::MalformedRequest)
+        );
         assert_eq!(unescape_saslname("é=3D"), Ok("é=".to_owned()));
         assert_eq!(unescape_saslname(""), Err(SaslFailure::MalformedRequest));
         // An escaped username goes through nodeprep after unescaping.
@@ -913,7 +931,12 @@ mod tests {
             "n,,n=us\0er,r=abc",
         ] {
             assert_eq!(
-                first_failure(Mechanism::ScramSha256, ChannelBindings::default(), false, msg),
+                first_failure(
+                    Mechanism::ScramSha256,
+                    ChannelBindings::default(),
+                    false,
+                    msg
+                ),
                 Step::Failure(SaslFailure::MalformedRequest),
                 "{msg:?}"
             );

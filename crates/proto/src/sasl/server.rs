@@ -229,14 +229,20 @@ mod tests {
             false,
             None,
         );
-        assert_eq!(s.credentials(None), Step::Failure(SaslFailure::MalformedRequest));
+        assert_eq!(
+            s.credentials(None),
+            Step::Failure(SaslFailure::MalformedRequest)
+        );
         assert!(s.is_done());
     }
 
     #[test]
     fn authzid_rules() {
         assert_eq!(check_authzid("", "user", "example.org"), Ok(()));
-        assert_eq!(check_authzid("user@EXAMPLE.org", "user", "example.org"), Ok(()));
+        assert_eq!(
+            check_authzid("user@EXAMPLE.org", "user", "example.org"),
+            Ok(())
+        );
         assert_eq!(
             check_authzid("other@example.org", "user", "example.org"),
             Err(SaslFailure::InvalidAuthzid)

@@ -1,0 +1,707 @@
+//! The stanza router: RFC 6120 §8 and §10, RFC 6121 §8, following Prosody's
+//! `doc/stanza_routing.txt` case by case.
+//!
+//! A stanza from a bound client is validated (`from` stamped, `to` parsed, type and id checked),
+//! then sent to exactly one of: the server (host), an account (bare JID), a session (full JID),
+//! or a remote domain.
+
+use std::sync::Arc;
+
+use canto_stanza::stanza::{error_reply, iq_payload, iq_result, is_error};
+use canto_stanza::{
+    BareJid, Condition, FullJid, IqType, Jid, MessageType, PresenceType, StanzaError, StanzaKind,
+    StreamCondition, StreamError, ns, parse_jid,
+};
+use canto_xml::Element;
+use tracing::debug;
+
+use crate::module::{IqRequest, IqTarget};
+use crate::server::Server;
+use crate::session::SessionHandle;
+
+/// Where a validated stanza goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Destination {
+    /// A served domain (`to='example.com'`).
+    Host(String),
+    /// `to='example.com/resource'`: a resource of the server.
+    HostResource,
+    /// A local account (`to='user@example.com'`).
+    Account(BareJid),
+    /// A local session (`to='user@example.com/res'`).
+    Session(FullJid),
+    /// A domain not served here.
+    Remote(String),
+}
+
+impl Server {
+    /// Routes a stanza sent by a bound client session. Returns a stream error when the stanza
+    /// breaks a stream-level rule (the caller closes the stream with it).
+    pub async fn route_from_client(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        mut el: Element,
+    ) -> Result<(), StreamError> {
+        let Some(kind) = StanzaKind::of(&el, ns::CLIENT) else {
+            // RFC 6120 §4.9.3.24: a top-level element that is no stanza.
+            return Err(StreamError::new(StreamCondition::UnsupportedStanzaType));
+        };
+        // RFC 6120 §8.1.2.1: the server stamps `from`; a `from` naming anyone else is a stream
+        // error (`invalid-from`), never routed.
+        if let Some(from) = el.attr("from") {
+            let claimed = parse_jid(from).ok();
+            let ok = match claimed.as_ref().map(Jid::try_as_full) {
+                Some(Ok(f)) => f == session.jid(),
+                Some(Err(b)) => *b == session.jid().to_bare(),
+                None => false,
+            };
+            if !ok {
+                return Err(StreamError::new(StreamCondition::InvalidFrom));
+            }
+        }
+        el.set_attr("from", session.jid().to_string());
+
+        match kind {
+            StanzaKind::Iq => {
+                // RFC 6120 §8.2.3: id and a known type are required.
+                let Some(t) = IqType::of(&el) else {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::BadRequest).with_text("invalid iq type"),
+                    );
+                    return Ok(());
+                };
+                if el.attr("id").is_none() {
+                    if t.is_request() {
+                        self.reply_error(
+                            session,
+                            &el,
+                            StanzaError::new(Condition::BadRequest).with_text("missing id"),
+                        );
+                    }
+                    return Ok(());
+                }
+                // RFC 6120 §8.2.3: a get or set has exactly one payload.
+                if t.is_request() && iq_payload(&el).is_none() {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::BadRequest)
+                            .with_text("iq get/set needs exactly one child"),
+                    );
+                    return Ok(());
+                }
+            }
+            StanzaKind::Presence => {
+                if PresenceType::of(&el).is_none() {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::BadRequest).with_text("invalid presence type"),
+                    );
+                    return Ok(());
+                }
+            }
+            StanzaKind::Message => {}
+        }
+
+        let to = match el.attr("to") {
+            None => None,
+            Some(t) => match parse_jid(t) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    // RFC 6120 §8.3.3.8
+                    self.reply_error(session, &el, e);
+                    return Ok(());
+                }
+            },
+        };
+        if let Some(j) = &to {
+            // Normalize what we route and deliver.
+            el.set_attr("to", j.to_string());
+        }
+        match to {
+            None => self.route_no_to(session, kind, el).await,
+            Some(j) => {
+                let dest = self.destination(&j);
+                debug!(?kind, ?dest, "route");
+                self.route_to(session, kind, el, j, dest).await
+            }
+        }
+        Ok(())
+    }
+
+    fn destination(&self, to: &Jid) -> Destination {
+        let domain = to.domain().as_str();
+        if !self.serves(domain) {
+            return Destination::Remote(domain.to_string());
+        }
+        match (to.node(), to.resource()) {
+            (None, None) => Destination::Host(domain.to_string()),
+            (None, Some(_)) => Destination::HostResource,
+            (Some(_), None) => Destination::Account(to.to_bare()),
+            (Some(_), Some(_)) => match to.clone().try_into_full() {
+                Ok(f) => Destination::Session(f),
+                Err(b) => Destination::Account(b),
+            },
+        }
+    }
+
+    /// RFC 6120 §10.3: no `to`.
+    async fn route_no_to(self: &Arc<Self>, session: &SessionHandle, kind: StanzaKind, el: Element) {
+        let own = session.jid().to_bare();
+        match kind {
+            // RFC 6120 §10.3.1: as if addressed to the sender's bare JID.
+            StanzaKind::Message => self.route_to_account(session, kind, el, own).await,
+            // RFC 6120 §10.3.2 / RFC 6121 §4.2, §4.4, §4.5: broadcast presence.
+            StanzaKind::Presence => self.broadcast_presence(session, el),
+            // RFC 6120 §10.3.3: handled by the server on behalf of the account; handlers for the
+            // server itself also answer (a ping without `to` is a ping to the server).
+            StanzaKind::Iq => {
+                let to = Jid::from(own);
+                self.handle_iq(session, el, &to, &[IqTarget::Account, IqTarget::Host])
+                    .await
+            }
+        }
+    }
+
+    async fn route_to(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        kind: StanzaKind,
+        el: Element,
+        to: Jid,
+        dest: Destination,
+    ) {
+        match dest {
+            Destination::Host(_) => match kind {
+                StanzaKind::Iq => self.handle_iq(session, el, &to, &[IqTarget::Host]).await,
+                // RFC 6120 §10.4: messages and presence to the server itself are handled by it;
+                // with no module that wants them they are dropped.
+                StanzaKind::Message | StanzaKind::Presence => {}
+            },
+            Destination::HostResource => {
+                // Nothing is bound to a resource of the server.
+                if kind != StanzaKind::Presence {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::ServiceUnavailable),
+                    );
+                }
+            }
+            Destination::Account(bare) => self.route_to_account(session, kind, el, bare).await,
+            Destination::Session(full) => self.route_to_session(session, kind, el, full).await,
+            Destination::Remote(_) => {
+                // Federation does not exist yet: RFC 6120 §8.3.3.16.
+                if kind != StanzaKind::Presence
+                    || PresenceType::of(&el) != Some(PresenceType::Unavailable)
+                {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::RemoteServerNotFound),
+                    );
+                }
+            }
+        }
+    }
+
+    /// RFC 6121 §8.5.2: to a bare JID of a local account.
+    async fn route_to_account(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        kind: StanzaKind,
+        el: Element,
+        bare: BareJid,
+    ) {
+        if !self.account_exists(&bare).await {
+            // RFC 6121 §8.5.1: no such account.
+            match kind {
+                StanzaKind::Presence => {}
+                StanzaKind::Message | StanzaKind::Iq => {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::ServiceUnavailable),
+                    );
+                }
+            }
+            return;
+        }
+        match kind {
+            StanzaKind::Message => self.deliver_message_to_account(session, el, &bare),
+            StanzaKind::Presence => {
+                // RFC 6121 §8.5.2.1.2: presence to a bare JID goes to every available resource.
+                // Subscription handling arrives with rosters.
+                if matches!(
+                    PresenceType::of(&el),
+                    Some(PresenceType::Available | PresenceType::Unavailable)
+                ) {
+                    let shared = Arc::new(el);
+                    for r in self.sessions.resources(&bare) {
+                        if r.is_available() {
+                            let _ = r.deliver(shared.clone());
+                        }
+                    }
+                }
+            }
+            // RFC 6121 §8.5.2.1.3: the server answers IQs to a bare JID on the account's behalf.
+            StanzaKind::Iq => {
+                let to = Jid::from(bare);
+                self.handle_iq(session, el, &to, &[IqTarget::Account]).await
+            }
+        }
+    }
+
+    /// RFC 6121 §8.5.2.1.1 (available resources) and §8.5.2.2.1 (none).
+    fn deliver_message_to_account(&self, session: &SessionHandle, el: Element, bare: &BareJid) {
+        let mtype = MessageType::of(&el);
+        let resources = self.sessions.resources(bare);
+        // Only available resources with non-negative priority receive bare-JID messages.
+        let best = resources
+            .iter()
+            .filter(|r| r.is_available() && r.priority() >= 0)
+            .map(|r| r.priority())
+            .max();
+        let targets: Vec<&SessionHandle> = match (mtype, best) {
+            (MessageType::Error, None) => return,
+            (_, None) => Vec::new(),
+            // RFC 6121 §8.5.2.1.1: headline to all non-negative resources.
+            (MessageType::Headline, Some(_)) => resources
+                .iter()
+                .filter(|r| r.is_available() && r.priority() >= 0)
+                .collect(),
+            // Normal, chat, error: to the highest-priority resource (all of them on a tie for
+            // chat would be allowed; one keeps delivery predictable until carbons exist).
+            (_, Some(p)) => resources
+                .iter()
+                .filter(|r| r.is_available() && r.priority() == p)
+                .take(1)
+                .collect(),
+        };
+        if targets.is_empty() {
+            match mtype {
+                // RFC 6121 §8.5.2.2.1: headline is dropped; groupchat gets an error; without
+                // offline storage normal and chat get service-unavailable too.
+                MessageType::Headline | MessageType::Error => {}
+                MessageType::Normal | MessageType::Chat | MessageType::Groupchat => {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::ServiceUnavailable),
+                    );
+                }
+            }
+            return;
+        }
+        let shared = Arc::new(el);
+        for t in targets {
+            let _ = t.deliver(shared.clone());
+        }
+    }
+
+    /// RFC 6121 §8.5.3: to a full JID of a local account.
+    async fn route_to_session(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        kind: StanzaKind,
+        el: Element,
+        full: FullJid,
+    ) {
+        if let Some(target) = self.sessions.get(&full) {
+            // §8.5.3.1: the resource is connected.
+            let _ = target.deliver(Arc::new(el));
+            return;
+        }
+        let bare = full.to_bare();
+        match kind {
+            StanzaKind::Message => match MessageType::of(&el) {
+                // §8.5.3.2.1: normal and chat are handled as for the bare JID.
+                MessageType::Normal | MessageType::Chat => {
+                    self.route_to_account(session, kind, el, bare).await
+                }
+                MessageType::Groupchat => {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::ServiceUnavailable),
+                    );
+                }
+                MessageType::Headline | MessageType::Error => {}
+            },
+            // §8.5.3.2.3: presence to an unconnected resource is dropped (subscription types
+            // are handled as for the bare JID once rosters exist).
+            StanzaKind::Presence => {}
+            // §8.5.3.2.2
+            StanzaKind::Iq => {
+                if IqType::of(&el).is_some_and(IqType::is_request) {
+                    self.reply_error(
+                        session,
+                        &el,
+                        StanzaError::new(Condition::ServiceUnavailable),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Runs the module handler for an IQ, trying `targets` in order. RFC 6120 §8.4: an
+    /// unhandled get/set is `service-unavailable`; results and errors are never answered.
+    async fn handle_iq(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        el: Element,
+        to: &Jid,
+        targets: &[IqTarget],
+    ) {
+        let Some(t) = IqType::of(&el) else { return };
+        if !t.is_request() {
+            return;
+        }
+        let Some(payload) = iq_payload(&el) else {
+            return;
+        };
+        let handler = targets
+            .iter()
+            .find_map(|target| self.modules().iq_handler(*target, t, payload.ns()));
+        let Some(handler) = handler else {
+            self.reply_error(
+                session,
+                &el,
+                StanzaError::new(Condition::ServiceUnavailable),
+            );
+            return;
+        };
+        let req = IqRequest {
+            server: self,
+            from: session.jid(),
+            to,
+            stanza: &el,
+            payload,
+        };
+        let mut reply = match handler.handle(req).await {
+            Ok(payload) => iq_result(&el, payload),
+            Err(e) => error_reply(&el, &e),
+        };
+        if el.attr("to").is_none() {
+            // The request had no `to`: the reply comes from the account (RFC 6120 §10.3.3).
+            reply.set_attr("from", to.to_string());
+        }
+        let _ = session.deliver(Arc::new(reply));
+    }
+
+    /// RFC 6121 §4.2–§4.5: presence without `to` updates the session's broadcast presence.
+    /// Rosters bring the broadcast to contacts; for now it reaches the account's other
+    /// available resources.
+    fn broadcast_presence(&self, session: &SessionHandle, el: Element) {
+        match PresenceType::of(&el) {
+            Some(PresenceType::Available) => {
+                // RFC 6121 §4.7.2.3: priority is -128..127, default 0.
+                let priority = el
+                    .get_child("priority", ns::CLIENT)
+                    .and_then(|p| p.text().trim().parse::<i8>().ok())
+                    .map_or(0, i32::from);
+                let shared = Arc::new(el);
+                session.set_presence(Some(shared.clone()), priority);
+                self.broadcast_to_own_resources(session, shared);
+            }
+            Some(PresenceType::Unavailable) => {
+                if session.set_presence(None, 0) {
+                    self.broadcast_to_own_resources(session, Arc::new(el));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether a local account exists: an online session proves it, else storage says.
+    pub async fn account_exists(&self, bare: &BareJid) -> bool {
+        if self.sessions.is_online(bare) {
+            return true;
+        }
+        let Some(node) = bare.node() else {
+            return false;
+        };
+        self.storage
+            .accounts
+            .exists(bare.domain().as_str(), node.as_str())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Sends an error reply for `el` back to the session, unless `el` is itself an error
+    /// (RFC 6120 §8.3.1: never answer an error with an error).
+    pub fn reply_error(&self, session: &SessionHandle, el: &Element, err: StanzaError) {
+        if is_error(el) {
+            return;
+        }
+        let mut reply = error_reply(el, &err);
+        reply.set_attr("to", session.jid().to_string());
+        let _ = session.deliver(Arc::new(reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::session::{Closer, Outbound};
+    use tokio::sync::mpsc;
+
+    async fn server() -> Arc<Server> {
+        let storage = canto_storage::Storage::memory();
+        let creds = canto_proto::sasl::Credentials::from_password("pw", 4096);
+        for u in ["alice", "bob"] {
+            let _ = storage.accounts.create("example.test", u, &creds).await;
+        }
+        let config = Config {
+            hosts: vec!["example.test".into()],
+            modules: vec![],
+            ..Config::default()
+        };
+        Server::new(config, storage, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn bind(s: &Server, jid: &str) -> (SessionHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(16);
+        let full = FullJid::new(jid).unwrap_or_else(|e| panic!("{e}"));
+        let b = s
+            .sessions
+            .bind(s.sessions.next_id(), full, tx, Closer::new(), 10);
+        (b.unwrap_or_else(|e| panic!("{e}")).handle, rx)
+    }
+
+    fn stanza(xml: &str) -> Element {
+        let mut p = canto_xml::StreamParser::new(canto_xml::Limits::AUTHENTICATED);
+        let mut out = Vec::new();
+        let doc = format!(
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
+        );
+        p.feed(doc.as_bytes(), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        match out.pop() {
+            Some(canto_xml::StreamEvent::Stanza(e)) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn recv(rx: &mut mpsc::Receiver<Outbound>) -> Option<Arc<Element>> {
+        match rx.try_recv() {
+            Ok(Outbound::Stanza(e)) => Some(e),
+            Err(_) => None,
+        }
+    }
+
+    fn condition(e: &Element) -> Option<Condition> {
+        e.get_child("error", ns::CLIENT)
+            .and_then(StanzaError::from_element)
+            .map(|e| e.condition)
+    }
+
+    /// The routing table: (stanza alice sends, what alice gets back, what bob's session gets).
+    #[tokio::test]
+    async fn routing_table() {
+        type Case = (&'static str, Option<Condition>, bool);
+        let cases: &[Case] = &[
+            // Full JID online: delivered.
+            (
+                "<message to='bob@example.test/phone' type='chat'><body>x</body></message>",
+                None,
+                true,
+            ),
+            // Full JID offline, chat: as bare; bob's only resource is not available → error.
+            (
+                "<message to='bob@example.test/gone' type='chat'><body>x</body></message>",
+                Some(Condition::ServiceUnavailable),
+                false,
+            ),
+            (
+                "<message to='bob@example.test/gone' type='groupchat'/>",
+                Some(Condition::ServiceUnavailable),
+                false,
+            ),
+            (
+                "<message to='bob@example.test/gone' type='headline'/>",
+                None,
+                false,
+            ),
+            (
+                "<iq to='bob@example.test/gone' type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
+                Some(Condition::ServiceUnavailable),
+                false,
+            ),
+            (
+                "<iq to='bob@example.test/phone' type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
+                None,
+                true,
+            ),
+            // Unknown account.
+            (
+                "<message to='nobody@example.test'><body>x</body></message>",
+                Some(Condition::ServiceUnavailable),
+                false,
+            ),
+            ("<presence to='nobody@example.test'/>", None, false),
+            (
+                "<iq to='nobody@example.test' type='get' id='2'><x xmlns='urn:x'/></iq>",
+                Some(Condition::ServiceUnavailable),
+                false,
+            ),
+            // Errors are never answered with errors.
+            (
+                "<message to='nobody@example.test' type='error'/>",
+                None,
+                false,
+            ),
+            // Server: unhandled IQ.
+            (
+                "<iq to='example.test' type='get' id='3'><x xmlns='urn:unknown'/></iq>",
+                Some(Condition::ServiceUnavailable),
+                false,
+            ),
+            ("<iq type='result' id='zz' to='example.test'/>", None, false),
+            ("<iq type='error' id='zz'/>", None, false),
+            // Bad requests.
+            (
+                "<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>",
+                Some(Condition::BadRequest),
+                false,
+            ),
+            (
+                "<iq type='bogus' id='1'/>",
+                Some(Condition::BadRequest),
+                false,
+            ),
+            (
+                "<iq type='get' id='1'/>",
+                Some(Condition::BadRequest),
+                false,
+            ),
+            (
+                "<iq type='set' id='1'><a xmlns='x'/><b xmlns='y'/></iq>",
+                Some(Condition::BadRequest),
+                false,
+            ),
+            (
+                "<presence type='bogus'/>",
+                Some(Condition::BadRequest),
+                false,
+            ),
+            (
+                "<message to='@example.test'/>",
+                Some(Condition::JidMalformed),
+                false,
+            ),
+            // Remote.
+            (
+                "<message to='someone@remote.example'><body>x</body></message>",
+                Some(Condition::RemoteServerNotFound),
+                false,
+            ),
+        ];
+        let s = server().await;
+        let (alice, mut arx) = bind(&s, "alice@example.test/home");
+        let (_bob, mut brx) = bind(&s, "bob@example.test/phone");
+        for (xml, want_err, bob_gets) in cases {
+            s.route_from_client(&alice, stanza(xml))
+                .await
+                .unwrap_or_else(|e| panic!("{xml}: {e:?}"));
+            let back = recv(&mut arx);
+            assert_eq!(
+                back.as_deref().and_then(condition),
+                *want_err,
+                "{xml}: alice got {back:?}"
+            );
+            let got = recv(&mut brx);
+            assert_eq!(got.is_some(), *bob_gets, "{xml}: bob got {got:?}");
+            if let Some(g) = got {
+                assert_eq!(g.attr("from"), Some("alice@example.test/home"), "{xml}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn forged_from_is_a_stream_error() {
+        let s = server().await;
+        let (alice, _arx) = bind(&s, "alice@example.test/home");
+        let (_bob, mut brx) = bind(&s, "bob@example.test/phone");
+        let r = s
+            .route_from_client(
+                &alice,
+                stanza("<message from='bob@example.test/x' to='bob@example.test/phone'/>"),
+            )
+            .await;
+        assert_eq!(
+            r.err().map(|e| e.condition),
+            Some(StreamCondition::InvalidFrom)
+        );
+        assert!(recv(&mut brx).is_none());
+        // Her own bare or full JID is fine.
+        let r = s
+            .route_from_client(
+                &alice,
+                stanza("<message from='alice@example.test' to='bob@example.test/phone'/>"),
+            )
+            .await;
+        assert!(r.is_ok());
+        assert_eq!(
+            recv(&mut brx)
+                .and_then(|e| e.attr("from").map(str::to_string))
+                .as_deref(),
+            Some("alice@example.test/home")
+        );
+    }
+
+    #[tokio::test]
+    async fn bare_jid_message_goes_to_highest_nonnegative_priority() {
+        let s = server().await;
+        let (alice, _a) = bind(&s, "alice@example.test/home");
+        let (b1, mut r1) = bind(&s, "bob@example.test/one");
+        let (b2, mut r2) = bind(&s, "bob@example.test/two");
+        let (b3, mut r3) = bind(&s, "bob@example.test/three");
+        s.route_from_client(&b1, stanza("<presence><priority>1</priority></presence>"))
+            .await
+            .ok();
+        s.route_from_client(&b2, stanza("<presence><priority>5</priority></presence>"))
+            .await
+            .ok();
+        s.route_from_client(&b3, stanza("<presence><priority>-1</priority></presence>"))
+            .await
+            .ok();
+        while recv(&mut r1).is_some() || recv(&mut r2).is_some() || recv(&mut r3).is_some() {}
+        s.route_from_client(
+            &alice,
+            stanza("<message to='bob@example.test' type='chat'><body>hi</body></message>"),
+        )
+        .await
+        .ok();
+        assert!(recv(&mut r1).is_none());
+        assert!(recv(&mut r2).is_some());
+        assert!(recv(&mut r3).is_none());
+    }
+
+    #[tokio::test]
+    async fn destroy_broadcasts_unavailable_once_and_leaves_the_table() {
+        let s = server().await;
+        let (b1, _r1) = bind(&s, "bob@example.test/one");
+        let (b2, mut r2) = bind(&s, "bob@example.test/two");
+        s.route_from_client(&b2, stanza("<presence/>")).await.ok();
+        s.route_from_client(&b1, stanza("<presence/>")).await.ok();
+        assert_eq!(
+            recv(&mut r2).and_then(|p| p.attr("type").map(str::to_string)),
+            None
+        );
+        s.destroy_session(&b1, "test");
+        let p = recv(&mut r2);
+        assert_eq!(p.as_ref().and_then(|p| p.attr("type")), Some("unavailable"));
+        assert_eq!(
+            p.as_ref().and_then(|p| p.attr("from")),
+            Some("bob@example.test/one")
+        );
+        assert_eq!(s.sessions.count(), 1);
+        s.destroy_session(&b1, "again");
+        assert!(recv(&mut r2).is_none());
+    }
+}

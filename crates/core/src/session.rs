@@ -1,0 +1,374 @@
+//! The session manager: Prosody's `core/sessionmanager.lua` in Rust types.
+//!
+//! A connection becomes a *connected resource* when it binds (it then has a [`SessionHandle`] in
+//! the routing table), an *available resource* once it sends initial presence (its last broadcast
+//! presence is kept, reset by unavailable), and an *interested resource* once it fetches the
+//! roster. Sessions leave the table only through `Server::destroy_session`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use canto_stanza::{BareJid, Condition, FullJid, StanzaError, StreamError};
+use canto_xml::Element;
+use tokio::sync::{Notify, mpsc};
+
+/// Process-unique session number.
+pub type SessionId = u64;
+
+/// What a connection's writer is asked to do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Serialize and send a stanza. The element is shared: allocated once however many
+    /// sessions it is delivered to, serialized once per delivery.
+    Stanza(Arc<Element>),
+}
+
+/// Lets anyone holding a handle end the connection with a stream error (conflict, slow reader,
+/// shutdown). The connection task waits on it.
+#[derive(Debug, Default)]
+pub struct Closer {
+    notify: Notify,
+    reason: Mutex<Option<StreamError>>,
+}
+
+impl Closer {
+    /// A fresh closer.
+    pub fn new() -> Arc<Closer> {
+        Arc::new(Closer::default())
+    }
+
+    /// Asks the connection to close with `err` (the first reason wins).
+    pub fn close(&self, err: StreamError) {
+        if let Ok(mut r) = self.reason.lock() {
+            if r.is_none() {
+                *r = Some(err);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits until someone asks the connection to close, and returns the reason.
+    pub async fn closed(&self) -> StreamError {
+        loop {
+            if let Some(r) = self.reason.lock().ok().and_then(|mut r| r.take()) {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// A bound session as the router sees it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SessionHandle(Arc<SessionState>);
+
+/// The state the router needs of a bound session (session.txt: `full_jid`, `priority`,
+/// `presence`, `interested`).
+#[derive(Debug)]
+pub struct SessionState {
+    id: SessionId,
+    jid: FullJid,
+    tx: mpsc::Sender<Outbound>,
+    closer: Arc<Closer>,
+    priority: AtomicI32,
+    available: AtomicBool,
+    interested: AtomicBool,
+    presence: Mutex<Option<Arc<Element>>>,
+}
+
+/// Why a delivery did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// The session's queue is full: it has been told to close (slow reader).
+    QueueFull,
+    /// The session is gone.
+    Gone,
+}
+
+impl SessionHandle {
+    /// The session number.
+    pub fn id(&self) -> SessionId {
+        self.0.id
+    }
+
+    /// `full_jid`.
+    pub fn jid(&self) -> &FullJid {
+        &self.0.jid
+    }
+
+    /// Queues a stanza. A full queue means the client stopped reading: rather than grow
+    /// memory, the session is closed with `policy-violation` (DESIGN.md, delivery).
+    pub fn deliver(&self, el: Arc<Element>) -> Result<(), DeliveryError> {
+        match self.0.tx.try_send(Outbound::Stanza(el)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(
+                    StreamError::new(canto_stanza::StreamCondition::PolicyViolation)
+                        .with_text("too many unread stanzas"),
+                );
+                Err(DeliveryError::QueueFull)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
+        }
+    }
+
+    /// Ends the connection with a stream error.
+    pub fn close(&self, err: StreamError) {
+        self.0.closer.close(err);
+    }
+
+    /// `priority` (RFC 6121 §4.7.2.3), 0 until presence says otherwise.
+    pub fn priority(&self) -> i32 {
+        self.0.priority.load(Ordering::Relaxed)
+    }
+
+    /// Whether this is an *available resource* (sent initial presence, not since unavailable).
+    pub fn is_available(&self) -> bool {
+        self.0.available.load(Ordering::Acquire)
+    }
+
+    /// Whether this is an *interested resource* (fetched the roster).
+    pub fn is_interested(&self) -> bool {
+        self.0.interested.load(Ordering::Acquire)
+    }
+
+    /// Marks the session interested (roster fetched).
+    pub fn set_interested(&self) {
+        self.0.interested.store(true, Ordering::Release);
+    }
+
+    /// The last broadcast available presence, if available.
+    pub fn presence(&self) -> Option<Arc<Element>> {
+        self.0.presence.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Records broadcast presence: `Some` for available (with its priority), `None` for
+    /// unavailable. Returns whether the session was available before.
+    pub fn set_presence(&self, presence: Option<Arc<Element>>, priority: i32) -> bool {
+        let was = self.0.available.swap(presence.is_some(), Ordering::AcqRel);
+        self.0.priority.store(
+            if presence.is_some() { priority } else { 0 },
+            Ordering::Relaxed,
+        );
+        if let Ok(mut p) = self.0.presence.lock() {
+            *p = presence;
+        }
+        was
+    }
+}
+
+/// The routing table: bare JID → that account's bound sessions.
+#[derive(Debug, Default)]
+pub struct SessionManager {
+    users: RwLock<HashMap<BareJid, Vec<SessionHandle>>>,
+    next_id: AtomicU64,
+}
+
+/// What binding produced.
+#[derive(Debug)]
+pub struct Bound {
+    /// The new session.
+    pub handle: SessionHandle,
+    /// A session with the same full JID that the new one replaced; the caller closes it with
+    /// `conflict` (RFC 6120 §7.7.2.2, Prosody's `kick_old`).
+    pub replaced: Option<SessionHandle>,
+}
+
+impl SessionManager {
+    /// An empty table.
+    pub fn new() -> SessionManager {
+        SessionManager::default()
+    }
+
+    /// A new session number (for connections that have not bound yet too).
+    pub fn next_id(&self) -> SessionId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Binds `resource` (already resourceprep'd) for `bare` (RFC 6120 §7): a connected resource.
+    pub fn bind(
+        &self,
+        id: SessionId,
+        jid: FullJid,
+        tx: mpsc::Sender<Outbound>,
+        closer: Arc<Closer>,
+        max_sessions: usize,
+    ) -> Result<Bound, StanzaError> {
+        let handle = SessionHandle(Arc::new(SessionState {
+            id,
+            jid: jid.clone(),
+            tx,
+            closer,
+            priority: AtomicI32::new(0),
+            available: AtomicBool::new(false),
+            interested: AtomicBool::new(false),
+            presence: Mutex::new(None),
+        }));
+        let bare = jid.to_bare();
+        let mut users = self
+            .users
+            .write()
+            .map_err(|_| StanzaError::new(Condition::InternalServerError))?;
+        let list = users.entry(bare).or_default();
+        let replaced = match list.iter().position(|h| h.jid() == &jid) {
+            Some(pos) => Some(list.remove(pos)),
+            None => {
+                if list.len() >= max_sessions {
+                    // RFC 6120 §7.6.2.1
+                    return Err(StanzaError::new(Condition::ResourceConstraint));
+                }
+                None
+            }
+        };
+        list.push(handle.clone());
+        Ok(Bound { handle, replaced })
+    }
+
+    /// Removes exactly this session (not a newer one that took over its full JID).
+    pub fn remove(&self, handle: &SessionHandle) -> bool {
+        let Ok(mut users) = self.users.write() else {
+            return false;
+        };
+        let bare = handle.jid().to_bare();
+        let Some(list) = users.get_mut(&bare) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|h| h.id() != handle.id());
+        let removed = list.len() != before;
+        if list.is_empty() {
+            users.remove(&bare);
+        }
+        removed
+    }
+
+    /// The session bound to a full JID.
+    pub fn get(&self, jid: &FullJid) -> Option<SessionHandle> {
+        let users = self.users.read().ok()?;
+        users
+            .get(&jid.to_bare())?
+            .iter()
+            .find(|h| h.jid() == jid)
+            .cloned()
+    }
+
+    /// All sessions of an account.
+    pub fn resources(&self, bare: &BareJid) -> Vec<SessionHandle> {
+        self.users
+            .read()
+            .ok()
+            .and_then(|u| u.get(bare).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Whether the account has any bound session.
+    pub fn is_online(&self, bare: &BareJid) -> bool {
+        self.users
+            .read()
+            .map(|u| u.contains_key(bare))
+            .unwrap_or(false)
+    }
+
+    /// Every bound session (for shutdown).
+    pub fn all(&self) -> Vec<SessionHandle> {
+        self.users
+            .read()
+            .map(|u| u.values().flatten().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of bound sessions.
+    pub fn count(&self) -> usize {
+        self.users
+            .read()
+            .map(|u| u.values().map(Vec::len).sum())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(s: &str) -> FullJid {
+        FullJid::new(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn bind(m: &SessionManager, jid: &str, max: usize) -> Result<Bound, StanzaError> {
+        let (tx, _rx) = mpsc::channel(4);
+        m.bind(m.next_id(), full(jid), tx, Closer::new(), max)
+    }
+
+    #[test]
+    fn conflict_replaces_and_remove_is_by_identity() {
+        let m = SessionManager::new();
+        let a = bind(&m, "a@x/r", 10).ok().map(|b| b.handle);
+        let b = bind(&m, "a@x/r", 10).ok();
+        let replaced = b.as_ref().and_then(|b| b.replaced.clone());
+        assert_eq!(
+            replaced.as_ref().map(|h| h.id()),
+            a.as_ref().map(|h| h.id())
+        );
+        assert_eq!(m.count(), 1);
+        // The old session's destroy must not remove the new one.
+        if let Some(a) = &a {
+            assert!(!m.remove(a));
+        }
+        assert_eq!(m.count(), 1);
+        if let Some(b) = &b {
+            assert!(m.remove(&b.handle));
+        }
+        assert_eq!(m.count(), 0);
+        assert!(!m.is_online(&BareJid::new("a@x").unwrap_or_else(|_| panic!())));
+    }
+
+    #[test]
+    fn session_cap_is_resource_constraint() {
+        let m = SessionManager::new();
+        assert!(bind(&m, "a@x/1", 2).is_ok());
+        assert!(bind(&m, "a@x/2", 2).is_ok());
+        let e = bind(&m, "a@x/3", 2).err().map(|e| e.condition);
+        assert_eq!(e, Some(Condition::ResourceConstraint));
+        // Rebinding an existing resource is a replacement, not a new session.
+        assert!(bind(&m, "a@x/2", 2).is_ok());
+    }
+
+    #[test]
+    fn full_queue_closes_the_slow_reader() {
+        let m = SessionManager::new();
+        let (tx, _rx) = mpsc::channel(1);
+        let closer = Closer::new();
+        let b = m
+            .bind(1, full("a@x/r"), tx, closer.clone(), 5)
+            .ok()
+            .map(|b| b.handle);
+        let h = b.unwrap_or_else(|| panic!("bind"));
+        let el = Arc::new(Element::new("message", "jabber:client"));
+        assert_eq!(h.deliver(el.clone()), Ok(()));
+        assert_eq!(h.deliver(el), Err(DeliveryError::QueueFull));
+        let rt = tokio::runtime::Builder::new_current_thread().build();
+        let reason = rt.map(|rt| rt.block_on(closer.closed())).ok();
+        assert_eq!(
+            reason.map(|r| r.condition),
+            Some(canto_stanza::StreamCondition::PolicyViolation)
+        );
+    }
+
+    #[test]
+    fn presence_makes_available_and_unavailable_resets() {
+        let m = SessionManager::new();
+        let h = bind(&m, "a@x/r", 5)
+            .ok()
+            .map(|b| b.handle)
+            .unwrap_or_else(|| panic!());
+        assert!(!h.is_available());
+        let p = Arc::new(Element::new("presence", "jabber:client"));
+        assert!(!h.set_presence(Some(p), 5));
+        assert!(h.is_available());
+        assert_eq!(h.priority(), 5);
+        assert!(h.set_presence(None, 0));
+        assert!(!h.is_available());
+        assert!(h.presence().is_none());
+    }
+}

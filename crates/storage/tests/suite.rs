@@ -1,0 +1,1079 @@
+//! One behavioural suite run against every backend, plus SQLite-specific tests
+//! (persistence across reopen, two processes sharing one file).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use canto_storage::{
+    ArchiveItem, ArchiveQuery, Backend, Credentials, HashAlgo, ScramKeys, SqliteBackend, Storage,
+    StorageError,
+};
+
+/// A unique, not yet existing path below the system temp dir (with a missing parent
+/// directory, to exercise its creation). Removed by [`TempDb`]'s drop.
+struct TempDb {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TempDb {
+    fn new(name: &str) -> TempDb {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "canto-storage-test-{name}-{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let path = dir.join("nested").join("canto.sqlite");
+        TempDb { dir, path }
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Sqlite {
+            path: self.path.clone(),
+        }
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Cheap, distinct, well-formed credentials (no key derivation).
+fn creds(n: u32) -> Credentials {
+    let b = n.to_be_bytes();
+    let fill = |len: usize, tag: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| b[i % 4] ^ tag.wrapping_add(i as u8))
+            .collect()
+    };
+    Credentials {
+        sha1: ScramKeys {
+            salt: fill(16, 1),
+            iterations: 4096 + n,
+            stored_key: fill(20, 2),
+            server_key: fill(20, 3),
+        },
+        sha256: ScramKeys {
+            salt: fill(16, 4),
+            iterations: u32::MAX - n,
+            stored_key: fill(32, 5),
+            server_key: fill(32, 6),
+        },
+    }
+}
+
+async fn run_suite(s: Storage, label: &str) {
+    accounts(&s).await;
+    import(&s, label).await;
+    key_value(&s).await;
+    map(&s).await;
+    archive(&s).await;
+    archive_limit_and_delete(&s).await;
+    delete_cascades(&s).await;
+}
+
+async fn accounts(s: &Storage) {
+    let a = &s.accounts;
+    let real = Credentials::from_password("pencil", 16);
+    assert!(!a.exists("h.example", "juliet").await.expect("exists"));
+    assert_eq!(
+        a.credentials("h.example", "juliet").await.expect("creds"),
+        None
+    );
+    a.create("h.example", "juliet", &real)
+        .await
+        .expect("create");
+    assert!(a.exists("h.example", "juliet").await.expect("exists"));
+    let stored = a
+        .credentials("h.example", "juliet")
+        .await
+        .expect("creds")
+        .expect("present");
+    assert_eq!(stored, real);
+    assert!(stored.sha256.verify_password(HashAlgo::Sha256, "pencil"));
+    assert!(stored.sha1.verify_password(HashAlgo::Sha1, "pencil"));
+
+    // Duplicate: refused, original kept.
+    match a.create("h.example", "juliet", &creds(1)).await {
+        Err(StorageError::AlreadyExists) => {}
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(
+        a.credentials("h.example", "juliet").await.expect("creds"),
+        Some(real.clone())
+    );
+
+    // Same username on another host, and case is significant (callers normalize).
+    a.create("other.example", "juliet", &creds(2))
+        .await
+        .expect("other host");
+    a.create("h.example", "Juliet", &creds(3))
+        .await
+        .expect("case");
+    assert_eq!(
+        a.credentials("other.example", "juliet").await.expect("c"),
+        Some(creds(2))
+    );
+
+    // set_credentials.
+    assert!(
+        a.set_credentials("h.example", "juliet", &creds(4))
+            .await
+            .expect("set")
+    );
+    assert_eq!(
+        a.credentials("h.example", "juliet").await.expect("c"),
+        Some(creds(4))
+    );
+    assert!(
+        !a.set_credentials("h.example", "nobody", &creds(4))
+            .await
+            .expect("set")
+    );
+    assert!(!a.exists("h.example", "nobody").await.expect("exists"));
+
+    // list: sorted, per host.
+    for u in ["romeo", "benvolio", "mercutio"] {
+        a.create("h.example", u, &creds(5)).await.expect("create");
+    }
+    assert_eq!(
+        a.list("h.example").await.expect("list"),
+        ["Juliet", "benvolio", "juliet", "mercutio", "romeo"]
+    );
+    assert_eq!(a.list("other.example").await.expect("list"), ["juliet"]);
+    assert!(a.list("none.example").await.expect("list").is_empty());
+
+    // delete.
+    assert!(a.delete("h.example", "mercutio").await.expect("delete"));
+    assert!(!a.delete("h.example", "mercutio").await.expect("delete"));
+    assert!(!a.exists("h.example", "mercutio").await.expect("exists"));
+    assert_eq!(
+        a.list("h.example").await.expect("list"),
+        ["Juliet", "benvolio", "juliet", "romeo"]
+    );
+}
+
+async fn import(s: &Storage, label: &str) {
+    let a = &s.accounts;
+    a.create("import.example", "user00042", &creds(1))
+        .await
+        .expect("create");
+    let batch: Vec<(String, String, Credentials)> = (0..10_000u32)
+        .rev()
+        .map(|i| ("import.example".to_owned(), format!("user{i:05}"), creds(i)))
+        .collect();
+    let started = Instant::now();
+    let n = a.import(&batch).await.expect("import");
+    println!(
+        "[{label}] imported 10000 accounts in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(n, 10_000);
+    let list = a.list("import.example").await.expect("list");
+    assert_eq!(list.len(), 10_000);
+    assert!(list.windows(2).all(|w| w[0] < w[1]), "sorted");
+    assert_eq!(list[0], "user00000");
+    // Replaced, not duplicated.
+    assert_eq!(
+        a.credentials("import.example", "user00042")
+            .await
+            .expect("c"),
+        Some(creds(42))
+    );
+    assert_eq!(
+        a.credentials("import.example", "user09999")
+            .await
+            .expect("c"),
+        Some(creds(9999))
+    );
+    assert_eq!(a.import(&[]).await.expect("empty import"), 0);
+}
+
+async fn key_value(s: &Storage) {
+    let kv = &s.kv;
+    assert_eq!(
+        kv.get("roster", "h.example", "kv").await.expect("get"),
+        None
+    );
+    kv.set("roster", "h.example", "kv", Some(b"<query/>"))
+        .await
+        .expect("set");
+    kv.set("vcard", "h.example", "kv", Some(b"<vCard/>"))
+        .await
+        .expect("set");
+    kv.set("roster", "h.example", "kv2", Some(b""))
+        .await
+        .expect("set empty");
+    assert_eq!(
+        kv.get("roster", "h.example", "kv").await.expect("get"),
+        Some(b"<query/>".to_vec())
+    );
+    assert_eq!(
+        kv.get("roster", "h.example", "kv2").await.expect("get"),
+        Some(Vec::new())
+    );
+    // Overwrite.
+    kv.set("roster", "h.example", "kv", Some(&[0, 255, 1]))
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        kv.get("roster", "h.example", "kv").await.expect("get"),
+        Some(vec![0, 255, 1])
+    );
+    // Delete; other stores and users untouched; deleting twice is fine.
+    kv.set("roster", "h.example", "kv", None)
+        .await
+        .expect("delete");
+    kv.set("roster", "h.example", "kv", None)
+        .await
+        .expect("delete again");
+    assert_eq!(
+        kv.get("roster", "h.example", "kv").await.expect("get"),
+        None
+    );
+    assert_eq!(
+        kv.get("vcard", "h.example", "kv").await.expect("get"),
+        Some(b"<vCard/>".to_vec())
+    );
+    assert_eq!(
+        kv.get("roster", "other.example", "kv").await.expect("get"),
+        None
+    );
+}
+
+async fn map(s: &Storage) {
+    let m = &s.map;
+    assert_eq!(
+        m.get("roster", "h.example", "mu", "a@x")
+            .await
+            .expect("get"),
+        None
+    );
+    assert!(
+        m.get_all("roster", "h.example", "mu")
+            .await
+            .expect("all")
+            .is_empty()
+    );
+    for (k, v) in [("c@x", "3"), ("a@x", "1"), ("b@x", "2")] {
+        m.set("roster", "h.example", "mu", k, Some(v.as_bytes()))
+            .await
+            .expect("set");
+    }
+    m.set("pending", "h.example", "mu", "z@x", Some(b"p"))
+        .await
+        .expect("set");
+    m.set("roster", "h.example", "other", "a@x", Some(b"o"))
+        .await
+        .expect("set");
+    assert_eq!(
+        m.get("roster", "h.example", "mu", "b@x")
+            .await
+            .expect("get"),
+        Some(b"2".to_vec())
+    );
+    m.set("roster", "h.example", "mu", "b@x", Some(b"22"))
+        .await
+        .expect("overwrite");
+    assert_eq!(
+        m.get_all("roster", "h.example", "mu").await.expect("all"),
+        vec![
+            ("a@x".to_owned(), b"1".to_vec()),
+            ("b@x".to_owned(), b"22".to_vec()),
+            ("c@x".to_owned(), b"3".to_vec()),
+        ]
+    );
+    m.set("roster", "h.example", "mu", "a@x", None)
+        .await
+        .expect("delete");
+    m.set("roster", "h.example", "mu", "nope", None)
+        .await
+        .expect("delete missing");
+    assert_eq!(
+        m.get("roster", "h.example", "mu", "a@x")
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        m.get_all("roster", "h.example", "mu")
+            .await
+            .expect("all")
+            .len(),
+        2
+    );
+    m.clear("roster", "h.example", "mu").await.expect("clear");
+    assert!(
+        m.get_all("roster", "h.example", "mu")
+            .await
+            .expect("all")
+            .is_empty()
+    );
+    // Other store and other user untouched.
+    assert_eq!(
+        m.get_all("pending", "h.example", "mu").await.expect("all"),
+        vec![("z@x".to_owned(), b"p".to_vec())]
+    );
+    assert_eq!(
+        m.get("roster", "h.example", "other", "a@x")
+            .await
+            .expect("get"),
+        Some(b"o".to_vec())
+    );
+}
+
+const H: &str = "arch.example";
+
+fn ids(items: &[ArchiveItem]) -> Vec<String> {
+    items.iter().map(|i| i.id.clone()).collect()
+}
+
+async fn q(s: &Storage, query: ArchiveQuery) -> Vec<ArchiveItem> {
+    s.archive
+        .query("mam", H, "alice", &query)
+        .await
+        .expect("query")
+}
+
+async fn archive(s: &Storage) {
+    let ar = &s.archive;
+    // 10 items for alice: alternating partners, stamps 1000..=10000.
+    let mut all = Vec::new();
+    for i in 0..10i64 {
+        let with = if i % 2 == 0 { "bob@x" } else { "carol@x" };
+        let data = format!("<message n='{i}'/>").into_bytes();
+        let id = ar
+            .append("mam", H, "alice", with, (i + 1) * 1000, &data, None)
+            .await
+            .expect("append");
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        all.push(id);
+        // Noise in other users and stores, interleaved.
+        ar.append("mam", H, "bob", "alice@x", (i + 1) * 1000, b"b", None)
+            .await
+            .expect("append");
+        ar.append("offline", H, "alice", "bob@x", (i + 1) * 1000, b"o", None)
+            .await
+            .expect("append");
+    }
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 10, "ids unique");
+
+    // Everything, ascending.
+    let items = q(s, ArchiveQuery::default()).await;
+    assert_eq!(ids(&items), all);
+    assert!(items.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(items[3].stamp_ms, 4000);
+    assert_eq!(items[3].with, "carol@x");
+    assert_eq!(items[3].data, b"<message n='3'/>");
+
+    // with.
+    let bob = q(
+        s,
+        ArchiveQuery {
+            with: Some("bob@x".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&bob), [0, 2, 4, 6, 8].map(|i| all[i].clone()));
+    assert!(
+        q(
+            s,
+            ArchiveQuery {
+                with: Some("nobody@x".into()),
+                ..Default::default()
+            }
+        )
+        .await
+        .is_empty()
+    );
+
+    // start / end, inclusive.
+    let range = q(
+        s,
+        ArchiveQuery {
+            start_ms: Some(3000),
+            end_ms: Some(6000),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&range), all[2..6]);
+    let from = q(
+        s,
+        ArchiveQuery {
+            start_ms: Some(9500),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&from), all[9..]);
+    let until = q(
+        s,
+        ArchiveQuery {
+            end_ms: Some(1000),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&until), all[..1]);
+
+    // ids: order of the archive, unknown and foreign ids ignored.
+    let bobs_item = ar
+        .query("mam", H, "bob", &ArchiveQuery::default())
+        .await
+        .expect("query")[0]
+        .id
+        .clone();
+    let picked = q(
+        s,
+        ArchiveQuery {
+            ids: Some(vec![
+                all[7].clone(),
+                "nope".into(),
+                all[1].clone(),
+                bobs_item.clone(),
+                "\"]'".into(),
+            ]),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&picked), [all[1].clone(), all[7].clone()]);
+    assert!(
+        q(
+            s,
+            ArchiveQuery {
+                ids: Some(Vec::new()),
+                ..Default::default()
+            }
+        )
+        .await
+        .is_empty()
+    );
+
+    // limit and reverse.
+    let first3 = q(
+        s,
+        ArchiveQuery {
+            limit: Some(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&first3), all[..3]);
+    let rev = q(
+        s,
+        ArchiveQuery {
+            reverse: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut all_rev = all.clone();
+    all_rev.reverse();
+    assert_eq!(ids(&rev), all_rev);
+    let last3 = q(
+        s,
+        ArchiveQuery {
+            reverse: true,
+            limit: Some(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&last3), all_rev[..3]);
+    assert!(
+        q(
+            s,
+            ArchiveQuery {
+                limit: Some(0),
+                ..Default::default()
+            }
+        )
+        .await
+        .is_empty()
+    );
+
+    // Keyset pagination forwards with after_id.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = q(
+            s,
+            ArchiveQuery {
+                after_id: after.clone(),
+                limit: Some(3),
+                ..Default::default()
+            },
+        )
+        .await;
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        after = page.last().map(|i| i.id.clone());
+        seen.extend(ids(&page));
+    }
+    assert_eq!(seen, all);
+
+    // Keyset pagination backwards with before_id + reverse.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = q(
+            s,
+            ArchiveQuery {
+                before_id: before.clone(),
+                limit: Some(4),
+                reverse: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|i| i.id.clone());
+        seen.extend(ids(&page));
+    }
+    assert_eq!(seen, all_rev);
+
+    // before_id without reverse: the oldest items before it; after_id with reverse.
+    let before_ascending = q(
+        s,
+        ArchiveQuery {
+            before_id: Some(all[5].clone()),
+            limit: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&before_ascending), all[..2]);
+    let after_reverse = q(
+        s,
+        ArchiveQuery {
+            after_id: Some(all[5].clone()),
+            reverse: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&after_reverse), all_rev[..4]);
+
+    // Both bounds, combined with a filter.
+    let between = q(
+        s,
+        ArchiveQuery {
+            after_id: Some(all[1].clone()),
+            before_id: Some(all[8].clone()),
+            with: Some("carol@x".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(&between), [3, 5, 7].map(|i| all[i].clone()));
+    // Inverted and empty windows.
+    for (a, b) in [(7, 2), (4, 4), (4, 5)] {
+        assert!(
+            q(
+                s,
+                ArchiveQuery {
+                    after_id: Some(all[a].clone()),
+                    before_id: Some(all[b].clone()),
+                    ..Default::default()
+                }
+            )
+            .await
+            .is_empty()
+        );
+    }
+    // Unknown or foreign bounds match nothing.
+    for bound in ["nope".to_owned(), bobs_item.clone()] {
+        assert!(
+            q(
+                s,
+                ArchiveQuery {
+                    after_id: Some(bound.clone()),
+                    ..Default::default()
+                }
+            )
+            .await
+            .is_empty()
+        );
+        assert!(
+            q(
+                s,
+                ArchiveQuery {
+                    before_id: Some(bound.clone()),
+                    ..Default::default()
+                }
+            )
+            .await
+            .is_empty()
+        );
+    }
+
+    // count: same filters, ignores limit.
+    let count = |query: ArchiveQuery| async move {
+        ar.count("mam", H, "alice", &query).await.expect("count")
+    };
+    assert_eq!(count(ArchiveQuery::default()).await, 10);
+    assert_eq!(
+        count(ArchiveQuery {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await,
+        10
+    );
+    assert_eq!(
+        count(ArchiveQuery {
+            with: Some("bob@x".into()),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await,
+        5
+    );
+    assert_eq!(
+        count(ArchiveQuery {
+            after_id: Some(all[6].clone()),
+            ..Default::default()
+        })
+        .await,
+        3
+    );
+    assert_eq!(
+        count(ArchiveQuery {
+            before_id: Some(all[6].clone()),
+            start_ms: Some(2000),
+            ..Default::default()
+        })
+        .await,
+        5
+    );
+    assert_eq!(
+        count(ArchiveQuery {
+            ids: Some(vec![all[0].clone(), bobs_item.clone()]),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        ar.count("mam", H, "nobody", &ArchiveQuery::default())
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        ar.count("offline", H, "alice", &ArchiveQuery::default())
+            .await
+            .expect("count"),
+        10
+    );
+    assert!(
+        ar.query("mam", H, "nobody", &ArchiveQuery::default())
+            .await
+            .expect("query")
+            .is_empty()
+    );
+
+    // delete by ids: only this user's, unknown ignored.
+    let n = ar
+        .delete(
+            "mam",
+            H,
+            "alice",
+            Some(&[
+                all[0].clone(),
+                all[9].clone(),
+                "nope".into(),
+                bobs_item.clone(),
+            ]),
+        )
+        .await
+        .expect("delete ids");
+    assert_eq!(n, 2);
+    assert_eq!(ids(&q(s, ArchiveQuery::default()).await), all[1..9]);
+    assert_eq!(
+        ar.count("mam", H, "bob", &ArchiveQuery::default())
+            .await
+            .expect("count"),
+        10
+    );
+    assert_eq!(
+        ar.delete("mam", H, "alice", Some(&[]))
+            .await
+            .expect("delete none"),
+        0
+    );
+    // Seqs are never reused after deletion.
+    let newest = ar
+        .append("mam", H, "alice", "bob@x", 11_000, b"n", None)
+        .await
+        .expect("append");
+    let items = q(s, ArchiveQuery::default()).await;
+    assert_eq!(items.last().map(|i| i.id.clone()), Some(newest));
+    assert!(items.windows(2).all(|w| w[0].seq < w[1].seq));
+
+    // delete all of one user's items in one store.
+    assert_eq!(ar.delete("mam", H, "alice", None).await.expect("delete"), 9);
+    assert!(q(s, ArchiveQuery::default()).await.is_empty());
+    assert_eq!(ar.delete("mam", H, "alice", None).await.expect("delete"), 0);
+    assert_eq!(
+        ar.count("offline", H, "alice", &ArchiveQuery::default())
+            .await
+            .expect("count"),
+        10
+    );
+
+    // delete_older_than: all users of one store, strictly older.
+    ar.append("offline", H, "carol", "x@x", 500, b"c", None)
+        .await
+        .expect("append");
+    let n = ar.delete_older_than("offline", 3000).await.expect("expire");
+    assert_eq!(n, 3); // alice 1000, 2000; carol 500
+    let left = ar
+        .query("offline", H, "alice", &ArchiveQuery::default())
+        .await
+        .expect("query");
+    assert_eq!(left.len(), 8);
+    assert_eq!(left[0].stamp_ms, 3000);
+    assert_eq!(
+        ar.count("offline", H, "carol", &ArchiveQuery::default())
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        ar.count("mam", H, "bob", &ArchiveQuery::default())
+            .await
+            .expect("count"),
+        10,
+        "other stores untouched"
+    );
+    assert_eq!(
+        ar.delete_older_than("nostore", i64::MAX)
+            .await
+            .expect("expire"),
+        0
+    );
+    // Clean up for later parts of the suite.
+    ar.delete("offline", H, "alice", None)
+        .await
+        .expect("delete");
+    ar.delete("mam", H, "bob", None).await.expect("delete");
+}
+
+async fn archive_limit_and_delete(s: &Storage) {
+    let ar = &s.archive;
+    for i in 0..3 {
+        ar.append("offline", H, "lim", "x@x", i, b"m", Some(3))
+            .await
+            .expect("under limit");
+    }
+    match ar
+        .append("offline", H, "lim", "x@x", 99, b"m", Some(3))
+        .await
+    {
+        Err(StorageError::Limit(_)) => {}
+        other => panic!("expected Limit, got {other:?}"),
+    }
+    match ar
+        .append("offline", H, "lim", "x@x", 99, b"m", Some(0))
+        .await
+    {
+        Err(StorageError::Limit(_)) => {}
+        other => panic!("expected Limit, got {other:?}"),
+    }
+    assert_eq!(
+        ar.count("offline", H, "lim", &ArchiveQuery::default())
+            .await
+            .expect("count"),
+        3,
+        "nothing stored over the limit"
+    );
+    // The limit is per user and store.
+    ar.append("offline", H, "lim2", "x@x", 1, b"m", Some(1))
+        .await
+        .expect("other user");
+    ar.append("mam", H, "lim", "x@x", 1, b"m", Some(1))
+        .await
+        .expect("other store");
+    ar.append("offline", H, "lim", "x@x", 4, b"m", Some(4))
+        .await
+        .expect("higher limit");
+    assert_eq!(ar.delete("offline", H, "lim", None).await.expect("d"), 4);
+    ar.append("offline", H, "lim", "x@x", 5, b"m", Some(1))
+        .await
+        .expect("room again");
+}
+
+async fn delete_cascades(s: &Storage) {
+    let (a, kv, m, ar) = (&s.accounts, &s.kv, &s.map, &s.archive);
+    for u in ["doomed", "survivor"] {
+        a.create("c.example", u, &creds(7)).await.expect("create");
+        kv.set("roster", "c.example", u, Some(b"r"))
+            .await
+            .expect("kv");
+        kv.set("vcard", "c.example", u, Some(b"v"))
+            .await
+            .expect("kv");
+        m.set("roster", "c.example", u, "k", Some(b"v"))
+            .await
+            .expect("map");
+        m.set("pending", "c.example", u, "k", Some(b"v"))
+            .await
+            .expect("map");
+        ar.append("offline", "c.example", u, "w@x", 1, b"a", None)
+            .await
+            .expect("archive");
+        ar.append("mam", "c.example", u, "w@x", 1, b"a", None)
+            .await
+            .expect("archive");
+    }
+    // Same username on another host keeps its data.
+    kv.set("roster", "d.example", "doomed", Some(b"r"))
+        .await
+        .expect("kv");
+
+    assert!(a.delete("c.example", "doomed").await.expect("delete"));
+    assert!(!a.exists("c.example", "doomed").await.expect("exists"));
+    for store in ["roster", "vcard"] {
+        assert_eq!(
+            kv.get(store, "c.example", "doomed").await.expect("kv"),
+            None
+        );
+        assert!(
+            kv.get(store, "c.example", "survivor")
+                .await
+                .expect("kv")
+                .is_some()
+        );
+    }
+    for store in ["roster", "pending"] {
+        assert!(
+            m.get_all(store, "c.example", "doomed")
+                .await
+                .expect("map")
+                .is_empty()
+        );
+        assert_eq!(
+            m.get_all(store, "c.example", "survivor")
+                .await
+                .expect("map")
+                .len(),
+            1
+        );
+    }
+    for store in ["offline", "mam"] {
+        let none = ArchiveQuery::default();
+        assert_eq!(
+            ar.count(store, "c.example", "doomed", &none)
+                .await
+                .expect("c"),
+            0
+        );
+        assert_eq!(
+            ar.count(store, "c.example", "survivor", &none)
+                .await
+                .expect("c"),
+            1
+        );
+    }
+    assert!(
+        kv.get("roster", "d.example", "doomed")
+            .await
+            .expect("kv")
+            .is_some()
+    );
+    assert!(a.exists("c.example", "survivor").await.expect("exists"));
+
+    // Data of a user without an account is removed too.
+    kv.set("roster", "c.example", "ghost", Some(b"r"))
+        .await
+        .expect("kv");
+    assert!(!a.delete("c.example", "ghost").await.expect("delete"));
+    assert_eq!(
+        kv.get("roster", "c.example", "ghost").await.expect("kv"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn memory_backend() {
+    run_suite(Storage::memory(), "memory").await;
+    run_suite(
+        Storage::open(&Backend::Memory).await.expect("open"),
+        "memory via open",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_backend() {
+    let db = TempDb::new("suite");
+    let s = Storage::open(&db.backend()).await.expect("open");
+    assert!(db.path.exists());
+    run_suite(s, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_persists_after_reopen() {
+    let db = TempDb::new("reopen");
+    let creds_a = Credentials::from_password("secret", 16);
+    let (item_id, kept_id);
+    {
+        let backend = std::sync::Arc::new(SqliteBackend::open(&db.path).await.expect("open"));
+        let s = Storage::from_backend(backend.clone());
+        s.accounts
+            .create("p.example", "alice", &creds_a)
+            .await
+            .expect("create");
+        s.kv.set("vcard", "p.example", "alice", Some(b"<vCard/>"))
+            .await
+            .expect("kv");
+        s.map
+            .set("roster", "p.example", "alice", "bob@x", Some(b"both"))
+            .await
+            .expect("map");
+        item_id = s
+            .archive
+            .append(
+                "offline",
+                "p.example",
+                "alice",
+                "bob@x",
+                42,
+                b"<m/>",
+                Some(10),
+            )
+            .await
+            .expect("append");
+        kept_id = s
+            .archive
+            .append("offline", "p.example", "alice", "bob@x", 43, b"<m2/>", None)
+            .await
+            .expect("append");
+        backend.close().await;
+        assert!(
+            s.accounts.exists("p.example", "alice").await.is_err(),
+            "closed pool refuses work"
+        );
+    }
+    // Reopen (migrations are idempotent) and find everything.
+    for _ in 0..2 {
+        let s = Storage::open(&db.backend()).await.expect("reopen");
+        assert_eq!(
+            s.accounts
+                .credentials("p.example", "alice")
+                .await
+                .expect("creds"),
+            Some(creds_a.clone())
+        );
+        assert_eq!(
+            s.kv.get("vcard", "p.example", "alice").await.expect("kv"),
+            Some(b"<vCard/>".to_vec())
+        );
+        assert_eq!(
+            s.map
+                .get_all("roster", "p.example", "alice")
+                .await
+                .expect("map"),
+            vec![("bob@x".to_owned(), b"both".to_vec())]
+        );
+        let items = s
+            .archive
+            .query("offline", "p.example", "alice", &ArchiveQuery::default())
+            .await
+            .expect("query");
+        assert_eq!(ids(&items), [item_id.clone(), kept_id.clone()]);
+        assert_eq!(items[0].stamp_ms, 42);
+        assert_eq!(items[0].with, "bob@x");
+        assert_eq!(items[0].data, b"<m/>");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_two_handles_share_one_file() {
+    let db = TempDb::new("shared");
+    // Both open (and migrate) a fresh file at the same time, like a server and the CLI.
+    let backend = db.backend();
+    let (server, cli) = tokio::join!(Storage::open(&backend), Storage::open(&backend));
+    let (server, cli) = (server.expect("server open"), cli.expect("cli open"));
+
+    let server_task = {
+        let s = server.clone();
+        tokio::spawn(async move {
+            for i in 0..200i64 {
+                s.archive
+                    .append(
+                        "offline",
+                        "s.example",
+                        "alice",
+                        "bob@x",
+                        i,
+                        b"m",
+                        Some(1000),
+                    )
+                    .await
+                    .expect("server append");
+                if i % 20 == 0 {
+                    s.accounts
+                        .delete("s.example", &format!("gone{i}"))
+                        .await
+                        .expect("server delete");
+                }
+            }
+        })
+    };
+    let cli_task = {
+        let s = cli.clone();
+        tokio::spawn(async move {
+            for i in 0..50u32 {
+                s.accounts
+                    .create("s.example", &format!("user{i:02}"), &creds(i))
+                    .await
+                    .expect("cli create");
+            }
+            let batch: Vec<_> = (0..500u32)
+                .map(|i| ("s.example".to_owned(), format!("bulk{i:03}"), creds(i)))
+                .collect();
+            s.accounts.import(&batch).await.expect("cli import");
+        })
+    };
+    server_task.await.expect("server task");
+    cli_task.await.expect("cli task");
+
+    for s in [&server, &cli] {
+        assert_eq!(s.accounts.list("s.example").await.expect("list").len(), 550);
+        assert_eq!(
+            s.archive
+                .count("offline", "s.example", "alice", &ArchiveQuery::default())
+                .await
+                .expect("count"),
+            200
+        );
+    }
+    assert_eq!(
+        server
+            .accounts
+            .credentials("s.example", "user07")
+            .await
+            .expect("creds"),
+        Some(creds(7))
+    );
+}

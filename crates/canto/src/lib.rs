@@ -1,1 +1,7 @@
-//! placeholder
+//! The `canto` binary's library: command line, startup sequence, account administration.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod logging;
+pub mod startup;
+pub mod users;

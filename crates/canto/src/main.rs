@@ -1,1 +1,6 @@
-fn main() {}
+//! `canto`: see `canto --help`.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    canto::cli::main()
+}

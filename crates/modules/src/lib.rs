@@ -1,1 +1,106 @@
-//! placeholder
+//! Canto's feature modules, modelled on Prosody's `mod_*` plugins. Each file implements one
+//! protocol; [`all`] is the one list the server loads from (config `modules = [...]` picks).
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use canto_core::{IqRequest, Module, Spec};
+use canto_stanza::{Condition, StanzaError};
+
+pub mod disco;
+pub mod ping;
+pub mod time;
+pub mod version;
+
+#[cfg(test)]
+mod test_support;
+
+/// Every module Canto ships, in the order the README lists them.
+pub fn all() -> Vec<Arc<dyn Module>> {
+    vec![
+        Arc::new(disco::Disco),
+        Arc::new(ping::Ping),
+        Arc::new(version::Version),
+        Arc::new(time::Time),
+    ]
+}
+
+/// `(module name, specification)` for every protocol a module implements: the README table and
+/// the DOAP file are generated from this.
+pub fn supported_specs() -> Vec<(&'static str, Spec)> {
+    all()
+        .iter()
+        .flat_map(|m| {
+            let name = m.name();
+            m.specs().iter().map(move |s| (name, *s))
+        })
+        .collect()
+}
+
+/// Checks that the payload is the element `name` a handler expects in its namespace. Anything
+/// else in that namespace is a payload we do not understand: `service-unavailable`
+/// (RFC 6120 §8.4).
+pub(crate) fn expect_payload(req: &IqRequest<'_>, name: &str) -> Result<(), StanzaError> {
+    if req.payload.name() == name {
+        Ok(())
+    } else {
+        Err(StanzaError::new(Condition::ServiceUnavailable))
+    }
+}
+
+/// Whether the sender is the account the request is addressed to (same bare JID).
+pub(crate) fn from_owner(req: &IqRequest<'_>) -> bool {
+    req.from.to_bare() == req.to.to_bare()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::server_with_modules;
+
+    #[test]
+    fn module_names_are_unique_and_match_the_default_config() {
+        let names: Vec<&str> = all().iter().map(|m| m.name()).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "{names:?}");
+        // The default configuration enables every module by name; each must exist.
+        for configured in canto_core::Config::default().modules {
+            assert!(names.contains(&configured.as_str()), "{configured}");
+        }
+    }
+
+    #[test]
+    fn supported_specs_lists_each_module_spec() {
+        let specs = supported_specs();
+        let ids: Vec<(&str, &str, &str)> =
+            specs.iter().map(|(m, s)| (*m, s.id, s.version)).collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("disco", "XEP-0030", "2.5.0"),
+                ("ping", "XEP-0199", "2.0.1"),
+                ("version", "XEP-0092", "1.1"),
+                ("time", "XEP-0202", "2.0"),
+                ("time", "XEP-0082", "1.1.1"),
+            ]
+        );
+        assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn unknown_module_name_is_refused_by_name() {
+        let err = server_with_modules(&["disco", "nope"]).await.err();
+        let msg = err.unwrap_or_default();
+        assert!(msg.contains("\"nope\""), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn every_module_loads_together() {
+        let names: Vec<&str> = all().iter().map(|m| m.name()).collect();
+        let server = server_with_modules(&names).await;
+        let loaded = server.as_ref().map(|s| s.modules().loaded().to_vec()).ok();
+        assert_eq!(loaded, Some(names));
+    }
+}

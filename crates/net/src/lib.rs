@@ -1,1 +1,113 @@
-//! placeholder
+//! Canto's network layer: listeners, TLS, and one task per connection. It decides no routing:
+//! parsed stanzas go to `canto-core`'s router.
+#![forbid(unsafe_code)]
+
+pub mod c2s;
+pub mod io;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canto_core::Server;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+pub use tls::{CertStore, TlsError};
+
+/// A bound listening socket and whether it speaks direct TLS (XEP-0368).
+pub struct Listener {
+    socket: TcpListener,
+    direct_tls: bool,
+}
+
+impl Listener {
+    /// Binds a listener.
+    pub async fn bind(addr: &str, direct_tls: bool) -> std::io::Result<Listener> {
+        let socket = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        })?;
+        Ok(Listener { socket, direct_tls })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Whether this listener speaks direct TLS.
+    pub fn is_direct_tls(&self) -> bool {
+        self.direct_tls
+    }
+}
+
+/// Binds every c2s listener in the configuration.
+pub async fn bind_c2s(config: &canto_core::Config) -> std::io::Result<Vec<Listener>> {
+    let mut out = Vec::new();
+    for a in &config.c2s.listen {
+        out.push(Listener::bind(a, false).await?);
+    }
+    for a in &config.c2s.direct_tls_listen {
+        out.push(Listener::bind(a, true).await?);
+    }
+    Ok(out)
+}
+
+/// Running listeners; [`Network::shutdown`] stops them and every connection.
+pub struct Network {
+    shutdown: watch::Sender<bool>,
+    alive_tx: Option<mpsc::Sender<()>>,
+    alive_rx: mpsc::Receiver<()>,
+    certs: Arc<CertStore>,
+}
+
+/// Starts accepting on `listeners`.
+pub fn start(server: Arc<Server>, certs: Arc<CertStore>, listeners: Vec<Listener>) -> Network {
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (alive_tx, alive_rx) = mpsc::channel(1);
+    let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
+    let ctx = Arc::new(c2s::C2sContext { server, certs: certs.clone(), acceptor, shutdown: shutdown_rx.clone() });
+    for l in listeners {
+        let ctx = ctx.clone();
+        let alive = alive_tx.clone();
+        let mut stop = shutdown_rx.clone();
+        if let Ok(a) = l.local_addr() {
+            info!(addr = %a, direct_tls = l.direct_tls, "listening for clients");
+        }
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = l.socket.accept() => match r {
+                        Ok((tcp, peer)) => {
+                            tokio::spawn(c2s::serve_connection(ctx.clone(), tcp, peer, l.direct_tls, alive.clone()));
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
+    Network { shutdown, alive_tx: Some(alive_tx), alive_rx, certs }
+}
+
+impl Network {
+    /// The certificate store (for reload).
+    pub fn certs(&self) -> &Arc<CertStore> {
+        &self.certs
+    }
+
+    /// Sends `<system-shutdown/>` to every stream, stops accepting and waits up to `grace` for
+    /// connections to finish.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        self.alive_tx = None;
+        let _ = tokio::time::timeout(grace, self.alive_rx.recv()).await;
+    }
+}

@@ -1,4 +1,5 @@
 //! Sans-I/O protocol state machines: SASL, c2s stream negotiation.
 #![forbid(unsafe_code)]
 
+pub mod c2s;
 pub mod sasl;

@@ -129,7 +129,13 @@ pub struct StreamParser {
     closed: bool,
     /// Whether a non-whitespace byte was seen (before it, only `<` may start the document).
     started: bool,
+    /// The raw bytes before the stream header completed, to recover its default namespace
+    /// declaration (which a namespace-aware tokenizer does not report as an attribute).
+    header_raw: Vec<u8>,
 }
+
+/// Most bytes a stream header (with the XML declaration) may take.
+const MAX_HEADER_BYTES: usize = 4096;
 
 impl StreamParser {
     /// A parser with the given budgets.
@@ -143,6 +149,7 @@ impl StreamParser {
             elements: 0,
             closed: false,
             started: false,
+            header_raw: Vec::new(),
         }
     }
 
@@ -192,7 +199,14 @@ impl StreamParser {
             // `<x/>`) after the last input byte was consumed.
             while !self.closed {
                 let before = buf.len();
+                let start = buf;
                 let result = self.parser.parse(&mut buf, false);
+                if self.depth == 0 {
+                    self.header_raw.extend_from_slice(&start[..before - buf.len()]);
+                    if self.header_raw.len() > MAX_HEADER_BYTES {
+                        return Err(XmlError::PolicyViolation(LimitKind::Bytes));
+                    }
+                }
                 if self.depth >= 1 {
                     self.pending_bytes += before - buf.len();
                     if self.pending_bytes > self.limits.max_stanza_bytes {
@@ -260,6 +274,10 @@ impl StreamParser {
                 if self.depth == 0 {
                     self.depth = 1;
                     self.pending_bytes = 0;
+                    if let Some(ns) = default_namespace(&self.header_raw) {
+                        el.set_attr("xmlns", ns);
+                    }
+                    self.header_raw = Vec::new();
                     out.push(StreamEvent::Header(el));
                     return Ok(());
                 }
@@ -315,6 +333,26 @@ impl StreamParser {
     }
 }
 
+/// The default namespace declared on the first element of `raw` (`xmlns='…'`).
+fn default_namespace(raw: &[u8]) -> Option<String> {
+    let mut p = rxml::RawParser::new();
+    let mut buf = raw;
+    let mut seen_head = false;
+    loop {
+        match p.parse(&mut buf, false) {
+            Ok(Some(rxml::RawEvent::ElementHeadOpen(..))) => seen_head = true,
+            Ok(Some(rxml::RawEvent::Attribute(_, (None, name), value)))
+                if seen_head && name.as_str() == "xmlns" =>
+            {
+                return Some(value);
+            }
+            Ok(Some(rxml::RawEvent::ElementHeadClose(..))) => return None,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +389,7 @@ mod tests {
         assert_eq!(h.name(), "stream");
         assert_eq!(h.ns(), "http://etherx.jabber.org/streams");
         assert_eq!(h.attr("to"), Some("example.test"));
+        assert_eq!(h.attr("xmlns"), Some("jabber:client"));
         let StreamEvent::Stanza(m) = &out[1] else {
             panic!("no stanza")
         };

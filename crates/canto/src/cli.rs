@@ -1,0 +1,185 @@
+//! The command line (clap): `canto` alone is `canto serve`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use canto_core::Config;
+use clap::{Parser, Subcommand};
+
+/// Canto, an XMPP server.
+#[derive(Debug, Parser)]
+#[command(name = "canto", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). Without it the embedded defaults are used: host localhost,
+    /// SQLite under ./canto-data, a generated self-signed certificate.
+    #[arg(long, short, global = true, env = "CANTO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server in the foreground.
+    Serve,
+    /// Manage accounts (works while the server runs).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Validate the configuration and certificates.
+    Check,
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `canto user …`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account. Without --password the password is read from standard input.
+    Add {
+        /// user@host
+        jid: String,
+        /// The password.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Change a password (read from standard input without --password).
+    Passwd {
+        /// user@host
+        jid: String,
+        /// The new password.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Delete an account and its data.
+    Del {
+        /// user@host
+        jid: String,
+    },
+    /// List the accounts of a host.
+    List {
+        /// The host.
+        host: String,
+    },
+    /// Create or replace accounts from lines of `JID PASSWORD` (standard input without FILE).
+    Import {
+        /// The file.
+        file: Option<PathBuf>,
+    },
+}
+
+/// `canto config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the full example configuration with every key and its default.
+    Example,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("canto: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let command = cli.command.unwrap_or(Command::Serve);
+    match command {
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", Config::example());
+            Ok(())
+        }
+        Command::Check => {
+            let config = load_config(cli.config.as_ref())?;
+            check(&config)?;
+            println!("configuration OK: hosts {}", config.hosts.join(", "));
+            Ok(())
+        }
+        Command::Serve => {
+            let config = load_config(cli.config.as_ref())?;
+            let log = crate::logging::init(&config.log.level);
+            runtime()?.block_on(crate::startup::serve(config, cli.config, log, crate::startup::Trace::default()))
+        }
+        Command::User(u) => {
+            let config = load_config(cli.config.as_ref())?;
+            let rt = runtime()?;
+            match u {
+                UserCommand::Add { jid, password } => {
+                    let pw = match password {
+                        Some(p) => p,
+                        None => crate::users::password_from_stdin()?,
+                    };
+                    rt.block_on(crate::users::add(&config, &jid, &pw))?;
+                    println!("created {jid}");
+                }
+                UserCommand::Passwd { jid, password } => {
+                    let pw = match password {
+                        Some(p) => p,
+                        None => crate::users::password_from_stdin()?,
+                    };
+                    rt.block_on(crate::users::passwd(&config, &jid, &pw))?;
+                    println!("password changed for {jid}");
+                }
+                UserCommand::Del { jid } => {
+                    rt.block_on(crate::users::del(&config, &jid))?;
+                    println!("deleted {jid}");
+                }
+                UserCommand::List { host } => {
+                    for u in rt.block_on(crate::users::list(&config, &host))? {
+                        println!("{u}@{host}");
+                    }
+                }
+                UserCommand::Import { file } => {
+                    let text = match file {
+                        Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                        None => {
+                            let mut s = String::new();
+                            std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+                            s
+                        }
+                    };
+                    let started = std::time::Instant::now();
+                    let n = rt.block_on(crate::users::import(&config, &text))?;
+                    println!("imported {n} accounts in {:.1} s", started.elapsed().as_secs_f64());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `canto check`: the configuration already parsed; certificates and storage path next.
+pub fn check(config: &Config) -> Result<()> {
+    canto_net::CertStore::check(config).map_err(|e| {
+        anyhow::anyhow!("{e} (configured certificates must exist; generated ones are created by `canto serve`)")
+    })?;
+    if config.storage.backend == "sqlite" {
+        let p = config.sqlite_path();
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if dir.exists() && !dir.is_dir() {
+                anyhow::bail!("{} is not a directory", dir.display());
+            }
+        }
+    }
+    Ok(())
+}

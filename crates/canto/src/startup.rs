@@ -1,0 +1,159 @@
+//! The startup sequence (DESIGN.md; the seed's lesson from Prosody's `util.startup`): every
+//! step in a fixed order, recorded so a test can check it. Signal handlers are installed before
+//! any listener or background task exists, so no signal can arrive at a part of the process
+//! that would treat it with the default action (exit) or never see it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use canto_core::{Config, Server};
+use canto_net::{CertStore, Network};
+use canto_storage::{Backend, Storage};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+/// The steps, in the order they must happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Configuration loaded and validated.
+    Config,
+    /// Logging set up.
+    Logging,
+    /// SIGTERM, SIGINT and SIGHUP handlers installed.
+    Signals,
+    /// Storage opened, migrations run.
+    Storage,
+    /// Certificates loaded or generated.
+    Certificates,
+    /// Hosts and modules built.
+    Modules,
+    /// Listening sockets bound.
+    Listeners,
+    /// Accept loops and other background tasks started.
+    Background,
+    /// `READY=1` sent to systemd (when `NOTIFY_SOCKET` is set).
+    Ready,
+}
+
+/// Records the steps as they happen.
+#[derive(Clone, Default)]
+pub struct Trace(Arc<Mutex<Vec<Step>>>);
+
+impl Trace {
+    fn step(&self, s: Step) {
+        info!(step = ?s, "startup");
+        if let Ok(mut v) = self.0.lock() {
+            v.push(s);
+        }
+    }
+
+    /// The steps so far.
+    pub fn steps(&self) -> Vec<Step> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// The storage backend a configuration names.
+pub fn backend(config: &Config) -> Backend {
+    match config.storage.backend.as_str() {
+        "memory" => Backend::Memory,
+        _ => Backend::Sqlite { path: config.sqlite_path() },
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// The server.
+    pub server: Arc<Server>,
+    /// Listeners and connections.
+    pub network: Network,
+    /// Bound c2s addresses: STARTTLS ones, then direct TLS ones.
+    pub starttls_addrs: Vec<std::net::SocketAddr>,
+    /// Direct TLS addresses.
+    pub direct_tls_addrs: Vec<std::net::SocketAddr>,
+}
+
+/// The part of startup after signals: storage, certificates, modules, listeners, background
+/// tasks. Tests call it directly with listeners on 127.0.0.1:0.
+pub async fn start(config: Config, storage: Option<Storage>, trace: &Trace) -> Result<Running> {
+    let storage = match storage {
+        Some(s) => s,
+        None => Storage::open(&backend(&config)).await.context("opening storage")?,
+    };
+    trace.step(Step::Storage);
+    let certs = CertStore::load(&config).context("loading certificates")?;
+    trace.step(Step::Certificates);
+    let server = Server::new(config.clone(), storage, &canto_modules::all()).map_err(anyhow::Error::msg)?;
+    trace.step(Step::Modules);
+    let listeners = canto_net::bind_c2s(&config).await?;
+    let mut starttls_addrs = Vec::new();
+    let mut direct_tls_addrs = Vec::new();
+    for l in &listeners {
+        let a = l.local_addr()?;
+        if l.is_direct_tls() {
+            direct_tls_addrs.push(a);
+        } else {
+            starttls_addrs.push(a);
+        }
+    }
+    trace.step(Step::Listeners);
+    let network = canto_net::start(server.clone(), certs, listeners);
+    trace.step(Step::Background);
+    Ok(Running { server, network, starttls_addrs, direct_tls_addrs })
+}
+
+/// Reloads what SIGHUP reloads: configuration (limits), certificates and the log level.
+pub fn reload(running: &Running, path: Option<&PathBuf>, log: &crate::logging::LogHandle) {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    let config = match path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "reload failed; keeping the old configuration");
+                return;
+            }
+        },
+        None => running.server.config().as_ref().clone(),
+    };
+    if config.hosts != running.server.config().hosts {
+        warn!("changing `hosts` needs a restart; the new list is ignored");
+    }
+    let mut config = config;
+    config.hosts = running.server.config().hosts.clone();
+    if let Err(e) = running.network.certs().reload(&config) {
+        error!(error = %e, "certificate reload failed; keeping the old certificates");
+    }
+    log.set_level(&config.log.level);
+    running.server.reload_config(config);
+    info!("configuration reloaded");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// `canto serve`: the whole sequence, then run until SIGTERM or SIGINT.
+pub async fn serve(config: Config, path: Option<PathBuf>, log: crate::logging::LogHandle, trace: Trace) -> Result<()> {
+    trace.step(Step::Config);
+    trace.step(Step::Logging);
+    // Before anything else runs: signals (the seed's lesson).
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    trace.step(Step::Signals);
+    let running = start(config, None, &trace).await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    trace.step(Step::Ready);
+    info!(version = env!("CARGO_PKG_VERSION"), "Canto is ready");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&running, path.as_ref(), &log),
+        }
+    }
+    info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    running.network.shutdown(Duration::from_secs(5)).await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,336 @@
+//! `disco`: XEP-0030 Service Discovery (Prosody's `mod_disco`).
+//!
+//! The server answers disco#info and disco#items for itself (its identities and the features of
+//! every loaded module) and, on an account's behalf, for the bare JID of an account.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use canto_core::{Identity, IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
+use canto_stanza::{Condition, IqType, StanzaError, ns};
+use canto_xml::Element;
+
+use crate::{expect_payload, from_owner};
+
+/// The module.
+pub struct Disco;
+
+const SPECS: &[Spec] = &[Spec {
+    id: "XEP-0030",
+    version: "2.5.0",
+    title: "Service Discovery",
+}];
+
+impl Module for Disco {
+    fn name(&self) -> &'static str {
+        "disco"
+    }
+
+    fn specs(&self) -> &'static [Spec] {
+        SPECS
+    }
+
+    fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
+        // XEP-0030 §3.1: every entity has at least one identity; a server is category `server`,
+        // type `im` (disco categories registry).
+        ctx.add_identity(Identity {
+            category: "server",
+            kind: "im",
+            name: "Canto".into(),
+        });
+        // XEP-0030 §3.1: every entity MUST support disco#info; we also answer disco#items.
+        ctx.add_feature(ns::DISCO_INFO);
+        ctx.add_feature(ns::DISCO_ITEMS);
+        ctx.hook_iq(
+            IqTarget::Host,
+            IqType::Get,
+            ns::DISCO_INFO,
+            Arc::new(HostInfo),
+        )?;
+        ctx.hook_iq(
+            IqTarget::Host,
+            IqType::Get,
+            ns::DISCO_ITEMS,
+            Arc::new(HostItems),
+        )?;
+        ctx.hook_iq(
+            IqTarget::Account,
+            IqType::Get,
+            ns::DISCO_INFO,
+            Arc::new(AccountInfo),
+        )?;
+        ctx.hook_iq(
+            IqTarget::Account,
+            IqType::Get,
+            ns::DISCO_ITEMS,
+            Arc::new(AccountItems),
+        )?;
+        Ok(())
+    }
+}
+
+/// The `node` attribute of a query, if any. An empty `node` is treated as absent, as Prosody
+/// does.
+fn node(payload: &Element) -> Option<&str> {
+    payload.attr("node").filter(|n| !n.is_empty())
+}
+
+/// An `<identity/>` child of a disco#info result (XEP-0030 §3.1).
+fn identity_element(category: &str, kind: &str, name: Option<&str>) -> Element {
+    let mut el = Element::new("identity", ns::DISCO_INFO)
+        .with_attr("category", category)
+        .with_attr("type", kind);
+    if let Some(name) = name {
+        el.set_attr("name", name);
+    }
+    el
+}
+
+/// A `<feature/>` child of a disco#info result (XEP-0030 §3.1).
+fn feature_element(var: &str) -> Element {
+    Element::new("feature", ns::DISCO_INFO).with_attr("var", var)
+}
+
+/// Answers disco#info gets addressed to the server (`to` = a served domain): the identities and
+/// features registered by the loaded modules.
+struct HostInfo;
+
+#[async_trait]
+impl IqHandler for HostInfo {
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        expect_payload(&req, "query")?;
+        // XEP-0030 §3.2 / §7: a query to a node the entity does not have is `item-not-found`.
+        // The server has no info nodes yet.
+        if node(req.payload).is_some() {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        }
+        let modules = req.server.modules();
+        let mut query = Element::new("query", ns::DISCO_INFO);
+        // XEP-0030 §3.1: one or more identities, then the features (already sorted and
+        // deduplicated by the module table).
+        for id in modules.identities() {
+            query.push_child(identity_element(id.category, id.kind, Some(&id.name)));
+        }
+        for var in modules.features() {
+            query.push_child(feature_element(var));
+        }
+        Ok(Some(query))
+    }
+}
+
+/// Answers disco#items gets addressed to the server: no items yet (no components or rooms).
+struct HostItems;
+
+#[async_trait]
+impl IqHandler for HostItems {
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        expect_payload(&req, "query")?;
+        // XEP-0030 §4.2 / §7: an unknown items node is `item-not-found`; there are none yet.
+        if node(req.payload).is_some() {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        }
+        // XEP-0030 §4.1: with no items the result MUST be an empty <query/>, not an error.
+        Ok(Some(Element::new("query", ns::DISCO_ITEMS)))
+    }
+}
+
+/// Answers disco#info gets addressed to an account's bare JID, on the account's behalf
+/// (XEP-0030 §3.1: the server MUST reply for a hosted bare JID).
+struct AccountInfo;
+
+#[async_trait]
+impl IqHandler for AccountInfo {
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        expect_payload(&req, "query")?;
+        // XEP-0030 §8 rule 1: `service-unavailable` unless the requester may receive the
+        // account's presence (subscription `from` or `both`), node or not; the same answer for a
+        // missing account, so existence does not leak. Until rosters exist only the account
+        // itself qualifies; subscription checks come with rosters.
+        if !from_owner(&req) {
+            return Err(StanzaError::new(Condition::ServiceUnavailable));
+        }
+        // XEP-0030 §3.2 / §7: the account has no info nodes.
+        if node(req.payload).is_some() {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        }
+        // XEP-0030 §3.1: the primary identity of a bare JID is category `account`, here type
+        // `registered` (disco categories registry); features: the disco protocols the server
+        // answers for it.
+        Ok(Some(
+            Element::new("query", ns::DISCO_INFO)
+                .with_child(identity_element("account", "registered", None))
+                .with_child(feature_element(ns::DISCO_INFO))
+                .with_child(feature_element(ns::DISCO_ITEMS)),
+        ))
+    }
+}
+
+/// Answers disco#items gets addressed to an account's bare JID, on the account's behalf
+/// (XEP-0030 §4.1).
+struct AccountItems;
+
+#[async_trait]
+impl IqHandler for AccountItems {
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        expect_payload(&req, "query")?;
+        // XEP-0030 §8 rule 2: to a requester not authorized to receive the account's presence
+        // (until rosters: anyone but the account itself) the server MUST return an empty result
+        // set, whatever the node and whether or not the account exists.
+        if !from_owner(&req) {
+            return Ok(Some(Element::new("query", ns::DISCO_ITEMS)));
+        }
+        // XEP-0030 §4.2 / §7: the account has no items nodes.
+        if node(req.payload).is_some() {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        }
+        // XEP-0030 §4.1: no items are published for accounts yet (available resources would
+        // be listed here); an empty <query/>.
+        Ok(Some(Element::new("query", ns::DISCO_ITEMS)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{HOST, get, result_xml, server};
+
+    const ALICE: &str = "alice@example.test/phone";
+    const BOB: &str = "bob@example.test/laptop";
+
+    fn info() -> Element {
+        Element::new("query", ns::DISCO_INFO)
+    }
+
+    fn items() -> Element {
+        Element::new("query", ns::DISCO_ITEMS)
+    }
+
+    #[tokio::test]
+    async fn host_info_lists_identity_and_enabled_features_only() {
+        let s = server(&["disco", "ping"]).await;
+        let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, info()).await);
+        assert_eq!(
+            got,
+            "<query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='server' type='im' name='Canto'/>\
+             <feature var='http://jabber.org/protocol/disco#info'/>\
+             <feature var='http://jabber.org/protocol/disco#items'/>\
+             <feature var='urn:xmpp:ping'/>\
+             </query>"
+        );
+        assert!(!got.contains(ns::VERSION), "{got}");
+        assert!(!got.contains(ns::TIME), "{got}");
+    }
+
+    #[tokio::test]
+    async fn host_info_with_every_module() {
+        let s = server(&["disco", "ping", "version", "time"]).await;
+        let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, info()).await);
+        assert_eq!(
+            got,
+            "<query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='server' type='im' name='Canto'/>\
+             <feature var='http://jabber.org/protocol/disco#info'/>\
+             <feature var='http://jabber.org/protocol/disco#items'/>\
+             <feature var='jabber:iq:version'/>\
+             <feature var='urn:xmpp:ping'/>\
+             <feature var='urn:xmpp:time'/>\
+             </query>"
+        );
+    }
+
+    #[tokio::test]
+    async fn host_info_node_is_item_not_found() {
+        let s = server(&["disco"]).await;
+        let q = info().with_attr("node", "http://jabber.org/protocol/commands");
+        let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, q).await);
+        assert_eq!(got, "error item-not-found");
+    }
+
+    #[tokio::test]
+    async fn host_items_are_empty_and_nodes_unknown() {
+        let s = server(&["disco"]).await;
+        let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, items()).await);
+        assert_eq!(
+            got,
+            "<query xmlns='http://jabber.org/protocol/disco#items'/>"
+        );
+        let q = items().with_attr("node", "x");
+        let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, q).await);
+        assert_eq!(got, "error item-not-found");
+    }
+
+    #[tokio::test]
+    async fn wrong_element_in_disco_namespace_is_service_unavailable() {
+        let s = server(&["disco"]).await;
+        let q = Element::new("quarry", ns::DISCO_INFO);
+        let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, q).await);
+        assert_eq!(got, "error service-unavailable");
+    }
+
+    #[tokio::test]
+    async fn account_info_for_its_owner() {
+        let s = server(&["disco"]).await;
+        let got = result_xml(get(&s, IqTarget::Account, ALICE, "alice@example.test", info()).await);
+        assert_eq!(
+            got,
+            "<query xmlns='http://jabber.org/protocol/disco#info'>\
+             <identity category='account' type='registered'/>\
+             <feature var='http://jabber.org/protocol/disco#info'/>\
+             <feature var='http://jabber.org/protocol/disco#items'/>\
+             </query>"
+        );
+        let q = info().with_attr("node", "x");
+        let got = result_xml(get(&s, IqTarget::Account, ALICE, "alice@example.test", q).await);
+        assert_eq!(got, "error item-not-found");
+    }
+
+    #[tokio::test]
+    async fn account_info_for_a_stranger_is_service_unavailable() {
+        let s = server(&["disco"]).await;
+        for (to, q) in [
+            ("alice@example.test", info()),
+            ("alice@example.test", info().with_attr("node", "x")),
+            // A missing account gets the same answer, so existence does not leak.
+            ("nobody@example.test", info()),
+        ] {
+            let got = result_xml(get(&s, IqTarget::Account, BOB, to, q).await);
+            assert_eq!(got, "error service-unavailable", "{to}");
+        }
+    }
+
+    #[tokio::test]
+    async fn account_items() {
+        let s = server(&["disco"]).await;
+        let empty = "<query xmlns='http://jabber.org/protocol/disco#items'/>";
+        let got =
+            result_xml(get(&s, IqTarget::Account, ALICE, "alice@example.test", items()).await);
+        assert_eq!(got, empty);
+        // XEP-0030 §8 rule 2: a stranger gets an empty result set, node or not.
+        for q in [items(), items().with_attr("node", "x")] {
+            let got = result_xml(get(&s, IqTarget::Account, BOB, "alice@example.test", q).await);
+            assert_eq!(got, empty);
+        }
+        let q = items().with_attr("node", "x");
+        let got = result_xml(get(&s, IqTarget::Account, ALICE, "alice@example.test", q).await);
+        assert_eq!(got, "error item-not-found");
+    }
+
+    #[tokio::test]
+    async fn disco_handles_no_set() {
+        let s = server(&["disco"]).await;
+        for target in [IqTarget::Host, IqTarget::Account] {
+            for ns in [ns::DISCO_INFO, ns::DISCO_ITEMS] {
+                assert!(s.modules().iq_handler(target, IqType::Set, ns).is_none());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn without_disco_nothing_answers_disco() {
+        let s = server(&["ping"]).await;
+        let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, info()).await);
+        assert_eq!(got, "no handler");
+        assert!(s.modules().identities().is_empty());
+    }
+}

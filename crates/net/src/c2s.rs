@@ -1,0 +1,617 @@
+//! One task per client connection. It owns the socket, drives negotiation (STARTTLS, SASL,
+//! binding) with the pieces in `canto-proto`, then hands stanzas to the router and writes what
+//! the session's queue receives.
+//!
+//! Session life cycle (session.txt): the connection starts `c2s_unauthed`
+//! ([`Phase::Unauthenticated`]), becomes `c2s` after SASL ([`Phase::Authenticated`]) and a
+//! connected resource after binding ([`Phase::Bound`]). However the connection ends — client
+//! close, network loss, conflict, shutdown, stream error — [`Conn::finish`] runs, and for a bound
+//! session that calls `Server::destroy_session`, the only way out of the routing table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use canto_core::{Closer, Outbound, Server, SessionHandle};
+use canto_proto::c2s::{
+    BindRequest, Stage, bind_result, check_header, features, offered_mechanisms, parse_bind, response_header,
+    sasl_failure, STREAM_CLOSE,
+};
+use canto_proto::sasl::{ChannelBindings, Mechanism, SaslServer, Step, decode_payload, encode_payload};
+use canto_stanza::stanza::{error_reply, iq_result};
+use canto_stanza::{Condition, FullJid, StanzaError, StreamCondition, StreamError, ns};
+use canto_xml::{Element, Limits, StreamEvent, StreamParser};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_rustls::TlsAcceptor;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::io::Io;
+use crate::tls::CertStore;
+
+/// Shared by all client connections.
+pub struct C2sContext {
+    /// The server.
+    pub server: Arc<Server>,
+    /// Certificates (for channel binding and reload).
+    pub certs: Arc<CertStore>,
+    /// TLS acceptor built from the certificate store.
+    pub acceptor: TlsAcceptor,
+    /// Turns true when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Where negotiation stands (session.txt: `type`, `username`, `full_jid`).
+enum Phase {
+    /// `c2s_unauthed`.
+    Unauthenticated { sasl: Option<SaslServer>, failures: u32 },
+    /// `c2s`, authenticated as `username`, not bound yet.
+    Authenticated { username: String },
+    /// A connected resource.
+    Bound { handle: SessionHandle, rx: mpsc::Receiver<Outbound> },
+}
+
+/// How a connection ended.
+enum End {
+    /// The peer closed TCP or the socket failed.
+    Gone(&'static str),
+    /// The client sent `</stream:stream>`.
+    ClientClosed,
+    /// We end the stream with an error.
+    Error(StreamError),
+}
+
+/// What handling an element asks of the main loop.
+enum Flow {
+    Continue,
+    StartTls,
+}
+
+struct Conn {
+    ctx: Arc<C2sContext>,
+    io: Io,
+    peer: SocketAddr,
+    parser: StreamParser,
+    phase: Phase,
+    /// Host of the first stream header; restarts must name the same one (CVE-2018-10847).
+    host: Option<String>,
+    header_sent: bool,
+    starttls_available: bool,
+    cb: ChannelBindings,
+    out: Vec<u8>,
+    closer: Arc<Closer>,
+    id: u64,
+    stream_id: String,
+}
+
+/// Serves one accepted TCP connection; `direct_tls` for XEP-0368 listeners. `alive` is held
+/// until the connection has fully ended, so shutdown can wait for every connection.
+pub async fn serve_connection(
+    ctx: Arc<C2sContext>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    direct_tls: bool,
+    alive: mpsc::Sender<()>,
+) {
+    let id = ctx.server.sessions.next_id();
+    let span = info_span!("c2s", id, %peer, jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let config = ctx.server.config();
+        let mut conn = Conn {
+            io: Io::Plain(tcp),
+            peer,
+            parser: StreamParser::new(unauth_limits(&config)),
+            phase: Phase::Unauthenticated { sasl: None, failures: 0 },
+            host: None,
+            header_sent: false,
+            starttls_available: !direct_tls,
+            cb: ChannelBindings::default(),
+            out: Vec::new(),
+            closer: Closer::new(),
+            id,
+            stream_id: String::new(),
+            ctx,
+        };
+        let deadline = Instant::now() + Duration::from_secs(config.c2s.auth_timeout);
+        let end = if direct_tls {
+            match conn.start_tls(deadline).await {
+                Ok(()) => conn.run(deadline).await,
+                Err(e) => e,
+            }
+        } else {
+            conn.run(deadline).await
+        };
+        conn.finish(end).await;
+        drop(alive);
+    }
+    .instrument(span)
+    .await
+}
+
+fn unauth_limits(config: &canto_core::Config) -> Limits {
+    Limits {
+        max_stanza_bytes: config.c2s.max_stanza_size_unauthenticated,
+        max_depth: Limits::UNAUTHENTICATED.max_depth.min(config.c2s.max_stanza_depth),
+        max_elements: Limits::UNAUTHENTICATED.max_elements,
+        max_attrs: Limits::UNAUTHENTICATED.max_attrs.min(config.c2s.max_attributes),
+    }
+}
+
+fn auth_limits(config: &canto_core::Config) -> Limits {
+    Limits {
+        max_stanza_bytes: config.c2s.max_stanza_size,
+        max_depth: config.c2s.max_stanza_depth,
+        max_elements: config.c2s.max_stanza_elements,
+        max_attrs: config.c2s.max_attributes,
+    }
+}
+
+fn stream_error(c: StreamCondition) -> End {
+    End::Error(StreamError::new(c))
+}
+
+impl Conn {
+    /// The main loop: read and parse, write queued stanzas, and watch for the close signal,
+    /// shutdown and the authentication deadline.
+    async fn run(&mut self, deadline: Instant) -> End {
+        let mut buf = [0u8; 4096];
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut events = Vec::new();
+        loop {
+            if *shutdown.borrow() {
+                return stream_error(StreamCondition::SystemShutdown);
+            }
+            let bound = matches!(self.phase, Phase::Bound { .. });
+            let rx = match &mut self.phase {
+                Phase::Bound { rx, .. } => Some(rx),
+                _ => None,
+            };
+            tokio::select! {
+                r = self.io.read(&mut buf) => {
+                    let n = match r {
+                        Ok(0) => return End::Gone("connection closed by peer"),
+                        Ok(n) => n,
+                        Err(_) => return End::Gone("read error"),
+                    };
+                    events.clear();
+                    if let Err(e) = self.parser.feed(&buf[..n], &mut events) {
+                        return End::Error(e.into());
+                    }
+                    for ev in std::mem::take(&mut events) {
+                        match self.handle_event(ev).await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::StartTls) => {
+                                // RFC 6120 §5.4.3.3: whatever the client pipelined after
+                                // <starttls/> is discarded with the rest of this read.
+                                if let Err(e) = self.start_tls(deadline).await {
+                                    return e;
+                                }
+                                break;
+                            }
+                            Err(end) => return end,
+                        }
+                    }
+                    if let Err(e) = self.flush().await {
+                        return e;
+                    }
+                    if self.parser.is_closed() {
+                        return End::ClientClosed;
+                    }
+                }
+                Some(out) = async { match rx { Some(rx) => rx.recv().await, None => None } } => {
+                    self.write_outbound(out);
+                    // Batch whatever else is queued into the same write.
+                    if let Phase::Bound { rx, .. } = &mut self.phase {
+                        let mut n = 0;
+                        while n < 64 {
+                            match rx.try_recv() {
+                                Ok(Outbound::Stanza(el)) => el.write_to(&mut self.out, ns::CLIENT),
+                                Err(_) => break,
+                            }
+                            n += 1;
+                        }
+                    }
+                    if let Err(e) = self.flush().await {
+                        return e;
+                    }
+                }
+                reason = self.closer.closed() => return End::Error(reason),
+                _ = shutdown.changed() => return stream_error(StreamCondition::SystemShutdown),
+                _ = sleep_until(deadline), if !bound => {
+                    // An absolute deadline, not an idle timer: trickling bytes does not extend it.
+                    return End::Error(StreamError::new(StreamCondition::ConnectionTimeout)
+                        .with_text("authentication took too long"));
+                }
+            }
+        }
+    }
+
+    fn write_outbound(&mut self, out: Outbound) {
+        match out {
+            Outbound::Stanza(el) => el.write_to(&mut self.out, ns::CLIENT),
+        }
+    }
+
+    fn send(&mut self, el: &Element) {
+        el.write_to(&mut self.out, ns::CLIENT);
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let limit = Duration::from_secs(self.ctx.server.config().c2s.send_timeout);
+        let data = std::mem::take(&mut self.out);
+        let r = timeout(limit, async {
+            self.io.write_all(&data).await?;
+            self.io.flush().await
+        })
+        .await;
+        // Keep the buffer's allocation only while it is small.
+        if data.capacity() <= 16 * 1024 {
+            self.out = data;
+            self.out.clear();
+        }
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone("write error")),
+            Err(_) => Err(End::Gone("send timeout")),
+        }
+    }
+
+    /// Upgrades the transport to TLS (STARTTLS after `<proceed/>`, or direct TLS at once).
+    async fn start_tls(&mut self, deadline: Instant) -> Result<(), End> {
+        let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::Closed) else {
+            return Err(End::Gone("TLS on a non-TCP transport"));
+        };
+        let tls = match tokio::time::timeout_at(deadline, self.ctx.acceptor.accept(tcp)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return Err(End::Gone("TLS handshake failed"));
+            }
+            Err(_) => return Err(End::Gone("TLS handshake timed out")),
+        };
+        let (_, conn) = tls.get_ref();
+        // RFC 9266: tls-exporter is defined for TLS 1.3 (and 1.2 with EMS, which we skip).
+        let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None).ok().map(|k| k.to_vec())
+        } else {
+            None
+        };
+        let sni = conn.server_name().map(str::to_string);
+        self.cb = ChannelBindings { tls_exporter: exporter, tls_server_end_point: self.ctx.certs.end_point_hash(sni.as_deref()) };
+        self.io = Io::Tls(Box::new(tls));
+        self.starttls_available = false;
+        // RFC 6120 §5.4.3.3: a fresh stream follows; no header has been sent on it yet.
+        self.parser.reset();
+        self.header_sent = false;
+        Ok(())
+    }
+
+    async fn handle_event(&mut self, ev: StreamEvent) -> Result<Flow, End> {
+        match ev {
+            StreamEvent::Header(h) => {
+                self.open_stream(&h)?;
+                Ok(Flow::Continue)
+            }
+            StreamEvent::Close => Err(End::ClientClosed),
+            StreamEvent::Stanza(el) => self.handle_element(el).await,
+        }
+    }
+
+    /// A stream header arrived: check it, answer with ours and the features of this stage.
+    fn open_stream(&mut self, h: &Element) -> Result<(), End> {
+        let server = self.ctx.server.clone();
+        let header = check_header(h, |d| server.serves(d)).map_err(End::Error)?;
+        if let Some(prev) = &self.host {
+            // CVE-2018-10847: a restart must not switch hosts after authentication.
+            if *prev != header.host {
+                return Err(stream_error(StreamCondition::NotAuthorized));
+            }
+        }
+        self.host = Some(header.host.clone());
+        self.stream_id = format!("{:016x}", rand::random::<u64>());
+        self.out.extend_from_slice(&response_header(&header.host, &self.stream_id));
+        self.header_sent = true;
+        let config = self.ctx.server.config();
+        let stage = match self.phase {
+            Phase::Unauthenticated { .. } => Stage::Unauthenticated {
+                tls: self.io.is_tls(),
+                starttls_available: self.starttls_available,
+                require_encryption: config.c2s.require_encryption,
+            },
+            Phase::Authenticated { .. } | Phase::Bound { .. } => Stage::Authenticated,
+        };
+        let f = features(stage, &self.cb);
+        self.send(&f);
+        Ok(())
+    }
+
+    async fn handle_element(&mut self, el: Element) -> Result<Flow, End> {
+        if !self.header_sent {
+            return Err(stream_error(StreamCondition::NotWellFormed));
+        }
+        match &self.phase {
+            Phase::Unauthenticated { .. } => self.unauthenticated(el).await,
+            Phase::Authenticated { .. } => self.authenticated(el).map(|()| Flow::Continue),
+            Phase::Bound { .. } => self.bound(el).await.map(|()| Flow::Continue),
+        }
+    }
+
+    /// Before authentication only STARTTLS and SASL are allowed: unauthenticated sessions
+    /// route nothing.
+    async fn unauthenticated(&mut self, el: Element) -> Result<Flow, End> {
+        match (el.ns(), el.name()) {
+            (ns::TLS, "starttls") => {
+                if self.io.is_tls() || !self.starttls_available {
+                    // RFC 6120 §5.4.2.2: failure, then close.
+                    self.send(&Element::new("failure", ns::TLS));
+                    self.out.extend_from_slice(STREAM_CLOSE);
+                    return Err(End::Gone("STARTTLS refused"));
+                }
+                self.send(&Element::new("proceed", ns::TLS));
+                self.flush().await?;
+                Ok(Flow::StartTls)
+            }
+            (ns::SASL, "auth") => {
+                self.sasl_auth(&el).await?;
+                Ok(Flow::Continue)
+            }
+            (ns::SASL, "response") => {
+                let step = match &mut self.phase {
+                    Phase::Unauthenticated { sasl: Some(s), .. } => match decode_payload(&el.text()) {
+                        Ok(data) => s.respond(&data),
+                        Err(f) => Step::Failure(f),
+                    },
+                    // Prosody: "Out of order SASL element".
+                    _ => Step::Failure(canto_proto::sasl::SaslFailure::NotAuthorized),
+                };
+                self.sasl_step(step).await?;
+                Ok(Flow::Continue)
+            }
+            (ns::SASL, "abort") => {
+                // RFC 6120 §6.4.4
+                if let Phase::Unauthenticated { sasl, .. } = &mut self.phase {
+                    *sasl = None;
+                }
+                self.send(&sasl_failure("aborted"));
+                Ok(Flow::Continue)
+            }
+            (ns::CLIENT, "message" | "presence" | "iq") => Err(stream_error(StreamCondition::NotAuthorized)),
+            _ => Err(stream_error(StreamCondition::UnsupportedStanzaType)),
+        }
+    }
+
+    async fn sasl_auth(&mut self, el: &Element) -> Result<(), End> {
+        let config = self.ctx.server.config();
+        let tls = self.io.is_tls();
+        let offered = offered_mechanisms(tls, config.c2s.require_encryption, &self.cb);
+        let mech = el.attr("mechanism").and_then(Mechanism::from_name);
+        let Some(mech) = mech.filter(|m| offered.contains(m)) else {
+            // RFC 6120 §6.4.5 and §6.5.4; Prosody says encryption-required before TLS.
+            let cond = if !tls && config.c2s.require_encryption { "encryption-required" } else { "invalid-mechanism" };
+            self.send(&sasl_failure(cond));
+            return Ok(());
+        };
+        // RFC 6120 §6.4.2: no text is no initial response; "=" is an empty one.
+        let initial = if el.nodes().is_empty() {
+            None
+        } else {
+            match decode_payload(&el.text()) {
+                Ok(d) => Some(d),
+                Err(f) => return self.sasl_step(Step::Failure(f)).await,
+            }
+        };
+        let host = self.host.clone().unwrap_or_default();
+        let plus_offered = offered.iter().any(|m| m.is_plus());
+        let (s, step) = SaslServer::start(mech, &host, self.cb.clone(), plus_offered, initial.as_deref());
+        if let Phase::Unauthenticated { sasl, .. } = &mut self.phase {
+            *sasl = Some(s);
+        }
+        self.sasl_step(step).await
+    }
+
+    /// Carries a SASL step out: look up credentials, send a challenge, succeed or fail.
+    async fn sasl_step(&mut self, mut step: Step) -> Result<(), End> {
+        loop {
+            match step {
+                Step::NeedCredentials { username } => {
+                    let host = self.host.clone().unwrap_or_default();
+                    let creds = match self.ctx.server.storage.accounts.credentials(&host, &username).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            warn!(error = %e, "credential lookup failed");
+                            step = Step::Failure(canto_proto::sasl::SaslFailure::TemporaryAuthFailure);
+                            continue;
+                        }
+                    };
+                    let Phase::Unauthenticated { sasl, .. } = &mut self.phase else {
+                        return Err(stream_error(StreamCondition::InternalServerError));
+                    };
+                    let Some(mut s) = sasl.take() else {
+                        return Err(stream_error(StreamCondition::InternalServerError));
+                    };
+                    // PLAIN pays a key derivation here: keep it off the reactor threads.
+                    let (s, next) = if s.mechanism() == Mechanism::Plain {
+                        tokio::task::spawn_blocking(move || {
+                            let next = s.credentials(creds.as_ref());
+                            (s, next)
+                        })
+                        .await
+                        .map_err(|_| stream_error(StreamCondition::InternalServerError))?
+                    } else {
+                        let next = s.credentials(creds.as_ref());
+                        (s, next)
+                    };
+                    if let Phase::Unauthenticated { sasl, .. } = &mut self.phase {
+                        *sasl = Some(s);
+                    }
+                    step = next;
+                }
+                Step::Challenge(data) => {
+                    self.send(&Element::new("challenge", ns::SASL).with_text(encode_payload(&data)));
+                    return Ok(());
+                }
+                Step::Success { username, additional_data } => {
+                    let mut success = Element::new("success", ns::SASL);
+                    if let Some(d) = additional_data {
+                        success.push_text(encode_payload(&d));
+                    }
+                    self.send(&success);
+                    self.ctx.server.auth_succeeded(self.peer.ip());
+                    info!(username, "authenticated");
+                    self.phase = Phase::Authenticated { username };
+                    // RFC 6120 §6.4.6: the client restarts the stream.
+                    let config = self.ctx.server.config();
+                    self.parser = StreamParser::new(auth_limits(&config));
+                    self.header_sent = false;
+                    return Ok(());
+                }
+                Step::Failure(f) => {
+                    let delay = self.ctx.server.auth_failed(self.peer.ip());
+                    if !delay.is_zero() {
+                        self.flush().await?;
+                        tokio::time::sleep(delay).await;
+                    }
+                    self.send(&sasl_failure(f.condition()));
+                    let retries = self.ctx.server.config().limits.auth_retries;
+                    if let Phase::Unauthenticated { sasl, failures } = &mut self.phase {
+                        *sasl = None;
+                        *failures += 1;
+                        // RFC 6120 §6.4.5: a limited number of retries, then the connection ends.
+                        if *failures >= retries {
+                            return Err(End::Error(
+                                StreamError::new(StreamCondition::PolicyViolation).with_text("too many failed authentication attempts"),
+                            ));
+                        }
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Authenticated, not bound: resource binding (RFC 6120 §7) and the legacy session request.
+    fn authenticated(&mut self, el: Element) -> Result<(), End> {
+        if !el.is("iq", ns::CLIENT) {
+            return Err(match (el.ns(), el.name()) {
+                (ns::CLIENT, _) => stream_error(StreamCondition::NotAuthorized),
+                (ns::TLS, _) | (ns::SASL, _) => stream_error(StreamCondition::PolicyViolation),
+                _ => stream_error(StreamCondition::UnsupportedStanzaType),
+            });
+        }
+        if el.has_child("session", ns::SESSION) {
+            // RFC 3921 §3: accepted as a no-op for old clients.
+            self.send(&iq_result(&el, None));
+            return Ok(());
+        }
+        let req = match parse_bind(&el) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(stream_error(StreamCondition::NotAuthorized)),
+            Err(e) => {
+                self.send(&error_reply(&el, &e));
+                return Ok(());
+            }
+        };
+        let Phase::Authenticated { username } = &self.phase else {
+            return Err(stream_error(StreamCondition::InternalServerError));
+        };
+        let host = self.host.clone().unwrap_or_default();
+        let resource = match req {
+            BindRequest::Resource(r) => r,
+            // RFC 6120 §7.6: a server-generated resource, unique and unguessable.
+            BindRequest::Generate => format!("canto-{:016x}", rand::random::<u64>()),
+        };
+        let jid = match FullJid::new(&format!("{username}@{host}/{resource}")) {
+            Ok(j) => j,
+            Err(_) => {
+                self.send(&error_reply(&el, &StanzaError::new(Condition::BadRequest)));
+                return Ok(());
+            }
+        };
+        let config = self.ctx.server.config();
+        let (tx, rx) = mpsc::channel(config.c2s.max_send_queue);
+        let bound = match self.ctx.server.sessions.bind(self.id, jid.clone(), tx, self.closer.clone(), config.c2s.max_sessions_per_account) {
+            Ok(b) => b,
+            Err(e) => {
+                self.send(&error_reply(&el, &e));
+                return Ok(());
+            }
+        };
+        if let Some(old) = bound.replaced {
+            // RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>.
+            old.close(StreamError::new(StreamCondition::Conflict).with_text("replaced by a new connection"));
+        }
+        tracing::Span::current().record("jid", tracing::field::display(&jid));
+        info!("resource bound");
+        self.send(&iq_result(&el, Some(bind_result(&jid.to_string()))));
+        self.phase = Phase::Bound { handle: bound.handle, rx };
+        Ok(())
+    }
+
+    /// A connected resource: everything in `jabber:client` goes to the router.
+    async fn bound(&mut self, el: Element) -> Result<(), End> {
+        let Phase::Bound { handle, .. } = &self.phase else {
+            return Err(stream_error(StreamCondition::InternalServerError));
+        };
+        let handle = handle.clone();
+        if el.is("iq", ns::CLIENT) {
+            if el.has_child("session", ns::SESSION) && el.attr("to").is_none() {
+                // RFC 3921 §3 compatibility.
+                self.send(&iq_result(&el, None));
+                return Ok(());
+            }
+            if el.has_child("bind", ns::BIND) {
+                // RFC 6120 §7.7.2.3: one resource per stream.
+                self.send(&error_reply(&el, &StanzaError::new(Condition::NotAllowed)));
+                return Ok(());
+            }
+        }
+        match (el.ns(), el.name()) {
+            (ns::CLIENT, _) => self.ctx.server.route_from_client(&handle, el).await.map_err(End::Error),
+            (ns::TLS, _) | (ns::SASL, _) => Err(stream_error(StreamCondition::PolicyViolation)),
+            _ => Err(stream_error(StreamCondition::UnsupportedStanzaType)),
+        }
+    }
+
+    /// Ends the connection: the closing bytes, then the session's destruction.
+    async fn finish(&mut self, end: End) {
+        let reason = match &end {
+            End::Gone(why) => *why,
+            End::ClientClosed => "client closed the stream",
+            End::Error(e) => e.condition.as_str(),
+        };
+        match end {
+            End::Gone(_) => {}
+            End::ClientClosed => self.out.extend_from_slice(STREAM_CLOSE),
+            End::Error(e) => {
+                if !self.header_sent {
+                    // RFC 6120 §4.9.1.1: a header before the error.
+                    let host = self.host.clone().unwrap_or_else(|| self.ctx.server.config().hosts.first().cloned().unwrap_or_default());
+                    self.out.extend_from_slice(&response_header(&host, "error"));
+                }
+                debug!(condition = e.condition.as_str(), text = ?e.text, "stream error");
+                e.to_element().write_to(&mut self.out, ns::CLIENT);
+                self.out.extend_from_slice(STREAM_CLOSE);
+            }
+        }
+        if !self.out.is_empty() {
+            let data = std::mem::take(&mut self.out);
+            let _ = timeout(Duration::from_secs(5), async {
+                self.io.write_all(&data).await?;
+                self.io.flush().await
+            })
+            .await;
+        }
+        let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        if let Phase::Bound { handle, .. } = &self.phase {
+            self.ctx.server.destroy_session(handle, reason);
+        } else {
+            debug!(reason, "connection closed before binding");
+        }
+    }
+}

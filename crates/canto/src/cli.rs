@@ -87,7 +87,10 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 /// Runs the command line; returns the process exit code.
@@ -118,7 +121,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve => {
             let config = load_config(cli.config.as_ref())?;
             let log = crate::logging::init(&config.log.level);
-            runtime()?.block_on(crate::startup::serve(config, cli.config, log, crate::startup::Trace::default()))
+            runtime()?.block_on(crate::startup::serve(
+                config,
+                cli.config,
+                log,
+                crate::startup::Trace::default(),
+            ))
         }
         Command::User(u) => {
             let config = load_config(cli.config.as_ref())?;
@@ -151,16 +159,22 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 UserCommand::Import { file } => {
                     let text = match file {
-                        Some(f) => std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+                        Some(f) => std::fs::read_to_string(&f)
+                            .with_context(|| format!("reading {}", f.display()))?,
                         None => {
                             let mut s = String::new();
-                            std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+                            std::io::stdin()
+                                .read_to_string(&mut s)
+                                .context("reading standard input")?;
                             s
                         }
                     };
                     let started = std::time::Instant::now();
                     let n = rt.block_on(crate::users::import(&config, &text))?;
-                    println!("imported {n} accounts in {:.1} s", started.elapsed().as_secs_f64());
+                    println!(
+                        "imported {n} accounts in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    );
                 }
             }
             Ok(())
@@ -171,7 +185,9 @@ fn run(cli: Cli) -> Result<()> {
 /// `canto check`: the configuration already parsed; certificates and storage path next.
 pub fn check(config: &Config) -> Result<()> {
     canto_net::CertStore::check(config).map_err(|e| {
-        anyhow::anyhow!("{e} (configured certificates must exist; generated ones are created by `canto serve`)")
+        anyhow::anyhow!(
+            "{e} (configured certificates must exist; generated ones are created by `canto serve`)"
+        )
     })?;
     if config.storage.backend == "sqlite" {
         let p = config.sqlite_path();

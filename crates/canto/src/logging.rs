@@ -1,6 +1,8 @@
 //! Logging through `tracing`, with a level that SIGHUP can change.
 
-use tracing_subscriber::{EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Registry, layer::SubscriberExt, reload, util::SubscriberInitExt,
+};
 
 /// Changes the log filter at run time.
 #[derive(Clone)]
@@ -32,8 +34,15 @@ pub fn init(level: &str) -> LogHandle {
         .or_else(|| EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (layer, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-    if tracing_subscriber::registry().with(layer).with(fmt).try_init().is_err() {
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if tracing_subscriber::registry()
+        .with(layer)
+        .with(fmt)
+        .try_init()
+        .is_err()
+    {
         return LogHandle(None);
     }
     LogHandle(Some(handle))

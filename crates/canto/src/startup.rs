@@ -59,7 +59,9 @@ impl Trace {
 pub fn backend(config: &Config) -> Backend {
     match config.storage.backend.as_str() {
         "memory" => Backend::Memory,
-        _ => Backend::Sqlite { path: config.sqlite_path() },
+        _ => Backend::Sqlite {
+            path: config.sqlite_path(),
+        },
     }
 }
 
@@ -80,12 +82,15 @@ pub struct Running {
 pub async fn start(config: Config, storage: Option<Storage>, trace: &Trace) -> Result<Running> {
     let storage = match storage {
         Some(s) => s,
-        None => Storage::open(&backend(&config)).await.context("opening storage")?,
+        None => Storage::open(&backend(&config))
+            .await
+            .context("opening storage")?,
     };
     trace.step(Step::Storage);
     let certs = CertStore::load(&config).context("loading certificates")?;
     trace.step(Step::Certificates);
-    let server = Server::new(config.clone(), storage, &canto_modules::all()).map_err(anyhow::Error::msg)?;
+    let server =
+        Server::new(config.clone(), storage, &canto_modules::all()).map_err(anyhow::Error::msg)?;
     trace.step(Step::Modules);
     let listeners = canto_net::bind_c2s(&config).await?;
     let mut starttls_addrs = Vec::new();
@@ -101,7 +106,12 @@ pub async fn start(config: Config, storage: Option<Storage>, trace: &Trace) -> R
     trace.step(Step::Listeners);
     let network = canto_net::start(server.clone(), certs, listeners);
     trace.step(Step::Background);
-    Ok(Running { server, network, starttls_addrs, direct_tls_addrs })
+    Ok(Running {
+        server,
+        network,
+        starttls_addrs,
+        direct_tls_addrs,
+    })
 }
 
 /// Reloads what SIGHUP reloads: configuration (limits), certificates and the log level.
@@ -132,7 +142,12 @@ pub fn reload(running: &Running, path: Option<&PathBuf>, log: &crate::logging::L
 }
 
 /// `canto serve`: the whole sequence, then run until SIGTERM or SIGINT.
-pub async fn serve(config: Config, path: Option<PathBuf>, log: crate::logging::LogHandle, trace: Trace) -> Result<()> {
+pub async fn serve(
+    config: Config,
+    path: Option<PathBuf>,
+    log: crate::logging::LogHandle,
+    trace: Trace,
+) -> Result<()> {
     trace.step(Step::Config);
     trace.step(Step::Logging);
     // Before anything else runs: signals (the seed's lesson).

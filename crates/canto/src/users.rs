@@ -11,13 +11,18 @@ use canto_storage::Storage;
 /// Splits and normalizes `user@host`; the host must be served.
 pub fn parse_account(config: &Config, jid: &str) -> Result<(String, String)> {
     let parsed = canto_stanza::parse_jid(jid).map_err(|_| anyhow!("{jid:?} is not a valid JID"))?;
-    let node = parsed.node().ok_or_else(|| anyhow!("{jid:?} has no user part (expected user@host)"))?;
+    let node = parsed
+        .node()
+        .ok_or_else(|| anyhow!("{jid:?} has no user part (expected user@host)"))?;
     if parsed.resource().is_some() {
         bail!("{jid:?} has a resource; give a bare JID user@host");
     }
     let host = parsed.domain().as_str().to_string();
     if !config.serves(&host) {
-        bail!("{host} is not one of the configured hosts ({})", config.hosts.join(", "));
+        bail!(
+            "{host} is not one of the configured hosts ({})",
+            config.hosts.join(", ")
+        );
     }
     Ok((host, node.as_str().to_string()))
 }
@@ -25,15 +30,22 @@ pub fn parse_account(config: &Config, jid: &str) -> Result<(String, String)> {
 /// Opens persistent storage for a command.
 pub async fn open(config: &Config) -> Result<Storage> {
     if config.storage.backend == "memory" {
-        bail!("the memory backend keeps nothing between runs; user commands need storage.backend = \"sqlite\"");
+        bail!(
+            "the memory backend keeps nothing between runs; user commands need storage.backend = \"sqlite\""
+        );
     }
-    Storage::open(&crate::startup::backend(config)).await.context("opening storage")
+    Storage::open(&crate::startup::backend(config))
+        .await
+        .context("opening storage")
 }
 
 /// Reads a password from standard input (first line, without the newline).
 pub fn password_from_stdin() -> Result<String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
     let pw = line.trim_end_matches(['\n', '\r']).to_string();
     if pw.is_empty() {
         bail!("empty password");
@@ -46,10 +58,14 @@ pub async fn add(config: &Config, jid: &str, password: &str) -> Result<()> {
     let (host, user) = parse_account(config, jid)?;
     let storage = open(config).await?;
     let creds = Credentials::from_password(password, config.limits.scram_iterations);
-    storage.accounts.create(&host, &user, &creds).await.map_err(|e| match e {
-        canto_storage::StorageError::AlreadyExists => anyhow!("{user}@{host} already exists"),
-        other => anyhow!(other),
-    })?;
+    storage
+        .accounts
+        .create(&host, &user, &creds)
+        .await
+        .map_err(|e| match e {
+            canto_storage::StorageError::AlreadyExists => anyhow!("{user}@{host} already exists"),
+            other => anyhow!(other),
+        })?;
     Ok(())
 }
 
@@ -58,7 +74,11 @@ pub async fn passwd(config: &Config, jid: &str, password: &str) -> Result<()> {
     let (host, user) = parse_account(config, jid)?;
     let storage = open(config).await?;
     let creds = Credentials::from_password(password, config.limits.scram_iterations);
-    if !storage.accounts.set_credentials(&host, &user, &creds).await? {
+    if !storage
+        .accounts
+        .set_credentials(&host, &user, &creds)
+        .await?
+    {
         bail!("{user}@{host} does not exist");
     }
     Ok(())
@@ -76,7 +96,8 @@ pub async fn del(config: &Config, jid: &str) -> Result<()> {
 
 /// `user list`
 pub async fn list(config: &Config, host: &str) -> Result<Vec<String>> {
-    let host = canto_stanza::jid::normalize_domain(host).ok_or_else(|| anyhow!("{host:?} is not a domain"))?;
+    let host = canto_stanza::jid::normalize_domain(host)
+        .ok_or_else(|| anyhow!("{host:?} is not a domain"))?;
     if !config.serves(&host) {
         bail!("{host} is not one of the configured hosts");
     }
@@ -123,12 +144,21 @@ pub async fn import(config: &Config, text: &str) -> Result<usize> {
                     s.spawn(move || {
                         chunk
                             .iter()
-                            .map(|(h, u, p)| (h.clone(), u.clone(), Credentials::from_password(p, iterations)))
+                            .map(|(h, u, p)| {
+                                (
+                                    h.clone(),
+                                    u.clone(),
+                                    Credentials::from_password(p, iterations),
+                                )
+                            })
                             .collect::<Vec<_>>()
                     })
                 })
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
         });
         if derived.len() != batch.len() {
             bail!("key derivation failed for part of the batch");
@@ -143,19 +173,32 @@ mod tests {
     use super::*;
 
     fn config() -> Config {
-        Config { hosts: vec!["example.test".into()], ..Config::default() }
+        Config {
+            hosts: vec!["example.test".into()],
+            ..Config::default()
+        }
     }
 
     #[test]
     fn import_lines_are_parsed_and_errors_name_the_line() {
         let c = config();
-        let ok = parse_import(&c, "# comment\nAlice@Example.test pass word\n\nbob@example.test x\n");
+        let ok = parse_import(
+            &c,
+            "# comment\nAlice@Example.test pass word\n\nbob@example.test x\n",
+        );
         let ok = ok.unwrap_or_default();
         assert_eq!(ok.len(), 2);
-        assert_eq!(ok[0], ("example.test".into(), "alice".into(), "pass word".into()));
-        let e = parse_import(&c, "a@example.test x\nnopassword\n").err().map(|e| e.to_string());
+        assert_eq!(
+            ok[0],
+            ("example.test".into(), "alice".into(), "pass word".into())
+        );
+        let e = parse_import(&c, "a@example.test x\nnopassword\n")
+            .err()
+            .map(|e| e.to_string());
         assert!(e.unwrap_or_default().contains("line 2"));
-        let e = parse_import(&c, "a@other.test x\n").err().map(|e| format!("{e:#}"));
+        let e = parse_import(&c, "a@other.test x\n")
+            .err()
+            .map(|e| format!("{e:#}"));
         assert!(e.unwrap_or_default().contains("other.test"));
     }
 

@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use canto_core::{Closer, Outbound, Server, SessionHandle};
 use canto_proto::c2s::{
-    BindRequest, Stage, bind_result, check_header, features, offered_mechanisms, parse_bind, response_header,
-    sasl_failure, STREAM_CLOSE,
+    BindRequest, STREAM_CLOSE, Stage, bind_result, check_header, features, offered_mechanisms,
+    parse_bind, response_header, sasl_failure,
 };
-use canto_proto::sasl::{ChannelBindings, Mechanism, SaslServer, Step, decode_payload, encode_payload};
+use canto_proto::sasl::{
+    ChannelBindings, Mechanism, SaslServer, Step, decode_payload, encode_payload,
+};
 use canto_stanza::stanza::{error_reply, iq_result};
 use canto_stanza::{Condition, FullJid, StanzaError, StreamCondition, StreamError, ns};
 use canto_xml::{Element, Limits, StreamEvent, StreamParser};
@@ -46,11 +48,17 @@ pub struct C2sContext {
 /// Where negotiation stands (session.txt: `type`, `username`, `full_jid`).
 enum Phase {
     /// `c2s_unauthed`.
-    Unauthenticated { sasl: Option<SaslServer>, failures: u32 },
+    Unauthenticated {
+        sasl: Option<SaslServer>,
+        failures: u32,
+    },
     /// `c2s`, authenticated as `username`, not bound yet.
     Authenticated { username: String },
     /// A connected resource.
-    Bound { handle: SessionHandle, rx: mpsc::Receiver<Outbound> },
+    Bound {
+        handle: SessionHandle,
+        rx: mpsc::Receiver<Outbound>,
+    },
 }
 
 /// How a connection ended.
@@ -104,7 +112,10 @@ pub async fn serve_connection(
             io: Io::Plain(tcp),
             peer,
             parser: StreamParser::new(unauth_limits(&config)),
-            phase: Phase::Unauthenticated { sasl: None, failures: 0 },
+            phase: Phase::Unauthenticated {
+                sasl: None,
+                failures: 0,
+            },
             host: None,
             header_sent: false,
             starttls_available: !direct_tls,
@@ -134,9 +145,13 @@ pub async fn serve_connection(
 fn unauth_limits(config: &canto_core::Config) -> Limits {
     Limits {
         max_stanza_bytes: config.c2s.max_stanza_size_unauthenticated,
-        max_depth: Limits::UNAUTHENTICATED.max_depth.min(config.c2s.max_stanza_depth),
+        max_depth: Limits::UNAUTHENTICATED
+            .max_depth
+            .min(config.c2s.max_stanza_depth),
         max_elements: Limits::UNAUTHENTICATED.max_elements,
-        max_attrs: Limits::UNAUTHENTICATED.max_attrs.min(config.c2s.max_attributes),
+        max_attrs: Limits::UNAUTHENTICATED
+            .max_attrs
+            .min(config.c2s.max_attributes),
     }
 }
 
@@ -278,12 +293,17 @@ impl Conn {
         let (_, conn) = tls.get_ref();
         // RFC 9266: tls-exporter is defined for TLS 1.3 (and 1.2 with EMS, which we skip).
         let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-            conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None).ok().map(|k| k.to_vec())
+            conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok()
+                .map(|k| k.to_vec())
         } else {
             None
         };
         let sni = conn.server_name().map(str::to_string);
-        self.cb = ChannelBindings { tls_exporter: exporter, tls_server_end_point: self.ctx.certs.end_point_hash(sni.as_deref()) };
+        self.cb = ChannelBindings {
+            tls_exporter: exporter,
+            tls_server_end_point: self.ctx.certs.end_point_hash(sni.as_deref()),
+        };
         self.io = Io::Tls(Box::new(tls));
         self.starttls_available = false;
         // RFC 6120 §5.4.3.3: a fresh stream follows; no header has been sent on it yet.
@@ -315,7 +335,8 @@ impl Conn {
         }
         self.host = Some(header.host.clone());
         self.stream_id = format!("{:016x}", rand::random::<u64>());
-        self.out.extend_from_slice(&response_header(&header.host, &self.stream_id));
+        self.out
+            .extend_from_slice(&response_header(&header.host, &self.stream_id));
         self.header_sent = true;
         let config = self.ctx.server.config();
         let stage = match self.phase {
@@ -363,10 +384,12 @@ impl Conn {
             }
             (ns::SASL, "response") => {
                 let step = match &mut self.phase {
-                    Phase::Unauthenticated { sasl: Some(s), .. } => match decode_payload(&el.text()) {
-                        Ok(data) => s.respond(&data),
-                        Err(f) => Step::Failure(f),
-                    },
+                    Phase::Unauthenticated { sasl: Some(s), .. } => {
+                        match decode_payload(&el.text()) {
+                            Ok(data) => s.respond(&data),
+                            Err(f) => Step::Failure(f),
+                        }
+                    }
                     // Prosody: "Out of order SASL element".
                     _ => Step::Failure(canto_proto::sasl::SaslFailure::NotAuthorized),
                 };
@@ -381,7 +404,9 @@ impl Conn {
                 self.send(&sasl_failure("aborted"));
                 Ok(Flow::Continue)
             }
-            (ns::CLIENT, "message" | "presence" | "iq") => Err(stream_error(StreamCondition::NotAuthorized)),
+            (ns::CLIENT, "message" | "presence" | "iq") => {
+                Err(stream_error(StreamCondition::NotAuthorized))
+            }
             _ => Err(stream_error(StreamCondition::UnsupportedStanzaType)),
         }
     }
@@ -393,7 +418,11 @@ impl Conn {
         let mech = el.attr("mechanism").and_then(Mechanism::from_name);
         let Some(mech) = mech.filter(|m| offered.contains(m)) else {
             // RFC 6120 §6.4.5 and §6.5.4; Prosody says encryption-required before TLS.
-            let cond = if !tls && config.c2s.require_encryption { "encryption-required" } else { "invalid-mechanism" };
+            let cond = if !tls && config.c2s.require_encryption {
+                "encryption-required"
+            } else {
+                "invalid-mechanism"
+            };
             self.send(&sasl_failure(cond));
             return Ok(());
         };
@@ -408,7 +437,13 @@ impl Conn {
         };
         let host = self.host.clone().unwrap_or_default();
         let plus_offered = offered.iter().any(|m| m.is_plus());
-        let (s, step) = SaslServer::start(mech, &host, self.cb.clone(), plus_offered, initial.as_deref());
+        let (s, step) = SaslServer::start(
+            mech,
+            &host,
+            self.cb.clone(),
+            plus_offered,
+            initial.as_deref(),
+        );
         if let Phase::Unauthenticated { sasl, .. } = &mut self.phase {
             *sasl = Some(s);
         }
@@ -421,11 +456,19 @@ impl Conn {
             match step {
                 Step::NeedCredentials { username } => {
                     let host = self.host.clone().unwrap_or_default();
-                    let creds = match self.ctx.server.storage.accounts.credentials(&host, &username).await {
+                    let creds = match self
+                        .ctx
+                        .server
+                        .storage
+                        .accounts
+                        .credentials(&host, &username)
+                        .await
+                    {
                         Ok(c) => c,
                         Err(e) => {
                             warn!(error = %e, "credential lookup failed");
-                            step = Step::Failure(canto_proto::sasl::SaslFailure::TemporaryAuthFailure);
+                            step =
+                                Step::Failure(canto_proto::sasl::SaslFailure::TemporaryAuthFailure);
                             continue;
                         }
                     };
@@ -453,10 +496,15 @@ impl Conn {
                     step = next;
                 }
                 Step::Challenge(data) => {
-                    self.send(&Element::new("challenge", ns::SASL).with_text(encode_payload(&data)));
+                    self.send(
+                        &Element::new("challenge", ns::SASL).with_text(encode_payload(&data)),
+                    );
                     return Ok(());
                 }
-                Step::Success { username, additional_data } => {
+                Step::Success {
+                    username,
+                    additional_data,
+                } => {
                     let mut success = Element::new("success", ns::SASL);
                     if let Some(d) = additional_data {
                         success.push_text(encode_payload(&d));
@@ -485,7 +533,8 @@ impl Conn {
                         // RFC 6120 §6.4.5: a limited number of retries, then the connection ends.
                         if *failures >= retries {
                             return Err(End::Error(
-                                StreamError::new(StreamCondition::PolicyViolation).with_text("too many failed authentication attempts"),
+                                StreamError::new(StreamCondition::PolicyViolation)
+                                    .with_text("too many failed authentication attempts"),
                             ));
                         }
                     }
@@ -535,7 +584,13 @@ impl Conn {
         };
         let config = self.ctx.server.config();
         let (tx, rx) = mpsc::channel(config.c2s.max_send_queue);
-        let bound = match self.ctx.server.sessions.bind(self.id, jid.clone(), tx, self.closer.clone(), config.c2s.max_sessions_per_account) {
+        let bound = match self.ctx.server.sessions.bind(
+            self.id,
+            jid.clone(),
+            tx,
+            self.closer.clone(),
+            config.c2s.max_sessions_per_account,
+        ) {
             Ok(b) => b,
             Err(e) => {
                 self.send(&error_reply(&el, &e));
@@ -544,12 +599,18 @@ impl Conn {
         };
         if let Some(old) = bound.replaced {
             // RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>.
-            old.close(StreamError::new(StreamCondition::Conflict).with_text("replaced by a new connection"));
+            old.close(
+                StreamError::new(StreamCondition::Conflict)
+                    .with_text("replaced by a new connection"),
+            );
         }
         tracing::Span::current().record("jid", tracing::field::display(&jid));
         info!("resource bound");
         self.send(&iq_result(&el, Some(bind_result(&jid.to_string()))));
-        self.phase = Phase::Bound { handle: bound.handle, rx };
+        self.phase = Phase::Bound {
+            handle: bound.handle,
+            rx,
+        };
         Ok(())
     }
 
@@ -572,7 +633,12 @@ impl Conn {
             }
         }
         match (el.ns(), el.name()) {
-            (ns::CLIENT, _) => self.ctx.server.route_from_client(&handle, el).await.map_err(End::Error),
+            (ns::CLIENT, _) => self
+                .ctx
+                .server
+                .route_from_client(&handle, el)
+                .await
+                .map_err(End::Error),
             (ns::TLS, _) | (ns::SASL, _) => Err(stream_error(StreamCondition::PolicyViolation)),
             _ => Err(stream_error(StreamCondition::UnsupportedStanzaType)),
         }
@@ -591,7 +657,15 @@ impl Conn {
             End::Error(e) => {
                 if !self.header_sent {
                     // RFC 6120 §4.9.1.1: a header before the error.
-                    let host = self.host.clone().unwrap_or_else(|| self.ctx.server.config().hosts.first().cloned().unwrap_or_default());
+                    let host = self.host.clone().unwrap_or_else(|| {
+                        self.ctx
+                            .server
+                            .config()
+                            .hosts
+                            .first()
+                            .cloned()
+                            .unwrap_or_default()
+                    });
                     self.out.extend_from_slice(&response_header(&host, "error"));
                 }
                 debug!(condition = e.condition.as_str(), text = ?e.text, "stream error");

@@ -26,9 +26,9 @@ pub struct Listener {
 impl Listener {
     /// Binds a listener.
     pub async fn bind(addr: &str, direct_tls: bool) -> std::io::Result<Listener> {
-        let socket = TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
-        })?;
+        let socket = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         Ok(Listener { socket, direct_tls })
     }
 
@@ -68,7 +68,12 @@ pub fn start(server: Arc<Server>, certs: Arc<CertStore>, listeners: Vec<Listener
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (alive_tx, alive_rx) = mpsc::channel(1);
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
-    let ctx = Arc::new(c2s::C2sContext { server, certs: certs.clone(), acceptor, shutdown: shutdown_rx.clone() });
+    let ctx = Arc::new(c2s::C2sContext {
+        server,
+        certs: certs.clone(),
+        acceptor,
+        shutdown: shutdown_rx.clone(),
+    });
     for l in listeners {
         let ctx = ctx.clone();
         let alive = alive_tx.clone();
@@ -94,7 +99,12 @@ pub fn start(server: Arc<Server>, certs: Arc<CertStore>, listeners: Vec<Listener
             }
         });
     }
-    Network { shutdown, alive_tx: Some(alive_tx), alive_rx, certs }
+    Network {
+        shutdown,
+        alive_tx: Some(alive_tx),
+        alive_rx,
+        certs,
+    }
 }
 
 impl Network {

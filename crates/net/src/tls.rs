@@ -64,7 +64,9 @@ pub struct CertStore {
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let set = self.set.load();
-        f.debug_struct("CertStore").field("hosts", &set.by_host.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("CertStore")
+            .field("hosts", &set.by_host.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -80,7 +82,11 @@ pub fn cert_paths(config: &Config, host: &str) -> (PathBuf, PathBuf, bool) {
         Some(c) => (c.certificate.clone(), c.key.clone(), false),
         None => {
             let dir = config.data_dir.join("certs");
-            (dir.join(format!("{host}.crt")), dir.join(format!("{host}.key")), true)
+            (
+                dir.join(format!("{host}.crt")),
+                dir.join(format!("{host}.key")),
+                true,
+            )
         }
     }
 }
@@ -90,14 +96,18 @@ pub fn ensure_self_signed(host: &str, cert: &Path, key: &Path) -> Result<bool, T
     if cert.exists() && key.exists() {
         return Ok(false);
     }
-    let gen_err = |message: String| TlsError::Generate { host: host.to_string(), message };
+    let gen_err = |message: String| TlsError::Generate {
+        host: host.to_string(),
+        message,
+    };
     let ck = rcgen::generate_simple_self_signed(vec![host.to_string(), format!("*.{host}")])
         .map_err(|e| gen_err(e.to_string()))?;
     if let Some(dir) = cert.parent() {
         std::fs::create_dir_all(dir).map_err(|e| gen_err(e.to_string()))?;
     }
     std::fs::write(cert, ck.cert.pem()).map_err(|e| gen_err(e.to_string()))?;
-    write_private(key, ck.signing_key.serialize_pem().as_bytes()).map_err(|e| gen_err(e.to_string()))?;
+    write_private(key, ck.signing_key.serialize_pem().as_bytes())
+        .map_err(|e| gen_err(e.to_string()))?;
     Ok(true)
 }
 
@@ -105,7 +115,12 @@ pub fn ensure_self_signed(host: &str, cert: &Path, key: &Path) -> Result<bool, T
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)
 }
 
@@ -115,7 +130,10 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 fn load_host(host: &str, cert: &Path, key: &Path) -> Result<HostCert, TlsError> {
-    let file_err = |path: &Path, message: String| TlsError::File { path: path.to_owned(), message };
+    let file_err = |path: &Path, message: String| TlsError::File {
+        path: path.to_owned(),
+        message,
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| file_err(cert, e.to_string()))?
         .collect::<Result<_, _>>()
@@ -127,9 +145,14 @@ fn load_host(host: &str, cert: &Path, key: &Path) -> Result<HostCert, TlsError> 
     // generated certificates are ECDSA P-256 with SHA-256).
     let end_point_hash = sha2::Sha256::digest(leaf.as_ref()).to_vec();
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
-    let ck = CertifiedKey::from_der(chain, key_der, &provider())
-        .map_err(|e| TlsError::Key { host: host.to_string(), message: e.to_string() })?;
-    Ok(HostCert { key: Arc::new(ck), end_point_hash })
+    let ck = CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| TlsError::Key {
+        host: host.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(HostCert {
+        key: Arc::new(ck),
+        end_point_hash,
+    })
 }
 
 fn load_set(config: &Config, generate: bool) -> Result<CertSet, TlsError> {
@@ -144,13 +167,18 @@ fn load_set(config: &Config, generate: bool) -> Result<CertSet, TlsError> {
         by_host.insert(host.clone(), load_host(host, &cert, &key)?);
     }
     let default_host = config.hosts.first().cloned().unwrap_or_default();
-    Ok(CertSet { by_host, default_host })
+    Ok(CertSet {
+        by_host,
+        default_host,
+    })
 }
 
 impl CertStore {
     /// Loads every host's certificate, generating self-signed ones where none is configured.
     pub fn load(config: &Config) -> Result<Arc<CertStore>, TlsError> {
-        Ok(Arc::new(CertStore { set: ArcSwap::from_pointee(load_set(config, true)?) }))
+        Ok(Arc::new(CertStore {
+            set: ArcSwap::from_pointee(load_set(config, true)?),
+        }))
     }
 
     /// Checks every host's certificate without generating anything (`canto check`).
@@ -180,8 +208,13 @@ impl CertStore {
     /// `tls-server-end-point` data for the certificate served to `sni`.
     pub fn end_point_hash(&self, sni: Option<&str>) -> Option<Vec<u8>> {
         let set = self.set.load();
-        let host = sni.map(str::to_ascii_lowercase).unwrap_or_else(|| set.default_host.clone());
-        set.by_host.get(&host).or_else(|| set.by_host.get(&set.default_host)).map(|h| h.end_point_hash.clone())
+        let host = sni
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_else(|| set.default_host.clone());
+        set.by_host
+            .get(&host)
+            .or_else(|| set.by_host.get(&set.default_host))
+            .map(|h| h.end_point_hash.clone())
     }
 }
 
@@ -192,10 +225,13 @@ impl ResolvesServerCert for CertStore {
             let n = n.to_ascii_lowercase();
             set.by_host.get(&n).or_else(|| {
                 // A subdomain gets its parent host's certificate (covered by `*.host`).
-                n.split_once('.').and_then(|(_, parent)| set.by_host.get(parent))
+                n.split_once('.')
+                    .and_then(|(_, parent)| set.by_host.get(parent))
             })
         });
-        by_sni.or_else(|| set.by_host.get(&set.default_host)).map(|h| h.key.clone())
+        by_sni
+            .or_else(|| set.by_host.get(&set.default_host))
+            .map(|h| h.key.clone())
     }
 }
 
@@ -223,7 +259,10 @@ mod tests {
         assert!(a.is_some() && b.is_some() && a != b);
         let before = std::fs::read(dir.join("certs/a.test.crt")).unwrap_or_default();
         let _again = CertStore::load(&config).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(std::fs::read(dir.join("certs/a.test.crt")).unwrap_or_default(), before);
+        assert_eq!(
+            std::fs::read(dir.join("certs/a.test.crt")).unwrap_or_default(),
+            before
+        );
         assert!(CertStore::check(&config).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -236,11 +275,22 @@ mod tests {
         let key = dir.join("x.key");
         let _ = std::fs::write(&cert, "not pem");
         let _ = std::fs::write(&key, "not pem");
-        let mut config = Config { data_dir: dir.clone(), hosts: vec!["x.test".into()], ..Config::default() };
-        config
-            .certificates
-            .insert("x.test".into(), canto_core::config::CertificateConfig { certificate: cert, key });
-        let msg = CertStore::check(&config).err().map(|e| e.to_string()).unwrap_or_default();
+        let mut config = Config {
+            data_dir: dir.clone(),
+            hosts: vec!["x.test".into()],
+            ..Config::default()
+        };
+        config.certificates.insert(
+            "x.test".into(),
+            canto_core::config::CertificateConfig {
+                certificate: cert,
+                key,
+            },
+        );
+        let msg = CertStore::check(&config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains("x.crt"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
     }

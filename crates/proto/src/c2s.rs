@@ -17,26 +17,37 @@ pub struct Header {
 
 /// Checks a client's stream header (RFC 6120 §4.7, §4.9.3). `serves` says whether a normalized
 /// domain is a virtual host here.
-pub fn check_header(header: &Element, serves: impl Fn(&str) -> bool) -> Result<Header, StreamError> {
+pub fn check_header(
+    header: &Element,
+    serves: impl Fn(&str) -> bool,
+) -> Result<Header, StreamError> {
     // §4.9.3.10: the stream namespace and the content namespace must be the right ones.
     if header.ns() != ns::STREAMS || header.name() != "stream" {
-        return Err(StreamError::new(StreamCondition::InvalidNamespace).with_text("not an XMPP stream"));
+        return Err(
+            StreamError::new(StreamCondition::InvalidNamespace).with_text("not an XMPP stream")
+        );
     }
     if header.attr("xmlns") != Some(ns::CLIENT) {
         return Err(StreamError::new(StreamCondition::InvalidNamespace)
             .with_text("the content namespace must be jabber:client"));
     }
     // §4.7.5, §4.9.3.25: only version 1.x is supported.
-    let major = header.attr("version").and_then(|v| v.split('.').next()).map(str::trim);
+    let major = header
+        .attr("version")
+        .and_then(|v| v.split('.').next())
+        .map(str::trim);
     if major != Some("1") {
-        return Err(StreamError::new(StreamCondition::UnsupportedVersion).with_text("version 1.0 is required"));
+        return Err(StreamError::new(StreamCondition::UnsupportedVersion)
+            .with_text("version 1.0 is required"));
     }
     // §4.7.4: a language tag (RFC 5646 shape: alphanumeric subtags joined by '-').
     let lang = header.attr("xml:lang").map(str::to_string);
     if let Some(l) = &lang {
         let ok = !l.is_empty()
             && l.len() <= 35
-            && l.split('-').all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+            && l.split('-').all(|p| {
+                !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
         if !ok {
             return Err(StreamError::new(StreamCondition::InvalidXml).with_text("invalid xml:lang"));
         }
@@ -86,7 +97,11 @@ pub enum Stage {
 /// The mechanisms offered at this stage, strongest first (RFC 6120 §6.4.1). PLUS variants need
 /// channel-binding data; nothing is offered on plaintext when encryption is required
 /// (RFC 6120 §5.3.1, §13.8).
-pub fn offered_mechanisms(tls: bool, require_encryption: bool, cb: &ChannelBindings) -> Vec<Mechanism> {
+pub fn offered_mechanisms(
+    tls: bool,
+    require_encryption: bool,
+    cb: &ChannelBindings,
+) -> Vec<Mechanism> {
     if !tls && require_encryption {
         return Vec::new();
     }
@@ -101,7 +116,11 @@ pub fn offered_mechanisms(tls: bool, require_encryption: bool, cb: &ChannelBindi
 pub fn features(stage: Stage, cb: &ChannelBindings) -> Element {
     let mut f = Element::new("features", ns::STREAMS);
     match stage {
-        Stage::Unauthenticated { tls, starttls_available, require_encryption } => {
+        Stage::Unauthenticated {
+            tls,
+            starttls_available,
+            require_encryption,
+        } => {
             if !tls && starttls_available {
                 // RFC 6120 §5.4.1: mandatory-to-negotiate when encryption is required.
                 let mut st = Element::new("starttls", ns::TLS);
@@ -121,7 +140,10 @@ pub fn features(stage: Stage, cb: &ChannelBindings) -> Element {
                     // XEP-0440: say which channel-binding types the server supports.
                     let mut types = Element::new("sasl-channel-binding", "urn:xmpp:sasl-cb:0");
                     for name in cb.names() {
-                        types.push_child(Element::new("channel-binding", "urn:xmpp:sasl-cb:0").with_attr("type", name));
+                        types.push_child(
+                            Element::new("channel-binding", "urn:xmpp:sasl-cb:0")
+                                .with_attr("type", name),
+                        );
                     }
                     f.push_child(types);
                 }
@@ -130,7 +152,10 @@ pub fn features(stage: Stage, cb: &ChannelBindings) -> Element {
         Stage::Authenticated => {
             f.push_child(Element::new("bind", ns::BIND));
             // RFC 6121 Appendix E / draft-cridland-xmpp-session: the session feature is optional.
-            f.push_child(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
+            f.push_child(
+                Element::new("session", ns::SESSION)
+                    .with_child(Element::new("optional", ns::SESSION)),
+            );
         }
     }
     f
@@ -147,7 +172,9 @@ pub enum BindRequest {
 
 /// Reads an IQ set carrying `<bind/>`. `Ok(None)` if the IQ is not a bind request.
 pub fn parse_bind(iq: &Element) -> Result<Option<BindRequest>, StanzaError> {
-    let Some(bind) = iq.get_child("bind", ns::BIND) else { return Ok(None) };
+    let Some(bind) = iq.get_child("bind", ns::BIND) else {
+        return Ok(None);
+    };
     if iq.attr("type") != Some("set") {
         return Err(StanzaError::new(Condition::BadRequest));
     }
@@ -160,12 +187,17 @@ pub fn parse_bind(iq: &Element) -> Result<Option<BindRequest>, StanzaError> {
             }
             // §7.7.2.1: a resource that fails resourceprep is bad-request. Bidi overrides
             // and control characters are refused by the profile.
-            if text.chars().any(|c| c.is_control() || ('\u{202A}'..='\u{202E}').contains(&c)) {
+            if text
+                .chars()
+                .any(|c| c.is_control() || ('\u{202A}'..='\u{202E}').contains(&c))
+            {
                 return Err(StanzaError::new(Condition::BadRequest).with_text("invalid resource"));
             }
             canto_stanza::jid::normalize_resource(&text)
                 .map(|r| Some(BindRequest::Resource(r)))
-                .ok_or_else(|| StanzaError::new(Condition::BadRequest).with_text("invalid resource"))
+                .ok_or_else(|| {
+                    StanzaError::new(Condition::BadRequest).with_text("invalid resource")
+                })
         }
     }
 }
@@ -193,11 +225,17 @@ mod tests {
     }
 
     fn good() -> Vec<(&'static str, &'static str)> {
-        vec![("xmlns", ns::CLIENT), ("to", "example.test"), ("version", "1.0")]
+        vec![
+            ("xmlns", ns::CLIENT),
+            ("to", "example.test"),
+            ("version", "1.0"),
+        ]
     }
 
     fn cond(attrs: &[(&str, &str)]) -> Option<StreamCondition> {
-        check_header(&header(attrs), |h| h == "example.test").err().map(|e| e.condition)
+        check_header(&header(attrs), |h| h == "example.test")
+            .err()
+            .map(|e| e.condition)
     }
 
     #[test]
@@ -209,10 +247,22 @@ mod tests {
             a.push((k, v));
             a
         };
-        assert_eq!(cond(&with("xmlns", ns::SERVER)), Some(StreamCondition::InvalidNamespace));
-        assert_eq!(cond(&with("version", "2.0")), Some(StreamCondition::UnsupportedVersion));
-        assert_eq!(cond(&with("to", "unknown.test")), Some(StreamCondition::HostUnknown));
-        assert_eq!(cond(&with("xml:lang", &*"x".repeat(36).leak())), Some(StreamCondition::InvalidXml));
+        assert_eq!(
+            cond(&with("xmlns", ns::SERVER)),
+            Some(StreamCondition::InvalidNamespace)
+        );
+        assert_eq!(
+            cond(&with("version", "2.0")),
+            Some(StreamCondition::UnsupportedVersion)
+        );
+        assert_eq!(
+            cond(&with("to", "unknown.test")),
+            Some(StreamCondition::HostUnknown)
+        );
+        assert_eq!(
+            cond(&with("xml:lang", &*"x".repeat(36).leak())),
+            Some(StreamCondition::InvalidXml)
+        );
         let mut no_to = good();
         no_to.retain(|(k, _)| *k != "to");
         assert_eq!(cond(&no_to), Some(StreamCondition::ImproperAddressing));
@@ -220,11 +270,15 @@ mod tests {
         no_version.retain(|(k, _)| *k != "version");
         assert_eq!(cond(&no_version), Some(StreamCondition::UnsupportedVersion));
         // Case is folded: Example.TEST is example.test.
-        let h = check_header(&header(&with("to", "Example.TEST")), |h| h == "example.test");
+        let h = check_header(&header(&with("to", "Example.TEST")), |h| {
+            h == "example.test"
+        });
         assert_eq!(h.ok().map(|h| h.host), Some("example.test".into()));
         let wrong_root = Element::new("foo", ns::STREAMS).with_attr("xmlns", ns::CLIENT);
         assert_eq!(
-            check_header(&wrong_root, |_| true).err().map(|e| e.condition),
+            check_header(&wrong_root, |_| true)
+                .err()
+                .map(|e| e.condition),
             Some(StreamCondition::InvalidNamespace)
         );
     }
@@ -236,24 +290,52 @@ mod tests {
         let plain_ok = offered_mechanisms(false, false, &cb);
         assert!(plain_ok.contains(&Mechanism::Plain));
         assert!(!plain_ok.iter().any(|m| m.is_plus()));
-        let cb = ChannelBindings { tls_exporter: Some(vec![1; 32]), tls_server_end_point: None };
+        let cb = ChannelBindings {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: None,
+        };
         let tls = offered_mechanisms(true, true, &cb);
         assert_eq!(tls.first(), Some(&Mechanism::ScramSha256Plus));
-        let f = features(Stage::Unauthenticated { tls: false, starttls_available: true, require_encryption: true }, &cb);
-        assert!(f.get_child("starttls", ns::TLS).is_some_and(|s| s.has_child("required", ns::TLS)));
+        let f = features(
+            Stage::Unauthenticated {
+                tls: false,
+                starttls_available: true,
+                require_encryption: true,
+            },
+            &cb,
+        );
+        assert!(
+            f.get_child("starttls", ns::TLS)
+                .is_some_and(|s| s.has_child("required", ns::TLS))
+        );
         assert!(!f.has_child("mechanisms", ns::SASL));
     }
 
     #[test]
     fn bind_requests() {
-        let iq = |inner: Element| Element::new("iq", ns::CLIENT).with_attr("type", "set").with_child(inner);
+        let iq = |inner: Element| {
+            Element::new("iq", ns::CLIENT)
+                .with_attr("type", "set")
+                .with_child(inner)
+        };
         let b = Element::new("bind", ns::BIND);
         assert_eq!(parse_bind(&iq(b.clone())), Ok(Some(BindRequest::Generate)));
-        let r = b.clone().with_child(Element::new("resource", ns::BIND).with_text("Phone"));
-        assert_eq!(parse_bind(&iq(r)), Ok(Some(BindRequest::Resource("Phone".into()))));
+        let r = b
+            .clone()
+            .with_child(Element::new("resource", ns::BIND).with_text("Phone"));
+        assert_eq!(
+            parse_bind(&iq(r)),
+            Ok(Some(BindRequest::Resource("Phone".into())))
+        );
         for bad in ["a\u{0}b", "a\u{202E}b", "x\u{7}"] {
-            let r = b.clone().with_child(Element::new("resource", ns::BIND).with_text(bad));
-            assert_eq!(parse_bind(&iq(r)).err().map(|e| e.condition), Some(Condition::BadRequest), "{bad:?}");
+            let r = b
+                .clone()
+                .with_child(Element::new("resource", ns::BIND).with_text(bad));
+            assert_eq!(
+                parse_bind(&iq(r)).err().map(|e| e.condition),
+                Some(Condition::BadRequest),
+                "{bad:?}"
+            );
         }
         let other = Element::new("iq", ns::CLIENT).with_child(Element::new("ping", ns::PING));
         assert_eq!(parse_bind(&other), Ok(None));

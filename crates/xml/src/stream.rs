@@ -202,7 +202,8 @@ impl StreamParser {
                 let start = buf;
                 let result = self.parser.parse(&mut buf, false);
                 if self.depth == 0 {
-                    self.header_raw.extend_from_slice(&start[..before - buf.len()]);
+                    self.header_raw
+                        .extend_from_slice(&start[..before - buf.len()]);
                     if self.header_raw.len() > MAX_HEADER_BYTES {
                         return Err(XmlError::PolicyViolation(LimitKind::Bytes));
                     }

@@ -594,3 +594,371 @@ pub fn header(host: &str) -> String {
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{host}' version='1.0'>"
     )
 }
+
+// ================================================================================================
+// Helpers for the bad-input and routing tests (tests/tests/bad_input.rs, tests/tests/routing.rs).
+// Appended as one block; nothing above is changed.
+// ================================================================================================
+
+/// Everything the server sent until its stream ended, for asserting stream errors in full.
+#[derive(Debug)]
+pub struct StreamEnd {
+    /// The server's stream header, if one arrived on this (restarted) stream. RFC 6120 §4.9.1.1:
+    /// a server that has not sent one yet sends it before the stream error.
+    pub header: Option<Element>,
+    /// Every element before the end, the `<stream:error>` itself excluded (features included).
+    pub elements: Vec<Element>,
+    /// The defined condition of the `<stream:error>`, if one arrived.
+    pub condition: Option<String>,
+    /// The application-specific condition of the `<stream:error>`, if any (RFC 6120 §4.9.4).
+    pub app: Option<Element>,
+    /// How the stream ended.
+    pub closed: Closed,
+}
+
+/// The read-only half a [`Client`] keeps after [`Client::take_writer`]: writes fail.
+struct ReadOnly(tokio::io::ReadHalf<Box<dyn Duplex>>);
+
+impl AsyncRead for ReadOnly {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadOnly {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The write half of a client split by [`Client::take_writer`].
+pub type ClientWriter = tokio::io::WriteHalf<Box<dyn Duplex>>;
+
+impl Client {
+    /// Reads until the stream ends and reports everything that arrived (see [`StreamEnd`]).
+    pub async fn stream_end(&mut self) -> StreamEnd {
+        let mut end = StreamEnd {
+            header: None,
+            elements: Vec::new(),
+            condition: None,
+            app: None,
+            closed: Closed::Eof,
+        };
+        loop {
+            match self.next_event().await {
+                Ok(StreamEvent::Header(h)) => end.header = Some(h),
+                Ok(StreamEvent::Stanza(e)) if e.is("error", canto_stanza::ns::STREAMS) => {
+                    end.condition = e
+                        .children()
+                        .find(|c| c.ns() == canto_stanza::ns::STREAM_ERRORS && c.name() != "text")
+                        .map(|c| c.name().to_string());
+                    end.app = e
+                        .children()
+                        .find(|c| c.ns() != canto_stanza::ns::STREAM_ERRORS)
+                        .cloned();
+                }
+                Ok(StreamEvent::Stanza(e)) => end.elements.push(e),
+                Ok(StreamEvent::Close) => {
+                    end.closed = match &end.condition {
+                        Some(c) => Closed::Error(c.clone()),
+                        None => Closed::Clean,
+                    };
+                    return end;
+                }
+                Err(_) => {
+                    if let Some(c) = &end.condition {
+                        end.closed = Closed::Error(c.clone());
+                    }
+                    return end;
+                }
+            }
+        }
+    }
+
+    /// Sends `raw` (a stream header, possibly malformed) and returns the server's answering
+    /// header. Features that follow stay queued.
+    pub async fn send_header(&mut self, raw: &str) -> Result<Element> {
+        self.parser.reset();
+        self.pending.clear();
+        self.send(raw).await;
+        match self.next_event().await? {
+            StreamEvent::Header(h) => Ok(h),
+            other => bail!("expected a stream header, got {other:?}"),
+        }
+    }
+
+    /// Splits off the write half, so a spawned task can keep writing while this client reads.
+    /// Afterwards writes through the client itself fail silently.
+    pub fn take_writer(&mut self) -> ClientWriter {
+        let io: Box<dyn Duplex> = match (self.io.take(), self.tcp.take()) {
+            (Some(io), _) => io,
+            (None, Some(tcp)) => Box::new(tcp),
+            (None, None) => panic!("no transport"),
+        };
+        let (r, w) = tokio::io::split(io);
+        self.io = Some(Box::new(ReadOnly(r)));
+        w
+    }
+
+    /// Half-closes the connection (TLS close_notify, then TCP FIN) without a stream close.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.stream().shutdown().await;
+    }
+
+    /// The bound JID; panics if the client has not bound.
+    pub fn full_jid(&self) -> String {
+        self.jid.clone().unwrap_or_else(|| panic!("client not bound"))
+    }
+
+    /// The bound JID's bare part.
+    pub fn bare_jid(&self) -> String {
+        let j = self.full_jid();
+        j.split('/').next().unwrap_or_default().to_string()
+    }
+}
+
+impl TestServer {
+    /// Logs in on `host` over STARTTLS with SCRAM-SHA-256, without binding a resource.
+    pub async fn login_unbound(&self, host: &str, user: &str, password: &str) -> Client {
+        let mut c = self.connect().await;
+        c.open(host).await;
+        c.starttls()
+            .await
+            .unwrap_or_else(|e| panic!("starttls: {e:#}"));
+        c.open(host).await;
+        c.auth_scram(HashAlgo::Sha256, user, password, None)
+            .await
+            .unwrap_or_else(|e| panic!("auth {user}@{host}: {e:#}"));
+        c.open(host).await;
+        c
+    }
+
+    /// Logs in on `host` and binds `resource`.
+    pub async fn login_on(&self, host: &str, user: &str, password: &str, resource: &str) -> Client {
+        let mut c = self.login_unbound(host, user, password).await;
+        c.bind(Some(resource))
+            .await
+            .unwrap_or_else(|e| panic!("bind {user}@{host}: {e:#}"));
+        c
+    }
+}
+
+/// Asserts that `c`'s session still works: a ping to its server is answered with a result
+/// (XEP-0199 §4.2).
+pub async fn assert_alive(c: &mut Client) {
+    let host = c
+        .full_jid()
+        .split(['@', '/'])
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let r = c
+        .iq(&format!(
+            "<iq type='get' id='{{id}}' to='{host}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("ping from {}: {e:#}", c.full_jid()));
+    assert_eq!(r.attr("type"), Some("result"), "ping answer: {r}");
+}
+
+/// Asserts that a chat message from `a` to `b`'s full JID arrives, from `a`'s full JID.
+pub async fn assert_message_flows(a: &mut Client, b: &mut Client) {
+    let body = format!("probe-{:016x}", rand::random::<u64>());
+    a.send(&format!(
+        "<message to='{}' type='chat'><body>{body}</body></message>",
+        b.full_jid()
+    ))
+    .await;
+    let m = b
+        .wait_for(|e| {
+            e.name() == "message"
+                && e.get_child("body", canto_stanza::ns::CLIENT)
+                    .is_some_and(|x| x.text() == body)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("message {} -> {}: {e:#}", a.full_jid(), b.full_jid()));
+    assert_eq!(m.attr("from"), Some(a.full_jid().as_str()));
+}
+
+/// A stanza error's `type` attribute in a reply (RFC 6120 §8.3.2).
+pub fn error_type(e: &Element) -> Option<String> {
+    e.get_child("error", canto_stanza::ns::CLIENT)
+        .and_then(|err| err.attr("type"))
+        .map(str::to_string)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for auth.rs, sessions.rs, cli.rs and tokio_xmpp.rs (appended; nothing above changed).
+// ---------------------------------------------------------------------------------------------
+
+/// The child of a SASL `<failure/>`, e.g. `not-authorized` (`None` for anything else).
+pub fn sasl_failure_condition(e: &Element) -> Option<String> {
+    if !e.is("failure", canto_stanza::ns::SASL) {
+        return None;
+    }
+    e.children()
+        .find(|c| c.ns() == canto_stanza::ns::SASL && c.name() != "text")
+        .map(|c| c.name().to_string())
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub async fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Parses a full JID (panics on a bad one: test input).
+pub fn full_jid(s: &str) -> canto_stanza::FullJid {
+    canto_stanza::FullJid::new(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// Asserts that a logged-in client still works: `a` pings the server and gets a result, then
+/// sends `b` a message that `b` receives with `a`'s full JID as sender.
+pub async fn assert_session_works(a: &mut Client, b: &mut Client) {
+    let pong = a
+        .iq("<iq type='get' id='{id}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("ping: {e:#}"));
+    assert_eq!(pong.attr("type"), Some("result"), "ping answer: {pong}");
+    let body = format!("still alive {}", rand::random::<u32>());
+    let to = b.jid.clone().unwrap_or_default();
+    a.send(&format!(
+        "<message to='{to}' type='chat'><body>{body}</body></message>"
+    ))
+    .await;
+    let m = b
+        .wait_for(|e| e.name() == "message")
+        .await
+        .unwrap_or_else(|e| panic!("message to {to}: {e:#}"));
+    assert_eq!(m.attr("from"), a.jid.as_deref(), "{m}");
+    assert_eq!(
+        m.get_child("body", canto_stanza::ns::CLIENT)
+            .map(|b| b.text()),
+        Some(body)
+    );
+}
+
+impl TestServer {
+    /// Opens a stream over STARTTLS and leaves it ready for SASL (features read).
+    pub async fn connect_tls(&self) -> Client {
+        let mut c = self.connect().await;
+        c.open(HOST).await;
+        c.starttls()
+            .await
+            .unwrap_or_else(|e| panic!("starttls: {e:#}"));
+        c.open(HOST).await;
+        c
+    }
+
+    /// Whether a session is bound to `jid` (full JID) in the routing table.
+    pub fn is_bound(&self, jid: &str) -> bool {
+        self.running.server.sessions.get(&full_jid(jid)).is_some()
+    }
+
+    /// The id of the session bound to `jid`, if any.
+    pub fn session_id(&self, jid: &str) -> Option<u64> {
+        self.running
+            .server
+            .sessions
+            .get(&full_jid(jid))
+            .map(|h| h.id())
+    }
+}
+
+impl Client {
+    /// Sends `<auth mechanism='…'>` with `payload` as its text (already base64; `None` sends an
+    /// empty element) and returns the server's answer (challenge, success or failure).
+    pub async fn auth_raw(&mut self, mechanism: &str, payload: Option<&str>) -> Result<Element> {
+        match payload {
+            Some(p) => {
+                self.send(&format!(
+                    "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{p}</auth>"
+                ))
+                .await
+            }
+            None => {
+                self.send(&format!(
+                    "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'/>"
+                ))
+                .await
+            }
+        }
+        self.next().await
+    }
+
+    /// Opens TCP with a small receive buffer (for slow-reader tests: the kernel then buffers
+    /// little on the client side).
+    pub async fn connect_small_rcvbuf(addr: SocketAddr, ca: PathBuf, bytes: u32) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("socket: {e}"));
+        let _ = sock.set_recv_buffer_size(bytes);
+        let tcp = sock
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let _ = tcp.set_nodelay(true);
+        Client::connect_from(tcp, ca)
+    }
+
+    /// Performs the TLS handshake now (after a `<proceed/>` the test read itself).
+    pub async fn upgrade_tls(&mut self) -> Result<()> {
+        self.upgrade().await
+    }
+
+    fn connect_from(tcp: TcpStream, ca: PathBuf) -> Client {
+        Client {
+            io: None,
+            tcp: Some(tcp),
+            parser: StreamParser::new(Limits {
+                max_stanza_bytes: 1 << 24,
+                ..Limits::AUTHENTICATED
+            }),
+            pending: Default::default(),
+            ca,
+            features: None,
+            jid: None,
+            exporter: None,
+            ids: 0,
+        }
+    }
+
+    /// Logs in over an already opened TLS stream with SCRAM-SHA-256 and binds `resource`.
+    pub async fn finish_login(&mut self, user: &str, password: &str, resource: &str) {
+        self.auth_scram(HashAlgo::Sha256, user, password, None)
+            .await
+            .unwrap_or_else(|e| panic!("auth {user}: {e:#}"));
+        self.open(HOST).await;
+        self.bind(Some(resource))
+            .await
+            .unwrap_or_else(|e| panic!("bind {user}: {e:#}"));
+    }
+}

@@ -31,6 +31,10 @@ pub enum Mech {
     ScramSha256,
 }
 
+/// Salted passwords by (salt, iterations, password): what a real client caches after its
+/// first login so later SCRAM logins cost it no key derivation.
+pub type SaltedCache = Arc<Mutex<HashMap<(Vec<u8>, u32, String), Vec<u8>>>>;
+
 /// Where and how to connect.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -45,7 +49,7 @@ pub struct Target {
     /// Local source addresses to spread connections over (avoids ephemeral port exhaustion).
     pub sources: Vec<std::net::IpAddr>,
     /// Salted passwords by (salt, iterations, password), shared by all clients.
-    pub cache: Arc<Mutex<HashMap<(Vec<u8>, u32, String), Vec<u8>>>>,
+    pub cache: SaltedCache,
 }
 
 trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -117,12 +121,22 @@ fn header(domain: &str) -> String {
 
 impl Client {
     /// Connects, negotiates, authenticates and binds `user`.
-    pub async fn login(t: &Target, n: usize, user: &str, password: &str, resource: &str) -> Result<Client> {
+    pub async fn login(
+        t: &Target,
+        n: usize,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Result<Client> {
         let tcp = if t.sources.is_empty() {
             TcpStream::connect(t.addr).await?
         } else {
             let src = t.sources[n % t.sources.len()];
-            let sock = if t.addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            let sock = if t.addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
             sock.bind(SocketAddr::new(src, 0))?;
             sock.connect(t.addr).await?
         };
@@ -130,7 +144,10 @@ impl Client {
         let mut c = Client {
             io: Box::new(tokio::io::empty()),
             tls: false,
-            parser: StreamParser::new(Limits { max_stanza_bytes: 1 << 24, ..Limits::AUTHENTICATED }),
+            parser: StreamParser::new(Limits {
+                max_stanza_bytes: 1 << 24,
+                ..Limits::AUTHENTICATED
+            }),
             pending: Default::default(),
             buf: vec![0u8; 16 * 1024],
             jid: String::new(),
@@ -139,7 +156,8 @@ impl Client {
             // Negotiate STARTTLS on the bare TCP stream, then wrap it.
             let mut tcp = tcp;
             tcp.write_all(header(&t.domain).as_bytes()).await?;
-            tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+            tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                .await?;
             let mut seen = Vec::new();
             loop {
                 let n = tcp.read(&mut c.buf).await?;
@@ -197,8 +215,13 @@ impl Client {
 
     async fn auth_plain(&mut self, user: &str, password: &str) -> Result<()> {
         let b64 = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.send(format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{b64}</auth>").as_bytes())
-            .await?;
+        self.send(
+            format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{b64}</auth>"
+            )
+            .as_bytes(),
+        )
+        .await?;
         let r = self.next().await?;
         if r.name() != "success" {
             bail!("PLAIN failed: {r}");
@@ -208,7 +231,11 @@ impl Client {
 
     async fn auth_scram(&mut self, t: &Target, user: &str, password: &str) -> Result<()> {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let cnonce = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let cnonce = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let first_bare = format!("n={user},r={cnonce}");
         self.send(
             format!(
@@ -234,7 +261,12 @@ impl Client {
         let salted = match cached {
             Some(s) => s,
             None => {
-                let s = pbkdf2::pbkdf2_hmac_array::<sha2::Sha256, 32>(password.as_bytes(), &salt, iters).to_vec();
+                let s = pbkdf2::pbkdf2_hmac_array::<sha2::Sha256, 32>(
+                    password.as_bytes(),
+                    &salt,
+                    iters,
+                )
+                .to_vec();
                 if let Ok(mut c) = t.cache.lock() {
                     c.insert(key, s.clone());
                 }
@@ -244,7 +276,8 @@ impl Client {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{first_bare},{server_first},{without_proof}");
         let hmac = |k: &[u8], d: &[u8]| -> Result<Vec<u8>> {
-            let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(k).map_err(|_| anyhow!("hmac key"))?;
+            let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(k)
+                .map_err(|_| anyhow!("hmac key"))?;
             m.update(d);
             Ok(m.finalize().into_bytes().to_vec())
         };
@@ -253,8 +286,14 @@ impl Client {
         let sig = hmac(&stored, auth_message.as_bytes())?;
         let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
         let fin = format!("{without_proof},p={}", b64.encode(proof));
-        self.send(format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", b64.encode(fin)).as_bytes())
-            .await?;
+        self.send(
+            format!(
+                "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+                b64.encode(fin)
+            )
+            .as_bytes(),
+        )
+        .await?;
         let r = self.next().await?;
         if r.name() != "success" {
             bail!("SCRAM failed: {r}");
@@ -280,7 +319,9 @@ impl Client {
                 bail!("connection closed");
             }
             let mut out = Vec::new();
-            self.parser.feed(&self.buf[..n], &mut out).map_err(|e| anyhow!("bad XML from server: {e}"))?;
+            self.parser
+                .feed(&self.buf[..n], &mut out)
+                .map_err(|e| anyhow!("bad XML from server: {e}"))?;
             self.pending.extend(out);
         }
     }

@@ -93,7 +93,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Logs in accounts `from..to` with `concurrency` at a time; returns the clients and each
 /// login's latency.
-async fn login_range(cli: &Cli, t: &Arc<Target>, from: usize, to: usize, concurrency: usize) -> Result<(Vec<Client>, Vec<Duration>)> {
+async fn login_range(
+    cli: &Cli,
+    t: &Arc<Target>,
+    from: usize,
+    to: usize,
+    concurrency: usize,
+) -> Result<(Vec<Client>, Vec<Duration>)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in from..to {
@@ -104,7 +110,9 @@ async fn login_range(cli: &Cli, t: &Arc<Target>, from: usize, to: usize, concurr
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let start = Instant::now();
-            let c = Client::login(&t, i, &user, &pw, "bench").await.with_context(|| format!("login {user}"))?;
+            let c = Client::login(&t, i, &user, &pw, "bench")
+                .await
+                .with_context(|| format!("login {user}"))?;
             Ok::<_, anyhow::Error>((c, start.elapsed()))
         });
     }
@@ -123,8 +131,14 @@ async fn run(cli: Cli) -> Result<()> {
     let t = Arc::new(target(&cli));
     let own = ProcStats::read(std::process::id()).ok();
     match cli.workload {
-        Workload::Idle { count, concurrency, settle } => {
-            let Some(pid) = cli.server_pid else { bail!("idle needs --server-pid") };
+        Workload::Idle {
+            count,
+            concurrency,
+            settle,
+        } => {
+            let Some(pid) = cli.server_pid else {
+                bail!("idle needs --server-pid")
+            };
             let before = ProcStats::read(pid)?;
             let (clients, lat) = login_range(&cli, &t, 0, count, concurrency).await?;
             tokio::time::sleep(Duration::from_secs(settle)).await;
@@ -159,7 +173,9 @@ async fn run(cli: Cli) -> Result<()> {
             let wall = start.elapsed();
             lat_all.sort();
             let cpu = match (before, cli.server_pid.map(ProcStats::read).transpose()?) {
-                (Some(b), Some(a)) => format!("{:.0}", (a.cpu_secs - b.cpu_secs) * 1e6 / count as f64),
+                (Some(b), Some(a)) => {
+                    format!("{:.0}", (a.cpu_secs - b.cpu_secs) * 1e6 / count as f64)
+                }
                 _ => "n/a".into(),
             };
             println!(
@@ -172,14 +188,21 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     if let (Some(o), Ok(n)) = (own, ProcStats::read(std::process::id())) {
-        println!("load tool: cpu={:.2}s rss={} KiB", n.cpu_secs - o.cpu_secs, n.rss_bytes / 1024);
+        println!(
+            "load tool: cpu={:.2}s rss={} KiB",
+            n.cpu_secs - o.cpu_secs,
+            n.rss_bytes / 1024
+        );
     }
     Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("canto-bench: {e}");

@@ -191,10 +191,11 @@ pub fn check(config: &Config) -> Result<()> {
     })?;
     if config.storage.backend == "sqlite" {
         let p = config.sqlite_path();
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if dir.exists() && !dir.is_dir() {
-                anyhow::bail!("{} is not a directory", dir.display());
-            }
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
+            && dir.exists()
+            && !dir.is_dir()
+        {
+            anyhow::bail!("{} is not a directory", dir.display());
         }
     }
     Ok(())

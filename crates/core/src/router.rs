@@ -407,10 +407,8 @@ impl Server {
                 session.set_presence(Some(shared.clone()), priority);
                 self.broadcast_to_own_resources(session, shared);
             }
-            Some(PresenceType::Unavailable) => {
-                if session.set_presence(None, 0) {
-                    self.broadcast_to_own_resources(session, Arc::new(el));
-                }
+            Some(PresenceType::Unavailable) if session.set_presence(None, 0) => {
+                self.broadcast_to_own_resources(session, Arc::new(el));
             }
             _ => {}
         }
@@ -432,9 +430,11 @@ impl Server {
     }
 
     /// Sends an error reply for `el` back to the session, unless `el` is itself an error
-    /// (RFC 6120 §8.3.1: never answer an error with an error).
+    /// (RFC 6120 §8.3.1: never answer an error with an error) or an IQ result (RFC 6120 §8.2.3:
+    /// a result or error is never answered with a further result or error, wherever it was
+    /// addressed: an unknown account, a resource of the server, a remote domain).
     pub fn reply_error(&self, session: &SessionHandle, el: &Element, err: StanzaError) {
-        if is_error(el) {
+        if is_error(el) || (el.name() == "iq" && IqType::of(el) == Some(IqType::Result)) {
             return;
         }
         let mut reply = error_reply(el, &err);
@@ -563,6 +563,11 @@ mod tests {
             ),
             ("<iq type='result' id='zz' to='example.test'/>", None, false),
             ("<iq type='error' id='zz'/>", None, false),
+            // RFC 6120 §8.2.3: results are never answered, wherever they were addressed.
+            ("<iq type='result' id='zz' to='nobody@example.test'/>", None, false),
+            ("<iq type='result' id='zz' to='example.test/res'/>", None, false),
+            ("<iq type='result' id='zz' to='bob@example.test/gone'/>", None, false),
+            ("<iq type='result' id='zz' to='remote.example'/>", None, false),
             // Bad requests.
             (
                 "<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>",

@@ -40,10 +40,10 @@ impl Closer {
 
     /// Asks the connection to close with `err` (the first reason wins).
     pub fn close(&self, err: StreamError) {
-        if let Ok(mut r) = self.reason.lock() {
-            if r.is_none() {
-                *r = Some(err);
-            }
+        if let Ok(mut r) = self.reason.lock()
+            && r.is_none()
+        {
+            *r = Some(err);
         }
         self.notify.notify_one();
     }

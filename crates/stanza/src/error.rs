@@ -137,7 +137,7 @@ pub struct StreamError {
     /// Optional human-readable text.
     pub text: Option<String>,
     /// Optional application-specific condition (e.g. `<stanza-too-big xmlns='urn:xmpp:errors'/>`).
-    pub app: Option<Element>,
+    pub app: Option<Box<Element>>,
 }
 
 impl StreamError {
@@ -158,7 +158,7 @@ impl StreamError {
 
     /// Adds an application-specific condition element.
     pub fn with_app(mut self, app: Element) -> StreamError {
-        self.app = Some(app);
+        self.app = Some(Box::new(app));
         self
     }
 
@@ -170,7 +170,7 @@ impl StreamError {
             e.push_child(Element::new("text", ns::STREAM_ERRORS).with_text(t.clone()));
         }
         if let Some(a) = &self.app {
-            e.push_child(a.clone());
+            e.push_child((**a).clone());
         }
         e
     }

@@ -132,6 +132,8 @@ pub struct StreamParser {
     /// The raw bytes before the stream header completed, to recover its default namespace
     /// declaration (which a namespace-aware tokenizer does not report as an attribute).
     header_raw: Vec<u8>,
+    /// Counts attributes, namespace declarations included, in start tags as bytes are consumed.
+    tags: TagScanner,
 }
 
 /// Most bytes a stream header (with the XML declaration) may take.
@@ -150,6 +152,7 @@ impl StreamParser {
             closed: false,
             started: false,
             header_raw: Vec::new(),
+            tags: TagScanner::default(),
         }
     }
 
@@ -189,6 +192,9 @@ impl StreamParser {
                 // A document starts with `<` (the XML declaration or the root): anything else,
                 // such as an HTTP request, is not XML at all.
                 Some(b'<') => self.started = true,
+                // RFC 6120 §11.6, §4.9.3.22: a UTF-16 byte order mark (FE FF, FF FE) or the
+                // zero byte of a UTF-16/UTF-32 `<` is another encoding: unsupported-encoding.
+                Some(0xFE | 0xFF | 0x00) => return Err(XmlError::UnsupportedEncoding),
                 Some(_) => return Err(XmlError::NotWellFormed("not an XML stream")),
                 None => {}
             }
@@ -201,9 +207,14 @@ impl StreamParser {
                 let before = buf.len();
                 let start = buf;
                 let result = self.parser.parse(&mut buf, false);
+                let consumed = &start[..before - buf.len()];
+                // The tokenizer reports namespace declarations as no attribute at all, so they
+                // are counted here, before a start tag with thousands of them completes.
+                if self.tags.scan(consumed) > self.limits.max_attrs {
+                    return Err(XmlError::PolicyViolation(LimitKind::Attributes));
+                }
                 if self.depth == 0 {
-                    self.header_raw
-                        .extend_from_slice(&start[..before - buf.len()]);
+                    self.header_raw.extend_from_slice(consumed);
                     if self.header_raw.len() > MAX_HEADER_BYTES {
                         return Err(XmlError::PolicyViolation(LimitKind::Bytes));
                     }
@@ -331,6 +342,79 @@ impl StreamParser {
                 Ok(())
             }
         }
+    }
+}
+
+/// Where [`TagScanner`] is in the markup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Scan {
+    /// Character data.
+    #[default]
+    Content,
+    /// Just after `<`.
+    Open,
+    /// Inside a start tag, outside attribute values.
+    StartTag,
+    /// Inside an attribute value of a start tag, quoted with this byte.
+    Value(u8),
+    /// Just after `<!`.
+    Bang,
+    /// Inside `<![CDATA[…]]>`, with this many `]` just seen.
+    CData(u8),
+    /// Inside an end tag, XML declaration or other markup without attributes to count.
+    Other,
+    /// Inside a quoted string of such markup.
+    OtherQuoted(u8),
+}
+
+/// Counts the attributes of each start tag in raw, already tokenized bytes: every `=` outside
+/// quotes in a start tag is one attribute or namespace declaration (XML 1.0 §3.1 `Attribute`,
+/// Namespaces in XML 1.0 §3 `NSAttName`). Text and CDATA are skipped.
+#[derive(Clone, Copy, Debug, Default)]
+struct TagScanner {
+    state: Scan,
+    /// Attributes of the current (or last) start tag.
+    attrs: usize,
+}
+
+impl TagScanner {
+    /// Consumes `data` and returns the largest attribute count of a start tag seen in it.
+    fn scan(&mut self, data: &[u8]) -> usize {
+        let mut most = self.attrs;
+        for &b in data {
+            self.state = match (self.state, b) {
+                (Scan::Content, b'<') => Scan::Open,
+                (Scan::Content, _) => Scan::Content,
+                (Scan::Open, b'!') => Scan::Bang,
+                (Scan::Open, b'/' | b'?') => Scan::Other,
+                (Scan::Open, b'>') => Scan::Content,
+                (Scan::Open, _) => {
+                    self.attrs = 0;
+                    Scan::StartTag
+                }
+                (Scan::StartTag, b'\'' | b'"') => Scan::Value(b),
+                (Scan::StartTag, b'=') => {
+                    self.attrs += 1;
+                    most = most.max(self.attrs);
+                    Scan::StartTag
+                }
+                (Scan::StartTag, b'>') => Scan::Content,
+                (Scan::StartTag, _) => Scan::StartTag,
+                (Scan::Value(q), c) if c == q => Scan::StartTag,
+                (Scan::Value(q), _) => Scan::Value(q),
+                (Scan::Bang, b'[') => Scan::CData(0),
+                (Scan::Bang, _) => Scan::Other,
+                (Scan::CData(n), b']') => Scan::CData(n.saturating_add(1)),
+                (Scan::CData(n), b'>') if n >= 2 => Scan::Content,
+                (Scan::CData(_), _) => Scan::CData(0),
+                (Scan::Other, b'\'' | b'"') => Scan::OtherQuoted(b),
+                (Scan::Other, b'>') => Scan::Content,
+                (Scan::Other, _) => Scan::Other,
+                (Scan::OtherQuoted(q), c) if c == q => Scan::Other,
+                (Scan::OtherQuoted(q), _) => Scan::OtherQuoted(q),
+            };
+        }
+        most
     }
 }
 
@@ -572,6 +656,64 @@ mod tests {
                 LimitKind::Attributes | LimitKind::Bytes
             ))
         ));
+    }
+
+    #[test]
+    fn namespace_declarations_count_as_attributes() {
+        // reliability.md §4.29: 10,000 xmlns:pN declarations are bounded like attributes,
+        // although the tokenizer does not report them as attributes.
+        let mut doc = format!("{HEADER}<message");
+        for i in 0..10_000 {
+            doc.push_str(&format!(" xmlns:p{i}='urn:p{i}'"));
+        }
+        doc.push_str("/>");
+        let (_, r) = parse_all(doc.as_bytes(), Limits::AUTHENTICATED);
+        assert_eq!(r, Err(XmlError::PolicyViolation(LimitKind::Attributes)));
+        // Byte at a time: stopped as soon as the budget is passed, not at the end of the tag.
+        let mut p = StreamParser::new(Limits::AUTHENTICATED);
+        let mut out = Vec::new();
+        let mut fed = 0;
+        for b in doc.as_bytes() {
+            fed += 1;
+            if p.feed(std::slice::from_ref(b), &mut out).is_err() {
+                break;
+            }
+        }
+        assert!(fed < HEADER.len() + 100 * 20, "stopped after {fed} bytes");
+    }
+
+    #[test]
+    fn attribute_budget_ignores_equals_signs_in_values_text_and_cdata() {
+        // The header has four (xmlns, xmlns:stream, to, version).
+        let limits = Limits {
+            max_attrs: 4,
+            ..Limits::AUTHENTICATED
+        };
+        let eq = "=".repeat(50);
+        let doc = format!(
+            "{HEADER}<message a='{eq}' b=\"x='1'\"><body>{eq} a=b c=d</body>\
+             <x xmlns='urn:x'><![CDATA[<y a='1' b='2' c='3' d='4'/> ]] > ]]]></x></message>\
+             <presence xmlns:p='urn:p' p:a='1'/>"
+        );
+        let (out, r) = parse_all(doc.as_bytes(), limits);
+        assert_eq!(r, Ok(()));
+        assert_eq!(out.len(), 3);
+        let five = format!(
+            "{HEADER}<presence xmlns:p='urn:p' xmlns:q='urn:q' xmlns:r='urn:r' xmlns='urn:s' p:a='1'/>"
+        );
+        assert_eq!(
+            parse_all(five.as_bytes(), limits).1,
+            Err(XmlError::PolicyViolation(LimitKind::Attributes))
+        );
+    }
+
+    #[test]
+    fn utf16_is_unsupported_encoding() {
+        // RFC 6120 §11.6, §4.9.3.22
+        for start in [&b"\xFE\xFF\x00<"[..], b"\xFF\xFE<\x00", b"\x00<\x00s"] {
+            let (_, r) = parse_all(start, Limits::AUTHENTICATED);
+            assert_eq!(r, Err(XmlError::UnsupportedEncoding), "{start:?}");
+        }
     }
 
     #[test]

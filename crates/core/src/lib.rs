@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod module;
+pub mod roster;
 mod router;
 pub mod server;
 pub mod session;

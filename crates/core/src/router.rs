@@ -564,10 +564,26 @@ mod tests {
             ("<iq type='result' id='zz' to='example.test'/>", None, false),
             ("<iq type='error' id='zz'/>", None, false),
             // RFC 6120 §8.2.3: results are never answered, wherever they were addressed.
-            ("<iq type='result' id='zz' to='nobody@example.test'/>", None, false),
-            ("<iq type='result' id='zz' to='example.test/res'/>", None, false),
-            ("<iq type='result' id='zz' to='bob@example.test/gone'/>", None, false),
-            ("<iq type='result' id='zz' to='remote.example'/>", None, false),
+            (
+                "<iq type='result' id='zz' to='nobody@example.test'/>",
+                None,
+                false,
+            ),
+            (
+                "<iq type='result' id='zz' to='example.test/res'/>",
+                None,
+                false,
+            ),
+            (
+                "<iq type='result' id='zz' to='bob@example.test/gone'/>",
+                None,
+                false,
+            ),
+            (
+                "<iq type='result' id='zz' to='remote.example'/>",
+                None,
+                false,
+            ),
             // Bad requests.
             (
                 "<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>",

@@ -1,6 +1,7 @@
 //! XMPP vocabulary: JIDs, the stanza envelope, stream and stanza errors, namespaces.
 #![forbid(unsafe_code)]
 
+pub mod datetime;
 pub mod error;
 pub mod jid;
 pub mod ns;

@@ -277,7 +277,11 @@ async fn char_ref_to_lone_surrogate_is_not_well_formed() {
 async fn http_request_gets_a_header_then_not_well_formed() {
     // RFC 6120 §4.9.1.1: the server sends a header before the error (pre_auth_case asserts it),
     // §4.9.3.13 not-well-formed. reliability.md §4.14
-    let end = pre_auth_case(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", &["not-well-formed"]).await;
+    let end = pre_auth_case(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        &["not-well-formed"],
+    )
+    .await;
     // No features: the client never opened a stream.
     assert!(end.elements.is_empty(), "{end:?}");
 }
@@ -336,7 +340,7 @@ async fn unknown_host_is_host_unknown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_is_matched_case_insensitively() {
     // RFC 7622 §3.2 (the domainpart is case-folded); reliability.md §4.21
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut c = w.s.connect().await;
     let h = c
         .send_header(&header("LocalHost"))
@@ -461,7 +465,7 @@ async fn slowloris_is_cut_by_the_absolute_auth_deadline() {
     // an absolute deadline, not an idle timer, so trickled bytes do not extend it.
     let mut config = test_config();
     config.c2s.auth_timeout = 2;
-    let mut w = World::with_config(config).await;
+    let w = World::with_config(config).await;
     let started = Instant::now();
     let mut c = w.s.connect().await;
     c.open(HOST).await;
@@ -600,9 +604,11 @@ async fn half_stanza_then_fin_delivers_nothing_and_destroys_the_session() {
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     let mut m2 = w.s.login(MALLORY.0, MALLORY.1, "den").await;
-    m.send("<presence/>").await;
+    // m2 is available first (the ping's answer proves the presence was handled), so m's
+    // initial presence reaches it.
     m2.send("<presence/>").await;
-    // Each sees the other's initial presence once both are available.
+    assert_alive(&mut m2).await;
+    m.send("<presence/>").await;
     let jid = m.full_jid();
     let p = m2
         .wait_for(|e| e.name() == "presence" && e.attr("from") == Some(jid.as_str()))
@@ -647,7 +653,7 @@ async fn expect_stanza_error(m: &mut Client, xml: &str, condition: &str, kind: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_without_id_is_bad_request() {
     // RFC 6120 §8.1.3 / §8.2.3: an IQ needs an id; §8.3.3.1 bad-request. reliability.md §4.48
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
         &mut m,
@@ -665,7 +671,7 @@ async fn iq_without_id_is_bad_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_with_bogus_type_is_bad_request() {
     // RFC 6120 §8.2.3 (type is one of get/set/result/error); reliability.md §4.49
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
         &mut m,
@@ -682,7 +688,7 @@ async fn iq_with_bogus_type_is_bad_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_with_two_payloads_is_bad_request() {
     // RFC 6120 §8.2.3: a get or set contains exactly one payload; reliability.md §4.50
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
         &mut m,
@@ -699,7 +705,7 @@ async fn iq_with_two_payloads_is_bad_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_without_payload_is_bad_request() {
     // RFC 6120 §8.2.3; reliability.md §4.51
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(&mut m, "<iq type='get' id='b3'/>", "bad-request", "modify").await;
     assert_eq!(r.attr("id"), Some("b3"));
@@ -710,7 +716,7 @@ async fn iq_without_payload_is_bad_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_with_unknown_payload_to_server_is_service_unavailable() {
     // RFC 6120 §8.4: an unhandled namespace is service-unavailable; reliability.md §4.52
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
         &mut m,
@@ -728,7 +734,7 @@ async fn iq_with_unknown_payload_to_server_is_service_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsolicited_iq_result_and_error_get_no_reply() {
     // RFC 6120 §8.2.3: result and error are never answered; reliability.md §4.53
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut m = w.mallory().await;
     for xml in [
         "<iq type='result' id='zz' to='localhost'/>",
@@ -737,6 +743,9 @@ async fn unsolicited_iq_result_and_error_get_no_reply() {
         "<iq type='error' id='zz'><error type='cancel'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
         "<iq type='result' id='zz' to='nobody@localhost'/>",
         "<iq type='result' id='zz' to='bob@localhost/gone'/>",
+        "<iq type='result' id='zz' to='localhost/res'/>",
+        "<iq type='result' id='zz' to='someone@remote.example'/>",
+        "<iq type='error' id='zz' to='someone@remote.example'/>",
     ] {
         m.send(xml).await;
         assert!(m.nothing_within(QUIET).await, "{xml}: {:?}", m.next().await);
@@ -781,7 +790,11 @@ async fn message_with_bogus_type_is_delivered_as_normal() {
             .as_deref(),
         Some("odd")
     );
-    assert!(m.nothing_within(QUIET).await, "no error: {:?}", m.next().await);
+    assert!(
+        m.nothing_within(QUIET).await,
+        "no error: {:?}",
+        m.next().await
+    );
     w.stop().await;
 }
 
@@ -827,7 +840,7 @@ async fn forged_from_does_not_reach_the_addressee() {
 async fn stanzas_to_a_nonexistent_account() {
     // RFC 6121 §8.5.1: no such user. Message and iq get service-unavailable, presence is
     // silently dropped. reliability.md §4.57
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
         &mut m,
@@ -1083,7 +1096,7 @@ async fn case_and_width_variants_reach_the_same_account() {
 async fn resource_case_is_preserved() {
     // RFC 7622 §3.4 (resourcepart: OpaqueString, no case mapping); reliability.md §4.62:
     // /Balcony is not /balcony.
-    let mut w = World::new().await;
+    let w = World::new().await;
     let mut b = w.s.login(BOB.0, BOB.1, "Balcony").await;
     assert_eq!(b.jid.as_deref(), Some("bob@localhost/Balcony"));
     let mut m = w.mallory().await;
@@ -1120,7 +1133,7 @@ async fn resource_case_is_preserved() {
 async fn bind_with_control_or_bidi_override_is_bad_request() {
     // RFC 6120 §7.7.2.1: a resource that fails the profile is bad-request (modify);
     // RFC 7622 §3.4 (OpaqueString: no controls); reliability.md §4.64
-    let mut w = World::new().await;
+    let w = World::new().await;
     for bad in ["a\u{202E}b", "a\u{85}b", "x\u{9}y"] {
         let mut c = w.s.login_unbound(HOST, MALLORY.0, MALLORY.1).await;
         c.send(&format!(

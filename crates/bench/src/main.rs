@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod fanout;
 mod proc_stats;
 
 use std::net::SocketAddr;
@@ -17,19 +18,19 @@ use proc_stats::ProcStats;
 /// Load tool for XMPP servers.
 #[derive(Debug, Parser)]
 #[command(name = "canto-bench", version, about)]
-struct Cli {
+pub(crate) struct Cli {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:5222")]
     addr: SocketAddr,
     /// XMPP domain.
     #[arg(long, default_value = "localhost")]
-    domain: String,
+    pub(crate) domain: String,
     /// Accounts are PREFIX1, PREFIX2, … (numbered from 1).
     #[arg(long, default_value = "user")]
-    user_prefix: String,
+    pub(crate) user_prefix: String,
     /// Password of every account.
     #[arg(long, default_value = "password")]
-    password: String,
+    pub(crate) password: String,
     /// Transport.
     #[arg(long, value_enum, default_value = "plain")]
     security: Security,
@@ -38,7 +39,7 @@ struct Cli {
     mech: Mech,
     /// PID of the server, for CPU and RSS figures.
     #[arg(long)]
-    server_pid: Option<u32>,
+    pub(crate) server_pid: Option<u32>,
     /// Source addresses to spread connections over (e.g. 127.0.0.2,127.0.0.3).
     #[arg(long, value_delimiter = ',')]
     sources: Vec<std::net::IpAddr>,
@@ -60,6 +61,16 @@ enum Workload {
         /// Seconds to wait after connecting before measuring.
         #[arg(long, default_value_t = 2)]
         settle: u64,
+    },
+    /// One account (PREFIX1) with R online contacts (PREFIX2…) that subscribe to it; it changes
+    /// presence: time until every contact has it, server CPU; then its roster fetch time.
+    Fanout {
+        /// Contacts.
+        #[arg(long, default_value_t = 500)]
+        contacts: usize,
+        /// Presence changes to time.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// N logins with K concurrent clients: logins/s, latency, server CPU per login.
     Login {
@@ -83,7 +94,7 @@ fn target(cli: &Cli) -> Target {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -93,7 +104,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Logs in accounts `from..to` with `concurrency` at a time; returns the clients and each
 /// login's latency.
-async fn login_range(
+pub(crate) async fn login_range(
     cli: &Cli,
     t: &Arc<Target>,
     from: usize,
@@ -157,6 +168,7 @@ async fn run(cli: Cli) -> Result<()> {
             );
             drop(clients);
         }
+        Workload::Fanout { contacts, rounds } => fanout::run(&cli, &t, contacts, rounds).await?,
         Workload::Login { count, concurrency } => {
             let before = cli.server_pid.map(ProcStats::read).transpose()?;
             let start = Instant::now();

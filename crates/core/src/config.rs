@@ -31,6 +31,39 @@ pub struct Config {
     pub certificates: BTreeMap<String, CertificateConfig>,
     /// Software version module (XEP-0092).
     pub version: VersionConfig,
+    /// Rosters (RFC 6121 §2).
+    pub roster: RosterConfig,
+    /// Offline messages (XEP-0160).
+    pub offline: OfflineConfig,
+}
+
+/// `[roster]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RosterConfig {
+    /// Items per roster; adding beyond is `not-allowed` (RFC 6121 §2.3.3 lets servers limit).
+    pub max_items: usize,
+}
+
+impl Default for RosterConfig {
+    fn default() -> Self {
+        RosterConfig { max_items: 5000 }
+    }
+}
+
+/// `[offline]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineConfig {
+    /// Messages stored per account; beyond, senders get `service-unavailable` (nothing is lost
+    /// silently).
+    pub max_messages: usize,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        OfflineConfig { max_messages: 1000 }
+    }
 }
 
 /// `[c2s]`
@@ -131,6 +164,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             certificates: BTreeMap::new(),
             version: VersionConfig::default(),
+            roster: RosterConfig::default(),
+            offline: OfflineConfig::default(),
         }
     }
 }
@@ -446,6 +481,13 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     ("certificates", "Certificate and key per host, PEM files."),
     ("version", "Software version (XEP-0092)."),
+    ("roster", "Rosters (RFC 6121 §2)."),
+    ("roster.max_items", "Items per roster; adding more is refused with not-allowed."),
+    ("offline", "Offline messages (XEP-0160)."),
+    (
+        "offline.max_messages",
+        "Messages kept per account while it is offline; beyond, the sender gets\nservice-unavailable.",
+    ),
     (
         "version.show_os",
         "Reveal the operating system in version answers.",

@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod module;
+pub mod offline;
+pub mod presence;
 pub mod roster;
 mod router;
 pub mod server;

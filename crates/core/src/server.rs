@@ -26,6 +26,10 @@ pub struct Server {
     started: Instant,
     started_at: SystemTime,
     auth_failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Rosters of online users (see `presence.rs`).
+    pub(crate) roster_cache: std::sync::RwLock<HashMap<canto_stanza::BareJid, Arc<crate::presence::RosterMap>>>,
+    /// Serializes subscription state changes (each touches two rosters).
+    pub(crate) roster_lock: tokio::sync::Mutex<()>,
 }
 
 impl Server {
@@ -45,6 +49,8 @@ impl Server {
             started: Instant::now(),
             started_at: SystemTime::now(),
             auth_failures: Mutex::new(HashMap::new()),
+            roster_cache: Default::default(),
+            roster_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -122,15 +128,16 @@ impl Server {
     /// task on every way a session ends: client close, network loss, conflict, shutdown,
     /// stream error.
     pub fn destroy_session(self: &Arc<Self>, handle: &SessionHandle, reason: &str) {
-        let was_available = handle.set_presence(None, 0);
-        if was_available {
-            // RFC 6121 §4.5.2: the server broadcasts unavailable presence on the user's behalf.
-            let unavailable = Element::new("presence", canto_stanza::ns::CLIENT)
-                .with_attr("type", "unavailable")
-                .with_attr("from", handle.jid().to_string());
-            self.broadcast_to_own_resources(handle, Arc::new(unavailable));
+        if handle.set_presence(None, 0) {
+            // RFC 6121 §4.5.2: the server broadcasts unavailable presence on the user's
+            // behalf, to contacts, own resources and directed-presence recipients.
+            self.broadcast_unavailable_on_destroy(handle);
         }
         let removed = self.sessions.remove(handle);
+        let user = handle.jid().to_bare();
+        if !self.sessions.is_online(&user) {
+            self.forget_roster(&user);
+        }
         info!(jid = %handle.jid(), session = handle.id(), reason, removed, "session destroyed");
     }
 

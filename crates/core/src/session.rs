@@ -75,6 +75,8 @@ pub struct SessionState {
     available: AtomicBool,
     interested: AtomicBool,
     presence: Mutex<Option<Arc<Element>>>,
+    /// Who received directed presence from this session (RFC 6121 §4.6.3).
+    directed: Mutex<Vec<canto_stanza::Jid>>,
 }
 
 /// Why a delivery did not happen.
@@ -143,6 +145,27 @@ impl SessionHandle {
         self.0.presence.lock().ok().and_then(|p| p.clone())
     }
 
+    /// Remembers a recipient of directed available presence.
+    pub fn add_directed(&self, to: canto_stanza::Jid) {
+        if let Ok(mut d) = self.0.directed.lock()
+            && !d.contains(&to)
+        {
+            d.push(to);
+        }
+    }
+
+    /// Forgets a recipient (it got directed unavailable presence).
+    pub fn remove_directed(&self, to: &canto_stanza::Jid) {
+        if let Ok(mut d) = self.0.directed.lock() {
+            d.retain(|j| j != to);
+        }
+    }
+
+    /// Takes the list of directed-presence recipients.
+    pub fn take_directed(&self) -> Vec<canto_stanza::Jid> {
+        self.0.directed.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default()
+    }
+
     /// Records broadcast presence: `Some` for available (with its priority), `None` for
     /// unavailable. Returns whether the session was available before.
     pub fn set_presence(&self, presence: Option<Arc<Element>>, priority: i32) -> bool {
@@ -204,6 +227,7 @@ impl SessionManager {
             available: AtomicBool::new(false),
             interested: AtomicBool::new(false),
             presence: Mutex::new(None),
+            directed: Mutex::new(Vec::new()),
         }));
         let bare = jid.to_bare();
         let mut users = self

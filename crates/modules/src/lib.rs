@@ -9,6 +9,7 @@ use canto_stanza::{Condition, StanzaError};
 
 pub mod disco;
 pub mod ping;
+pub mod roster;
 pub mod time;
 pub mod version;
 
@@ -22,6 +23,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(ping::Ping),
         Arc::new(version::Version),
         Arc::new(time::Time),
+        Arc::new(roster::Roster),
     ]
 }
 

@@ -1,0 +1,385 @@
+//! Presence and subscriptions (RFC 6121 §3, §4): Prosody's `rostermanager` and `mod_presence`.
+//!
+//! A user's roster is loaded into memory the first time one of their sessions needs it
+//! (session.txt: "the user's roster, loaded as soon as the resource is bound") and kept while
+//! they are online, so broadcasts never wait for storage. Every change is written to storage
+//! first, then to the cached copy; the cache is dropped when the last session ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use canto_stanza::{BareJid, FullJid, Jid, PresenceType, ns};
+use canto_xml::Element;
+use tracing::warn;
+
+use crate::roster::{RosterItem, RosterStore, SubType, inbound, outbound};
+use crate::server::Server;
+use crate::session::SessionHandle;
+
+/// One account's roster, by contact.
+pub type RosterMap = HashMap<BareJid, RosterItem>;
+
+fn presence(kind: Option<&str>, from: &str, to: &str) -> Element {
+    let mut p = Element::new("presence", ns::CLIENT).with_attr("from", from).with_attr("to", to);
+    if let Some(k) = kind {
+        p.set_attr("type", k);
+    }
+    p
+}
+
+fn parts(bare: &BareJid) -> Option<(String, String)> {
+    Some((bare.domain().as_str().to_string(), bare.node()?.as_str().to_string()))
+}
+
+impl Server {
+    /// The roster of a local account, from the cache or storage.
+    pub async fn roster(&self, user: &BareJid) -> Arc<RosterMap> {
+        if let Some(r) = self.roster_cache.read().ok().and_then(|c| c.get(user).cloned()) {
+            return r;
+        }
+        let Some((host, node)) = parts(user) else { return Arc::default() };
+        let items = match RosterStore::new(&self.storage, &host, &node).items().await {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, user = %user, "loading a roster failed");
+                Vec::new()
+            }
+        };
+        let map: Arc<RosterMap> = Arc::new(items.into_iter().map(|i| (i.jid.clone(), i)).collect());
+        // Cache only while the user is online; an offline user's roster is read when needed.
+        if self.sessions.is_online(user)
+            && let Ok(mut c) = self.roster_cache.write()
+        {
+            c.entry(user.clone()).or_insert_with(|| map.clone());
+        }
+        map
+    }
+
+    /// The cached roster, if the user is online and it was loaded.
+    pub(crate) fn cached_roster(&self, user: &BareJid) -> Option<Arc<RosterMap>> {
+        self.roster_cache.read().ok().and_then(|c| c.get(user).cloned())
+    }
+
+    /// Drops the cached roster (the user's last session ended).
+    pub(crate) fn forget_roster(&self, user: &BareJid) {
+        if let Ok(mut c) = self.roster_cache.write() {
+            c.remove(user);
+        }
+    }
+
+    /// Writes one item (or removes it), updates the cache and pushes the change to the user's
+    /// interested resources (RFC 6121 §2.1.6). Returns the new roster version.
+    pub async fn set_roster_item(&self, user: &BareJid, contact: &BareJid, item: Option<&RosterItem>) -> Option<u64> {
+        let (host, node) = parts(user)?;
+        let ver = match RosterStore::new(&self.storage, &host, &node).put(contact, item).await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, user = %user, "writing a roster item failed");
+                return None;
+            }
+        };
+        if let Ok(mut c) = self.roster_cache.write()
+            && let Some(map) = c.get_mut(user)
+        {
+            let m = Arc::make_mut(map);
+            match item {
+                Some(i) => {
+                    m.insert(contact.clone(), i.clone());
+                }
+                None => {
+                    m.remove(contact);
+                }
+            }
+        }
+        self.roster_push(user, contact, item, ver);
+        Some(ver)
+    }
+
+    /// RFC 6121 §2.1.6: a roster push to every interested resource of the account.
+    pub fn roster_push(&self, user: &BareJid, contact: &BareJid, item: Option<&RosterItem>, ver: u64) {
+        let el = match item {
+            Some(i) => i.to_element(),
+            None => RosterItem::new(contact.clone()).to_element().with_attr("subscription", "remove"),
+        };
+        for s in self.sessions.resources(user) {
+            if s.is_interested() {
+                let push = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "set")
+                    .with_attr("id", format!("push{:x}", rand::random::<u64>()))
+                    .with_attr("to", s.jid().to_string())
+                    .with_child(
+                        Element::new("query", ns::ROSTER).with_attr("ver", ver.to_string()).with_child(el.clone()),
+                    );
+                let _ = s.deliver(Arc::new(push));
+            }
+        }
+    }
+
+    /// Delivers `el` to every available resource of a local account.
+    pub(crate) fn to_available(&self, user: &BareJid, el: Element) -> usize {
+        let shared = Arc::new(el);
+        let mut n = 0;
+        for s in self.sessions.resources(user) {
+            if s.is_available() {
+                let _ = s.deliver(shared.clone());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sends the current presence of `user`'s available resources to `to` (a contact that was
+    /// just allowed to see it, RFC 6121 §3.1.5, or that probed).
+    pub(crate) fn send_current_presence(&self, user: &BareJid, to: &Jid) {
+        for s in self.sessions.resources(user) {
+            if let Some(p) = s.presence() {
+                let mut p = (*p).clone();
+                p.set_attr("from", s.jid().to_string());
+                p.set_attr("to", to.to_string());
+                self.deliver_presence_to(to, p);
+            }
+        }
+    }
+
+    /// Delivers a presence stanza to a local JID (bare: every available resource).
+    fn deliver_presence_to(&self, to: &Jid, p: Element) {
+        match to.clone().try_into_full() {
+            Ok(full) => {
+                if let Some(s) = self.sessions.get(&full) {
+                    let _ = s.deliver(Arc::new(p));
+                }
+            }
+            Err(bare) => {
+                self.to_available(&bare, p);
+            }
+        }
+    }
+
+    /// RFC 6121 §4.2–§4.5: presence without `to` from a session: initial presence, updates and
+    /// unavailable, broadcast to contacts with a `from`/`both` subscription and to the account's
+    /// available resources (the sender included, §4.2.2).
+    pub(crate) async fn presence_broadcast(self: &Arc<Self>, session: &SessionHandle, mut el: Element) {
+        let user = session.jid().to_bare();
+        match PresenceType::of(&el) {
+            Some(PresenceType::Available) => {
+                // RFC 6121 §4.7.2.3: priority is -128..127, default 0.
+                let priority = el
+                    .get_child("priority", ns::CLIENT)
+                    .and_then(|p| p.text().trim().parse::<i8>().ok())
+                    .map_or(0, i32::from);
+                el.remove_attr("to");
+                let initial = !session.is_available();
+                let roster = self.roster(&user).await;
+                session.set_presence(Some(Arc::new(el.clone())), priority);
+                self.broadcast_to(&user, &roster, &el);
+                if initial {
+                    self.after_initial_presence(session, &roster, priority).await;
+                }
+            }
+            Some(PresenceType::Unavailable) => {
+                if session.set_presence(None, 0) {
+                    el.remove_attr("to");
+                    let roster = self.roster(&user).await;
+                    self.broadcast_to(&user, &roster, &el);
+                    // The sender is no longer available: tell it too (§4.5.2).
+                    let mut own = el.clone();
+                    own.set_attr("to", session.jid().to_string());
+                    let _ = session.deliver(Arc::new(own));
+                    self.unavailable_to_directed(session, &el);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Broadcast presence `el` (from a full JID) to subscribed contacts and own resources.
+    fn broadcast_to(&self, user: &BareJid, roster: &RosterMap, el: &Element) {
+        for (contact, item) in roster.iter() {
+            if item.subscription.has_from() && self.serves(contact.domain().as_str()) {
+                let mut p = el.clone();
+                p.set_attr("to", contact.to_string());
+                self.to_available(contact, p);
+            }
+        }
+        let mut own = el.clone();
+        own.set_attr("to", user.to_string());
+        self.to_available(user, own);
+    }
+
+    /// After initial presence: probe contacts (answered locally with their resources'
+    /// presence, §4.3), redeliver pending subscription requests (§3.1.3) and deliver offline
+    /// messages if the priority is non-negative (XEP-0160 §3).
+    async fn after_initial_presence(self: &Arc<Self>, session: &SessionHandle, roster: &RosterMap, priority: i32) {
+        let me = Jid::from(session.jid().clone());
+        for (contact, item) in roster.iter() {
+            if item.subscription.has_to() && self.serves(contact.domain().as_str()) {
+                self.send_current_presence(contact, &me);
+            }
+        }
+        let user = session.jid().to_bare();
+        let Some((host, node)) = parts(&user) else { return };
+        if let Ok(pending) = RosterStore::new(&self.storage, &host, &node).pending().await {
+            for mut p in pending {
+                p.set_attr("to", user.to_string());
+                let _ = session.deliver(Arc::new(p));
+            }
+        }
+        if priority >= 0 {
+            let msgs = self.offline_messages(&user).await;
+            if !msgs.is_empty() {
+                let mut ids = Vec::with_capacity(msgs.len());
+                for (id, mut m) in msgs {
+                    m.set_attr("to", session.jid().to_string());
+                    if session.deliver(Arc::new(m)).is_err() {
+                        break;
+                    }
+                    ids.push(id);
+                }
+                self.delete_offline(&user, &ids).await;
+            }
+        }
+    }
+
+    /// Unavailable to everyone who received directed presence from this session (§4.6.3).
+    pub(crate) fn unavailable_to_directed(&self, session: &SessionHandle, el: &Element) {
+        for to in session.take_directed() {
+            let mut p = el.clone();
+            p.set_attr("type", "unavailable");
+            p.set_attr("from", session.jid().to_string());
+            p.set_attr("to", to.to_string());
+            self.deliver_presence_to(&to, p);
+        }
+    }
+
+    /// Synchronous unavailable broadcast used when a session is destroyed.
+    pub(crate) fn broadcast_unavailable_on_destroy(&self, session: &SessionHandle) {
+        let user = session.jid().to_bare();
+        let el = presence(Some("unavailable"), &session.jid().to_string(), "");
+        if let Some(roster) = self.cached_roster(&user) {
+            self.broadcast_to(&user, &roster, &el);
+        } else {
+            let mut own = el.clone();
+            own.set_attr("to", user.to_string());
+            self.to_available(&user, own);
+        }
+        self.unavailable_to_directed(session, &el);
+    }
+
+    /// Directed presence (§4.6): route it and remember the recipient unless they already get
+    /// broadcasts through a subscription.
+    pub(crate) async fn directed_presence(self: &Arc<Self>, session: &SessionHandle, to: &Jid, el: Element) {
+        let user = session.jid().to_bare();
+        let kind = PresenceType::of(&el);
+        let subscribed = self.roster(&user).await.get(&to.to_bare()).is_some_and(|i| i.subscription.has_from());
+        match kind {
+            Some(PresenceType::Available) if !subscribed && session.is_available() => session.add_directed(to.clone()),
+            Some(PresenceType::Unavailable) => session.remove_directed(to),
+            _ => {}
+        }
+        if self.serves(to.domain().as_str()) {
+            self.deliver_presence_to(to, el);
+        }
+    }
+
+    /// A subscription stanza from a local user (RFC 6121 §3, outbound processing), then the
+    /// contact's side (inbound processing) when the contact is local.
+    pub async fn outbound_subscription(self: &Arc<Self>, user: &BareJid, contact: &BareJid, t: SubType, el: Element) {
+        let _guard = self.roster_lock.lock().await;
+        let Some((host, node)) = parts(user) else { return };
+        let store = RosterStore::new(&self.storage, &host, &node);
+        let item = store.get(contact).await.ok().flatten();
+        let pending_in = store.is_pending(contact).await.unwrap_or(false);
+        let (tr, clear_pending) = outbound(item, contact, pending_in, t);
+        if clear_pending {
+            let _ = store.set_pending(contact, None).await;
+        }
+        if tr.changed {
+            self.set_roster_item(user, contact, tr.item.as_ref()).await;
+        }
+        drop(_guard);
+        if !tr.forward {
+            return;
+        }
+        // §3.1.2 and friends: the stanza goes out from the user's bare JID to the contact's.
+        let mut out = el;
+        out.set_attr("from", user.to_string());
+        out.set_attr("to", contact.to_string());
+        let contact_jid = Jid::from(contact.clone());
+        match t {
+            // §3.1.5: the new subscriber gets the user's current presence.
+            SubType::Subscribed => {
+                self.inbound_subscription(contact, user, t, out).await;
+                self.send_current_presence(user, &contact_jid);
+            }
+            // §3.2.2: a cancelled subscriber gets unavailable from each resource.
+            SubType::Unsubscribed => {
+                self.inbound_subscription(contact, user, t, out).await;
+                for s in self.sessions.resources(user) {
+                    if s.is_available() {
+                        let p = presence(Some("unavailable"), &s.jid().to_string(), &contact.to_string());
+                        self.deliver_presence_to(&contact_jid, p);
+                    }
+                }
+            }
+            SubType::Subscribe | SubType::Unsubscribe => self.inbound_subscription(contact, user, t, out).await,
+        }
+    }
+
+    /// A subscription stanza from `contact` for the local account `user` (inbound processing).
+    pub fn inbound_subscription<'a>(
+        self: &'a Arc<Self>,
+        user: &'a BareJid,
+        contact: &'a BareJid,
+        t: SubType,
+        el: Element,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if !self.serves(user.domain().as_str()) {
+                // Federation comes later: nothing to do for remote contacts yet.
+                return;
+            }
+            if !self.account_exists(user).await {
+                // RFC 6121 §3.1.3: no such contact: answer a request with unsubscribed.
+                if t == SubType::Subscribe && self.serves(contact.domain().as_str()) {
+                    let reply = presence(Some("unsubscribed"), &user.to_string(), &contact.to_string());
+                    self.inbound_subscription(contact, user, SubType::Unsubscribed, reply).await;
+                }
+                return;
+            }
+            let guard = self.roster_lock.lock().await;
+            let Some((host, node)) = parts(user) else { return };
+            let store = RosterStore::new(&self.storage, &host, &node);
+            let item = store.get(contact).await.ok().flatten();
+            let pending_in = store.is_pending(contact).await.unwrap_or(false);
+            let r = inbound(item, contact, pending_in, t);
+            if r.store_pending {
+                let _ = store.set_pending(contact, Some(&el)).await;
+            }
+            if r.clear_pending {
+                let _ = store.set_pending(contact, None).await;
+            }
+            if r.transition.changed {
+                self.set_roster_item(user, contact, r.transition.item.as_ref()).await;
+            }
+            drop(guard);
+            if r.transition.forward {
+                self.to_available(user, el);
+            }
+            if r.auto_subscribed {
+                let reply = presence(Some("subscribed"), &user.to_string(), &contact.to_string());
+                self.inbound_subscription(contact, user, SubType::Subscribed, reply).await;
+                self.send_current_presence(user, &Jid::from(contact.clone()));
+            }
+        })
+    }
+
+    /// A probe (§4.3.2): answered with the current presence of each available resource when
+    /// the prober has a subscription; otherwise nothing is revealed.
+    pub(crate) async fn answer_probe(&self, prober: &FullJid, target: &BareJid) {
+        let allowed = prober.to_bare() == *target
+            || self.roster(target).await.get(&prober.to_bare()).is_some_and(|i| i.subscription.has_from());
+        if allowed {
+            self.send_current_presence(target, &Jid::from(prober.clone()));
+        }
+    }
+}

@@ -556,7 +556,8 @@ pub fn scram_client_proof(
         m.update(d);
         m.finalize().into_bytes().to_vec()
     }
-    let (salted, h): (Vec<u8>, fn(&[u8], &[u8]) -> Vec<u8>) = match algo {
+    type Hmac = fn(&[u8], &[u8]) -> Vec<u8>;
+    let (salted, h): (Vec<u8>, Hmac) = match algo {
         HashAlgo::Sha256 => (
             pbkdf2::pbkdf2_hmac_array::<sha2::Sha256, 32>(password.as_bytes(), salt, iters)
                 .to_vec(),
@@ -729,7 +730,9 @@ impl Client {
 
     /// The bound JID; panics if the client has not bound.
     pub fn full_jid(&self) -> String {
-        self.jid.clone().unwrap_or_else(|| panic!("client not bound"))
+        self.jid
+            .clone()
+            .unwrap_or_else(|| panic!("client not bound"))
     }
 
     /// The bound JID's bare part.
@@ -927,6 +930,14 @@ impl Client {
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         let _ = tcp.set_nodelay(true);
         Client::connect_from(tcp, ca)
+    }
+
+    /// Sends a new stream header for `host` (a restart) without reading the answer, so a test
+    /// can look at whatever comes back (for example a stream error).
+    pub async fn restart(&mut self, host: &str) {
+        self.parser.reset();
+        self.pending.clear();
+        self.send(&header(host)).await;
     }
 
     /// Performs the TLS handshake now (after a `<proceed/>` the test read itself).

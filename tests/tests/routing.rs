@@ -56,6 +56,12 @@ async fn assert_quiet(c: &mut Client) {
     );
 }
 
+/// Offline messages stored for bob.
+async fn stored_for_bob(s: &TestServer) -> usize {
+    let bob = canto_stanza::BareJid::new("bob@localhost").unwrap_or_else(|e| panic!("{e}"));
+    s.running.server.offline_messages(&bob).await.len()
+}
+
 fn body(e: &Element) -> Option<String> {
     e.get_child("body", canto_stanza::ns::CLIENT)
         .map(|b| b.text())
@@ -212,21 +218,16 @@ async fn bare_jid_headline_goes_to_every_nonnegative_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_priority_resources_get_no_bare_jid_messages() {
     // RFC 6121 §4.7.2.3, §8.5.2.1.1: a negative priority never receives bare-JID messages;
-    // with none other, §8.5.2.2.1 applies (no offline storage yet: service-unavailable).
+    // with none other, §8.5.2.2.1 applies: the message is stored offline (XEP-0160).
     let s = server().await;
     let mut a = alice(&s, "home").await;
     let mut b = bob(&s, "low").await;
     available(&mut b, Some(-1)).await;
-    let r = expect_error(
-        &mut a,
-        "<message to='bob@localhost' type='chat' id='n1'><body>x</body></message>",
-        "service-unavailable",
-    )
-    .await;
-    assert_eq!(r.attr("id"), Some("n1"));
-    assert_eq!(r.attr("from"), Some("bob@localhost"));
-    assert_eq!(error_type(&r).as_deref(), Some("cancel"));
+    a.send("<message to='bob@localhost' type='chat' id='n1'><body>x</body></message>")
+        .await;
+    assert_quiet(&mut a).await;
     assert_quiet(&mut b).await;
+    assert_eq!(stored_for_bob(&s).await, 1);
     // Still reachable at its full JID.
     a.send("<message to='bob@localhost/low' type='chat'><body>direct</body></message>")
         .await;
@@ -235,39 +236,47 @@ async fn negative_priority_resources_get_no_bare_jid_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bare_jid_message_without_an_available_resource_is_service_unavailable() {
-    // RFC 6121 §8.5.2.2.1: no available resource, and no offline storage (yet):
-    // service-unavailable for normal, chat and groupchat; headline and error are dropped.
+async fn bare_jid_message_without_an_available_resource_is_stored_offline() {
+    // RFC 6121 §8.5.2.2.1: no available resource: normal and chat are stored offline
+    // (XEP-0160), groupchat gets service-unavailable, headline and error are dropped.
     let s = server().await;
     let mut a = alice(&s, "home").await;
     // Bob is connected but has not sent presence: not an available resource.
     let mut b = bob(&s, "phone").await;
-    for t in ["chat", "normal", "groupchat"] {
-        expect_error(
-            &mut a,
-            &format!("<message to='bob@localhost' type='{t}'><body>x</body></message>"),
-            "service-unavailable",
-        )
+    for t in ["chat", "normal"] {
+        a.send(&format!(
+            "<message to='bob@localhost' type='{t}'><body>{t}</body></message>"
+        ))
         .await;
     }
+    expect_error(
+        &mut a,
+        "<message to='bob@localhost' type='groupchat'><body>x</body></message>",
+        "service-unavailable",
+    )
+    .await;
     a.send("<message to='bob@localhost' type='headline'><body>x</body></message>")
         .await;
     assert_quiet(&mut a).await;
     assert_quiet(&mut b).await;
-    // Available, then unavailable again: back to service-unavailable.
-    available(&mut b, None).await;
+    assert_eq!(stored_for_bob(&s).await, 2);
+    // Available: the stored ones arrive first, then live delivery.
+    b.send("<presence/>").await;
     a.send("<message to='bob@localhost' type='chat'><body>now</body></message>")
         .await;
-    assert_eq!(body(&next_message(&mut b).await).as_deref(), Some("now"));
+    let mut bodies = Vec::new();
+    while bodies.len() < 3 {
+        bodies.push(body(&next_message(&mut b).await).unwrap_or_default());
+    }
+    assert_eq!(bodies, ["chat", "normal", "now"]);
+    // Unavailable again: stored, not bounced.
     b.send("<presence type='unavailable'/>").await;
     assert_alive(&mut b).await;
-    expect_error(
-        &mut a,
-        "<message to='bob@localhost' type='chat'><body>gone</body></message>",
-        "service-unavailable",
-    )
-    .await;
+    a.send("<message to='bob@localhost' type='chat'><body>gone</body></message>")
+        .await;
+    assert_quiet(&mut a).await;
     assert_quiet(&mut b).await;
+    assert_eq!(stored_for_bob(&s).await, 1);
     s.stop().await;
 }
 
@@ -310,13 +319,11 @@ async fn directed_presence_to_a_bare_jid_reaches_the_available_resources() {
         assert_eq!(p.attr("type"), Some("unavailable"));
     }
     assert_quiet(&mut idle).await;
-    // Directed presence does not make the sender available for bare-JID messages.
-    expect_error(
-        &mut one,
-        "<message to='alice@localhost' type='chat'><body>x</body></message>",
-        "service-unavailable",
-    )
-    .await;
+    // Directed presence does not make the sender available for bare-JID messages: stored.
+    one.send("<message to='alice@localhost' type='chat'><body>x</body></message>")
+        .await;
+    assert_quiet(&mut a).await;
+    assert_quiet(&mut one).await;
     s.stop().await;
 }
 

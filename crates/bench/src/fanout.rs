@@ -9,7 +9,11 @@ use crate::client::{Client, Target};
 use crate::proc_stats::ProcStats;
 use crate::{Cli, login_range, percentile};
 
-async fn wait_for(c: &mut Client, what: &str, pred: impl Fn(&canto_xml::Element) -> bool) -> Result<canto_xml::Element> {
+async fn wait_for(
+    c: &mut Client,
+    what: &str,
+    pred: impl Fn(&canto_xml::Element) -> bool,
+) -> Result<canto_xml::Element> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -28,23 +32,32 @@ pub async fn run(cli: &Cli, t: &Arc<Target>, contacts: usize, rounds: usize) -> 
     let (mut hubs, _) = login_range(cli, t, 0, 1, 1).await?;
     let mut hub = hubs.pop().ok_or_else(|| anyhow::anyhow!("no hub"))?;
     let (clients, _) = login_range(cli, t, 1, contacts + 1, 50).await?;
-    hub.send(b"<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq><presence/>").await?;
+    hub.send(b"<iq type='get' id='r0'><query xmlns='jabber:iq:roster'/></iq><presence/>")
+        .await?;
     // Provision: every contact subscribes to the hub; the hub approves each.
     let mut tasks = tokio::task::JoinSet::new();
     for mut c in clients {
         let hub_jid = hub_jid.clone();
         tasks.spawn(async move {
             c.send(b"<presence/>").await?;
-            c.send(format!("<presence to='{hub_jid}' type='subscribe'/>").as_bytes()).await?;
-            wait_for(&mut c, "subscribed", |e| e.name() == "presence" && e.attr("type") == Some("subscribed")).await?;
+            c.send(format!("<presence to='{hub_jid}' type='subscribe'/>").as_bytes())
+                .await?;
+            wait_for(&mut c, "subscribed", |e| {
+                e.name() == "presence" && e.attr("type") == Some("subscribed")
+            })
+            .await?;
             Ok::<_, anyhow::Error>(c)
         });
     }
     let mut approved = 0;
     while approved < contacts {
-        let e = wait_for(&mut hub, "subscription requests", |e| e.name() == "presence" && e.attr("type") == Some("subscribe")).await?;
+        let e = wait_for(&mut hub, "subscription requests", |e| {
+            e.name() == "presence" && e.attr("type") == Some("subscribe")
+        })
+        .await?;
         if let Some(from) = e.attr("from") {
-            hub.send(format!("<presence to='{from}' type='subscribed'/>").as_bytes()).await?;
+            hub.send(format!("<presence to='{from}' type='subscribed'/>").as_bytes())
+                .await?;
             approved += 1;
         }
     }
@@ -70,7 +83,8 @@ pub async fn run(cli: &Cli, t: &Arc<Target>, contacts: usize, rounds: usize) -> 
                 wait_for(&mut c, "the hub's presence", |e| {
                     e.name() == "presence"
                         && e.attr("from").is_some_and(|f| f.starts_with(&hub_prefix))
-                        && e.children().any(|s| s.name() == "status" && s.text() == status)
+                        && e.children()
+                            .any(|s| s.name() == "status" && s.text() == status)
                 })
                 .await?;
                 Ok::<_, anyhow::Error>((c, Instant::now()))
@@ -80,7 +94,8 @@ pub async fn run(cli: &Cli, t: &Arc<Target>, contacts: usize, rounds: usize) -> 
         while ready_rx.recv().await.is_some() {}
         let before = cli.server_pid.map(ProcStats::read).transpose()?;
         let start = Instant::now();
-        hub.send(format!("<presence><status>{status}</status></presence>").as_bytes()).await?;
+        hub.send(format!("<presence><status>{status}</status></presence>").as_bytes())
+            .await?;
         let mut last = start;
         while let Some(r) = waits.join_next().await {
             let (c, at) = r??;
@@ -98,10 +113,20 @@ pub async fn run(cli: &Cli, t: &Arc<Target>, contacts: usize, rounds: usize) -> 
     for i in 0..20 {
         let id = format!("rf{i}");
         let start = Instant::now();
-        hub.send(format!("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>").as_bytes()).await?;
-        let r = wait_for(&mut hub, "the roster", |e| e.name() == "iq" && e.attr("id") == Some(id.as_str())).await?;
+        hub.send(
+            format!("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>").as_bytes(),
+        )
+        .await?;
+        let r = wait_for(&mut hub, "the roster", |e| {
+            e.name() == "iq" && e.attr("id") == Some(id.as_str())
+        })
+        .await?;
         fetch.push(start.elapsed());
-        let items = r.children().next().map(|q| q.children().count()).unwrap_or(0);
+        let items = r
+            .children()
+            .next()
+            .map(|q| q.children().count())
+            .unwrap_or(0);
         if items < contacts {
             bail!("roster has {items} items, expected {contacts}");
         }
@@ -111,7 +136,11 @@ pub async fn run(cli: &Cli, t: &Arc<Target>, contacts: usize, rounds: usize) -> 
         "fanout: contacts={contacts} rounds={rounds} all_received_p50={:?} max={:?} server_cpu_per_round_ms={} roster_fetch_p50={:?} p99={:?}",
         percentile(&times, 0.5),
         times.last().copied().unwrap_or_default(),
-        if cli.server_pid.is_some() { format!("{:.1}", cpu_total * 1000.0 / rounds as f64) } else { "n/a".into() },
+        if cli.server_pid.is_some() {
+            format!("{:.1}", cpu_total * 1000.0 / rounds as f64)
+        } else {
+            "n/a".into()
+        },
         percentile(&fetch, 0.5),
         percentile(&fetch, 0.99),
     );

@@ -148,6 +148,18 @@ pub async fn serve(
     log: crate::logging::LogHandle,
     trace: Trace,
 ) -> Result<()> {
+    serve_until(config, path, log, trace, std::future::pending()).await
+}
+
+/// [`serve`], which also shuts down when `stop` completes: tests run the whole sequence
+/// in-process and check the [`Trace`].
+pub async fn serve_until(
+    config: Config,
+    path: Option<PathBuf>,
+    log: crate::logging::LogHandle,
+    trace: Trace,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     trace.step(Step::Config);
     trace.step(Step::Logging);
     // Before anything else runs: signals (the seed's lesson).
@@ -159,11 +171,13 @@ pub async fn serve(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     trace.step(Step::Ready);
     info!(version = env!("CARGO_PKG_VERSION"), "Canto is ready");
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => reload(&running, path.as_ref(), &log),
+            _ = &mut stop => break,
         }
     }
     info!("shutting down");

@@ -35,6 +35,25 @@ pub struct Config {
     pub roster: RosterConfig,
     /// Offline messages (XEP-0160).
     pub offline: OfflineConfig,
+    /// Message delivery rules (RFC 6121 §8.5).
+    pub delivery: DeliveryConfig,
+}
+
+/// `[delivery]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// A `chat` message to a bare JID goes to every available resource of equal highest
+    /// priority (RFC 6121 §8.5.2.1.1 allows either); false: to one of them.
+    pub chat_to_all_highest_priority: bool,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            chat_to_all_highest_priority: true,
+        }
+    }
 }
 
 /// `[roster]`
@@ -157,6 +176,7 @@ impl Default for Config {
                 "ping".into(),
                 "version".into(),
                 "time".into(),
+                "roster".into(),
             ],
             c2s: C2sConfig::default(),
             storage: StorageConfig::default(),
@@ -166,6 +186,7 @@ impl Default for Config {
             version: VersionConfig::default(),
             roster: RosterConfig::default(),
             offline: OfflineConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -412,7 +433,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ("hosts", "Virtual hosts served."),
     (
         "modules",
-        "Modules enabled on every host: disco, ping, version, time.",
+        "Modules enabled on every host: disco, ping, version, time, roster.",
     ),
     ("c2s", "Client-to-server connections."),
     ("c2s.listen", "STARTTLS listeners (RFC 6120 §5)."),
@@ -481,8 +502,16 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     ("certificates", "Certificate and key per host, PEM files."),
     ("version", "Software version (XEP-0092)."),
+    ("delivery", "Message delivery (RFC 6121 §8.5)."),
+    (
+        "delivery.chat_to_all_highest_priority",
+        "A chat message to a bare JID reaches every resource of the highest priority\n(false: only one of them).",
+    ),
     ("roster", "Rosters (RFC 6121 §2)."),
-    ("roster.max_items", "Items per roster; adding more is refused with not-allowed."),
+    (
+        "roster.max_items",
+        "Items per roster; adding more is refused with not-allowed.",
+    ),
     ("offline", "Offline messages (XEP-0160)."),
     (
         "offline.max_messages",

@@ -15,7 +15,8 @@ const STORE: &str = "offline";
 /// XEP-0160 §3: whether a message is worth storing: `normal` and `chat` messages with content;
 /// chat-state notifications alone (XEP-0085) are not.
 pub fn is_storable(el: &Element) -> bool {
-    el.children().any(|c| c.ns() != "http://jabber.org/protocol/chatstates")
+    el.children()
+        .any(|c| c.ns() != "http://jabber.org/protocol/chatstates")
 }
 
 impl Server {
@@ -38,7 +39,15 @@ impl Server {
         match self
             .storage
             .archive
-            .append(STORE, to.domain().as_str(), node.as_str(), from, now, &bytes, Some(max))
+            .append(
+                STORE,
+                to.domain().as_str(),
+                node.as_str(),
+                from,
+                now,
+                &bytes,
+                Some(max),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -47,17 +56,28 @@ impl Server {
                 .with_text("the recipient's offline storage is full")),
             Err(e) => {
                 warn!(error = %e, "storing an offline message failed");
-                Err(StanzaError::new(Condition::ResourceConstraint).with_text("storage unavailable"))
+                Err(StanzaError::new(Condition::ResourceConstraint)
+                    .with_text("storage unavailable"))
             }
         }
     }
 
     /// The stored messages for an account, oldest first, with their ids.
     pub async fn offline_messages(&self, bare: &BareJid) -> Vec<(String, Element)> {
-        let Some(node) = bare.node() else { return Vec::new() };
+        let Some(node) = bare.node() else {
+            return Vec::new();
+        };
         let q = ArchiveQuery::default();
-        match self.storage.archive.query(STORE, bare.domain().as_str(), node.as_str(), &q).await {
-            Ok(items) => items.into_iter().filter_map(|i| decode_element(&i.data).map(|e| (i.id, e))).collect(),
+        match self
+            .storage
+            .archive
+            .query(STORE, bare.domain().as_str(), node.as_str(), &q)
+            .await
+        {
+            Ok(items) => items
+                .into_iter()
+                .filter_map(|i| decode_element(&i.data).map(|e| (i.id, e)))
+                .collect(),
             Err(e) => {
                 warn!(error = %e, "reading offline messages failed");
                 Vec::new()
@@ -68,7 +88,12 @@ impl Server {
     /// Forgets delivered offline messages.
     pub async fn delete_offline(&self, bare: &BareJid, ids: &[String]) {
         let Some(node) = bare.node() else { return };
-        if let Err(e) = self.storage.archive.delete(STORE, bare.domain().as_str(), node.as_str(), Some(ids)).await {
+        if let Err(e) = self
+            .storage
+            .archive
+            .delete(STORE, bare.domain().as_str(), node.as_str(), Some(ids))
+            .await
+        {
             warn!(error = %e, "deleting delivered offline messages failed");
         }
     }

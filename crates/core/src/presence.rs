@@ -20,7 +20,9 @@ use crate::session::SessionHandle;
 pub type RosterMap = HashMap<BareJid, RosterItem>;
 
 fn presence(kind: Option<&str>, from: &str, to: &str) -> Element {
-    let mut p = Element::new("presence", ns::CLIENT).with_attr("from", from).with_attr("to", to);
+    let mut p = Element::new("presence", ns::CLIENT)
+        .with_attr("from", from)
+        .with_attr("to", to);
     if let Some(k) = kind {
         p.set_attr("type", k);
     }
@@ -28,16 +30,26 @@ fn presence(kind: Option<&str>, from: &str, to: &str) -> Element {
 }
 
 fn parts(bare: &BareJid) -> Option<(String, String)> {
-    Some((bare.domain().as_str().to_string(), bare.node()?.as_str().to_string()))
+    Some((
+        bare.domain().as_str().to_string(),
+        bare.node()?.as_str().to_string(),
+    ))
 }
 
 impl Server {
     /// The roster of a local account, from the cache or storage.
     pub async fn roster(&self, user: &BareJid) -> Arc<RosterMap> {
-        if let Some(r) = self.roster_cache.read().ok().and_then(|c| c.get(user).cloned()) {
+        if let Some(r) = self
+            .roster_cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(user).cloned())
+        {
             return r;
         }
-        let Some((host, node)) = parts(user) else { return Arc::default() };
+        let Some((host, node)) = parts(user) else {
+            return Arc::default();
+        };
         let items = match RosterStore::new(&self.storage, &host, &node).items().await {
             Ok(i) => i,
             Err(e) => {
@@ -57,7 +69,10 @@ impl Server {
 
     /// The cached roster, if the user is online and it was loaded.
     pub(crate) fn cached_roster(&self, user: &BareJid) -> Option<Arc<RosterMap>> {
-        self.roster_cache.read().ok().and_then(|c| c.get(user).cloned())
+        self.roster_cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(user).cloned())
     }
 
     /// Drops the cached roster (the user's last session ended).
@@ -69,9 +84,17 @@ impl Server {
 
     /// Writes one item (or removes it), updates the cache and pushes the change to the user's
     /// interested resources (RFC 6121 §2.1.6). Returns the new roster version.
-    pub async fn set_roster_item(&self, user: &BareJid, contact: &BareJid, item: Option<&RosterItem>) -> Option<u64> {
+    pub async fn set_roster_item(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+        item: Option<&RosterItem>,
+    ) -> Option<u64> {
         let (host, node) = parts(user)?;
-        let ver = match RosterStore::new(&self.storage, &host, &node).put(contact, item).await {
+        let ver = match RosterStore::new(&self.storage, &host, &node)
+            .put(contact, item)
+            .await
+        {
             Ok(v) => v,
             Err(e) => {
                 warn!(error = %e, user = %user, "writing a roster item failed");
@@ -96,10 +119,18 @@ impl Server {
     }
 
     /// RFC 6121 §2.1.6: a roster push to every interested resource of the account.
-    pub fn roster_push(&self, user: &BareJid, contact: &BareJid, item: Option<&RosterItem>, ver: u64) {
+    pub fn roster_push(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+        item: Option<&RosterItem>,
+        ver: u64,
+    ) {
         let el = match item {
             Some(i) => i.to_element(),
-            None => RosterItem::new(contact.clone()).to_element().with_attr("subscription", "remove"),
+            None => RosterItem::new(contact.clone())
+                .to_element()
+                .with_attr("subscription", "remove"),
         };
         for s in self.sessions.resources(user) {
             if s.is_interested() {
@@ -108,7 +139,9 @@ impl Server {
                     .with_attr("id", format!("push{:x}", rand::random::<u64>()))
                     .with_attr("to", s.jid().to_string())
                     .with_child(
-                        Element::new("query", ns::ROSTER).with_attr("ver", ver.to_string()).with_child(el.clone()),
+                        Element::new("query", ns::ROSTER)
+                            .with_attr("ver", ver.to_string())
+                            .with_child(el.clone()),
                     );
                 let _ = s.deliver(Arc::new(push));
             }
@@ -158,7 +191,11 @@ impl Server {
     /// RFC 6121 §4.2–§4.5: presence without `to` from a session: initial presence, updates and
     /// unavailable, broadcast to contacts with a `from`/`both` subscription and to the account's
     /// available resources (the sender included, §4.2.2).
-    pub(crate) async fn presence_broadcast(self: &Arc<Self>, session: &SessionHandle, mut el: Element) {
+    pub(crate) async fn presence_broadcast(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        mut el: Element,
+    ) {
         let user = session.jid().to_bare();
         match PresenceType::of(&el) {
             Some(PresenceType::Available) => {
@@ -173,20 +210,19 @@ impl Server {
                 session.set_presence(Some(Arc::new(el.clone())), priority);
                 self.broadcast_to(&user, &roster, &el);
                 if initial {
-                    self.after_initial_presence(session, &roster, priority).await;
+                    self.after_initial_presence(session, &roster, priority)
+                        .await;
                 }
             }
-            Some(PresenceType::Unavailable) => {
-                if session.set_presence(None, 0) {
-                    el.remove_attr("to");
-                    let roster = self.roster(&user).await;
-                    self.broadcast_to(&user, &roster, &el);
-                    // The sender is no longer available: tell it too (§4.5.2).
-                    let mut own = el.clone();
-                    own.set_attr("to", session.jid().to_string());
-                    let _ = session.deliver(Arc::new(own));
-                    self.unavailable_to_directed(session, &el);
-                }
+            Some(PresenceType::Unavailable) if session.set_presence(None, 0) => {
+                el.remove_attr("to");
+                let roster = self.roster(&user).await;
+                self.broadcast_to(&user, &roster, &el);
+                // The sender is no longer available: tell it too (§4.5.2).
+                let mut own = el.clone();
+                own.set_attr("to", session.jid().to_string());
+                let _ = session.deliver(Arc::new(own));
+                self.unavailable_to_directed(session, &el);
             }
             _ => {}
         }
@@ -201,15 +237,25 @@ impl Server {
                 self.to_available(contact, p);
             }
         }
-        let mut own = el.clone();
-        own.set_attr("to", user.to_string());
-        self.to_available(user, own);
+        // The account's own available resources, each addressed by its full JID.
+        for s in self.sessions.resources(user) {
+            if s.is_available() {
+                let mut own = el.clone();
+                own.set_attr("to", s.jid().to_string());
+                let _ = s.deliver(Arc::new(own));
+            }
+        }
     }
 
     /// After initial presence: probe contacts (answered locally with their resources'
     /// presence, §4.3), redeliver pending subscription requests (§3.1.3) and deliver offline
     /// messages if the priority is non-negative (XEP-0160 §3).
-    async fn after_initial_presence(self: &Arc<Self>, session: &SessionHandle, roster: &RosterMap, priority: i32) {
+    async fn after_initial_presence(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        roster: &RosterMap,
+        priority: i32,
+    ) {
         let me = Jid::from(session.jid().clone());
         for (contact, item) in roster.iter() {
             if item.subscription.has_to() && self.serves(contact.domain().as_str()) {
@@ -217,8 +263,13 @@ impl Server {
             }
         }
         let user = session.jid().to_bare();
-        let Some((host, node)) = parts(&user) else { return };
-        if let Ok(pending) = RosterStore::new(&self.storage, &host, &node).pending().await {
+        let Some((host, node)) = parts(&user) else {
+            return;
+        };
+        if let Ok(pending) = RosterStore::new(&self.storage, &host, &node)
+            .pending()
+            .await
+        {
             for mut p in pending {
                 p.set_attr("to", user.to_string());
                 let _ = session.deliver(Arc::new(p));
@@ -267,12 +318,23 @@ impl Server {
 
     /// Directed presence (§4.6): route it and remember the recipient unless they already get
     /// broadcasts through a subscription.
-    pub(crate) async fn directed_presence(self: &Arc<Self>, session: &SessionHandle, to: &Jid, el: Element) {
+    pub(crate) async fn directed_presence(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        to: &Jid,
+        el: Element,
+    ) {
         let user = session.jid().to_bare();
         let kind = PresenceType::of(&el);
-        let subscribed = self.roster(&user).await.get(&to.to_bare()).is_some_and(|i| i.subscription.has_from());
+        let subscribed = self
+            .roster(&user)
+            .await
+            .get(&to.to_bare())
+            .is_some_and(|i| i.subscription.has_from());
         match kind {
-            Some(PresenceType::Available) if !subscribed && session.is_available() => session.add_directed(to.clone()),
+            Some(PresenceType::Available) if !subscribed && session.is_available() => {
+                session.add_directed(to.clone())
+            }
             Some(PresenceType::Unavailable) => session.remove_directed(to),
             _ => {}
         }
@@ -283,9 +345,17 @@ impl Server {
 
     /// A subscription stanza from a local user (RFC 6121 §3, outbound processing), then the
     /// contact's side (inbound processing) when the contact is local.
-    pub async fn outbound_subscription(self: &Arc<Self>, user: &BareJid, contact: &BareJid, t: SubType, el: Element) {
+    pub async fn outbound_subscription(
+        self: &Arc<Self>,
+        user: &BareJid,
+        contact: &BareJid,
+        t: SubType,
+        el: Element,
+    ) {
         let _guard = self.roster_lock.lock().await;
-        let Some((host, node)) = parts(user) else { return };
+        let Some((host, node)) = parts(user) else {
+            return;
+        };
         let store = RosterStore::new(&self.storage, &host, &node);
         let item = store.get(contact).await.ok().flatten();
         let pending_in = store.is_pending(contact).await.unwrap_or(false);
@@ -316,12 +386,18 @@ impl Server {
                 self.inbound_subscription(contact, user, t, out).await;
                 for s in self.sessions.resources(user) {
                     if s.is_available() {
-                        let p = presence(Some("unavailable"), &s.jid().to_string(), &contact.to_string());
+                        let p = presence(
+                            Some("unavailable"),
+                            &s.jid().to_string(),
+                            &contact.to_string(),
+                        );
                         self.deliver_presence_to(&contact_jid, p);
                     }
                 }
             }
-            SubType::Subscribe | SubType::Unsubscribe => self.inbound_subscription(contact, user, t, out).await,
+            SubType::Subscribe | SubType::Unsubscribe => {
+                self.inbound_subscription(contact, user, t, out).await
+            }
         }
     }
 
@@ -341,13 +417,20 @@ impl Server {
             if !self.account_exists(user).await {
                 // RFC 6121 §3.1.3: no such contact: answer a request with unsubscribed.
                 if t == SubType::Subscribe && self.serves(contact.domain().as_str()) {
-                    let reply = presence(Some("unsubscribed"), &user.to_string(), &contact.to_string());
-                    self.inbound_subscription(contact, user, SubType::Unsubscribed, reply).await;
+                    let reply = presence(
+                        Some("unsubscribed"),
+                        &user.to_string(),
+                        &contact.to_string(),
+                    );
+                    self.inbound_subscription(contact, user, SubType::Unsubscribed, reply)
+                        .await;
                 }
                 return;
             }
             let guard = self.roster_lock.lock().await;
-            let Some((host, node)) = parts(user) else { return };
+            let Some((host, node)) = parts(user) else {
+                return;
+            };
             let store = RosterStore::new(&self.storage, &host, &node);
             let item = store.get(contact).await.ok().flatten();
             let pending_in = store.is_pending(contact).await.unwrap_or(false);
@@ -359,7 +442,8 @@ impl Server {
                 let _ = store.set_pending(contact, None).await;
             }
             if r.transition.changed {
-                self.set_roster_item(user, contact, r.transition.item.as_ref()).await;
+                self.set_roster_item(user, contact, r.transition.item.as_ref())
+                    .await;
             }
             drop(guard);
             if r.transition.forward {
@@ -367,7 +451,8 @@ impl Server {
             }
             if r.auto_subscribed {
                 let reply = presence(Some("subscribed"), &user.to_string(), &contact.to_string());
-                self.inbound_subscription(contact, user, SubType::Subscribed, reply).await;
+                self.inbound_subscription(contact, user, SubType::Subscribed, reply)
+                    .await;
                 self.send_current_presence(user, &Jid::from(contact.clone()));
             }
         })
@@ -377,7 +462,11 @@ impl Server {
     /// the prober has a subscription; otherwise nothing is revealed.
     pub(crate) async fn answer_probe(&self, prober: &FullJid, target: &BareJid) {
         let allowed = prober.to_bare() == *target
-            || self.roster(target).await.get(&prober.to_bare()).is_some_and(|i| i.subscription.has_from());
+            || self
+                .roster(target)
+                .await
+                .get(&prober.to_bare())
+                .is_some_and(|i| i.subscription.has_from());
         if allowed {
             self.send_current_presence(target, &Jid::from(prober.clone()));
         }

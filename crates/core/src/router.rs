@@ -16,6 +16,7 @@ use canto_xml::Element;
 use tracing::debug;
 
 use crate::module::{IqRequest, IqTarget};
+use crate::roster::SubType;
 use crate::server::Server;
 use crate::session::SessionHandle;
 
@@ -155,7 +156,7 @@ impl Server {
             // RFC 6120 §10.3.1: as if addressed to the sender's bare JID.
             StanzaKind::Message => self.route_to_account(session, kind, el, own).await,
             // RFC 6120 §10.3.2 / RFC 6121 §4.2, §4.4, §4.5: broadcast presence.
-            StanzaKind::Presence => self.broadcast_presence(session, el),
+            StanzaKind::Presence => self.presence_broadcast(session, el).await,
             // RFC 6120 §10.3.3: handled by the server on behalf of the account; handlers for the
             // server itself also answer (a ping without `to` is a ping to the server).
             StanzaKind::Iq => {
@@ -190,6 +191,9 @@ impl Server {
                         StanzaError::new(Condition::ServiceUnavailable),
                     );
                 }
+            }
+            Destination::Account(_) | Destination::Session(_) if kind == StanzaKind::Presence => {
+                self.route_presence(session, el, to).await
             }
             Destination::Account(bare) => self.route_to_account(session, kind, el, bare).await,
             Destination::Session(full) => self.route_to_session(session, kind, el, full).await,
@@ -231,22 +235,9 @@ impl Server {
             return;
         }
         match kind {
-            StanzaKind::Message => self.deliver_message_to_account(session, el, &bare),
-            StanzaKind::Presence => {
-                // RFC 6121 §8.5.2.1.2: presence to a bare JID goes to every available resource.
-                // Subscription handling arrives with rosters.
-                if matches!(
-                    PresenceType::of(&el),
-                    Some(PresenceType::Available | PresenceType::Unavailable)
-                ) {
-                    let shared = Arc::new(el);
-                    for r in self.sessions.resources(&bare) {
-                        if r.is_available() {
-                            let _ = r.deliver(shared.clone());
-                        }
-                    }
-                }
-            }
+            StanzaKind::Message => self.deliver_message_to_account(session, el, &bare).await,
+            // Presence is routed by `route_presence`.
+            StanzaKind::Presence => {}
             // RFC 6121 §8.5.2.1.3: the server answers IQs to a bare JID on the account's behalf.
             StanzaKind::Iq => {
                 let to = Jid::from(bare);
@@ -255,8 +246,51 @@ impl Server {
         }
     }
 
-    /// RFC 6121 §8.5.2.1.1 (available resources) and §8.5.2.2.1 (none).
-    fn deliver_message_to_account(&self, session: &SessionHandle, el: Element, bare: &BareJid) {
+    /// Presence with a local `to` (RFC 6121 §3 subscriptions, §4.3 probes, §4.6 directed).
+    async fn route_presence(self: &Arc<Self>, session: &SessionHandle, el: Element, to: Jid) {
+        let user = session.jid().to_bare();
+        let sub = match PresenceType::of(&el) {
+            Some(PresenceType::Subscribe) => Some(SubType::Subscribe),
+            Some(PresenceType::Subscribed) => Some(SubType::Subscribed),
+            Some(PresenceType::Unsubscribe) => Some(SubType::Unsubscribe),
+            Some(PresenceType::Unsubscribed) => Some(SubType::Unsubscribed),
+            _ => None,
+        };
+        if let Some(t) = sub {
+            // RFC 6121 §3.1.1: subscriptions are between bare JIDs; a user needs none to
+            // themselves.
+            let contact = to.to_bare();
+            if contact != user {
+                self.outbound_subscription(&user, &contact, t, el).await;
+            }
+            return;
+        }
+        match PresenceType::of(&el) {
+            Some(PresenceType::Probe) => self.answer_probe(session.jid(), &to.to_bare()).await,
+            Some(PresenceType::Available | PresenceType::Unavailable) => {
+                // RFC 6121 §8.5.2.2.2: presence to a nonexistent account is dropped silently.
+                if self.account_exists(&to.to_bare()).await {
+                    self.directed_presence(session, &to, el).await;
+                }
+            }
+            // Presence errors go to the resource they name, if it is there.
+            _ => {
+                if let Ok(full) = to.try_into_full()
+                    && let Some(target) = self.sessions.get(&full)
+                {
+                    let _ = target.deliver(Arc::new(el));
+                }
+            }
+        }
+    }
+
+    /// RFC 6121 §8.5.2.1.1 (available resources) and §8.5.2.2.1 (none: offline storage).
+    async fn deliver_message_to_account(
+        &self,
+        session: &SessionHandle,
+        el: Element,
+        bare: &BareJid,
+    ) {
         let mtype = MessageType::of(&el);
         let resources = self.sessions.resources(bare);
         // Only available resources with non-negative priority receive bare-JID messages.
@@ -273,20 +307,31 @@ impl Server {
                 .iter()
                 .filter(|r| r.is_available() && r.priority() >= 0)
                 .collect(),
-            // Normal, chat, error: to the highest-priority resource (all of them on a tie for
-            // chat would be allowed; one keeps delivery predictable until carbons exist).
-            (_, Some(p)) => resources
-                .iter()
-                .filter(|r| r.is_available() && r.priority() == p)
-                .take(1)
-                .collect(),
+            // Chat: every resource of the highest priority (configurable); normal and
+            // error: one of them.
+            (_, Some(p)) => {
+                let all = mtype == MessageType::Chat
+                    && self.config().delivery.chat_to_all_highest_priority;
+                resources
+                    .iter()
+                    .filter(|r| r.is_available() && r.priority() == p)
+                    .take(if all { usize::MAX } else { 1 })
+                    .collect()
+            }
         };
         if targets.is_empty() {
             match mtype {
-                // RFC 6121 §8.5.2.2.1: headline is dropped; groupchat gets an error; without
-                // offline storage normal and chat get service-unavailable too.
+                // RFC 6121 §8.5.2.2.1: headline is dropped, groupchat gets an error, normal and
+                // chat are stored offline (XEP-0160) — committed before we go on.
                 MessageType::Headline | MessageType::Error => {}
-                MessageType::Normal | MessageType::Chat | MessageType::Groupchat => {
+                MessageType::Normal | MessageType::Chat => {
+                    if crate::offline::is_storable(&el)
+                        && let Err(e) = self.store_offline(bare, &el).await
+                    {
+                        self.reply_error(session, &el, e);
+                    }
+                }
+                MessageType::Groupchat => {
                     self.reply_error(
                         session,
                         &el,
@@ -331,8 +376,7 @@ impl Server {
                 }
                 MessageType::Headline | MessageType::Error => {}
             },
-            // §8.5.3.2.3: presence to an unconnected resource is dropped (subscription types
-            // are handled as for the bare JID once rosters exist).
+            // Presence goes through `route_presence`.
             StanzaKind::Presence => {}
             // §8.5.3.2.2
             StanzaKind::Iq => {
@@ -390,28 +434,6 @@ impl Server {
             reply.set_attr("from", to.to_string());
         }
         let _ = session.deliver(Arc::new(reply));
-    }
-
-    /// RFC 6121 §4.2–§4.5: presence without `to` updates the session's broadcast presence.
-    /// Rosters bring the broadcast to contacts; for now it reaches the account's other
-    /// available resources.
-    fn broadcast_presence(&self, session: &SessionHandle, el: Element) {
-        match PresenceType::of(&el) {
-            Some(PresenceType::Available) => {
-                // RFC 6121 §4.7.2.3: priority is -128..127, default 0.
-                let priority = el
-                    .get_child("priority", ns::CLIENT)
-                    .and_then(|p| p.text().trim().parse::<i8>().ok())
-                    .map_or(0, i32::from);
-                let shared = Arc::new(el);
-                session.set_presence(Some(shared.clone()), priority);
-                self.broadcast_to_own_resources(session, shared);
-            }
-            Some(PresenceType::Unavailable) if session.set_presence(None, 0) => {
-                self.broadcast_to_own_resources(session, Arc::new(el));
-            }
-            _ => {}
-        }
     }
 
     /// Whether a local account exists: an online session proves it, else storage says.
@@ -513,8 +535,10 @@ mod tests {
             ),
             // Full JID offline, chat: as bare; bob's only resource is not available → error.
             (
+                // Full JID offline, chat: handled as for the bare JID; no available resource,
+                // so stored offline (RFC 6121 §8.5.3.2.1, §8.5.2.2.1): no error.
                 "<message to='bob@example.test/gone' type='chat'><body>x</body></message>",
-                Some(Condition::ServiceUnavailable),
+                None,
                 false,
             ),
             (
@@ -710,10 +734,13 @@ mod tests {
         let (b2, mut r2) = bind(&s, "bob@example.test/two");
         s.route_from_client(&b2, stanza("<presence/>")).await.ok();
         s.route_from_client(&b1, stanza("<presence/>")).await.ok();
-        assert_eq!(
-            recv(&mut r2).and_then(|p| p.attr("type").map(str::to_string)),
-            None
-        );
+        // Both resources' presence reached b2 (its own too, RFC 6121 §4.2.2); drain it.
+        let mut seen = 0;
+        while let Some(p) = recv(&mut r2) {
+            assert_eq!(p.attr("type"), None);
+            seen += 1;
+        }
+        assert_eq!(seen, 2);
         s.destroy_session(&b1, "test");
         let p = recv(&mut r2);
         assert_eq!(p.as_ref().and_then(|p| p.attr("type")), Some("unavailable"));

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use canto_storage::Storage;
-use canto_xml::Element;
 use tracing::info;
 
 use crate::config::Config;
@@ -27,7 +26,8 @@ pub struct Server {
     started_at: SystemTime,
     auth_failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     /// Rosters of online users (see `presence.rs`).
-    pub(crate) roster_cache: std::sync::RwLock<HashMap<canto_stanza::BareJid, Arc<crate::presence::RosterMap>>>,
+    pub(crate) roster_cache:
+        std::sync::RwLock<HashMap<canto_stanza::BareJid, Arc<crate::presence::RosterMap>>>,
     /// Serializes subscription state changes (each touches two rosters).
     pub(crate) roster_lock: tokio::sync::Mutex<()>,
 }
@@ -139,16 +139,5 @@ impl Server {
             self.forget_roster(&user);
         }
         info!(jid = %handle.jid(), session = handle.id(), reason, removed, "session destroyed");
-    }
-
-    /// Sends `presence` to the other available resources of the same account.
-    pub(crate) fn broadcast_to_own_resources(&self, from: &SessionHandle, presence: Arc<Element>) {
-        for other in self.sessions.resources(&from.jid().to_bare()) {
-            if other.id() != from.id() && other.is_available() {
-                let mut p = (*presence).clone();
-                p.set_attr("to", other.jid().to_string());
-                let _ = other.deliver(Arc::new(p));
-            }
-        }
     }
 }

@@ -86,6 +86,7 @@ mod tests {
                 ("version", "XEP-0092", "1.1"),
                 ("time", "XEP-0202", "2.0"),
                 ("time", "XEP-0082", "1.1.1"),
+                ("roster", "RFC 6121", "1.0"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

@@ -15,7 +15,11 @@ use crate::{expect_payload, from_owner};
 /// The module.
 pub struct Roster;
 
-const SPECS: &[Spec] = &[Spec { id: "RFC 6121", version: "1.0", title: "XMPP Instant Messaging and Presence" }];
+const SPECS: &[Spec] = &[Spec {
+    id: "RFC 6121",
+    version: "1.0",
+    title: "XMPP Instant Messaging and Presence",
+}];
 
 /// Longest `name` or group name accepted (RFC 6121 §2.3.3 lets the server choose).
 const MAX_TEXT: usize = 1023;
@@ -30,8 +34,18 @@ impl Module for Roster {
     }
 
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
-        ctx.hook_iq(IqTarget::Account, IqType::Get, ns::ROSTER, Arc::new(RosterIq))?;
-        ctx.hook_iq(IqTarget::Account, IqType::Set, ns::ROSTER, Arc::new(RosterIq))?;
+        ctx.hook_iq(
+            IqTarget::Account,
+            IqType::Get,
+            ns::ROSTER,
+            Arc::new(RosterIq),
+        )?;
+        ctx.hook_iq(
+            IqTarget::Account,
+            IqType::Set,
+            ns::ROSTER,
+            Arc::new(RosterIq),
+        )?;
         Ok(())
     }
 }
@@ -45,7 +59,10 @@ fn account(req: &IqRequest<'_>) -> Result<(BareJid, String, String), StanzaError
         return Err(StanzaError::new(Condition::Forbidden));
     }
     let bare = req.from.to_bare();
-    let node = bare.node().map(|n| n.as_str().to_string()).unwrap_or_default();
+    let node = bare
+        .node()
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_default();
     let host = bare.domain().as_str().to_string();
     Ok((bare, host, node))
 }
@@ -88,7 +105,9 @@ impl IqHandler for RosterIq {
 /// RFC 6121 §2.3 (add or update) and §2.5 (remove).
 async fn set(req: &IqRequest<'_>, bare: &BareJid) -> Result<(), StanzaError> {
     let mut items = req.payload.children().filter(|c| c.is("item", ns::ROSTER));
-    let item = items.next().ok_or_else(|| StanzaError::new(Condition::BadRequest).with_text("no item"))?;
+    let item = items
+        .next()
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest).with_text("no item"))?;
     // §2.3.3: exactly one item per set.
     if items.next().is_some() {
         return Err(StanzaError::new(Condition::BadRequest).with_text("one item per roster set"));
@@ -107,20 +126,29 @@ async fn set(req: &IqRequest<'_>, bare: &BareJid) -> Result<(), StanzaError> {
         };
         // §2.5.2: cancel both directions of the subscription and any pending request.
         let presence = |t: &str| {
-            Element::new("presence", ns::CLIENT).with_attr("type", t).with_attr("to", jid.to_string())
+            Element::new("presence", ns::CLIENT)
+                .with_attr("type", t)
+                .with_attr("to", jid.to_string())
         };
         if existing.subscription.has_from() || existing_pending(server, bare, &jid).await {
-            server.outbound_subscription(bare, &jid, SubType::Unsubscribed, presence("unsubscribed")).await;
+            server
+                .outbound_subscription(bare, &jid, SubType::Unsubscribed, presence("unsubscribed"))
+                .await;
         }
         if existing.subscription.has_to() || existing.ask {
-            server.outbound_subscription(bare, &jid, SubType::Unsubscribe, presence("unsubscribe")).await;
+            server
+                .outbound_subscription(bare, &jid, SubType::Unsubscribe, presence("unsubscribe"))
+                .await;
         }
         server.set_roster_item(bare, &jid, None).await;
         return Ok(());
     }
     // Other `subscription` values in a set are ignored: only the server changes subscriptions
     // (RFC 6121 §2.1.2.5).
-    let name = item.attr("name").map(str::to_string).filter(|n| !n.is_empty());
+    let name = item
+        .attr("name")
+        .map(str::to_string)
+        .filter(|n| !n.is_empty());
     if name.as_ref().is_some_and(|n| n.len() > MAX_TEXT) {
         return Err(StanzaError::new(Condition::NotAcceptable).with_text("name too long"));
     }
@@ -150,6 +178,11 @@ async fn set(req: &IqRequest<'_>, bare: &BareJid) -> Result<(), StanzaError> {
 }
 
 async fn existing_pending(server: &canto_core::Server, bare: &BareJid, contact: &BareJid) -> bool {
-    let (Some(node), host) = (bare.node(), bare.domain().as_str()) else { return false };
-    RosterStore::new(&server.storage, host, node.as_str()).is_pending(contact).await.unwrap_or(false)
+    let (Some(node), host) = (bare.node(), bare.domain().as_str()) else {
+        return false;
+    };
+    RosterStore::new(&server.storage, host, node.as_str())
+        .is_pending(contact)
+        .await
+        .unwrap_or(false)
 }

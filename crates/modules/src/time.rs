@@ -69,10 +69,10 @@ pub use canto_stanza::datetime::xep0082_datetime;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use canto_stanza::datetime::civil_from_days;
-    use std::time::UNIX_EPOCH;
     use crate::test_support::{HOST, get, result_xml, server};
+    use canto_stanza::datetime::civil_from_days;
     use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)

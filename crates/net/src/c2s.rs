@@ -69,6 +69,9 @@ enum End {
     ClientClosed,
     /// We end the stream with an error.
     Error(StreamError),
+    /// A close was requested (conflict, slow reader) while a write to the client was blocked:
+    /// the stream is mid-stanza, so nothing more is written before the socket is closed.
+    Abandoned(StreamError),
 }
 
 /// What handling an element asks of the main loop.
@@ -164,6 +167,12 @@ fn auth_limits(config: &canto_core::Config) -> Limits {
     }
 }
 
+/// Output size at which a connection writes before handling more of what it read.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// How long a blocked write may still take once the session has been told to close.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 fn stream_error(c: StreamCondition) -> End {
     End::Error(StreamError::new(c))
 }
@@ -208,6 +217,17 @@ impl Conn {
                             }
                             Err(end) => return end,
                         }
+                        // The replies this stanza produced went to the session's own queue.
+                        // Move them out now: a client sending a burst of requests must not
+                        // overflow its queue with its own answers while we keep reading (that
+                        // is not a slow reader). Writing when enough is pending pushes back on
+                        // a client that sends but does not read.
+                        self.drain_queue();
+                        if self.out.len() >= FLUSH_AT
+                            && let Err(e) = self.flush().await
+                        {
+                            return e;
+                        }
                     }
                     if let Err(e) = self.flush().await {
                         return e;
@@ -244,6 +264,19 @@ impl Conn {
         }
     }
 
+    /// Serializes whatever the session's queue holds into the output buffer (at most one
+    /// queue's worth).
+    fn drain_queue(&mut self) {
+        if let Phase::Bound { rx, .. } = &mut self.phase {
+            for _ in 0..rx.max_capacity() {
+                match rx.try_recv() {
+                    Ok(Outbound::Stanza(el)) => el.write_to(&mut self.out, ns::CLIENT),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
     fn write_outbound(&mut self, out: Outbound) {
         match out {
             Outbound::Stanza(el) => el.write_to(&mut self.out, ns::CLIENT),
@@ -260,11 +293,34 @@ impl Conn {
         }
         let limit = Duration::from_secs(self.ctx.server.config().c2s.send_timeout);
         let data = std::mem::take(&mut self.out);
-        let r = timeout(limit, async {
-            self.io.write_all(&data).await?;
-            self.io.flush().await
-        })
-        .await;
+        let io = &mut self.io;
+        let closer = &self.closer;
+        let mut shutdown = self.ctx.shutdown.clone();
+        // A client that does not read blocks this write. Meanwhile its queue fills and the
+        // session is asked to close (slow reader, conflict) or the server shuts down: those must
+        // not wait for send_timeout.
+        let r = {
+            let write = timeout(limit, async {
+                io.write_all(&data).await?;
+                io.flush().await
+            });
+            tokio::pin!(write);
+            tokio::select! {
+                biased;
+                r = &mut write => r,
+                reason = closer.closed() => {
+                    // A client that is merely slow gets the stanza in flight finished and then a
+                    // proper stream error; one that does not read at all is abandoned mid-write.
+                    return match timeout(CLOSE_GRACE, &mut write).await {
+                        Ok(Ok(Ok(()))) => Err(End::Error(reason)),
+                        _ => Err(End::Abandoned(reason)),
+                    };
+                }
+                Ok(()) = async { shutdown.wait_for(|down| *down).await.map(|_| ()) } => {
+                    return Err(End::Abandoned(StreamError::new(StreamCondition::SystemShutdown)));
+                }
+            }
+        };
         // Keep the buffer's allocation only while it is small.
         if data.capacity() <= 16 * 1024 {
             self.out = data;
@@ -598,7 +654,14 @@ impl Conn {
             }
         };
         if let Some(old) = bound.replaced {
-            // RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>.
+            // RFC 6120 §7.7.2.2: the new session wins; the old one gets <conflict/>. It is
+            // destroyed here, before this connection handles anything else: its unavailable
+            // presence must reach the account's other resources before whatever the new session
+            // sends (initial presence may be pipelined right after the bind). The old task's own
+            // destroy then finds nothing left to do.
+            self.ctx
+                .server
+                .destroy_session(&old, "replaced by a new connection");
             old.close(
                 StreamError::new(StreamCondition::Conflict)
                     .with_text("replaced by a new connection"),
@@ -649,10 +712,16 @@ impl Conn {
         let reason = match &end {
             End::Gone(why) => *why,
             End::ClientClosed => "client closed the stream",
-            End::Error(e) => e.condition.as_str(),
+            End::Error(e) | End::Abandoned(e) => e.condition.as_str(),
         };
+        // Nothing can be written after an abandoned write, not even TLS close_notify.
+        let abandoned = matches!(end, End::Abandoned(_));
         match end {
             End::Gone(_) => {}
+            End::Abandoned(e) => {
+                debug!(condition = e.condition.as_str(), text = ?e.text, "stream abandoned mid-write");
+                self.out.clear();
+            }
             End::ClientClosed => self.out.extend_from_slice(STREAM_CLOSE),
             End::Error(e) => {
                 if !self.header_sent {
@@ -681,7 +750,9 @@ impl Conn {
             })
             .await;
         }
-        let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        if !abandoned {
+            let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
+        }
         if let Phase::Bound { handle, .. } = &self.phase {
             self.ctx.server.destroy_session(handle, reason);
         } else {

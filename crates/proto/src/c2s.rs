@@ -156,6 +156,9 @@ pub fn features(stage: Stage, cb: &ChannelBindings) -> Element {
                 Element::new("session", ns::SESSION)
                     .with_child(Element::new("optional", ns::SESSION)),
             );
+            // RFC 6121 §2.6.1: roster versioning; §3.4: subscription pre-approval.
+            f.push_child(Element::new("ver", "urn:xmpp:features:rosterver"));
+            f.push_child(Element::new("sub", "urn:xmpp:features:pre-approval"));
         }
     }
     f

@@ -58,7 +58,6 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
-
 /// Milliseconds since the epoch as an XEP-0082 DateTime (seconds precision).
 pub fn from_millis(ms: i64) -> String {
     let t = if ms >= 0 {

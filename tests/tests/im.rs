@@ -731,3 +731,79 @@ async fn offline_quota_bounces_with_service_unavailable() {
     assert!(a.nothing_within(QUIET).await, "only the fourth bounces");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_deletion_cleans_up_and_tells_contacts() {
+    let (s, mut a, mut b) = online_pair().await;
+    subscribe_both(&mut a, &mut b).await;
+    s.add_user("carol", "pc").await;
+    let mut c = s.login("carol", "pc", "c1").await;
+    roster(&mut c).await;
+    c.send("<presence/>").await;
+    // Carol has a pending request to alice and alice has an offline message waiting.
+    c.send("<presence to='alice@localhost' type='subscribe'/>")
+        .await;
+    let _ = drain(&mut a).await;
+    let _ = drain(&mut b).await;
+    // Through the admin socket, as `canto user del` does while the server runs.
+    let sock = s.dir.join("admin.sock");
+    let answer = canto_net::admin::request(&sock, "user-del alice@localhost")
+        .await
+        .unwrap_or_else(|| panic!("no admin socket at {}", sock.display()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer, "ok");
+    // Alice's session is closed.
+    assert_eq!(a.closed().await, Closed::Error("not-authorized".into()));
+    // RFC 6121 §2.5.2: bob, a contact, gets unsubscribe and unsubscribed and a push to none.
+    let got = expect_all(
+        &mut b,
+        &[
+            &|e: &Element| is_presence(e) && e.attr("type") == Some("unsubscribe"),
+            &|e: &Element| is_presence(e) && e.attr("type") == Some("unsubscribed"),
+        ],
+    )
+    .await;
+    assert!(
+        got.iter()
+            .all(|p| p.attr("from") == Some("alice@localhost"))
+    );
+    let _ = drain(&mut b).await;
+    assert_eq!(
+        roster(&mut b).await,
+        vec![("alice@localhost".into(), "none".into(), false)]
+    );
+    // Carol's request was refused.
+    c.wait_for(|e| is_presence(e) && e.attr("type") == Some("unsubscribed"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // The account and its data are gone.
+    assert_eq!(
+        s.storage.accounts.exists("localhost", "alice").await.ok(),
+        Some(false)
+    );
+    assert!(
+        s.storage
+            .map
+            .get_all("roster", "localhost", "alice")
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+    // Messages to the deleted account now bounce (RFC 6121 §8.5.1).
+    b.send("<message to='alice@localhost' id='x'><body>hello?</body></message>")
+        .await;
+    let e = b
+        .wait_for(|e| e.attr("id") == Some("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
+    // A second deletion is an error, not a crash.
+    let again = canto_net::admin::request(&sock, "user-del alice@localhost")
+        .await
+        .and_then(Result::ok);
+    assert_eq!(
+        again.as_deref(),
+        Some("error: alice@localhost does not exist")
+    );
+    s.stop().await;
+}

@@ -103,8 +103,15 @@ pub async fn start(config: Config, storage: Option<Storage>, trace: &Trace) -> R
             starttls_addrs.push(a);
         }
     }
+    let admin = match config.admin_socket_path() {
+        Some(p) => Some((
+            canto_net::admin::bind(&p).with_context(|| format!("binding {}", p.display()))?,
+            p,
+        )),
+        None => None,
+    };
     trace.step(Step::Listeners);
-    let network = canto_net::start(server.clone(), certs, listeners);
+    let network = canto_net::start(server.clone(), certs, listeners, admin);
     trace.step(Step::Background);
     Ok(Running {
         server,

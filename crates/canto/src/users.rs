@@ -84,12 +84,31 @@ pub async fn passwd(config: &Config, jid: &str, password: &str) -> Result<()> {
     Ok(())
 }
 
-/// `user del`
+/// `user del`: through the running server's admin socket when it is up (so its sessions are
+/// closed and online contacts get roster pushes), else directly on storage with the same
+/// `Server::delete_account`.
 pub async fn del(config: &Config, jid: &str) -> Result<()> {
     let (host, user) = parse_account(config, jid)?;
+    let bare = format!("{user}@{host}");
+    if let Some(path) = config.admin_socket_path()
+        && let Some(answer) = canto_net::admin::request(&path, &format!("user-del {bare}")).await
+    {
+        let answer = answer.context("talking to the running server")?;
+        return match answer.strip_prefix("error: ") {
+            None => Ok(()),
+            Some(e) => bail!("{e}"),
+        };
+    }
     let storage = open(config).await?;
-    if !storage.accounts.delete(&host, &user).await? {
-        bail!("{user}@{host} does not exist");
+    // No modules and no listeners: just the account and roster logic.
+    let quiet = Config {
+        modules: Vec::new(),
+        ..config.clone()
+    };
+    let server = canto_core::Server::new(quiet, storage, &[]).map_err(|e| anyhow!(e))?;
+    let b = canto_stanza::BareJid::new(&bare).map_err(|e| anyhow!("{e}"))?;
+    if !server.delete_account(&b).await? {
+        bail!("{bare} does not exist");
     }
     Ok(())
 }

@@ -18,6 +18,9 @@ pub struct Config {
     pub hosts: Vec<String>,
     /// Modules enabled on every host (Prosody's `modules_enabled`).
     pub modules: Vec<String>,
+    /// Unix socket through which `canto user del` reaches the running server; relative paths
+    /// are under `data_dir`; empty disables it.
+    pub admin_socket: PathBuf,
     /// Client-to-server listeners and stream settings.
     pub c2s: C2sConfig,
     /// Storage backend.
@@ -178,6 +181,7 @@ impl Default for Config {
                 "time".into(),
                 "roster".into(),
             ],
+            admin_socket: PathBuf::from("admin.sock"),
             c2s: C2sConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
@@ -371,6 +375,17 @@ impl Config {
         }
     }
 
+    /// The admin socket path, resolved against `data_dir` (None: disabled).
+    pub fn admin_socket_path(&self) -> Option<PathBuf> {
+        if self.admin_socket.as_os_str().is_empty() {
+            None
+        } else if self.admin_socket.is_absolute() {
+            Some(self.admin_socket.clone())
+        } else {
+            Some(self.data_dir.join(&self.admin_socket))
+        }
+    }
+
     /// Whether `host` (normalized) is served here.
     pub fn serves(&self, host: &str) -> bool {
         self.hosts.iter().any(|h| h == host)
@@ -434,6 +449,10 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "modules",
         "Modules enabled on every host: disco, ping, version, time, roster.",
+    ),
+    (
+        "admin_socket",
+        "Unix socket (under data_dir unless absolute) through which `canto user del` asks the\nrunning server to delete an account; \"\" disables it.",
     ),
     ("c2s", "Client-to-server connections."),
     ("c2s.listen", "STARTTLS listeners (RFC 6120 §5)."),

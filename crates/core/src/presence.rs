@@ -472,3 +472,76 @@ impl Server {
         }
     }
 }
+
+impl Server {
+    /// Deletes a local account (`canto user del`, later in-band cancellation): its sessions are
+    /// closed, contacts are sent `unsubscribe`/`unsubscribed` as RFC 6121 §2.5.2 does for a
+    /// removed roster item, then the account and everything stored for it (roster, pending
+    /// requests, offline messages) are removed. Returns whether the account existed.
+    pub async fn delete_account(
+        self: &Arc<Self>,
+        user: &BareJid,
+    ) -> Result<bool, canto_storage::StorageError> {
+        let Some((host, node)) = parts(user) else {
+            return Ok(false);
+        };
+        if !self.storage.accounts.exists(&host, &node).await? {
+            return Ok(false);
+        }
+        for s in self.sessions.resources(user) {
+            s.close(
+                canto_stanza::StreamError::new(canto_stanza::StreamCondition::NotAuthorized)
+                    .with_text("account deleted"),
+            );
+            self.destroy_session(&s, "account deleted");
+        }
+        let store = RosterStore::new(&self.storage, &host, &node);
+        let items = store.items().await?;
+        let pending: Vec<BareJid> = store
+            .pending()
+            .await?
+            .iter()
+            .filter_map(|p| p.attr("from").and_then(|f| BareJid::new(f).ok()))
+            .collect();
+        let stanza = |t: &str, to: &BareJid| {
+            Element::new("presence", ns::CLIENT)
+                .with_attr("type", t)
+                .with_attr("to", to.to_string())
+        };
+        for item in &items {
+            if item.subscription.has_from() || pending.contains(&item.jid) {
+                self.outbound_subscription(
+                    user,
+                    &item.jid,
+                    SubType::Unsubscribed,
+                    stanza("unsubscribed", &item.jid),
+                )
+                .await;
+            }
+            if item.subscription.has_to() || item.ask {
+                self.outbound_subscription(
+                    user,
+                    &item.jid,
+                    SubType::Unsubscribe,
+                    stanza("unsubscribe", &item.jid),
+                )
+                .await;
+            }
+        }
+        for contact in pending
+            .iter()
+            .filter(|p| !items.iter().any(|i| &i.jid == *p))
+        {
+            self.outbound_subscription(
+                user,
+                contact,
+                SubType::Unsubscribed,
+                stanza("unsubscribed", contact),
+            )
+            .await;
+        }
+        let existed = self.storage.accounts.delete(&host, &node).await?;
+        self.forget_roster(user);
+        Ok(existed)
+    }
+}

@@ -2,6 +2,7 @@
 //! parsed stanzas go to `canto-core`'s router.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod c2s;
 pub mod io;
 pub mod tls;
@@ -63,10 +64,21 @@ pub struct Network {
     certs: Arc<CertStore>,
 }
 
-/// Starts accepting on `listeners`.
-pub fn start(server: Arc<Server>, certs: Arc<CertStore>, listeners: Vec<Listener>) -> Network {
+/// The bound admin socket and its path.
+pub type AdminSocket = (tokio::net::UnixListener, std::path::PathBuf);
+
+/// Starts accepting on `listeners` (and the admin socket, if any).
+pub fn start(
+    server: Arc<Server>,
+    certs: Arc<CertStore>,
+    listeners: Vec<Listener>,
+    admin: Option<AdminSocket>,
+) -> Network {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (alive_tx, alive_rx) = mpsc::channel(1);
+    if let Some((l, path)) = admin {
+        tokio::spawn(admin::serve(server.clone(), l, path, shutdown_rx.clone()));
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
     let ctx = Arc::new(c2s::C2sContext {
         server,

@@ -80,6 +80,7 @@ pub async fn run(cli: &Cli, t: &Arc<Target>, contacts: usize, rounds: usize) -> 
             let ready = ready_tx.clone();
             waits.spawn(async move {
                 let _ = ready.send(()).await;
+                drop(ready);
                 wait_for(&mut c, "the hub's presence", |e| {
                     e.name() == "presence"
                         && e.attr("from").is_some_and(|f| f.starts_with(&hub_prefix))

@@ -87,6 +87,9 @@ impl Server {
 
     /// Records a failed authentication from `ip` and returns how long to wait before answering
     /// (repeated failures from one address are slowed down, doubling up to the configured cap).
+    /// A success does not reset the count — otherwise one valid account would let an attacker
+    /// clear the back-off between guesses at others; the count is forgotten after ten quiet
+    /// minutes.
     pub fn auth_failed(&self, ip: IpAddr) -> Duration {
         let cfg = self.config();
         let Ok(mut map) = self.auth_failures.lock() else {
@@ -113,13 +116,6 @@ impl Server {
             .saturating_mul(1u64 << over.min(16))
             .min(cfg.limits.auth_max_delay_ms);
         Duration::from_millis(ms)
-    }
-
-    /// Forgets failures from `ip` after a success.
-    pub fn auth_succeeded(&self, ip: IpAddr) {
-        if let Ok(mut map) = self.auth_failures.lock() {
-            map.remove(&ip);
-        }
     }
 
     /// The one place a bound session ends (Prosody's `destroy_session`): if it was available,

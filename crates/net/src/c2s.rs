@@ -566,7 +566,6 @@ impl Conn {
                         success.push_text(encode_payload(&d));
                     }
                     self.send(&success);
-                    self.ctx.server.auth_succeeded(self.peer.ip());
                     info!(username, "authenticated");
                     self.phase = Phase::Authenticated { username };
                     // RFC 6120 §6.4.6: the client restarts the stream.

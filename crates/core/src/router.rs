@@ -728,6 +728,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_element_is_shared_by_every_delivery() {
+        // DESIGN.md, delivery: the element is allocated once, whatever the number of targets;
+        // each connection serializes it once into its own write buffer.
+        let s = server().await;
+        let (alice, _a) = bind(&s, "alice@example.test/home");
+        let (b1, mut r1) = bind(&s, "bob@example.test/one");
+        let (b2, mut r2) = bind(&s, "bob@example.test/two");
+        s.route_from_client(&b1, stanza("<presence/>")).await.ok();
+        s.route_from_client(&b2, stanza("<presence/>")).await.ok();
+        while recv(&mut r1).is_some() || recv(&mut r2).is_some() {}
+        s.route_from_client(
+            &alice,
+            stanza("<message to='bob@example.test' type='chat'><body>x</body></message>"),
+        )
+        .await
+        .ok();
+        let (m1, m2) = (recv(&mut r1), recv(&mut r2));
+        assert!(
+            matches!((&m1, &m2), (Some(a), Some(b)) if Arc::ptr_eq(a, b)),
+            "{m1:?} {m2:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn destroy_broadcasts_unavailable_once_and_leaves_the_table() {
         let s = server().await;
         let (b1, _r1) = bind(&s, "bob@example.test/one");

@@ -9,8 +9,10 @@ use canto_stanza::{Condition, StanzaError};
 
 pub mod disco;
 pub mod ping;
+pub mod private;
 pub mod roster;
 pub mod time;
+pub mod vcard;
 pub mod version;
 
 #[cfg(test)]
@@ -24,6 +26,8 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(version::Version),
         Arc::new(time::Time),
         Arc::new(roster::Roster),
+        Arc::new(vcard::Vcard),
+        Arc::new(private::Private),
     ]
 }
 
@@ -87,6 +91,9 @@ mod tests {
                 ("time", "XEP-0202", "2.0"),
                 ("time", "XEP-0082", "1.1.1"),
                 ("roster", "RFC 6121", "1.0"),
+                ("vcard", "XEP-0054", "1.2"),
+                ("vcard", "XEP-0153", "1.1"),
+                ("private", "XEP-0049", "1.2"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

@@ -1,0 +1,206 @@
+//! `private`: XEP-0049 Private XML Storage (Prosody's `mod_private`), kept in the map store
+//! `private` keyed by the stored element's namespace and name.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
+use canto_stanza::{Condition, IqType, StanzaError};
+use canto_xml::Element;
+
+use crate::{expect_payload, from_owner};
+
+/// The `jabber:iq:private` namespace.
+pub const NS: &str = "jabber:iq:private";
+const STORE: &str = "private";
+
+/// Largest fragment stored, in serialized bytes.
+pub const MAX_BYTES: usize = 64 * 1024;
+
+/// The module.
+pub struct Private;
+
+const SPECS: &[Spec] = &[Spec {
+    id: "XEP-0049",
+    version: "1.2",
+    title: "Private XML Storage",
+}];
+
+impl Module for Private {
+    fn name(&self) -> &'static str {
+        "private"
+    }
+
+    fn specs(&self) -> &'static [Spec] {
+        SPECS
+    }
+
+    fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
+        ctx.add_feature(NS);
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(PrivateIq))?;
+        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(PrivateIq))?;
+        Ok(())
+    }
+}
+
+/// XEP-0049 §2.3: namespaces reserved by the XSF are refused with not-acceptable.
+fn reserved(ns: &str) -> bool {
+    ns.is_empty()
+        || ns.starts_with("jabber:")
+        || ns.starts_with("http://jabber.org/")
+        || ns == "vcard-temp"
+}
+
+fn key(el: &Element) -> String {
+    format!("{} {}", el.ns(), el.name())
+}
+
+struct PrivateIq;
+
+#[async_trait]
+impl IqHandler for PrivateIq {
+    /// XEP-0049 §2.3: store and retrieve fragments for the sender's own account.
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        expect_payload(&req, "query")?;
+        // §2.3: another user's data: forbidden (preferred over service-unavailable).
+        if !from_owner(&req) {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+        let user = req.from.to_bare();
+        let (host, node) = (
+            user.domain().as_str(),
+            user.node().map(|n| n.as_str()).unwrap_or_default(),
+        );
+        let fragments: Vec<&Element> = req.payload.children().collect();
+        // §2.3: at least one child element is required.
+        if fragments.is_empty() {
+            return Err(StanzaError::new(Condition::NotAcceptable).with_text("no fragment"));
+        }
+        if fragments.iter().any(|f| reserved(f.ns())) {
+            return Err(StanzaError::new(Condition::NotAcceptable).with_text("reserved namespace"));
+        }
+        let map = &req.server.storage.map;
+        let internal = |_| StanzaError::new(Condition::InternalServerError);
+        if IqType::of(req.stanza) == Some(IqType::Get) {
+            // §2.3: one namespace per get.
+            let [wanted] = fragments.as_slice() else {
+                return Err(
+                    StanzaError::new(Condition::BadRequest).with_text("one fragment per get")
+                );
+            };
+            let stored = map
+                .get(STORE, host, node, &key(wanted))
+                .await
+                .map_err(internal)?;
+            let frag = stored
+                .as_deref()
+                .and_then(canto_core::roster::decode_element)
+                .unwrap_or_else(|| Element::new(wanted.name(), wanted.ns()));
+            return Ok(Some(Element::new("query", NS).with_child(frag)));
+        }
+        for f in &fragments {
+            if f.to_bytes().len() > MAX_BYTES {
+                return Err(
+                    StanzaError::new(Condition::NotAcceptable).with_text("fragment too large")
+                );
+            }
+        }
+        for f in fragments {
+            map.set(STORE, host, node, &key(f), Some(&f.to_bytes()))
+                .await
+                .map_err(|_| {
+                    StanzaError::new(Condition::ResourceConstraint).with_text("storage unavailable")
+                })?;
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{call, get, result_xml, server};
+
+    fn query(children: Vec<Element>) -> Element {
+        let mut q = Element::new("query", NS);
+        for c in children {
+            q.push_child(c);
+        }
+        q
+    }
+
+    fn prefs(nick: &str) -> Element {
+        Element::new("exodus", "exodus:prefs")
+            .with_child(Element::new("defaultnick", "exodus:prefs").with_text(nick))
+    }
+
+    const ALICE: &str = "alice@example.test/a";
+    const BARE: &str = "alice@example.test";
+
+    #[tokio::test]
+    async fn store_and_retrieve_by_namespace() {
+        let s = server(&["private"]).await;
+        let ask = || query(vec![Element::new("exodus", "exodus:prefs")]);
+        assert_eq!(
+            result_xml(get(&s, IqTarget::Account, ALICE, BARE, ask()).await),
+            "<query xmlns='jabber:iq:private'><exodus xmlns='exodus:prefs'/></query>"
+        );
+        let set = call(
+            &s,
+            IqTarget::Account,
+            IqType::Set,
+            ALICE,
+            BARE,
+            query(vec![prefs("Hamlet")]),
+        )
+        .await;
+        assert_eq!(result_xml(set), "empty result");
+        assert_eq!(
+            result_xml(get(&s, IqTarget::Account, ALICE, BARE, ask()).await),
+            "<query xmlns='jabber:iq:private'><exodus xmlns='exodus:prefs'><defaultnick>Hamlet</defaultnick></exodus></query>"
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_the_xep_lists() {
+        let s = server(&["private"]).await;
+        // Another user's data.
+        let r = get(
+            &s,
+            IqTarget::Account,
+            "bob@example.test/b",
+            BARE,
+            query(vec![prefs("x")]),
+        )
+        .await;
+        assert_eq!(result_xml(r), "error forbidden");
+        // No fragment.
+        assert_eq!(
+            result_xml(get(&s, IqTarget::Account, ALICE, BARE, query(vec![])).await),
+            "error not-acceptable"
+        );
+        // Reserved namespaces.
+        for ns in [
+            "vcard-temp",
+            "jabber:iq:roster",
+            "http://jabber.org/protocol/disco#info",
+        ] {
+            let r = call(
+                &s,
+                IqTarget::Account,
+                IqType::Set,
+                ALICE,
+                BARE,
+                query(vec![Element::new("x", ns)]),
+            )
+            .await;
+            assert_eq!(result_xml(r), "error not-acceptable", "{ns}");
+        }
+        // Two namespaces in one get.
+        let two = query(vec![Element::new("a", "urn:a"), Element::new("b", "urn:b")]);
+        assert_eq!(
+            result_xml(get(&s, IqTarget::Account, ALICE, BARE, two).await),
+            "error bad-request"
+        );
+    }
+}

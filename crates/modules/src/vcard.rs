@@ -1,0 +1,215 @@
+//! `vcard`: XEP-0054 vcard-temp (Prosody's `mod_vcard`), one vCard per account in the
+//! key-value store `vcard`.
+//!
+//! Avatars: XEP-0153 needs nothing from the server beyond storing the vCard (clients put the
+//! photo hash in their presence). XEP-0398 (vCard ↔ PEP avatar conversion) hooks in here once
+//! PEP exists: `stored()` is the seam it will read from and `store()` the one it will call.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Server, Spec};
+use canto_stanza::{BareJid, Condition, IqType, StanzaError};
+use canto_xml::Element;
+
+use crate::{expect_payload, from_owner};
+
+/// The vcard-temp namespace.
+pub const NS: &str = "vcard-temp";
+const STORE: &str = "vcard";
+
+/// Largest vCard stored, in serialized bytes (photos included).
+pub const MAX_BYTES: usize = 64 * 1024;
+
+/// The module.
+pub struct Vcard;
+
+const SPECS: &[Spec] = &[
+    Spec {
+        id: "XEP-0054",
+        version: "1.2",
+        title: "vcard-temp",
+    },
+    Spec {
+        id: "XEP-0153",
+        version: "1.1",
+        title: "vCard-Based Avatars",
+    },
+];
+
+impl Module for Vcard {
+    fn name(&self) -> &'static str {
+        "vcard"
+    }
+
+    fn specs(&self) -> &'static [Spec] {
+        SPECS
+    }
+
+    fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
+        // XEP-0054 §3: support is advertised as the `vcard-temp` feature.
+        ctx.add_feature(NS);
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(VcardIq))?;
+        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(VcardIq))?;
+        Ok(())
+    }
+}
+
+/// The stored vCard of an account.
+pub async fn stored(server: &Server, user: &BareJid) -> Result<Option<Element>, StanzaError> {
+    let Some(node) = user.node() else {
+        return Ok(None);
+    };
+    let bytes = server
+        .storage
+        .kv
+        .get(STORE, user.domain().as_str(), node.as_str())
+        .await
+        .map_err(|_| StanzaError::new(Condition::InternalServerError))?;
+    Ok(bytes
+        .as_deref()
+        .and_then(canto_core::roster::decode_element))
+}
+
+/// Replaces an account's vCard.
+pub async fn store(server: &Server, user: &BareJid, vcard: &Element) -> Result<(), StanzaError> {
+    let Some(node) = user.node() else {
+        return Err(StanzaError::new(Condition::BadRequest));
+    };
+    let bytes = vcard.to_bytes();
+    if bytes.len() > MAX_BYTES {
+        return Err(StanzaError::new(Condition::NotAcceptable).with_text("vCard too large"));
+    }
+    server
+        .storage
+        .kv
+        .set(STORE, user.domain().as_str(), node.as_str(), Some(&bytes))
+        .await
+        .map_err(|_| {
+            StanzaError::new(Condition::ResourceConstraint).with_text("storage unavailable")
+        })
+}
+
+struct VcardIq;
+
+#[async_trait]
+impl IqHandler for VcardIq {
+    /// XEP-0054 §3.1 (retrieve own or another user's vCard) and §3.2 (update own).
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        expect_payload(&req, "vCard")?;
+        let target = req.to.to_bare();
+        if IqType::of(req.stanza) == Some(IqType::Set) {
+            // §3.2: only the owner publishes.
+            if !from_owner(&req) {
+                return Err(StanzaError::new(Condition::Forbidden));
+            }
+            store(req.server, &target, req.payload).await?;
+            return Ok(None);
+        }
+        // §3.1: a vCard is public; an account without one answers with an empty vCard.
+        if !req.server.account_exists(&target).await {
+            return Err(StanzaError::new(Condition::ServiceUnavailable));
+        }
+        Ok(Some(
+            stored(req.server, &target)
+                .await?
+                .unwrap_or_else(|| Element::new("vCard", NS)),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{call, get, result_xml, server};
+
+    fn card(name: &str) -> Element {
+        Element::new("vCard", NS).with_child(Element::new("FN", NS).with_text(name))
+    }
+
+    #[tokio::test]
+    async fn set_then_get_own_and_others_read_it() {
+        let s = server(&["vcard"]).await;
+        let empty = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                "alice@example.test/a",
+                "alice@example.test",
+                Element::new("vCard", NS),
+            )
+            .await,
+        );
+        assert_eq!(empty, "<vCard xmlns='vcard-temp'/>");
+        let set = call(
+            &s,
+            IqTarget::Account,
+            IqType::Set,
+            "alice@example.test/a",
+            "alice@example.test",
+            card("Alice"),
+        )
+        .await;
+        assert_eq!(result_xml(set), "empty result");
+        let own = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                "alice@example.test/a",
+                "alice@example.test",
+                Element::new("vCard", NS),
+            )
+            .await,
+        );
+        assert_eq!(own, "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>");
+        let by_bob = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                "bob@example.test/b",
+                "alice@example.test",
+                Element::new("vCard", NS),
+            )
+            .await,
+        );
+        assert_eq!(by_bob, own);
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_sets_and_size_is_limited() {
+        let s = server(&["vcard"]).await;
+        let forged = call(
+            &s,
+            IqTarget::Account,
+            IqType::Set,
+            "bob@example.test/b",
+            "alice@example.test",
+            card("Mallory"),
+        )
+        .await;
+        assert_eq!(result_xml(forged), "error forbidden");
+        let huge = Element::new("vCard", NS)
+            .with_child(Element::new("PHOTO", NS).with_text("A".repeat(MAX_BYTES)));
+        let r = call(
+            &s,
+            IqTarget::Account,
+            IqType::Set,
+            "alice@example.test/a",
+            "alice@example.test",
+            huge,
+        )
+        .await;
+        assert_eq!(result_xml(r), "error not-acceptable");
+        let nobody = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                "bob@example.test/b",
+                "nobody@example.test",
+                Element::new("vCard", NS),
+            )
+            .await,
+        );
+        assert_eq!(nobody, "error service-unavailable");
+    }
+}

@@ -53,18 +53,20 @@ fn run(config: &Path, args: &[&str]) {
 }
 
 async fn serve(config: &Path, addr: SocketAddr) -> Proc {
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{BIN}: {e}"));
+    let proc = Proc(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{BIN}: {e}")),
+    );
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return Proc(child);
+            return proc;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -207,6 +207,7 @@ impl Server {
                 el.remove_attr("to");
                 let initial = !session.is_available();
                 let roster = self.roster(&user).await;
+                self.load_blocklists(&user, &roster).await;
                 session.set_presence(Some(Arc::new(el.clone())), priority);
                 self.broadcast_to(&user, &roster, &el);
                 if initial {
@@ -217,6 +218,7 @@ impl Server {
             Some(PresenceType::Unavailable) if session.set_presence(None, 0) => {
                 el.remove_attr("to");
                 let roster = self.roster(&user).await;
+                self.load_blocklists(&user, &roster).await;
                 self.broadcast_to(&user, &roster, &el);
                 // The sender is no longer available: tell it too (§4.5.2).
                 let mut own = el.clone();
@@ -228,10 +230,35 @@ impl Server {
         }
     }
 
-    /// Broadcast presence `el` (from a full JID) to subscribed contacts and own resources.
-    fn broadcast_to(&self, user: &BareJid, roster: &RosterMap, el: &Element) {
+    /// Makes sure the blocklists a broadcast consults are cached: the user's and those of
+    /// online contacts who receive it.
+    async fn load_blocklists(&self, user: &BareJid, roster: &RosterMap) {
+        self.blocklist(user).await;
         for (contact, item) in roster.iter() {
-            if item.subscription.has_from() && self.serves(contact.domain().as_str()) {
+            if item.subscription.has_from()
+                && self.sessions.is_online(contact)
+                && self.cached_blocklist(contact).is_none()
+            {
+                self.blocklist(contact).await;
+            }
+        }
+    }
+
+    /// Broadcast presence `el` (from a full JID) to subscribed contacts and own resources,
+    /// leaving out contacts either side has blocked (XEP-0191 §3.2, §3.5).
+    fn broadcast_to(&self, user: &BareJid, roster: &RosterMap, el: &Element) {
+        let mine = self.cached_blocklist(user);
+        let me = Jid::from(user.clone());
+        for (contact, item) in roster.iter() {
+            if item.subscription.has_from()
+                && self.serves(contact.domain().as_str())
+                && !mine
+                    .as_ref()
+                    .is_some_and(|b| crate::blocking::matches(b, &Jid::from(contact.clone())))
+                && !self
+                    .cached_blocklist(contact)
+                    .is_some_and(|b| crate::blocking::matches(&b, &me))
+            {
                 let mut p = el.clone();
                 p.set_attr("to", contact.to_string());
                 self.to_available(contact, p);
@@ -257,8 +284,13 @@ impl Server {
         priority: i32,
     ) {
         let me = Jid::from(session.jid().clone());
+        let user = session.jid().to_bare();
         for (contact, item) in roster.iter() {
-            if item.subscription.has_to() && self.serves(contact.domain().as_str()) {
+            if item.subscription.has_to()
+                && self.serves(contact.domain().as_str())
+                && !self.blocks(&user, &Jid::from(contact.clone())).await
+                && !self.blocks(contact, &me).await
+            {
                 self.send_current_presence(contact, &me);
             }
         }

@@ -127,10 +127,60 @@ impl Server {
             Some(j) => {
                 let dest = self.destination(&j);
                 debug!(?kind, ?dest, "route");
+                if !self.passes_blocklists(session, kind, &el, &j, &dest).await {
+                    return Ok(());
+                }
                 self.route_to(session, kind, el, j, dest).await
             }
         }
         Ok(())
+    }
+
+    /// XEP-0191: the sender's blocklist (§3.5: outbound to a blocked JID is refused with
+    /// not-acceptable and `<blocked/>`) and the recipient's (§3.2: inbound from a blocked JID
+    /// is dropped, messages and IQ requests answered with service-unavailable). Returns whether
+    /// the stanza may go on.
+    async fn passes_blocklists(
+        &self,
+        session: &SessionHandle,
+        kind: StanzaKind,
+        el: &Element,
+        to: &Jid,
+        dest: &Destination,
+    ) -> bool {
+        let user = session.jid().to_bare();
+        let own = matches!(dest, Destination::Account(b) if *b == user)
+            || matches!(dest, Destination::Session(f) if f.to_bare() == user);
+        if own {
+            return true;
+        }
+        if self.blocks(&user, to).await {
+            self.reply_error(
+                session,
+                el,
+                StanzaError::new(Condition::NotAcceptable)
+                    .with_app(Element::new("blocked", crate::blocking::NS_ERRORS)),
+            );
+            return false;
+        }
+        let recipient = match dest {
+            Destination::Account(b) => b.clone(),
+            Destination::Session(f) => f.to_bare(),
+            _ => return true,
+        };
+        let sender = Jid::from(session.jid().clone());
+        if self.blocks(&recipient, &sender).await {
+            let answer = match kind {
+                StanzaKind::Presence => false,
+                StanzaKind::Message => MessageType::of(el) != MessageType::Groupchat,
+                StanzaKind::Iq => IqType::of(el).is_some_and(IqType::is_request),
+            };
+            if answer {
+                self.reply_error(session, el, StanzaError::new(Condition::ServiceUnavailable));
+            }
+            return false;
+        }
+        true
     }
 
     fn destination(&self, to: &Jid) -> Destination {

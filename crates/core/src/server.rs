@@ -2,7 +2,8 @@
 //! connection task.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,12 +25,16 @@ pub struct Server {
     modules: ModuleTable,
     started: Instant,
     started_at: SystemTime,
-    auth_failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    auth_failures: Mutex<FailureTable<IpAddr>>,
+    /// Failures per account (`user@host`), from any address.
+    account_failures: Mutex<FailureTable<String>>,
     /// Rosters of online users (see `presence.rs`).
     pub(crate) roster_cache:
         std::sync::RwLock<HashMap<canto_stanza::BareJid, Arc<crate::presence::RosterMap>>>,
     /// Serializes subscription state changes (each touches two rosters).
     pub(crate) roster_lock: tokio::sync::Mutex<()>,
+    /// Blocklists of online users (see `blocking.rs`).
+    pub(crate) block_cache: crate::blocking::BlockCache,
 }
 
 impl Server {
@@ -48,9 +53,11 @@ impl Server {
             modules,
             started: Instant::now(),
             started_at: SystemTime::now(),
-            auth_failures: Mutex::new(HashMap::new()),
+            auth_failures: Mutex::new(FailureTable::default()),
+            account_failures: Mutex::new(FailureTable::default()),
             roster_cache: Default::default(),
             roster_lock: tokio::sync::Mutex::new(()),
+            block_cache: Default::default(),
         }))
     }
 
@@ -89,33 +96,33 @@ impl Server {
     /// (repeated failures from one address are slowed down, doubling up to the configured cap).
     /// A success does not reset the count — otherwise one valid account would let an attacker
     /// clear the back-off between guesses at others; the count is forgotten after ten quiet
-    /// minutes.
+    /// minutes. IPv6 addresses count per /64 (see [`address_key`]).
     pub fn auth_failed(&self, ip: IpAddr) -> Duration {
+        self.auth_failed_for(ip, None)
+    }
+
+    /// Records a failed authentication from `ip` at `account` (`user@host`, when the attempt
+    /// named one) and returns the longer of the per-address and per-account delays. The
+    /// per-account count slows guessing at one password from many addresses; like the
+    /// per-address one it is not reset by a success (a success would otherwise wipe out an
+    /// attacker's record while the owner logs in between guesses) and is forgotten after ten
+    /// quiet minutes. Only failures wait: the owner's correct password is never delayed.
+    pub fn auth_failed_for(&self, ip: IpAddr, account: Option<&str>) -> Duration {
         let cfg = self.config();
-        let Ok(mut map) = self.auth_failures.lock() else {
-            return Duration::ZERO;
+        let max = cfg.limits.auth_max_delay_ms;
+        let by_ip = match self.auth_failures.lock() {
+            Ok(mut t) => t.record(address_key(ip), cfg.limits.auth_failures_before_delay, max),
+            Err(_) => Duration::ZERO,
         };
-        let now = Instant::now();
-        // Forget addresses quiet for ten minutes, so the table cannot grow without bound.
-        if map.len() > 10_000 {
-            map.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(600));
-        }
-        let entry = map.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) > Duration::from_secs(600) {
-            *entry = (0, now);
-        }
-        entry.0 += 1;
-        entry.1 = now;
-        let over = entry
-            .0
-            .saturating_sub(cfg.limits.auth_failures_before_delay);
-        if over == 0 {
-            return Duration::ZERO;
-        }
-        let ms = 100u64
-            .saturating_mul(1u64 << over.min(16))
-            .min(cfg.limits.auth_max_delay_ms);
-        Duration::from_millis(ms)
+        let by_account = match (account, self.account_failures.lock()) {
+            (Some(a), Ok(mut t)) => t.record(
+                a.to_string(),
+                cfg.limits.auth_failures_per_account_before_delay,
+                max,
+            ),
+            _ => Duration::ZERO,
+        };
+        by_ip.max(by_account)
     }
 
     /// The one place a bound session ends (Prosody's `destroy_session`): if it was available,
@@ -133,7 +140,123 @@ impl Server {
         let user = handle.jid().to_bare();
         if !self.sessions.is_online(&user) {
             self.forget_roster(&user);
+            self.forget_blocklist(&user);
         }
         info!(jid = %handle.jid(), session = handle.id(), reason, removed, "session destroyed");
+    }
+}
+
+/// The key under which an address is counted (failed logins, connections per address): IPv4
+/// as is (IPv4-mapped IPv6 too), IPv6 by its /64 — one subscriber's allocation (RFC 6177), so
+/// a client cannot escape a per-address limit by hopping through its own prefix.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & (u128::MAX << 64);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Keys quiet this long are forgotten.
+const FAILURE_MEMORY: Duration = Duration::from_secs(600);
+
+/// Most keys a failure table holds; beyond, quiet ones are dropped, and if all are recent a new
+/// key is not stored but treated as already over its allowance (fail closed: a flood of distinct
+/// names or addresses slows every failure instead of growing memory or wiping counts).
+const FAILURE_TABLE_MAX: usize = 100_000;
+
+/// Failure counts with their last time, bounded in size.
+struct FailureTable<K> {
+    map: HashMap<K, (u32, Instant)>,
+}
+
+impl<K> Default for FailureTable<K> {
+    fn default() -> Self {
+        FailureTable {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> FailureTable<K> {
+    /// Counts a failure for `key` and returns the delay: none within `allowance` failures, then
+    /// 200 ms, 400 ms, … doubling up to `max_ms`.
+    fn record(&mut self, key: K, allowance: u32, max_ms: u64) -> Duration {
+        let now = Instant::now();
+        if self.map.len() >= FAILURE_TABLE_MAX && !self.map.contains_key(&key) {
+            self.map
+                .retain(|_, (_, t)| now.duration_since(*t) < FAILURE_MEMORY);
+            if self.map.len() >= FAILURE_TABLE_MAX {
+                return delay_for(1, max_ms);
+            }
+        }
+        let entry = self.map.entry(key).or_insert((0, now));
+        if now.duration_since(entry.1) > FAILURE_MEMORY {
+            *entry = (0, now);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = now;
+        delay_for(entry.0.saturating_sub(allowance), max_ms)
+    }
+}
+
+/// The back-off for `over` failures beyond the allowance.
+fn delay_for(over: u32, max_ms: u64) -> Duration {
+    if over == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(100u64.saturating_mul(1u64 << over.min(16)).min(max_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:3:4:5:6")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            address_key(ip("2001:db8:1:2:ffff::1")),
+            address_key(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(
+            address_key(ip("2001:db8:1:3::1")),
+            address_key(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(address_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(address_key(ip("192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn failures_back_off_after_the_allowance_up_to_the_cap() {
+        let mut t = FailureTable::default();
+        let d: Vec<u64> = (0..8)
+            .map(|_| t.record("a@x", 2, 1000).as_millis() as u64)
+            .collect();
+        assert_eq!(d, [0, 0, 200, 400, 800, 1000, 1000, 1000]);
+        // Another key has its own count.
+        assert_eq!(t.record("b@x", 2, 1000), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_full_table_fails_closed_and_keeps_known_keys() {
+        let mut t = FailureTable::default();
+        for i in 0..FAILURE_TABLE_MAX {
+            t.record(i, 5, 1000);
+        }
+        // A known key keeps counting normally.
+        assert_eq!(t.record(0, 5, 1000), Duration::ZERO);
+        // A new key while the table is full of recent entries is slowed at once, not stored.
+        assert_eq!(t.record(usize::MAX, 5, 1000), Duration::from_millis(200));
+        assert_eq!(t.map.len(), FAILURE_TABLE_MAX);
     }
 }

@@ -74,6 +74,7 @@ pub struct SessionState {
     priority: AtomicI32,
     available: AtomicBool,
     interested: AtomicBool,
+    wants_blocklist: AtomicBool,
     presence: Mutex<Option<Arc<Element>>>,
     /// Who received directed presence from this session (RFC 6121 §4.6.3).
     directed: Mutex<Vec<canto_stanza::Jid>>,
@@ -138,6 +139,16 @@ impl SessionHandle {
     /// Marks the session interested (roster fetched).
     pub fn set_interested(&self) {
         self.0.interested.store(true, Ordering::Release);
+    }
+
+    /// Whether the session fetched the blocklist (XEP-0191 §3.3: it gets block pushes).
+    pub fn wants_blocklist(&self) -> bool {
+        self.0.wants_blocklist.load(Ordering::Acquire)
+    }
+
+    /// Marks the session as having fetched the blocklist.
+    pub fn set_wants_blocklist(&self) {
+        self.0.wants_blocklist.store(true, Ordering::Release);
     }
 
     /// The last broadcast available presence, if available.
@@ -230,6 +241,7 @@ impl SessionManager {
             priority: AtomicI32::new(0),
             available: AtomicBool::new(false),
             interested: AtomicBool::new(false),
+            wants_blocklist: AtomicBool::new(false),
             presence: Mutex::new(None),
             directed: Mutex::new(Vec::new()),
         }));

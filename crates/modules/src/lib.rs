@@ -7,6 +7,7 @@ use std::sync::Arc;
 use canto_core::{IqRequest, Module, Spec};
 use canto_stanza::{Condition, StanzaError};
 
+pub mod blocking;
 pub mod disco;
 pub mod ping;
 pub mod private;
@@ -28,6 +29,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(roster::Roster),
         Arc::new(vcard::Vcard),
         Arc::new(private::Private),
+        Arc::new(blocking::Blocking),
     ]
 }
 
@@ -94,6 +96,7 @@ mod tests {
                 ("vcard", "XEP-0054", "1.2"),
                 ("vcard", "XEP-0153", "1.1"),
                 ("private", "XEP-0049", "1.2"),
+                ("blocking", "XEP-0191", "1.3"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

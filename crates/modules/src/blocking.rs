@@ -1,0 +1,292 @@
+//! `blocking`: XEP-0191 Blocking Command (Prosody's `mod_blocklist`): the IQ protocol. The
+//! blocklist itself and its enforcement on every stanza live in `canto-core` (`blocking.rs`,
+//! the router), because the router consults it for each stanza.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use canto_core::blocking::{Blocklist, NS};
+use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
+use canto_stanza::{BareJid, Condition, IqType, Jid, StanzaError, ns, parse_jid};
+use canto_xml::Element;
+
+use crate::from_owner;
+
+/// The module.
+pub struct Blocking;
+
+const SPECS: &[Spec] = &[Spec {
+    id: "XEP-0191",
+    version: "1.3",
+    title: "Blocking Command",
+}];
+
+impl Module for Blocking {
+    fn name(&self) -> &'static str {
+        "blocking"
+    }
+
+    fn specs(&self) -> &'static [Spec] {
+        SPECS
+    }
+
+    fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
+        // XEP-0191 §2: discovered as the `urn:xmpp:blocking` feature.
+        ctx.add_feature(NS);
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(BlockIq))?;
+        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(BlockIq))?;
+        Ok(())
+    }
+}
+
+struct BlockIq;
+
+fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
+    payload
+        .children()
+        .filter(|c| c.is("item", NS))
+        .map(|i| {
+            let jid = i.attr("jid").ok_or_else(|| {
+                StanzaError::new(Condition::BadRequest).with_text("item without jid")
+            })?;
+            // XEP-0191 §3.3: a JID that cannot be parsed is jid-malformed.
+            Ok(parse_jid(jid)?.to_string())
+        })
+        .collect()
+}
+
+fn list_element(name: &str, jids: &[String]) -> Element {
+    let mut e = Element::new(name, NS);
+    for j in jids {
+        e.push_child(Element::new("item", NS).with_attr("jid", j.clone()));
+    }
+    e
+}
+
+#[async_trait]
+impl IqHandler for BlockIq {
+    /// XEP-0191 §3.1 (get the blocklist), §3.3 (block), §3.4 (unblock, unblock all).
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        if !from_owner(&req) {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+        let server = req.server;
+        let user: BareJid = req.from.to_bare();
+        let current: Blocklist = (*server.blocklist(&user).await).clone();
+        let internal = |_| StanzaError::new(Condition::InternalServerError);
+        match (IqType::of(req.stanza), req.payload.name()) {
+            (Some(IqType::Get), "blocklist") => {
+                // §3.1: the resource now receives pushes.
+                if let Some(s) = server.sessions.get(req.from) {
+                    s.set_wants_blocklist();
+                }
+                let all: Vec<String> = current.into_iter().collect();
+                Ok(Some(list_element("blocklist", &all)))
+            }
+            (Some(IqType::Set), "block") => {
+                let jids = items(req.payload)?;
+                // §3.3: a block without items is bad-request.
+                if jids.is_empty() {
+                    return Err(
+                        StanzaError::new(Condition::BadRequest).with_text("nothing to block")
+                    );
+                }
+                let mut next = current.clone();
+                next.extend(jids.iter().cloned());
+                server.set_blocklist(&user, next).await.map_err(internal)?;
+                // §3.3: the contact stops seeing the user: unavailable from each resource.
+                for j in jids.iter().filter(|j| !current.contains(*j)) {
+                    let Ok(contact) = parse_jid(j) else { continue };
+                    for s in server.sessions.resources(&user) {
+                        if s.is_available() {
+                            let p = Element::new("presence", ns::CLIENT)
+                                .with_attr("type", "unavailable")
+                                .with_attr("from", s.jid().to_string())
+                                .with_attr("to", contact.to_string());
+                            deliver_local(server, &contact, p);
+                        }
+                    }
+                }
+                server.blocklist_push(&user, list_element("block", &jids));
+                Ok(None)
+            }
+            (Some(IqType::Set), "unblock") => {
+                let jids = items(req.payload)?;
+                // §3.4: no items means unblock everyone.
+                let removed: Vec<String> = if jids.is_empty() {
+                    current.iter().cloned().collect()
+                } else {
+                    jids.iter()
+                        .filter(|j| current.contains(*j))
+                        .cloned()
+                        .collect()
+                };
+                let next: Blocklist = current
+                    .iter()
+                    .filter(|j| !removed.contains(j))
+                    .cloned()
+                    .collect();
+                server.set_blocklist(&user, next).await.map_err(internal)?;
+                // §3.4: contacts allowed to see the user get current presence again.
+                let roster = server.roster(&user).await;
+                for j in &removed {
+                    let Ok(contact) = BareJid::new(j) else {
+                        continue;
+                    };
+                    if roster
+                        .get(&contact)
+                        .is_some_and(|i| i.subscription.has_from())
+                    {
+                        for s in server.sessions.resources(&user) {
+                            if let Some(p) = s.presence() {
+                                let mut p = (*p).clone();
+                                p.set_attr("from", s.jid().to_string());
+                                p.set_attr("to", contact.to_string());
+                                deliver_local(server, &Jid::from(contact.clone()), p);
+                            }
+                        }
+                    }
+                }
+                server.blocklist_push(
+                    &user,
+                    list_element("unblock", if jids.is_empty() { &[] } else { &jids }),
+                );
+                Ok(None)
+            }
+            _ => Err(StanzaError::new(Condition::BadRequest)),
+        }
+    }
+}
+
+/// Delivers presence to a local JID's available resources (or the one full JID).
+fn deliver_local(server: &canto_core::Server, to: &Jid, p: Element) {
+    let shared = Arc::new(p);
+    match to.clone().try_into_full() {
+        Ok(full) => {
+            if let Some(s) = server.sessions.get(&full) {
+                let _ = s.deliver(shared);
+            }
+        }
+        Err(bare) => {
+            for s in server.sessions.resources(&bare) {
+                if s.is_available() {
+                    let _ = s.deliver(shared.clone());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{call, get, result_xml, server};
+
+    const ALICE: &str = "alice@example.test/a";
+    const BARE: &str = "alice@example.test";
+
+    fn block(jids: &[&str]) -> Element {
+        let mut e = Element::new("block", NS);
+        for j in jids {
+            e.push_child(Element::new("item", NS).with_attr("jid", *j));
+        }
+        e
+    }
+
+    #[tokio::test]
+    async fn block_unblock_and_unblock_all() {
+        let s = server(&["blocking"]).await;
+        let r = call(
+            &s,
+            IqTarget::Account,
+            IqType::Set,
+            ALICE,
+            BARE,
+            block(&["Romeo@Montague.lit", "capulet.lit"]),
+        )
+        .await;
+        assert_eq!(result_xml(r), "empty result");
+        let list = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                ALICE,
+                BARE,
+                Element::new("blocklist", NS),
+            )
+            .await,
+        );
+        assert_eq!(
+            list,
+            "<blocklist xmlns='urn:xmpp:blocking'><item jid='capulet.lit'/><item jid='romeo@montague.lit'/></blocklist>"
+        );
+        let mut unblock = Element::new("unblock", NS);
+        unblock.push_child(Element::new("item", NS).with_attr("jid", "capulet.lit"));
+        assert_eq!(
+            result_xml(call(&s, IqTarget::Account, IqType::Set, ALICE, BARE, unblock).await),
+            "empty result"
+        );
+        let list = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                ALICE,
+                BARE,
+                Element::new("blocklist", NS),
+            )
+            .await,
+        );
+        assert_eq!(
+            list,
+            "<blocklist xmlns='urn:xmpp:blocking'><item jid='romeo@montague.lit'/></blocklist>"
+        );
+        let all = Element::new("unblock", NS);
+        assert_eq!(
+            result_xml(call(&s, IqTarget::Account, IqType::Set, ALICE, BARE, all).await),
+            "empty result"
+        );
+        let list = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                ALICE,
+                BARE,
+                Element::new("blocklist", NS),
+            )
+            .await,
+        );
+        assert_eq!(list, "<blocklist xmlns='urn:xmpp:blocking'/>");
+    }
+
+    #[tokio::test]
+    async fn errors() {
+        let s = server(&["blocking"]).await;
+        assert_eq!(
+            result_xml(call(&s, IqTarget::Account, IqType::Set, ALICE, BARE, block(&[])).await),
+            "error bad-request"
+        );
+        assert_eq!(
+            result_xml(
+                call(
+                    &s,
+                    IqTarget::Account,
+                    IqType::Set,
+                    ALICE,
+                    BARE,
+                    block(&["@x"])
+                )
+                .await
+            ),
+            "error jid-malformed"
+        );
+        let by_bob = get(
+            &s,
+            IqTarget::Account,
+            "bob@example.test/b",
+            BARE,
+            Element::new("blocklist", NS),
+        )
+        .await;
+        assert_eq!(result_xml(by_bob), "error forbidden");
+    }
+}

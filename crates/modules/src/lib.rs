@@ -8,6 +8,7 @@ use canto_core::{IqRequest, Module, Spec};
 use canto_stanza::{Condition, StanzaError};
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod ping;
 pub mod private;
@@ -30,6 +31,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(vcard::Vcard),
         Arc::new(private::Private),
         Arc::new(blocking::Blocking),
+        Arc::new(carbons::Carbons),
     ]
 }
 
@@ -97,6 +99,8 @@ mod tests {
                 ("vcard", "XEP-0153", "1.1"),
                 ("private", "XEP-0049", "1.2"),
                 ("blocking", "XEP-0191", "1.3"),
+                ("carbons", "XEP-0280", "1.0.1"),
+                ("carbons", "XEP-0297", "1.0"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocking;
+pub mod carbons;
 pub mod config;
 pub mod module;
 pub mod offline;

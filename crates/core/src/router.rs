@@ -130,6 +130,10 @@ impl Server {
                 if !self.passes_blocklists(session, kind, &el, &j, &dest).await {
                     return Ok(());
                 }
+                if kind == StanzaKind::Message && j.to_bare() != session.jid().to_bare() {
+                    // XEP-0280 §7: copies of what this resource sends.
+                    self.carbon_sent(session, &el);
+                }
                 self.route_to(session, kind, el, j, dest).await
             }
         }
@@ -391,6 +395,9 @@ impl Server {
             }
             return;
         }
+        let ids: Vec<_> = targets.iter().map(|t| t.id()).collect();
+        // XEP-0280 §8: the account's other carbons-enabled resources get a copy.
+        self.carbon_received(bare, &el, &ids);
         let shared = Arc::new(el);
         for t in targets {
             let _ = t.deliver(shared.clone());
@@ -407,6 +414,10 @@ impl Server {
     ) {
         if let Some(target) = self.sessions.get(&full) {
             // §8.5.3.1: the resource is connected.
+            if kind == StanzaKind::Message {
+                // XEP-0280 §8: carbons to the account's other resources.
+                self.carbon_received(&full.to_bare(), &el, &[target.id()]);
+            }
             let _ = target.deliver(Arc::new(el));
             return;
         }

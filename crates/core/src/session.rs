@@ -75,6 +75,7 @@ pub struct SessionState {
     available: AtomicBool,
     interested: AtomicBool,
     wants_blocklist: AtomicBool,
+    carbons: AtomicBool,
     presence: Mutex<Option<Arc<Element>>>,
     /// Who received directed presence from this session (RFC 6121 §4.6.3).
     directed: Mutex<Vec<canto_stanza::Jid>>,
@@ -149,6 +150,16 @@ impl SessionHandle {
     /// Marks the session as having fetched the blocklist.
     pub fn set_wants_blocklist(&self) {
         self.0.wants_blocklist.store(true, Ordering::Release);
+    }
+
+    /// Whether the session enabled Message Carbons (XEP-0280 §4).
+    pub fn carbons_enabled(&self) -> bool {
+        self.0.carbons.load(Ordering::Acquire)
+    }
+
+    /// Enables or disables carbons for this session.
+    pub fn set_carbons(&self, on: bool) {
+        self.0.carbons.store(on, Ordering::Release);
     }
 
     /// The last broadcast available presence, if available.
@@ -242,6 +253,7 @@ impl SessionManager {
             available: AtomicBool::new(false),
             interested: AtomicBool::new(false),
             wants_blocklist: AtomicBool::new(false),
+            carbons: AtomicBool::new(false),
             presence: Mutex::new(None),
             directed: Mutex::new(Vec::new()),
         }));

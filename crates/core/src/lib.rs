@@ -14,7 +14,9 @@ pub mod server;
 pub mod session;
 
 pub use config::Config;
-pub use module::{Identity, IqHandler, IqRequest, IqTarget, Module, ModuleCtx, ModuleTable, Spec};
+pub use module::{
+    Identity, IqHandler, IqRequest, IqTarget, MessageHook, Module, ModuleCtx, ModuleTable, Spec,
+};
 pub use server::Server;
 pub use session::{
     Bound, Closer, DeliveryError, Outbound, SessionHandle, SessionId, SessionManager,

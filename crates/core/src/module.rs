@@ -41,6 +41,21 @@ pub trait IqHandler: Send + Sync {
     async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError>;
 }
 
+/// Sees every one-to-one message between accounts as the router routes it, before delivery
+/// (message archives, XEP-0313). It may add to the element (a XEP-0359 stanza-id).
+#[async_trait::async_trait]
+pub trait MessageHook: Send + Sync {
+    /// `sender` is the local account that sent it (None for messages from elsewhere);
+    /// `recipient` the local account it is for (None when it leaves the server).
+    async fn on_message(
+        &self,
+        server: &Arc<Server>,
+        el: &mut Element,
+        sender: Option<&canto_stanza::BareJid>,
+        recipient: Option<&canto_stanza::BareJid>,
+    );
+}
+
 /// A disco#info identity (XEP-0030 §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -79,6 +94,8 @@ pub struct ModuleTable {
     features: Vec<String>,
     identities: Vec<Identity>,
     iq: HashMap<(IqTarget, IqType, String), Arc<dyn IqHandler>>,
+    message_hooks: Vec<Arc<dyn MessageHook>>,
+    account_features: Vec<String>,
     loaded: Vec<&'static str>,
 }
 
@@ -126,6 +143,16 @@ impl ModuleTable {
         self.iq.get(&(target, kind, ns.to_string())).cloned()
     }
 
+    /// Message hooks, in load order.
+    pub fn message_hooks(&self) -> &[Arc<dyn MessageHook>] {
+        &self.message_hooks
+    }
+
+    /// Features an account advertises in disco#info (XEP-0030 on a bare JID).
+    pub fn account_features(&self) -> &[String] {
+        &self.account_features
+    }
+
     /// Names of loaded modules.
     pub fn loaded(&self) -> &[&'static str] {
         &self.loaded
@@ -146,6 +173,19 @@ impl ModuleCtx<'_> {
             self.table.features.push(var.to_string());
             self.table.features.sort();
         }
+    }
+
+    /// Advertises a feature on accounts' disco#info (e.g. `urn:xmpp:mam:2`, XEP-0313 §7).
+    pub fn add_account_feature(&mut self, var: &str) {
+        if !self.table.account_features.iter().any(|f| f == var) {
+            self.table.account_features.push(var.to_string());
+            self.table.account_features.sort();
+        }
+    }
+
+    /// Sees one-to-one messages before delivery.
+    pub fn hook_message(&mut self, hook: Arc<dyn MessageHook>) {
+        self.table.message_hooks.push(hook);
     }
 
     /// Advertises an identity.

@@ -130,7 +130,18 @@ impl Server {
                 if !self.passes_blocklists(session, kind, &el, &j, &dest).await {
                     return Ok(());
                 }
+                let mut el = el;
                 if kind == StanzaKind::Message && j.to_bare() != session.jid().to_bare() {
+                    let recipient = match &dest {
+                        Destination::Account(b) => Some(b.clone()),
+                        Destination::Session(f) => Some(f.to_bare()),
+                        _ => None,
+                    };
+                    let sender = session.jid().to_bare();
+                    for hook in self.modules().message_hooks() {
+                        hook.on_message(self, &mut el, Some(&sender), recipient.as_ref())
+                            .await;
+                    }
                     // XEP-0280 §7: copies of what this resource sends.
                     self.carbon_sent(session, &el);
                 }

@@ -156,12 +156,15 @@ impl IqHandler for AccountInfo {
         // XEP-0030 §3.1: the primary identity of a bare JID is category `account`, here type
         // `registered` (disco categories registry); features: the disco protocols the server
         // answers for it.
-        Ok(Some(
-            Element::new("query", ns::DISCO_INFO)
-                .with_child(identity_element("account", "registered", None))
-                .with_child(feature_element(ns::DISCO_INFO))
-                .with_child(feature_element(ns::DISCO_ITEMS)),
-        ))
+        // Modules add account features (e.g. XEP-0313 §7: the archive is the account's).
+        let mut query = Element::new("query", ns::DISCO_INFO)
+            .with_child(identity_element("account", "registered", None))
+            .with_child(feature_element(ns::DISCO_INFO))
+            .with_child(feature_element(ns::DISCO_ITEMS));
+        for var in req.server.modules().account_features() {
+            query.push_child(feature_element(var));
+        }
+        Ok(Some(query))
     }
 }
 

@@ -10,6 +10,7 @@ use canto_stanza::{Condition, StanzaError};
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
+pub mod mam;
 pub mod ping;
 pub mod private;
 pub mod roster;
@@ -32,6 +33,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(private::Private),
         Arc::new(blocking::Blocking),
         Arc::new(carbons::Carbons),
+        Arc::new(mam::Mam),
     ]
 }
 
@@ -101,6 +103,9 @@ mod tests {
                 ("blocking", "XEP-0191", "1.3"),
                 ("carbons", "XEP-0280", "1.0.1"),
                 ("carbons", "XEP-0297", "1.0"),
+                ("mam", "XEP-0313", "1.1.3"),
+                ("mam", "XEP-0359", "0.7.0"),
+                ("mam", "XEP-0059", "1.0"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

@@ -1,0 +1,630 @@
+//! `mam`: XEP-0313 Message Archive Management (`urn:xmpp:mam:2`, with the `#extended` query
+//! fields) and XEP-0359 stanza ids, over the archive store `archive` (keyset pagination on the
+//! store's sequence number: no offset scans). Prosody's `mod_mam`.
+//!
+//! Every archivable message between accounts is stored for the sender and the recipient
+//! (XEP-0313 §5: `chat`, and `normal` with a body), subject to each one's preferences, and the
+//! recipient's copy is delivered with the server-assigned `<stanza-id/>`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use canto_core::roster::decode_element;
+use canto_core::{IqHandler, IqRequest, IqTarget, MessageHook, Module, ModuleCtx, Server, Spec};
+use canto_stanza::{BareJid, Condition, IqType, MessageType, StanzaError, datetime, ns, parse_jid};
+use canto_storage::{ArchiveItem, ArchiveQuery};
+use canto_xml::Element;
+
+use crate::from_owner;
+
+/// `urn:xmpp:mam:2`.
+pub const NS: &str = "urn:xmpp:mam:2";
+/// `urn:xmpp:mam:2#extended`.
+pub const NS_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0359 unique and stable stanza ids.
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+/// XEP-0059 result set management.
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+const NS_DATA: &str = "jabber:x:data";
+const STORE: &str = "archive";
+const PREFS: &str = "mam_prefs";
+
+/// Page size when the client gives none, and the largest page served.
+pub const DEFAULT_MAX: usize = 50;
+/// Largest page served.
+pub const MAX_MAX: usize = 250;
+
+/// The module.
+pub struct Mam;
+
+const SPECS: &[Spec] = &[
+    Spec {
+        id: "XEP-0313",
+        version: "1.1.3",
+        title: "Message Archive Management",
+    },
+    Spec {
+        id: "XEP-0359",
+        version: "0.7.0",
+        title: "Unique and Stable Stanza IDs",
+    },
+    Spec {
+        id: "XEP-0059",
+        version: "1.0",
+        title: "Result Set Management",
+    },
+];
+
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mam"
+    }
+
+    fn specs(&self) -> &'static [Spec] {
+        SPECS
+    }
+
+    fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
+        // XEP-0313 §7: the archive is the account's, so the features are on the bare JID.
+        ctx.add_account_feature(NS);
+        ctx.add_account_feature(NS_EXTENDED);
+        ctx.add_account_feature(NS_SID);
+        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(QueryIq))?;
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(QueryIq))?;
+        ctx.hook_message(Arc::new(Archiver));
+        Ok(())
+    }
+}
+
+/// XEP-0313 §5.1: what is archived.
+fn archivable(el: &Element) -> bool {
+    if el.has_child("no-store", "urn:xmpp:hints") {
+        return false;
+    }
+    match MessageType::of(el) {
+        MessageType::Chat => {
+            el.has_child("body", ns::CLIENT)
+                || el.children().any(|c| {
+                    c.ns() != ns::CLIENT && c.ns() != "http://jabber.org/protocol/chatstates"
+                })
+        }
+        MessageType::Normal => el.has_child("body", ns::CLIENT),
+        _ => false,
+    }
+}
+
+/// Archiving preferences (XEP-0313 §6.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Prefs {
+    default: String,
+    always: Vec<String>,
+    never: Vec<String>,
+}
+
+impl Prefs {
+    fn to_element(&self) -> Element {
+        let list = |name: &str, jids: &[String]| {
+            let mut e = Element::new(name, NS);
+            for j in jids {
+                e.push_child(Element::new("jid", NS).with_text(j.clone()));
+            }
+            e
+        };
+        Element::new("prefs", NS)
+            .with_attr("default", self.default.clone())
+            .with_child(list("always", &self.always))
+            .with_child(list("never", &self.never))
+    }
+
+    fn from_element(e: &Element) -> Option<Prefs> {
+        let default = e.attr("default")?.to_string();
+        if !matches!(default.as_str(), "always" | "never" | "roster") {
+            return None;
+        }
+        let jids = |name: &str| -> Vec<String> {
+            e.get_child(name, NS)
+                .map(|l| {
+                    l.children()
+                        .filter_map(|j| parse_jid(&j.text()).ok().map(|j| j.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Some(Prefs {
+            default,
+            always: jids("always"),
+            never: jids("never"),
+        })
+    }
+}
+
+async fn prefs(server: &Server, user: &BareJid) -> Prefs {
+    let (host, node) = (
+        user.domain().as_str(),
+        user.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    let stored = server
+        .storage
+        .kv
+        .get(PREFS, host, node)
+        .await
+        .ok()
+        .flatten();
+    stored
+        .as_deref()
+        .and_then(decode_element)
+        .as_ref()
+        .and_then(Prefs::from_element)
+        .unwrap_or(Prefs {
+            default: "always".into(),
+            ..Prefs::default()
+        })
+}
+
+/// Whether `user` archives messages with `with` (§6.1: never beats always beats default).
+async fn wants(server: &Server, user: &BareJid, with: &BareJid) -> bool {
+    let p = prefs(server, user).await;
+    let w = with.to_string();
+    if p.never.contains(&w) {
+        return false;
+    }
+    if p.always.contains(&w) {
+        return true;
+    }
+    match p.default.as_str() {
+        "never" => false,
+        "roster" => server.roster(user).await.contains_key(with),
+        _ => true,
+    }
+}
+
+async fn store(server: &Server, user: &BareJid, with: &BareJid, el: &Element) -> Option<String> {
+    let node = user.node()?;
+    let now = datetime::now_millis();
+    let bytes = el.to_bytes_in(ns::CLIENT);
+    server
+        .storage
+        .archive
+        .append(
+            STORE,
+            user.domain().as_str(),
+            node.as_str(),
+            with.as_str(),
+            now,
+            &bytes,
+            None,
+        )
+        .await
+        .ok()
+}
+
+struct Archiver;
+
+#[async_trait]
+impl MessageHook for Archiver {
+    async fn on_message(
+        &self,
+        server: &Arc<Server>,
+        el: &mut Element,
+        sender: Option<&BareJid>,
+        recipient: Option<&BareJid>,
+    ) {
+        // XEP-0359 §3.2: a stanza-id claiming to be from the recipient's archive is a forgery.
+        if let Some(r) = recipient {
+            let by = r.to_string();
+            el.remove_children(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()));
+        }
+        if !archivable(el) {
+            return;
+        }
+        if let (Some(s), Some(r)) = (sender, recipient) {
+            if wants(server, s, r).await {
+                store(server, s, r, el).await;
+            }
+        } else if let Some(s) = sender
+            && let Some(to) = el.attr("to").and_then(|t| parse_jid(t).ok())
+            && wants(server, s, &to.to_bare()).await
+        {
+            store(server, s, &to.to_bare(), el).await;
+        }
+        if let Some(r) = recipient {
+            let from = el
+                .attr("from")
+                .and_then(|f| parse_jid(f).ok())
+                .map(|f| f.to_bare());
+            if let Some(from) = from
+                && server.account_exists(r).await
+                && wants(server, r, &from).await
+                && let Some(id) = store(server, r, &from, el).await
+            {
+                // XEP-0359 §3.1 / XEP-0313 §5.2: the id the recipient's archive gave it.
+                el.push_child(
+                    Element::new("stanza-id", NS_SID)
+                        .with_attr("id", id)
+                        .with_attr("by", r.to_string()),
+                );
+            }
+        }
+    }
+}
+
+struct QueryIq;
+
+/// The query form's fields (XEP-0313 §5.1.1, §6.1.1 and the `#extended` fields).
+fn form() -> Element {
+    let field = |var: &str, kind: &str| {
+        Element::new("field", NS_DATA)
+            .with_attr("var", var)
+            .with_attr("type", kind)
+    };
+    Element::new("query", NS).with_child(
+        Element::new("x", NS_DATA)
+            .with_attr("type", "form")
+            .with_child(
+                field("FORM_TYPE", "hidden")
+                    .with_child(Element::new("value", NS_DATA).with_text(NS)),
+            )
+            .with_child(field("with", "jid-single"))
+            .with_child(field("start", "text-single"))
+            .with_child(field("end", "text-single"))
+            .with_child(field("before-id", "text-single"))
+            .with_child(field("after-id", "text-single"))
+            .with_child(field("ids", "list-multi")),
+    )
+}
+
+fn bad(text: &str) -> StanzaError {
+    StanzaError::new(Condition::BadRequest).with_text(text.to_string())
+}
+
+/// Milliseconds since the epoch of an XEP-0082 DateTime (`…Z` or `±hh:mm`, fractions allowed).
+fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (date, rest) = s.split_once('T')?;
+    let mut d = date.split('-');
+    let (y, mo, da): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let (time, offset_min) = if let Some(t) = rest.strip_suffix('Z') {
+        (t, 0)
+    } else {
+        let i = rest.rfind(['+', '-'])?;
+        let (t, off) = rest.split_at(i);
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        let (oh, om) = off[1..].split_once(':')?;
+        (
+            t,
+            sign * (oh.parse::<i64>().ok()? * 60 + om.parse::<i64>().ok()?),
+        )
+    };
+    let mut tp = time.split(':');
+    let h: i64 = tp.next()?.parse().ok()?;
+    let mi: i64 = tp.next()?.parse().ok()?;
+    let sec: f64 = tp.next()?.parse().ok()?;
+    if !(1..=12).contains(&mo)
+        || !(1..=31).contains(&da)
+        || h > 23
+        || mi > 59
+        || !(0.0..61.0).contains(&sec)
+    {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), the inverse of `datetime::civil_from_days`.
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 - offset_min * 60;
+    Some(secs * 1000 + (sec * 1000.0) as i64)
+}
+
+fn field_values(x: &Element, var: &str) -> Vec<String> {
+    x.children()
+        .filter(|f| f.is("field", NS_DATA) && f.attr("var") == Some(var))
+        .flat_map(|f| {
+            f.children()
+                .filter(|v| v.is("value", NS_DATA))
+                .map(|v| v.text())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn exists(server: &Server, user: &BareJid, id: &str) -> bool {
+    let (host, node) = (
+        user.domain().as_str(),
+        user.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    let q = ArchiveQuery {
+        ids: Some(vec![id.to_string()]),
+        ..ArchiveQuery::default()
+    };
+    server
+        .storage
+        .archive
+        .count(STORE, host, node, &q)
+        .await
+        .unwrap_or(0)
+        > 0
+}
+
+#[async_trait]
+impl IqHandler for QueryIq {
+    /// XEP-0313 §4 (query), §5.1.1 (form), §6.1 (preferences), §7 (metadata).
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        // §4: only the owner queries an account's archive.
+        if !from_owner(&req) {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+        let user = req.from.to_bare();
+        let kind = IqType::of(req.stanza);
+        match (kind, req.payload.name()) {
+            (Some(IqType::Get), "query") => Ok(Some(form())),
+            (Some(IqType::Get), "prefs") => Ok(Some(prefs(req.server, &user).await.to_element())),
+            (Some(IqType::Set), "prefs") => {
+                let p = Prefs::from_element(req.payload).ok_or_else(|| bad("invalid prefs"))?;
+                let (host, node) = (
+                    user.domain().as_str(),
+                    user.node().map(|n| n.as_str()).unwrap_or_default(),
+                );
+                req.server
+                    .storage
+                    .kv
+                    .set(PREFS, host, node, Some(&p.to_element().to_bytes()))
+                    .await
+                    .map_err(|_| StanzaError::new(Condition::InternalServerError))?;
+                Ok(Some(p.to_element()))
+            }
+            (Some(IqType::Get), "metadata") => metadata(req.server, &user).await.map(Some),
+            (Some(IqType::Set), "query") => query(&req, &user).await.map(Some),
+            _ => Err(StanzaError::new(Condition::FeatureNotImplemented)),
+        }
+    }
+}
+
+/// XEP-0313 §7.1: the first and last items of the archive.
+async fn metadata(server: &Server, user: &BareJid) -> Result<Element, StanzaError> {
+    let (host, node) = (
+        user.domain().as_str(),
+        user.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    let a = &server.storage.archive;
+    let internal = |_| StanzaError::new(Condition::InternalServerError);
+    let first = a
+        .query(
+            STORE,
+            host,
+            node,
+            &ArchiveQuery {
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(internal)?;
+    let last = a
+        .query(
+            STORE,
+            host,
+            node,
+            &ArchiveQuery {
+                limit: Some(1),
+                reverse: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(internal)?;
+    let mut m = Element::new("metadata", NS);
+    for (name, item) in [("start", first.first()), ("end", last.first())] {
+        if let Some(i) = item {
+            m.push_child(
+                Element::new(name, NS)
+                    .with_attr("id", i.id.clone())
+                    .with_attr("timestamp", datetime::from_millis(i.stamp_ms)),
+            );
+        }
+    }
+    Ok(m)
+}
+
+/// XEP-0313 §4.1–§4.3 with XEP-0059 paging.
+async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaError> {
+    let server = req.server;
+    let mut q = ArchiveQuery::default();
+    if let Some(x) = req.payload.get_child("x", NS_DATA) {
+        for v in field_values(x, "FORM_TYPE") {
+            if v != NS {
+                return Err(bad("unknown FORM_TYPE"));
+            }
+        }
+        if let Some(w) = field_values(x, "with").first() {
+            q.with = Some(parse_jid(w)?.to_bare().to_string());
+        }
+        if let Some(t) = field_values(x, "start").first() {
+            q.start_ms = Some(parse_time(t).ok_or_else(|| bad("invalid start"))?);
+        }
+        if let Some(t) = field_values(x, "end").first() {
+            q.end_ms = Some(parse_time(t).ok_or_else(|| bad("invalid end"))?);
+        }
+        q.after_id = field_values(x, "after-id").first().cloned();
+        q.before_id = field_values(x, "before-id").first().cloned();
+        let ids = field_values(x, "ids");
+        if !ids.is_empty() {
+            q.ids = Some(ids);
+        }
+        for id in q.after_id.iter().chain(q.before_id.iter()) {
+            if !exists(server, user, id).await {
+                return Err(StanzaError::new(Condition::ItemNotFound));
+            }
+        }
+    }
+    // XEP-0059 §2: max, after, before.
+    let set = req.payload.get_child("set", NS_RSM);
+    let max = match set.and_then(|s| s.get_child("max", NS_RSM)) {
+        Some(m) => m
+            .text()
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| bad("invalid max"))?
+            .min(MAX_MAX),
+        None => DEFAULT_MAX,
+    };
+    let after = set
+        .and_then(|s| s.get_child("after", NS_RSM))
+        .map(|a| a.text());
+    let before = set
+        .and_then(|s| s.get_child("before", NS_RSM))
+        .map(|b| b.text());
+    for id in after.iter().chain(before.iter()).filter(|i| !i.is_empty()) {
+        // XEP-0059 §2.5 / XEP-0313 §4.3: paging from an unknown id is item-not-found.
+        if !exists(server, user, id).await {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        }
+    }
+    let (host, node) = (
+        user.domain().as_str(),
+        user.node().map(|n| n.as_str()).unwrap_or_default(),
+    );
+    let archive = &server.storage.archive;
+    let internal = |_| StanzaError::new(Condition::InternalServerError);
+    let count = archive
+        .count(STORE, host, node, &q)
+        .await
+        .map_err(internal)?;
+    // Paging backwards (`<before/>`) reads newest first, then puts the page in order.
+    let backwards = before.is_some();
+    let mut page_q = q.clone();
+    if let Some(a) = after.filter(|a| !a.is_empty()) {
+        page_q.after_id = Some(a);
+    }
+    if let Some(b) = before.clone().filter(|b| !b.is_empty()) {
+        page_q.before_id = Some(b);
+    }
+    page_q.reverse = backwards;
+    page_q.limit = Some(max + 1);
+    let mut items: Vec<ArchiveItem> = if max == 0 {
+        Vec::new()
+    } else {
+        archive
+            .query(STORE, host, node, &page_q)
+            .await
+            .map_err(internal)?
+    };
+    let more = items.len() > max;
+    items.truncate(max);
+    if backwards {
+        items.reverse();
+    }
+    // XEP-0313 §4.2: flip-page reverses the order within the page.
+    let flip = req.payload.has_child("flip-page", NS);
+    if flip {
+        items.reverse();
+    }
+    let queryid = req.payload.attr("queryid").map(str::to_string);
+    if let Some(session) = server.sessions.get(req.from) {
+        for item in &items {
+            let Some(original) = decode_element(&item.data) else {
+                continue;
+            };
+            let mut result = Element::new("result", NS).with_attr("id", item.id.clone());
+            if let Some(qid) = &queryid {
+                result.set_attr("queryid", qid.clone());
+            }
+            result.push_child(
+                Element::new("forwarded", "urn:xmpp:forward:0")
+                    .with_child(
+                        Element::new("delay", ns::DELAY)
+                            .with_attr("stamp", datetime::from_millis(item.stamp_ms)),
+                    )
+                    .with_child(original),
+            );
+            let msg = Element::new("message", ns::CLIENT)
+                .with_attr("to", req.from.to_string())
+                .with_attr("from", user.to_string())
+                .with_child(result);
+            let _ = session.deliver(Arc::new(msg));
+        }
+    }
+    let mut fin = Element::new("fin", NS);
+    // §4.3: complete when this page reaches the end of the results in paging order.
+    if !more {
+        fin.set_attr("complete", "true");
+    }
+    let mut rsm = Element::new("set", NS_RSM);
+    let (first, last) = if flip {
+        (items.last(), items.first())
+    } else {
+        (items.first(), items.last())
+    };
+    if let (Some(f), Some(l)) = (first, last) {
+        rsm.push_child(Element::new("first", NS_RSM).with_text(f.id.clone()));
+        rsm.push_child(Element::new("last", NS_RSM).with_text(l.id.clone()));
+    }
+    rsm.push_child(Element::new("count", NS_RSM).with_text(count.to_string()));
+    fin.push_child(rsm);
+    Ok(fin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xep0082_times_parse() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Some(1_700_000_000_000));
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.5Z"),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            parse_time("2023-11-15T00:13:20+02:00"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(parse_time("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(parse_time("2023-13-14T22:13:20Z"), None);
+        assert_eq!(parse_time("yesterday"), None);
+        for ms in [0i64, 951_782_400_000, 1_700_000_000_000, 4_102_444_800_000] {
+            assert_eq!(parse_time(&datetime::from_millis(ms)), Some(ms));
+        }
+    }
+
+    #[test]
+    fn archivable_messages() {
+        let m = |t: &str, body: bool| {
+            let mut e = Element::new("message", ns::CLIENT).with_attr("type", t);
+            if body {
+                e.push_child(Element::new("body", ns::CLIENT).with_text("x"));
+            }
+            e
+        };
+        assert!(archivable(&m("chat", true)));
+        assert!(archivable(&m("normal", true)));
+        assert!(!archivable(&m("normal", false)));
+        assert!(!archivable(&m("chat", false)));
+        assert!(!archivable(&m("headline", true)));
+        assert!(!archivable(&m("groupchat", true)));
+        assert!(!archivable(&m("error", true)));
+        assert!(!archivable(
+            &m("chat", true).with_child(Element::new("no-store", "urn:xmpp:hints"))
+        ));
+    }
+
+    #[test]
+    fn prefs_round_trip_and_validate() {
+        let p = Prefs {
+            default: "roster".into(),
+            always: vec!["a@b".into()],
+            never: vec!["c@d".into()],
+        };
+        assert_eq!(Prefs::from_element(&p.to_element()), Some(p));
+        let bad = Element::new("prefs", NS).with_attr("default", "sometimes");
+        assert_eq!(Prefs::from_element(&bad), None);
+    }
+}

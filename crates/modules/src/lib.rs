@@ -10,6 +10,7 @@ use canto_stanza::{Condition, StanzaError};
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
+pub mod last;
 pub mod mam;
 pub mod ping;
 pub mod private;
@@ -34,6 +35,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(blocking::Blocking),
         Arc::new(carbons::Carbons),
         Arc::new(mam::Mam),
+        Arc::new(last::Last),
     ]
 }
 
@@ -106,6 +108,7 @@ mod tests {
                 ("mam", "XEP-0313", "1.1.3"),
                 ("mam", "XEP-0359", "0.7.0"),
                 ("mam", "XEP-0059", "1.0"),
+                ("last", "XEP-0012", "2.0"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

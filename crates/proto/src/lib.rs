@@ -2,4 +2,5 @@
 #![forbid(unsafe_code)]
 
 pub mod c2s;
+pub mod caps;
 pub mod sasl;

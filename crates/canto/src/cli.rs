@@ -77,6 +77,8 @@ pub enum UserCommand {
 pub enum ConfigCommand {
     /// Print the full example configuration with every key and its default.
     Example,
+    /// Print the table of supported specifications (README), from the module registry.
+    Specs,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -110,6 +112,10 @@ fn run(cli: Cli) -> Result<()> {
     match command {
         Command::Config(ConfigCommand::Example) => {
             print!("{}", Config::example());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Specs) => {
+            print!("{}", specs_table());
             Ok(())
         }
         Command::Check => {
@@ -182,6 +188,19 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The README's table of specifications implemented by modules, generated from
+/// `canto_modules::supported_specs()`; a test keeps README.md in step.
+pub fn specs_table() -> String {
+    let mut out = String::from("| specification | version | title | module |\n|---|---|---|---|\n");
+    for (module, spec) in canto_modules::supported_specs() {
+        out.push_str(&format!(
+            "| {} | {} | {} | `{module}` |\n",
+            spec.id, spec.version, spec.title
+        ));
+    }
+    out
+}
+
 /// `canto check`: the configuration already parsed; certificates and storage path next.
 pub fn check(config: &Config) -> Result<()> {
     canto_net::CertStore::check(config).map_err(|e| {
@@ -199,4 +218,27 @@ pub fn check(config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readme_lists_the_registry_specs() {
+        // README.md embeds `canto config specs` between markers; regenerate it when modules
+        // change.
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("<!-- specs:start -->\n")
+            .map(|i| i + "<!-- specs:start -->\n".len());
+        let end = readme.find("<!-- specs:end -->");
+        let embedded = match (start, end) {
+            (Some(s), Some(e)) if s <= e => &readme[s..e],
+            _ => "",
+        };
+        assert_eq!(
+            embedded,
+            super::specs_table(),
+            "README.md is out of date: run `canto config specs`"
+        );
+    }
 }

@@ -98,7 +98,7 @@ mod tests {
                 ("version", "XEP-0092", "1.1"),
                 ("time", "XEP-0202", "2.0"),
                 ("time", "XEP-0082", "1.1.1"),
-                ("roster", "RFC 6121", "1.0"),
+                ("roster", "RFC 6121", "-"),
                 ("vcard", "XEP-0054", "1.2"),
                 ("vcard", "XEP-0153", "1.1"),
                 ("private", "XEP-0049", "1.2"),

@@ -17,7 +17,7 @@ pub struct Roster;
 
 const SPECS: &[Spec] = &[Spec {
     id: "RFC 6121",
-    version: "1.0",
+    version: "-",
     title: "XMPP Instant Messaging and Presence",
 }];
 

@@ -4,3 +4,4 @@
 pub mod c2s;
 pub mod caps;
 pub mod sasl;
+pub mod sm;

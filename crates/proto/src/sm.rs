@@ -1,0 +1,171 @@
+//! XEP-0198 Stream Management counters and the unacknowledged queue, sans I/O.
+//!
+//! Counters are 32-bit and wrap (XEP-0198 §4: "h" is the count modulo 2^32).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use canto_xml::Element;
+
+/// `urn:xmpp:sm:3`.
+pub const NS: &str = "urn:xmpp:sm:3";
+
+/// Why an ack cannot be accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmError {
+    /// The peer acknowledged more than was sent (XEP-0198 §4: `<handled-count-too-high/>`).
+    HandledCountTooHigh {
+        /// The `h` the peer sent.
+        h: u32,
+        /// How many stanzas we sent in total (mod 2^32).
+        send_count: u32,
+    },
+}
+
+/// One direction's bookkeeping for a session with stream management enabled.
+#[derive(Debug, Default)]
+pub struct SmState {
+    /// Stanzas received from the peer (the `h` we report).
+    inbound: u32,
+    /// Stanzas sent to the peer.
+    sent: u32,
+    /// The last `h` the peer acknowledged.
+    acked: u32,
+    /// Sent but not acknowledged, oldest first.
+    unacked: VecDeque<Arc<Element>>,
+}
+
+impl SmState {
+    /// A fresh state (counters at zero, XEP-0198 §3).
+    pub fn new() -> SmState {
+        SmState::default()
+    }
+
+    /// Counts a stanza received from the peer.
+    pub fn received(&mut self) {
+        self.inbound = self.inbound.wrapping_add(1);
+    }
+
+    /// The `h` to report in `<a/>`.
+    pub fn handled(&self) -> u32 {
+        self.inbound
+    }
+
+    /// Records a stanza sent to the peer.
+    pub fn sent(&mut self, el: Arc<Element>) {
+        self.sent = self.sent.wrapping_add(1);
+        self.unacked.push_back(el);
+    }
+
+    /// How many stanzas are unacknowledged.
+    pub fn pending(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Processes the peer's `h` (from `<a/>` or `<resumed/>`/`<resume/>`): drops what it
+    /// acknowledges.
+    pub fn acknowledge(&mut self, h: u32) -> Result<(), SmError> {
+        let newly = h.wrapping_sub(self.acked) as usize;
+        if newly > self.unacked.len() {
+            return Err(SmError::HandledCountTooHigh {
+                h,
+                send_count: self.sent,
+            });
+        }
+        self.unacked.drain(..newly);
+        self.acked = h;
+        Ok(())
+    }
+
+    /// The unacknowledged stanzas, oldest first (to replay on resumption or re-route when the
+    /// session ends unresumed).
+    pub fn take_unacked(&mut self) -> Vec<Arc<Element>> {
+        self.unacked.drain(..).collect()
+    }
+
+    /// Peeks at the unacknowledged stanzas.
+    pub fn unacked(&self) -> impl Iterator<Item = &Arc<Element>> {
+        self.unacked.iter()
+    }
+}
+
+/// `<a h='…'/>`
+pub fn ack(h: u32) -> Element {
+    Element::new("a", NS).with_attr("h", h.to_string())
+}
+
+/// `<r/>`
+pub fn request() -> Element {
+    Element::new("r", NS)
+}
+
+/// Parses an `h` attribute.
+pub fn parse_h(el: &Element) -> Option<u32> {
+    el.attr("h")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u32) -> Arc<Element> {
+        Arc::new(Element::new("message", "jabber:client").with_attr("id", i.to_string()))
+    }
+
+    #[test]
+    fn acks_drop_what_they_cover() {
+        let mut s = SmState::new();
+        for i in 0..5 {
+            s.sent(msg(i));
+        }
+        assert_eq!(s.acknowledge(2), Ok(()));
+        assert_eq!(s.pending(), 3);
+        assert_eq!(
+            s.unacked()
+                .next()
+                .and_then(|e| e.attr("id").map(str::to_string))
+                .as_deref(),
+            Some("2")
+        );
+        // The same h again changes nothing.
+        assert_eq!(s.acknowledge(2), Ok(()));
+        assert_eq!(s.pending(), 3);
+        assert_eq!(
+            s.acknowledge(9),
+            Err(SmError::HandledCountTooHigh {
+                h: 9,
+                send_count: 5
+            })
+        );
+        assert_eq!(s.take_unacked().len(), 3);
+    }
+
+    #[test]
+    fn counters_wrap_around() {
+        // XEP-0198 §4: h wraps at 2^32.
+        let mut s = SmState {
+            inbound: u32::MAX,
+            sent: u32::MAX - 1,
+            acked: u32::MAX - 1,
+            unacked: VecDeque::new(),
+        };
+        s.received();
+        assert_eq!(s.handled(), 0);
+        s.sent(msg(1));
+        s.sent(msg(2));
+        s.sent(msg(3));
+        assert_eq!(s.pending(), 3);
+        // Acknowledge across the wrap: MAX-1 + 2 = 0.
+        assert_eq!(s.acknowledge(0), Ok(()));
+        assert_eq!(s.pending(), 1);
+        assert_eq!(s.acknowledge(1), Ok(()));
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn elements() {
+        assert_eq!(ack(7).to_string(), "<a xmlns='urn:xmpp:sm:3' h='7'/>");
+        assert_eq!(parse_h(&ack(42)), Some(42));
+        assert_eq!(parse_h(&Element::new("a", NS).with_attr("h", "-1")), None);
+    }
+}

@@ -64,6 +64,10 @@ pub fn test_config() -> Config {
     c.c2s.listen = vec!["127.0.0.1:0".into()];
     c.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
     c.storage.backend = "memory".into();
+    // The read rate limit (limits.c2s, 10 kB/s by default) is off here, as in the benchmark
+    // harnesses: tests that flood on purpose would otherwise take minutes. tests/tests/limits.rs
+    // turns it on where it is the subject.
+    c.limits.c2s.rate = "unlimited".into();
     c
 }
 
@@ -971,5 +975,52 @@ impl Client {
         self.bind(Some(resource))
             .await
             .unwrap_or_else(|e| panic!("bind {user}: {e:#}"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for limits.rs (appended; nothing above changed).
+// ---------------------------------------------------------------------------------------------
+
+impl Client {
+    /// Opens TCP to `addr` from the local address `source` (any 127.0.0.0/8 address works on
+    /// loopback): for tests of per-address limits.
+    pub async fn connect_from_ip(
+        addr: SocketAddr,
+        source: std::net::IpAddr,
+        ca: PathBuf,
+    ) -> Client {
+        let sock = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .unwrap_or_else(|e| panic!("socket: {e}"));
+        sock.bind(SocketAddr::new(source, 0))
+            .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+        let tcp = sock
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+        let _ = tcp.set_nodelay(true);
+        Client::connect_from(tcp, ca)
+    }
+
+    /// A client over any byte stream, for example one end of `tokio::io::duplex` whose other
+    /// end is served by `canto_net::serve_memory`. No TLS is possible on it.
+    pub fn over_stream(io: Box<dyn Duplex>) -> Client {
+        Client {
+            io: Some(io),
+            tcp: None,
+            parser: StreamParser::new(Limits {
+                max_stanza_bytes: 1 << 24,
+                ..Limits::AUTHENTICATED
+            }),
+            pending: Default::default(),
+            ca: PathBuf::new(),
+            features: None,
+            jid: None,
+            exporter: None,
+            ids: 0,
+        }
     }
 }

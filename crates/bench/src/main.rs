@@ -4,6 +4,7 @@
 
 mod client;
 mod fanout;
+mod msg;
 mod proc_stats;
 
 use std::net::SocketAddr;
@@ -25,9 +26,13 @@ pub(crate) struct Cli {
     /// XMPP domain.
     #[arg(long, default_value = "localhost")]
     pub(crate) domain: String,
-    /// Accounts are PREFIX1, PREFIX2, … (numbered from 1).
+    /// Accounts are PREFIX<FIRST>, PREFIX<FIRST+1>, …
     #[arg(long, default_value = "user")]
     pub(crate) user_prefix: String,
+    /// Number of the first account a workload uses, so that workloads run one after another
+    /// on one server can use distinct accounts (fan-out leaves subscriptions behind).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) first: usize,
     /// Password of every account.
     #[arg(long, default_value = "password")]
     pub(crate) password: String,
@@ -61,9 +66,14 @@ enum Workload {
         /// Seconds to wait after connecting before measuring.
         #[arg(long, default_value_t = 2)]
         settle: u64,
+        /// Seconds to wait before reading the baseline RSS (lets a freshly started server
+        /// settle).
+        #[arg(long, default_value_t = 0)]
+        baseline_wait: u64,
     },
-    /// One account (PREFIX1) with R online contacts (PREFIX2…) that subscribe to it; it changes
-    /// presence: time until every contact has it, server CPU; then its roster fetch time.
+    /// One account (PREFIX<FIRST>) with R online contacts (the next R accounts) that subscribe
+    /// to it; it changes presence: time until every contact has it, server CPU; then its
+    /// roster fetch time. Run it on accounts without subscriptions (fresh ones).
     Fanout {
         /// Contacts.
         #[arg(long, default_value_t = 500)]
@@ -71,6 +81,33 @@ enum Workload {
         /// Presence changes to time.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// P pairs of accounts exchanging chat messages (each session sends to its partner's full
+    /// JID): delivered msgs/s, latency p50/p99, server CPU per delivered message, the tool's
+    /// own CPU. `--flood` or `--rate R`.
+    Msg {
+        /// Pairs of accounts (2 × P sessions).
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// As fast as the window allows.
+        #[arg(long, conflicts_with = "rate", required_unless_present = "rate")]
+        flood: bool,
+        /// Messages in flight per sender in flood mode (a message is acknowledged when the
+        /// partner receives it).
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Fixed total rate, messages per second over all senders.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds of traffic before measuring.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Concurrent logins while connecting.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
     },
     /// N logins with K concurrent clients: logins/s, latency, server CPU per login.
     Login {
@@ -80,6 +117,10 @@ enum Workload {
         /// Concurrent clients.
         #[arg(long, default_value_t = 20)]
         concurrency: usize,
+        /// Cycle through this many accounts (0: one account per login). With SCRAM the
+        /// client derives each account's salted password once and then uses its cache.
+        #[arg(long, default_value_t = 0)]
+        accounts: usize,
     },
 }
 
@@ -94,6 +135,7 @@ fn target(cli: &Cli) -> Target {
     }
 }
 
+/// The `p` quantile (0–1) of sorted durations; zero if empty.
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -102,26 +144,43 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Logs in accounts `from..to` with `concurrency` at a time; returns the clients and each
-/// login's latency.
+/// The `p` quantile (0–1) of sorted numbers; zero if empty.
+pub(crate) fn percentile_u64(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Milliseconds, for `key=value` output.
+pub(crate) fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// Logs in the accounts with indexes `from..to` (account number `FIRST + index`, or
+/// `FIRST + index % wrap` when `wrap` > 0) with `concurrency` at a time, each with its own
+/// resource; returns the clients (in completion order) and each login's latency, sorted.
 pub(crate) async fn login_range(
     cli: &Cli,
     t: &Arc<Target>,
     from: usize,
     to: usize,
     concurrency: usize,
+    wrap: usize,
 ) -> Result<(Vec<Client>, Vec<Duration>)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for i in from..to {
         let t = t.clone();
         let sem = sem.clone();
-        let user = format!("{}{}", cli.user_prefix, i + 1);
+        let n = if wrap > 0 { i % wrap } else { i };
+        let user = format!("{}{}", cli.user_prefix, n + cli.first);
         let pw = cli.password.clone();
         tasks.spawn(async move {
             let _permit = sem.acquire_owned().await?;
             let start = Instant::now();
-            let c = Client::login(&t, i, &user, &pw, "bench")
+            let c = Client::login(&t, i, &user, &pw, &format!("b{i}"))
                 .await
                 .with_context(|| format!("login {user}"))?;
             Ok::<_, anyhow::Error>((c, start.elapsed()))
@@ -146,30 +205,63 @@ async fn run(cli: Cli) -> Result<()> {
             count,
             concurrency,
             settle,
+            baseline_wait,
         } => {
             let Some(pid) = cli.server_pid else {
                 bail!("idle needs --server-pid")
             };
+            tokio::time::sleep(Duration::from_secs(baseline_wait)).await;
             let before = ProcStats::read(pid)?;
-            let (clients, lat) = login_range(&cli, &t, 0, count, concurrency).await?;
+            let (clients, lat) = login_range(&cli, &t, 0, count, concurrency, 0).await?;
             tokio::time::sleep(Duration::from_secs(settle)).await;
             let after = ProcStats::read(pid)?;
             let per = (after.rss_bytes as f64 - before.rss_bytes as f64) / clients.len() as f64;
             println!(
-                "idle: sessions={} security={:?} mech={:?} server_rss_before={} KiB after={} KiB per_session={:.1} KiB login_p50={:?} p99={:?}",
+                "idle: sessions={} security={:?} mech={:?} server_rss_before_kib={} server_rss_after_kib={} kib_per_session={:.1} login_p50_ms={} login_p99_ms={}",
                 clients.len(),
                 cli.security,
                 cli.mech,
                 before.rss_bytes / 1024,
                 after.rss_bytes / 1024,
                 per / 1024.0,
-                percentile(&lat, 0.5),
-                percentile(&lat, 0.99),
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99)),
             );
             drop(clients);
         }
         Workload::Fanout { contacts, rounds } => fanout::run(&cli, &t, contacts, rounds).await?,
-        Workload::Login { count, concurrency } => {
+        Workload::Msg {
+            pairs,
+            flood,
+            window,
+            rate,
+            duration,
+            warmup,
+            concurrency,
+        } => {
+            let pace = match (flood, rate) {
+                (true, _) => msg::Pace::Flood { window },
+                (false, Some(r)) => msg::Pace::Rate(r),
+                (false, None) => bail!("msg needs --flood or --rate"),
+            };
+            msg::run(
+                &cli,
+                &t,
+                msg::MsgOpts {
+                    pairs,
+                    pace,
+                    warmup,
+                    duration,
+                    concurrency,
+                },
+            )
+            .await?
+        }
+        Workload::Login {
+            count,
+            concurrency,
+            accounts,
+        } => {
             let before = cli.server_pid.map(ProcStats::read).transpose()?;
             let start = Instant::now();
             let mut done = 0;
@@ -177,7 +269,8 @@ async fn run(cli: Cli) -> Result<()> {
             // Log in and drop in batches so the server's session count stays bounded.
             while done < count {
                 let n = (count - done).min(concurrency * 10);
-                let (clients, lat) = login_range(&cli, &t, done, done + n, concurrency).await?;
+                let (clients, lat) =
+                    login_range(&cli, &t, done, done + n, concurrency, accounts).await?;
                 drop(clients);
                 lat_all.extend(lat);
                 done += n;
@@ -191,17 +284,18 @@ async fn run(cli: Cli) -> Result<()> {
                 _ => "n/a".into(),
             };
             println!(
-                "login: logins={count} concurrency={concurrency} mech={:?} rate={:.0}/s p50={:?} p99={:?} server_cpu_per_login_us={cpu}",
+                "login: logins={count} concurrency={concurrency} security={:?} mech={:?} logins_per_s={:.0} p50_ms={} p99_ms={} server_cpu_us_per_login={cpu}",
+                cli.security,
                 cli.mech,
                 count as f64 / wall.as_secs_f64(),
-                percentile(&lat_all, 0.5),
-                percentile(&lat_all, 0.99),
+                ms(percentile(&lat_all, 0.5)),
+                ms(percentile(&lat_all, 0.99)),
             );
         }
     }
     if let (Some(o), Ok(n)) = (own, ProcStats::read(std::process::id())) {
         println!(
-            "load tool: cpu={:.2}s rss={} KiB",
+            "load tool: cpu_s={:.2} rss_kib={}",
             n.cpu_secs - o.cpu_secs,
             n.rss_bytes / 1024
         );

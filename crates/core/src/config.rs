@@ -117,6 +117,12 @@ pub struct C2sConfig {
     pub send_timeout: u64,
     /// Bound resources per account; binding beyond gets `resource-constraint` (RFC 6120 §7.6.2.1).
     pub max_sessions_per_account: usize,
+    /// Seconds without a byte from a bound client after which the server pings it (XEP-0199
+    /// §4.2; Prosody's `c2s_timeout`/mod_ping, ejabberd's `ping_interval`). Any byte resets it.
+    pub idle_timeout: u64,
+    /// Seconds to wait for any byte after that ping before closing with `connection-timeout`
+    /// (RFC 6120 §4.9.3.4).
+    pub ping_timeout: u64,
 }
 
 /// `[storage]`
@@ -149,6 +155,196 @@ pub struct LimitsConfig {
     pub auth_max_delay_ms: u64,
     /// PBKDF2 iterations for new credentials.
     pub scram_iterations: u32,
+    /// Failures for one account (from any address) after which each further failing attempt
+    /// at it is delayed, so guessing one password from many addresses is slowed too.
+    pub auth_failures_per_account_before_delay: u32,
+    /// Connections open at once from one address (IPv6: one /64); 0 means no cap. Further
+    /// connections get a `policy-violation` stream error (RFC 6120 §4.9.3.16).
+    pub max_connections_per_ip: u32,
+    /// Address ranges (CIDR, or a plain address) that `max_connections_per_ip` does not apply
+    /// to.
+    pub connection_limit_exempt: Vec<String>,
+    /// Read rate limit for client connections.
+    pub c2s: RateLimitConfig,
+}
+
+/// `[limits.c2s]`: a token bucket on the bytes read from each connection, before and after
+/// authentication (Prosody's mod_limits). Over the limit, the connection is read more slowly;
+/// nothing is dropped and nobody is disconnected for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained rate: `"10kb/s"` (units b/s, kb/s, mb/s in powers of 1000 as Prosody counts;
+    /// kib/s, mib/s in powers of 1024), or `"unlimited"`.
+    pub rate: String,
+    /// How long a full bucket lasts at the rate: `"2s"`, `"500ms"`. The bucket holds
+    /// rate × burst bytes.
+    pub burst: String,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            rate: "10kb/s".into(),
+            burst: "2s".into(),
+        }
+    }
+}
+
+/// A parsed read rate limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReadLimit {
+    /// Bytes per second.
+    pub bytes_per_second: u64,
+    /// Seconds of rate the bucket holds.
+    pub burst: std::time::Duration,
+}
+
+impl ReadLimit {
+    /// The bucket's capacity in bytes (at least one).
+    pub fn capacity(&self) -> u64 {
+        let b = (self.bytes_per_second as f64 * self.burst.as_secs_f64()) as u64;
+        b.max(1)
+    }
+}
+
+impl RateLimitConfig {
+    /// The limit in force: `None` for `"unlimited"`. A value that does not parse (possible only
+    /// for a configuration built in code: files are validated) gives the default limit.
+    pub fn limit(&self) -> Option<ReadLimit> {
+        match (parse_rate(&self.rate), parse_burst(&self.burst)) {
+            (Ok(None), _) => None,
+            (Ok(Some(bytes_per_second)), Ok(burst)) => Some(ReadLimit {
+                bytes_per_second,
+                burst,
+            }),
+            _ => {
+                let d = RateLimitConfig::default();
+                match (parse_rate(&d.rate), parse_burst(&d.burst)) {
+                    (Ok(Some(bytes_per_second)), Ok(burst)) => Some(ReadLimit {
+                        bytes_per_second,
+                        burst,
+                    }),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// Parses a rate such as `"10kb/s"`, `"1.5 MB/s"`, `"512b/s"` or `"unlimited"` (→ `None`), case
+/// insensitively. k and m are powers of 1000, as in Prosody's mod_limits (`10^3`); ki and mi are
+/// powers of 1024.
+pub fn parse_rate(s: &str) -> Result<Option<u64>, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "unlimited" {
+        return Ok(None);
+    }
+    let bad = || {
+        format!(
+            "{s:?}: expected a rate such as \"10kb/s\" (b/s, kb/s, mb/s, kib/s, mib/s) or \"unlimited\""
+        )
+    };
+    let unit_at = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (num, unit) = t.split_at(unit_at);
+    let factor: f64 = match unit.trim_start() {
+        "b/s" => 1.0,
+        "kb/s" => 1e3,
+        "mb/s" => 1e6,
+        "kib/s" => 1024.0,
+        "mib/s" => 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = n * factor;
+    if !bytes.is_finite() || bytes < 1.0 {
+        return Err(format!(
+            "{s:?}: the rate must be at least 1 b/s (\"unlimited\" turns the limit off)"
+        ));
+    }
+    if bytes > 1e12 {
+        return Err(format!("{s:?}: too large; use \"unlimited\""));
+    }
+    Ok(Some(bytes.round() as u64))
+}
+
+/// Parses a burst duration such as `"2s"`, `"1.5s"` or `"500ms"` (more than zero, at most an
+/// hour).
+pub fn parse_burst(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let bad = || format!("{s:?}: expected a duration such as \"2s\" or \"500ms\"");
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err(bad());
+    };
+    let num = num.trim_end();
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    let secs = num.parse::<f64>().map_err(|_| bad())? * scale;
+    if !(0.001..=3600.0).contains(&secs) {
+        return Err(format!("{s:?}: the burst must be 1ms to 3600s"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Parses `"192.0.2.0/24"`, `"2001:db8::/32"` or a plain address (a single-address range).
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address or CIDR range"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
+        None => max,
+    };
+    Ok((ip, len))
+}
+
+/// Whether `ip` lies in the range `(net, len)` (IPv4-mapped IPv6 addresses count as IPv4).
+pub fn cidr_contains(net: std::net::IpAddr, len: u8, ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+impl LimitsConfig {
+    /// Whether `ip` is exempt from `max_connections_per_ip` (ranges that do not parse are
+    /// ignored here; configuration files are validated).
+    pub fn connection_limit_exempt(&self, ip: std::net::IpAddr) -> bool {
+        self.connection_limit_exempt
+            .iter()
+            .filter_map(|r| parse_cidr(r).ok())
+            .any(|(net, len)| cidr_contains(net, len, ip))
+    }
 }
 
 /// `[certificates."host"]`
@@ -210,6 +406,9 @@ impl Default for C2sConfig {
             max_send_queue: 1000,
             send_timeout: 180,
             max_sessions_per_account: 10,
+            // Prosody's c2s read timeout is 840 s; ejabberd pings after 60 s idle.
+            idle_timeout: 840,
+            ping_timeout: 60,
         }
     }
 }
@@ -238,6 +437,12 @@ impl Default for LimitsConfig {
             auth_failures_before_delay: 5,
             auth_max_delay_ms: 5000,
             scram_iterations: 4096,
+            auth_failures_per_account_before_delay: 10,
+            max_connections_per_ip: 50,
+            // Local proxies (a Tor onion service, a TLS terminator) and load tools on the box
+            // itself connect from loopback: one address standing for many clients.
+            connection_limit_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            c2s: RateLimitConfig::default(),
         }
     }
 }
@@ -363,6 +568,20 @@ impl Config {
                 "`limits.auth_retries` must be 1 to 5".into(),
             ));
         }
+        if self.c2s.idle_timeout == 0 || self.c2s.ping_timeout == 0 {
+            return Err(ConfigError::Invalid(
+                "`c2s.idle_timeout` and `c2s.ping_timeout` must be at least 1 second".into(),
+            ));
+        }
+        parse_rate(&self.limits.c2s.rate)
+            .map_err(|e| ConfigError::Invalid(format!("`limits.c2s.rate` = {e}")))?;
+        parse_burst(&self.limits.c2s.burst)
+            .map_err(|e| ConfigError::Invalid(format!("`limits.c2s.burst` = {e}")))?;
+        for r in &self.limits.connection_limit_exempt {
+            parse_cidr(r).map_err(|e| {
+                ConfigError::Invalid(format!("`limits.connection_limit_exempt`: {e}"))
+            })?;
+        }
         Ok(())
     }
 
@@ -413,9 +632,26 @@ impl Config {
             let Some(t) = v.as_table() else { continue };
             push_doc(&mut out, section);
             out.push_str(&format!("[{section}]\n"));
+            // A section's own keys first, then its sub-tables (`[limits.c2s]`), as TOML requires.
             for (key, v) in t {
+                if v.is_table() {
+                    continue;
+                }
                 push_doc(&mut out, &format!("{section}.{key}"));
                 out.push_str(&format!("{key} = {v}\n"));
+            }
+            for (sub, v) in t {
+                let Some(st) = v.as_table() else { continue };
+                if section == "certificates" {
+                    continue;
+                }
+                out.push('\n');
+                push_doc(&mut out, &format!("{section}.{sub}"));
+                out.push_str(&format!("[{section}.{sub}]\n"));
+                for (key, v) in st {
+                    push_doc(&mut out, &format!("{section}.{sub}.{key}"));
+                    out.push_str(&format!("{key} = {v}\n"));
+                }
             }
             if section == "certificates" {
                 out.push_str(
@@ -488,6 +724,14 @@ pub const DOCS: &[(&str, &str)] = &[
         "c2s.max_sessions_per_account",
         "Bound resources per account (resource-constraint beyond).",
     ),
+    (
+        "c2s.idle_timeout",
+        "Seconds without a byte from a bound client before the server pings it (XEP-0199);\nany byte resets it (Prosody: 840).",
+    ),
+    (
+        "c2s.ping_timeout",
+        "Seconds to wait for any byte after that ping before closing with connection-timeout.",
+    ),
     ("storage", "Where accounts and user data are kept."),
     (
         "storage.backend",
@@ -502,7 +746,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "log.level",
         "error, warn, info, debug, trace, or a tracing filter such as \"canto=debug\".",
     ),
-    ("limits", "Authentication limits."),
+    (
+        "limits",
+        "Abuse limits: authentication, connections, read rate.",
+    ),
     (
         "limits.auth_retries",
         "SASL failures per connection before it is closed (RFC 6120 §6.4.5).",
@@ -518,6 +765,30 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "limits.scram_iterations",
         "PBKDF2 iterations for new passwords (at least 4096).",
+    ),
+    (
+        "limits.auth_failures_per_account_before_delay",
+        "Failures for one account, from any address, before attempts at it are slowed\n(a success does not reset the count; it is forgotten after ten quiet minutes).",
+    ),
+    (
+        "limits.max_connections_per_ip",
+        "Connections open at once from one address (IPv6: per /64); beyond, a\npolicy-violation stream error. 0: no cap.",
+    ),
+    (
+        "limits.connection_limit_exempt",
+        "Address ranges (CIDR) not subject to max_connections_per_ip: loopback by default,\nwhere local proxies and load tools connect from.",
+    ),
+    (
+        "limits.c2s",
+        "Read rate limit per client connection, before and after authentication (a token\nbucket, as Prosody's mod_limits). Over it the connection is read more slowly;\nnothing is dropped.",
+    ),
+    (
+        "limits.c2s.rate",
+        "Sustained rate: b/s, kb/s, mb/s (powers of 1000, as Prosody), kib/s, mib/s\n(powers of 1024), case-insensitive; \"unlimited\" turns the limit off.",
+    ),
+    (
+        "limits.c2s.burst",
+        "Seconds of rate a full bucket holds (\"2s\", \"500ms\"): a quiet client may send\nrate × burst bytes at once.",
     ),
     ("certificates", "Certificate and key per host, PEM files."),
     ("version", "Software version (XEP-0092)."),
@@ -612,11 +883,138 @@ mod tests {
         for (k, v) in &table {
             assert!(DOCS.iter().any(|(d, _)| d == k), "{k} undocumented");
             if let Some(t) = v.as_table() {
-                for kk in t.keys() {
+                for (kk, vv) in t {
                     let full = format!("{k}.{kk}");
                     assert!(DOCS.iter().any(|(d, _)| *d == full), "{full} undocumented");
+                    // Nested tables such as `[limits.c2s]`.
+                    for kkk in vv.as_table().map(|t| t.keys()).into_iter().flatten() {
+                        let full = format!("{k}.{kk}.{kkk}");
+                        assert!(DOCS.iter().any(|(d, _)| *d == full), "{full} undocumented");
+                    }
                 }
             }
         }
+        assert!(ex.contains("[limits.c2s]\n"), "{ex}");
+        assert!(ex.contains("rate = \"10kb/s\""), "{ex}");
+    }
+
+    #[test]
+    fn rates_parse_with_units_case_insensitively() {
+        for (text, want) in [
+            ("10kb/s", Some(10_000)),
+            ("10KB/s", Some(10_000)),
+            ("10 kb/s", Some(10_000)),
+            ("512b/s", Some(512)),
+            ("1.5mb/s", Some(1_500_000)),
+            ("2MB/s", Some(2_000_000)),
+            ("1kib/s", Some(1024)),
+            ("1MiB/s", Some(1_048_576)),
+            ("unlimited", None),
+            (" Unlimited ", None),
+        ] {
+            assert_eq!(parse_rate(text), Ok(want), "{text:?}");
+        }
+        for bad in [
+            "",
+            "10",
+            "kb/s",
+            "10kb",
+            "10 kilobytes/s",
+            "-1kb/s",
+            "0kb/s",
+            "0.1b/s",
+            "1e3b/s",
+            "10gb/s/s",
+            "1.2.3kb/s",
+            "99999999mb/s",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn bursts_parse_in_seconds_and_milliseconds() {
+        use std::time::Duration;
+        for (text, want) in [
+            ("2s", Duration::from_secs(2)),
+            ("2S", Duration::from_secs(2)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("500ms", Duration::from_millis(500)),
+            ("500 ms", Duration::from_millis(500)),
+        ] {
+            assert_eq!(parse_burst(text), Ok(want), "{text:?}");
+        }
+        for bad in [
+            "", "2", "s", "ms", "0s", "-1s", "2m", "2 h", "1e1s", "3601s", "0.5ms",
+        ] {
+            assert!(parse_burst(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn limits_c2s_table_parses_and_errors_name_the_key() {
+        let c = Config::parse("[limits.c2s]\nrate = \"20KB/s\"\nburst = \"1s\"\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = c.limits.c2s.limit();
+        assert_eq!(l.map(|l| l.bytes_per_second), Some(20_000));
+        assert_eq!(l.map(|l| l.capacity()), Some(20_000));
+        let c =
+            Config::parse("[limits.c2s]\nrate = \"unlimited\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.limits.c2s.limit(), None);
+        // The default: 10 kB/s with a 2 s burst (Prosody's c2s example).
+        let d = Config::default().limits.c2s.limit();
+        assert_eq!(d.map(|l| l.capacity()), Some(20_000));
+        for (text, needle) in [
+            ("[limits.c2s]\nrate = \"fast\"", "limits.c2s.rate"),
+            ("[limits.c2s]\nburst = \"forever\"", "limits.c2s.burst"),
+            ("[limits.c2s]\nburst = \"0s\"", "limits.c2s.burst"),
+            ("[limits.c2s]\nrat = \"1kb/s\"", "rat"),
+            ("[limits.c2s]\nrate = 10", "rate"),
+            (
+                "[limits]\nconnection_limit_exempt = [\"10.0.0.0/33\"]",
+                "connection_limit_exempt",
+            ),
+            (
+                "[limits]\nconnection_limit_exempt = [\"nowhere\"]",
+                "connection_limit_exempt",
+            ),
+            ("[c2s]\nidle_timeout = 0", "idle_timeout"),
+            ("[c2s]\nping_timeout = 0", "ping_timeout"),
+        ] {
+            let msg = Config::parse(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(msg.contains(needle), "{text:?} gave {msg:?}");
+        }
+        // A value built in code that does not parse falls back to the safe default.
+        let mut c = Config::default();
+        c.limits.c2s.rate = "bogus".into();
+        assert_eq!(c.limits.c2s.limit(), d);
+    }
+
+    #[test]
+    fn connection_limit_exemptions_match_ranges() {
+        let l = LimitsConfig::default();
+        let ip = |s: &str| {
+            s.parse::<std::net::IpAddr>()
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(l.connection_limit_exempt(ip("127.0.0.1")));
+        assert!(l.connection_limit_exempt(ip("127.3.2.1")));
+        assert!(l.connection_limit_exempt(ip("::1")));
+        assert!(l.connection_limit_exempt(ip("::ffff:127.0.0.1")));
+        assert!(!l.connection_limit_exempt(ip("192.0.2.1")));
+        assert!(!l.connection_limit_exempt(ip("2001:db8::1")));
+        let l = LimitsConfig {
+            connection_limit_exempt: vec!["192.0.2.0/24".into(), "2001:db8::7".into()],
+            ..LimitsConfig::default()
+        };
+        assert!(l.connection_limit_exempt(ip("192.0.2.200")));
+        assert!(!l.connection_limit_exempt(ip("192.0.3.1")));
+        assert!(l.connection_limit_exempt(ip("2001:db8::7")));
+        assert!(!l.connection_limit_exempt(ip("2001:db8::8")));
+        assert!(!l.connection_limit_exempt(ip("127.0.0.1")));
+        assert!(cidr_contains(ip("0.0.0.0"), 0, ip("203.0.113.9")));
     }
 }

@@ -23,7 +23,7 @@ use canto_proto::sasl::{
 use canto_stanza::stanza::{error_reply, iq_result};
 use canto_stanza::{Condition, FullJid, StanzaError, StreamCondition, StreamError, ns};
 use canto_xml::{Element, Limits, StreamEvent, StreamParser};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -31,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::io::Io;
+use crate::limits::{ConnectionCounter, ReadBucket};
 use crate::tls::CertStore;
 
 /// Shared by all client connections.
@@ -43,6 +44,27 @@ pub struct C2sContext {
     pub acceptor: TlsAcceptor,
     /// Turns true when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Open connections per address (`limits.max_connections_per_ip`).
+    pub connections: Arc<ConnectionCounter>,
+}
+
+impl C2sContext {
+    /// The context every connection shares. `shutdown` turning true ends every connection with
+    /// `<system-shutdown/>` (a dropped sender does not).
+    pub fn new(
+        server: Arc<Server>,
+        certs: Arc<CertStore>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<C2sContext> {
+        let acceptor = TlsAcceptor::from(certs.server_config());
+        Arc::new(C2sContext {
+            server,
+            certs,
+            acceptor,
+            shutdown,
+            connections: Arc::default(),
+        })
+    }
 }
 
 /// Where negotiation stands (session.txt: `type`, `username`, `full_jid`).
@@ -95,10 +117,17 @@ struct Conn {
     closer: Arc<Closer>,
     id: u64,
     stream_id: String,
+    /// The account the SASL exchange in progress names, once known (per-account throttling).
+    auth_user: Option<String>,
 }
 
 /// Serves one accepted TCP connection; `direct_tls` for XEP-0368 listeners. `alive` is held
 /// until the connection has fully ended, so shutdown can wait for every connection.
+///
+/// A connection beyond `limits.max_connections_per_ip` from its address is refused first:
+/// on a STARTTLS listener it gets a stream header and a `<policy-violation/>` stream error
+/// (RFC 6120 §4.9.3.16, §4.9.1.1: a header precedes the error); on a direct TLS listener the
+/// TCP connection is closed without a TLS handshake (refusing must cost less than serving).
 pub async fn serve_connection(
     ctx: Arc<C2sContext>,
     tcp: TcpStream,
@@ -106,13 +135,48 @@ pub async fn serve_connection(
     direct_tls: bool,
     alive: mpsc::Sender<()>,
 ) {
+    let config = ctx.server.config();
+    let max = if config.limits.connection_limit_exempt(peer.ip()) {
+        0
+    } else {
+        config.limits.max_connections_per_ip
+    };
+    drop(config);
+    let Some(slot) = ctx.connections.acquire(peer.ip(), max) else {
+        debug!(%peer, max, "too many connections from this address; refused");
+        refuse(&ctx, tcp, direct_tls).await;
+        drop(alive);
+        return;
+    };
+    let _ = tcp.set_nodelay(true);
+    serve_io(ctx, Io::Plain(tcp), peer, direct_tls, !direct_tls).await;
+    drop(slot);
+    drop(alive);
+}
+
+/// Runs the whole connection task over an in-memory pipe (`tokio::io::duplex`), as if `peer`
+/// had connected to a STARTTLS listener that has no TLS: `<starttls/>` is answered with
+/// `<failure/>`, so configure `c2s.require_encryption = false` to offer SASL. Everything else —
+/// negotiation, limits, routing, session destruction — is the code a TCP client meets. The
+/// caller must keep reading its end, or the server's writes block as on a full socket. Not
+/// counted against `limits.max_connections_per_ip`. For fuzzing and tests.
+pub async fn serve_memory(ctx: Arc<C2sContext>, stream: DuplexStream, peer: SocketAddr) {
+    serve_io(ctx, Io::Memory(stream), peer, false, false).await;
+}
+
+async fn serve_io(
+    ctx: Arc<C2sContext>,
+    io: Io,
+    peer: SocketAddr,
+    direct_tls: bool,
+    starttls_available: bool,
+) {
     let id = ctx.server.sessions.next_id();
     let span = info_span!("c2s", id, %peer, jid = tracing::field::Empty);
     async move {
-        let _ = tcp.set_nodelay(true);
         let config = ctx.server.config();
         let mut conn = Conn {
-            io: Io::Plain(tcp),
+            io,
             peer,
             parser: StreamParser::new(unauth_limits(&config)),
             phase: Phase::Unauthenticated {
@@ -121,15 +185,17 @@ pub async fn serve_connection(
             },
             host: None,
             header_sent: false,
-            starttls_available: !direct_tls,
+            starttls_available,
             cb: ChannelBindings::default(),
             out: Vec::new(),
             closer: Closer::new(),
             id,
             stream_id: String::new(),
+            auth_user: None,
             ctx,
         };
         let deadline = Instant::now() + Duration::from_secs(config.c2s.auth_timeout);
+        drop(config);
         let end = if direct_tls {
             match conn.start_tls(deadline).await {
                 Ok(()) => conn.run(deadline).await,
@@ -139,10 +205,80 @@ pub async fn serve_connection(
             conn.run(deadline).await
         };
         conn.finish(end).await;
-        drop(alive);
     }
     .instrument(span)
     .await
+}
+
+/// Refuses a connection over the per-address cap (see [`serve_connection`]).
+async fn refuse(ctx: &C2sContext, mut tcp: TcpStream, direct_tls: bool) {
+    if direct_tls {
+        return;
+    }
+    let host = ctx
+        .server
+        .config()
+        .hosts
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    let mut out = response_header(&host, "error");
+    StreamError::new(StreamCondition::PolicyViolation)
+        .with_text("too many connections from your address")
+        .to_element()
+        .write_to(&mut out, ns::CLIENT);
+    out.extend_from_slice(STREAM_CLOSE);
+    let _ = timeout(Duration::from_secs(1), async {
+        tcp.write_all(&out).await?;
+        tcp.shutdown().await?;
+        // Read (and discard) what the client sends until it closes, briefly: closing a socket
+        // with unread data resets it, and the reset can destroy the error before it is read.
+        let mut sink = [0u8; 1024];
+        let mut budget = 16 * 1024;
+        while budget > 0 {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => budget -= n.min(budget),
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// A configuration for running connections in memory ([`serve_memory`], [`fuzz_context`]):
+/// one host `localhost`, memory storage, no listeners, SASL without TLS, no read rate limit and
+/// no authentication back-off (a fuzzer fails logins thousands of times from one address).
+#[doc(hidden)]
+pub fn memory_config() -> canto_core::Config {
+    let mut c = canto_core::Config {
+        hosts: vec!["localhost".into()],
+        ..canto_core::Config::default()
+    };
+    c.c2s.listen = Vec::new();
+    c.c2s.direct_tls_listen = Vec::new();
+    c.c2s.require_encryption = false;
+    c.storage.backend = "memory".into();
+    c.admin_socket = std::path::PathBuf::new();
+    c.limits.c2s.rate = "unlimited".into();
+    c.limits.auth_failures_before_delay = u32::MAX;
+    c.limits.auth_failures_per_account_before_delay = u32::MAX;
+    c
+}
+
+/// A [`C2sContext`] for [`serve_memory`] without files or sockets: a [`Server`] on memory
+/// storage with `modules` loaded (pass `canto_modules::all()`; this crate cannot name them),
+/// and certificates generated in memory. Create accounts through `ctx.server.storage.accounts`.
+#[doc(hidden)]
+pub fn fuzz_context(
+    config: canto_core::Config,
+    modules: &[Arc<dyn canto_core::Module>],
+) -> Result<Arc<C2sContext>, String> {
+    let certs = CertStore::ephemeral(&config.hosts).map_err(|e| e.to_string())?;
+    let server = Server::new(config, canto_storage::Storage::memory(), modules)?;
+    // The sender is dropped: nothing ever shuts these connections down but their peer.
+    let (_, shutdown) = watch::channel(false);
+    Ok(C2sContext::new(server, certs, shutdown))
 }
 
 fn unauth_limits(config: &canto_core::Config) -> Limits {
@@ -184,22 +320,49 @@ impl Conn {
         let mut buf = [0u8; 4096];
         let mut shutdown = self.ctx.shutdown.clone();
         let mut events = Vec::new();
+        let config = self.ctx.server.config();
+        // limits.c2s: Prosody's mod_limits counts bytes after TLS ("bytes/in" filter); so do we.
+        let mut bucket = config
+            .limits
+            .c2s
+            .limit()
+            .map(|l| ReadBucket::new(l, Instant::now()));
+        let idle_after = Duration::from_secs(config.c2s.idle_timeout.max(1));
+        let ping_wait = Duration::from_secs(config.c2s.ping_timeout.max(1));
+        drop(config);
+        // Idle detection without a timer per read: reads only move `last_read`; the one timer
+        // re-arms itself from it when it fires early.
+        let mut last_read = Instant::now();
+        let mut ping_sent = false;
+        let idle = tokio::time::sleep_until(last_read + idle_after);
+        tokio::pin!(idle);
         loop {
             if *shutdown.borrow() {
                 return stream_error(StreamCondition::SystemShutdown);
             }
             let bound = matches!(self.phase, Phase::Bound { .. });
+            // How much the rate limit lets us read now; 0 pauses reading until `resume`.
+            let (allowed, resume) = match &mut bucket {
+                Some(b) => (b.allowance(Instant::now()).min(buf.len()), b.ready_at()),
+                None => (buf.len(), deadline),
+            };
             let rx = match &mut self.phase {
                 Phase::Bound { rx, .. } => Some(rx),
                 _ => None,
             };
             tokio::select! {
-                r = self.io.read(&mut buf) => {
+                r = self.io.read(&mut buf[..allowed]), if allowed > 0 => {
                     let n = match r {
                         Ok(0) => return End::Gone("connection closed by peer"),
                         Ok(n) => n,
                         Err(_) => return End::Gone("read error"),
                     };
+                    if let Some(b) = &mut bucket {
+                        b.consume(n);
+                    }
+                    // Any byte proves the client alive (a whitespace keepalive, a ping answer).
+                    last_read = Instant::now();
+                    ping_sent = false;
                     events.clear();
                     if let Err(e) = self.parser.feed(&buf[..n], &mut events) {
                         return End::Error(e.into());
@@ -254,11 +417,36 @@ impl Conn {
                     }
                 }
                 reason = self.closer.closed() => return End::Error(reason),
-                _ = shutdown.changed() => return stream_error(StreamCondition::SystemShutdown),
+                Ok(()) = shutdown.changed() => return stream_error(StreamCondition::SystemShutdown),
                 _ = sleep_until(deadline), if !bound => {
                     // An absolute deadline, not an idle timer: trickling bytes does not extend it.
                     return End::Error(StreamError::new(StreamCondition::ConnectionTimeout)
                         .with_text("authentication took too long"));
+                }
+                // Over the read rate: nothing is read (the client's bytes wait in the socket)
+                // until the bucket has refilled; writes to this client carry on meanwhile.
+                _ = sleep_until(resume), if allowed == 0 => {}
+                // Not while throttled: then the silence is ours, not the client's.
+                () = &mut idle, if bound && allowed > 0 => {
+                    let now = Instant::now();
+                    if ping_sent {
+                        // Nothing at all since the ping (RFC 6120 §4.9.3.4).
+                        return End::Error(StreamError::new(StreamCondition::ConnectionTimeout)
+                            .with_text("no answer to a ping"));
+                    }
+                    let due = last_read + idle_after;
+                    if now < due {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
+                    // XEP-0199 §4.2: a server-to-client ping. A whitespace keepalive would only
+                    // show the TCP connection open; an answer shows the client alive.
+                    self.send_ping();
+                    if let Err(e) = self.flush().await {
+                        return e;
+                    }
+                    ping_sent = true;
+                    idle.as_mut().reset(now + ping_wait);
                 }
             }
         }
@@ -275,6 +463,20 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Queues a XEP-0199 ping to the bound client.
+    fn send_ping(&mut self) {
+        let Phase::Bound { handle, .. } = &self.phase else {
+            return;
+        };
+        let ping = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "get")
+            .with_attr("id", format!("c2s-ping-{:016x}", rand::random::<u64>()))
+            .with_attr("from", self.host.clone().unwrap_or_default())
+            .with_attr("to", handle.jid().to_string())
+            .with_child(Element::new("ping", ns::PING));
+        self.send(&ping);
     }
 
     fn write_outbound(&mut self, out: Outbound) {
@@ -457,6 +659,7 @@ impl Conn {
                 if let Phase::Unauthenticated { sasl, .. } = &mut self.phase {
                     *sasl = None;
                 }
+                self.auth_user = None;
                 self.send(&sasl_failure("aborted"));
                 Ok(Flow::Continue)
             }
@@ -492,6 +695,7 @@ impl Conn {
             }
         };
         let host = self.host.clone().unwrap_or_default();
+        self.auth_user = None;
         let plus_offered = offered.iter().any(|m| m.is_plus());
         let (s, step) = SaslServer::start(
             mech,
@@ -512,6 +716,7 @@ impl Conn {
             match step {
                 Step::NeedCredentials { username } => {
                     let host = self.host.clone().unwrap_or_default();
+                    self.auth_user = Some(format!("{username}@{host}"));
                     let creds = match self
                         .ctx
                         .server
@@ -575,7 +780,12 @@ impl Conn {
                     return Ok(());
                 }
                 Step::Failure(f) => {
-                    let delay = self.ctx.server.auth_failed(self.peer.ip());
+                    // Per address and, when the attempt named one, per account.
+                    let account = self.auth_user.take();
+                    let delay = self
+                        .ctx
+                        .server
+                        .auth_failed_for(self.peer.ip(), account.as_deref());
                     if !delay.is_zero() {
                         self.flush().await?;
                         tokio::time::sleep(delay).await;

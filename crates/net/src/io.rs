@@ -1,10 +1,11 @@
-//! The socket a connection task owns: plain TCP, or TLS over it after STARTTLS or for direct TLS.
+//! The socket a connection task owns: plain TCP, or TLS over it after STARTTLS or for direct TLS,
+//! or an in-memory pipe (fuzzing and tests; never TLS).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -14,6 +15,9 @@ pub enum Io {
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-memory pipe (`tokio::io::duplex`): the whole connection task without a socket,
+    /// for fuzzing and tests. STARTTLS is refused on it as on a listener without TLS.
+    Memory(DuplexStream),
     /// Transiently empty while the TCP stream is handed to the TLS acceptor.
     Closed,
 }
@@ -38,6 +42,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Memory(s) => Pin::new(s).poll_read(cx, buf),
             Io::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -52,6 +57,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Memory(s) => Pin::new(s).poll_write(cx, buf),
             Io::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -60,6 +66,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Memory(s) => Pin::new(s).poll_flush(cx),
             Io::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -68,6 +75,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Memory(s) => Pin::new(s).poll_shutdown(cx),
             Io::Closed => Poll::Ready(Ok(())),
         }
     }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod c2s;
 pub mod io;
+pub mod limits;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+pub use c2s::{C2sContext, serve_memory};
 pub use tls::{CertStore, TlsError};
 
 /// A bound listening socket and whether it speaks direct TLS (XEP-0368).
@@ -79,13 +81,7 @@ pub fn start(
     if let Some((l, path)) = admin {
         tokio::spawn(admin::serve(server.clone(), l, path, shutdown_rx.clone()));
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
-    let ctx = Arc::new(c2s::C2sContext {
-        server,
-        certs: certs.clone(),
-        acceptor,
-        shutdown: shutdown_rx.clone(),
-    });
+    let ctx = c2s::C2sContext::new(server, certs.clone(), shutdown_rx.clone());
     for l in listeners {
         let ctx = ctx.clone();
         let alive = alive_tx.clone();

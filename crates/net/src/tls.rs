@@ -179,6 +179,39 @@ impl CertStore {
         }))
     }
 
+    /// Self-signed certificates for `hosts` generated in memory, nothing read or written (for
+    /// in-memory connections in fuzzing and tests).
+    pub fn ephemeral(hosts: &[String]) -> Result<Arc<CertStore>, TlsError> {
+        let mut by_host = HashMap::new();
+        for host in hosts {
+            let gen_err = |message: String| TlsError::Generate {
+                host: host.clone(),
+                message,
+            };
+            let ck = rcgen::generate_simple_self_signed(vec![host.clone()])
+                .map_err(|e| gen_err(e.to_string()))?;
+            let der = ck.cert.der().clone();
+            let end_point_hash = sha2::Sha256::digest(der.as_ref()).to_vec();
+            let key_der = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
+                .map_err(|e| gen_err(e.to_string()))?;
+            let key = CertifiedKey::from_der(vec![der], key_der, &provider())
+                .map_err(|e| gen_err(e.to_string()))?;
+            by_host.insert(
+                host.clone(),
+                HostCert {
+                    key: Arc::new(key),
+                    end_point_hash,
+                },
+            );
+        }
+        Ok(Arc::new(CertStore {
+            set: ArcSwap::from_pointee(CertSet {
+                by_host,
+                default_host: hosts.first().cloned().unwrap_or_default(),
+            }),
+        }))
+    }
+
     /// Checks every host's certificate without generating anything (`canto check`): configured
     /// files must load; a generated one that does not exist yet is fine (serve creates it).
     pub fn check(config: &Config) -> Result<(), TlsError> {

@@ -155,11 +155,7 @@ impl SqliteBackend {
     /// Applies the migrations not yet recorded in `schema_version`, all in one write
     /// transaction so concurrent openers serialize.
     async fn migrate(&self) -> Result<()> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             .execute(&mut *tx)
             .await
@@ -191,7 +187,7 @@ impl SqliteBackend {
                 .map_err(db_err)?;
             tracing::info!(version = i + 1, "migrated storage schema");
         }
-        tx.commit().await.map_err(db_err)
+        tx.commit().await
     }
 }
 
@@ -327,11 +323,7 @@ impl AccountStore for SqliteBackend {
     }
 
     async fn delete(&self, host: &str, username: &str) -> Result<bool> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let existed = sqlx::query("DELETE FROM accounts WHERE host = ? AND username = ?")
             .bind(host)
             .bind(username)
@@ -352,7 +344,7 @@ impl AccountStore for SqliteBackend {
                 .await
                 .map_err(db_err)?;
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(existed)
     }
 
@@ -365,15 +357,11 @@ impl AccountStore for SqliteBackend {
     }
 
     async fn import(&self, accounts: &[(String, String, Credentials)]) -> Result<usize> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         for (host, username, creds) in accounts {
             insert_account(&mut *tx, host, username, creds, true).await?;
         }
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(accounts.len())
     }
 }
@@ -593,11 +581,7 @@ impl ArchiveStore for SqliteBackend {
             insert.execute(&self.pool).await.map_err(db_err)?;
             return Ok(id);
         };
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err)?;
+        let mut tx = WriteTx::begin(&self.pool).await?;
         let have: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM archive WHERE store = ? AND host = ? AND username = ?",
         )
@@ -614,7 +598,7 @@ impl ArchiveStore for SqliteBackend {
             )));
         }
         insert.execute(&mut *tx).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -792,5 +776,65 @@ mod tests {
         let ids = vec!["a".to_owned(), "q\"b\\c\n".to_owned()];
         assert_eq!(json_string_array(&ids), r#"["a","q\"b\\c\u000a"]"#);
         assert_eq!(json_string_array(&[]), "[]");
+    }
+}
+
+
+/// A write transaction on one pooled connection, begun with `BEGIN IMMEDIATE` so that several
+/// processes (server and CLI) serialize instead of failing.
+///
+/// sqlx's own `Transaction` loses track of the connection's state when `COMMIT` fails (SQLite
+/// may already have rolled back, e.g. on `SQLITE_FULL`), and the pool then hands out a
+/// connection that refuses every later `BEGIN`. Here a failed or abandoned transaction closes
+/// its connection instead (SQLite rolls back what was not committed), so a full disk leaves no
+/// broken connection behind and writes work again once there is space.
+struct WriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    done: bool,
+}
+
+impl WriteTx {
+    async fn begin(pool: &sqlx::SqlitePool) -> Result<WriteTx> {
+        let mut conn = pool.acquire().await.map_err(db_err)?;
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(db_err(e));
+        }
+        Ok(WriteTx { conn, done: false })
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        let r = sqlx::query("COMMIT").execute(&mut *self.conn).await;
+        self.done = true;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+                self.conn.close_on_drop();
+                Err(db_err(e))
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.done {
+            // Abandoned (an error or a limit): the uncommitted work dies with the connection.
+            self.conn.close_on_drop();
+        }
     }
 }

@@ -40,6 +40,75 @@ pub struct Config {
     pub offline: OfflineConfig,
     /// Message delivery rules (RFC 6121 §8.5).
     pub delivery: DeliveryConfig,
+    /// Message archive (XEP-0313, module `mam`).
+    pub mam: MamConfig,
+    /// Contact addresses published in disco#info (XEP-0157).
+    pub contact: ContactConfig,
+    /// STUN/TURN services announced to clients (XEP-0215, module `extdisco`).
+    pub external_services: Vec<ExternalService>,
+}
+
+/// `[mam]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamConfig {
+    /// Days archived messages are kept; 0 keeps them forever.
+    pub retention_days: u64,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig {
+            retention_days: 365,
+        }
+    }
+}
+
+/// `[contact]`: XEP-0157 addresses, each a list of URIs (`mailto:`, `xmpp:`, `https:`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactConfig {
+    /// `abuse-addresses`
+    pub abuse: Vec<String>,
+    /// `admin-addresses`
+    pub admin: Vec<String>,
+    /// `feedback-addresses`
+    pub feedback: Vec<String>,
+    /// `sales-addresses`
+    pub sales: Vec<String>,
+    /// `security-addresses`
+    pub security: Vec<String>,
+    /// `status-addresses`
+    pub status: Vec<String>,
+    /// `support-addresses`
+    pub support: Vec<String>,
+}
+
+/// `[[external_services]]`: one STUN or TURN service (XEP-0215 §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalService {
+    /// `stun`, `turn`, `stuns` or `turns`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `udp` or `tcp`.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// Shared secret for time-limited credentials (the TURN REST API scheme coturn's
+    /// `use-auth-secret` checks); none for services without credentials.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Lifetime of generated credentials, seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    86_400
 }
 
 /// `[delivery]`
@@ -376,6 +445,11 @@ impl Default for Config {
                 "version".into(),
                 "time".into(),
                 "roster".into(),
+                "vcard".into(),
+                "private".into(),
+                "blocking".into(),
+                "carbons".into(),
+                "last".into(),
             ],
             admin_socket: PathBuf::from("admin.sock"),
             c2s: C2sConfig::default(),
@@ -387,6 +461,9 @@ impl Default for Config {
             roster: RosterConfig::default(),
             offline: OfflineConfig::default(),
             delivery: DeliveryConfig::default(),
+            mam: MamConfig::default(),
+            contact: ContactConfig::default(),
+            external_services: Vec::new(),
         }
     }
 }
@@ -556,6 +633,22 @@ impl Config {
                 "`c2s.max_send_queue` and `c2s.max_sessions_per_account` must be positive".into(),
             ));
         }
+        for (i, svc) in self.external_services.iter().enumerate() {
+            // XEP-0215 §4: the service types and transports clients understand.
+            if !matches!(svc.kind.as_str(), "stun" | "stuns" | "turn" | "turns") {
+                return Err(ConfigError::Invalid(format!(
+                    "`external_services[{i}].type` = {:?}: expected stun, stuns, turn or turns",
+                    svc.kind
+                )));
+            }
+            if let Some(t) = &svc.transport
+                && !matches!(t.as_str(), "udp" | "tcp")
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "`external_services[{i}].transport` = {t:?}: expected udp or tcp"
+                )));
+            }
+        }
         if self.limits.scram_iterations < 4096 {
             // RFC 7677 §4: at least 4096.
             return Err(ConfigError::Invalid(
@@ -684,7 +777,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ("hosts", "Virtual hosts served."),
     (
         "modules",
-        "Modules enabled on every host: disco, ping, version, time, roster.",
+        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, last, mam (archiving; off by default), extdisco.",
     ),
     (
         "admin_socket",
@@ -792,6 +885,29 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     ("certificates", "Certificate and key per host, PEM files."),
     ("version", "Software version (XEP-0092)."),
+    (
+        "mam",
+        "Message archive (XEP-0313), when module mam is enabled.",
+    ),
+    (
+        "mam.retention_days",
+        "Days archived messages are kept; 0 keeps them forever.",
+    ),
+    (
+        "contact",
+        "Contact addresses in the server's disco#info (XEP-0157); lists of URIs.",
+    ),
+    ("contact.abuse", "Where to report abuse."),
+    ("contact.admin", "The administrators."),
+    ("contact.feedback", "Where to send feedback."),
+    ("contact.sales", "Sales."),
+    ("contact.security", "Where to report security issues."),
+    ("contact.status", "Service status pages."),
+    ("contact.support", "User support."),
+    (
+        "external_services",
+        "STUN/TURN services for clients (XEP-0215, module extdisco), e.g.\n[[external_services]] type = \"turn\", host = \"turn.example.org\", port = 3478,\ntransport = \"udp\", secret = \"shared-with-coturn\", ttl = 86400",
+    ),
     ("delivery", "Message delivery (RFC 6121 §8.5)."),
     (
         "delivery.chat_to_all_highest_priority",

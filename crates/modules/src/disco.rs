@@ -114,8 +114,43 @@ impl IqHandler for HostInfo {
         for var in modules.features() {
             query.push_child(feature_element(var));
         }
+        if let Some(form) = contact_form(&req.server.config().contact) {
+            query.push_child(form);
+        }
         Ok(Some(query))
     }
+}
+
+/// XEP-0157 §2: contact addresses as a XEP-0128 extension form (FORM_TYPE
+/// `http://jabber.org/network/serverinfo`), only when some are configured.
+fn contact_form(c: &canto_core::config::ContactConfig) -> Option<Element> {
+    const X: &str = "jabber:x:data";
+    let fields = [
+        ("abuse-addresses", &c.abuse),
+        ("admin-addresses", &c.admin),
+        ("feedback-addresses", &c.feedback),
+        ("sales-addresses", &c.sales),
+        ("security-addresses", &c.security),
+        ("status-addresses", &c.status),
+        ("support-addresses", &c.support),
+    ];
+    if fields.iter().all(|(_, v)| v.is_empty()) {
+        return None;
+    }
+    let mut form = Element::new("x", X).with_attr("type", "result").with_child(
+        Element::new("field", X)
+            .with_attr("var", "FORM_TYPE")
+            .with_attr("type", "hidden")
+            .with_child(Element::new("value", X).with_text("http://jabber.org/network/serverinfo")),
+    );
+    for (var, values) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+        let mut f = Element::new("field", X).with_attr("var", *var);
+        for v in values.iter() {
+            f.push_child(Element::new("value", X).with_text(v.clone()));
+        }
+        form.push_child(f);
+    }
+    Some(form)
 }
 
 /// Answers disco#items gets addressed to the server: no items yet (no components or rooms).
@@ -269,6 +304,56 @@ mod tests {
         let q = Element::new("quarry", ns::DISCO_INFO);
         let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, q).await);
         assert_eq!(got, "error service-unavailable");
+    }
+
+    #[tokio::test]
+    async fn contact_addresses_are_an_extension_form() {
+        // XEP-0157 §2
+        let mut config = canto_core::Config {
+            hosts: vec![HOST.into()],
+            modules: vec!["disco".into()],
+            ..Default::default()
+        };
+        config.contact.abuse = vec!["mailto:abuse@example.test".into()];
+        config.contact.admin = vec![
+            "xmpp:admin@example.test".into(),
+            "mailto:root@example.test".into(),
+        ];
+        let s = crate::test_support::server_with_config(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = result_xml(
+            get(
+                &s,
+                IqTarget::Host,
+                "alice@example.test/a",
+                HOST,
+                Element::new("query", ns::DISCO_INFO),
+            )
+            .await,
+        );
+        assert!(
+            got.contains(
+                "<x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'>\
+                 <value>http://jabber.org/network/serverinfo</value></field>\
+                 <field var='abuse-addresses'><value>mailto:abuse@example.test</value></field>\
+                 <field var='admin-addresses'><value>xmpp:admin@example.test</value><value>mailto:root@example.test</value></field></x>"
+            ),
+            "{got}"
+        );
+        // Without addresses there is no form.
+        let plain = server(&["disco"]).await;
+        let got = result_xml(
+            get(
+                &plain,
+                IqTarget::Host,
+                "alice@example.test/a",
+                HOST,
+                Element::new("query", ns::DISCO_INFO),
+            )
+            .await,
+        );
+        assert!(!got.contains("jabber:x:data"), "{got}");
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use canto_stanza::{Condition, StanzaError};
 pub mod blocking;
 pub mod carbons;
 pub mod disco;
+pub mod extdisco;
 pub mod last;
 pub mod mam;
 pub mod ping;
@@ -36,6 +37,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(carbons::Carbons),
         Arc::new(mam::Mam),
         Arc::new(last::Last),
+        Arc::new(extdisco::ExtDisco),
     ]
 }
 
@@ -109,6 +111,7 @@ mod tests {
                 ("mam", "XEP-0359", "0.7.0"),
                 ("mam", "XEP-0059", "1.0"),
                 ("last", "XEP-0012", "2.0"),
+                ("extdisco", "XEP-0215", "1.0.0"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

@@ -46,6 +46,22 @@ pub struct Config {
     pub contact: ContactConfig,
     /// STUN/TURN services announced to clients (XEP-0215, module `extdisco`).
     pub external_services: Vec<ExternalService>,
+    /// In-band registration (XEP-0077, module `register`).
+    pub register: RegisterConfig,
+}
+
+/// `[register]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisterConfig {
+    /// Seconds between two registrations from one address.
+    pub min_interval: u64,
+}
+
+impl Default for RegisterConfig {
+    fn default() -> Self {
+        RegisterConfig { min_interval: 300 }
+    }
 }
 
 /// `[mam]`
@@ -464,6 +480,7 @@ impl Default for Config {
             mam: MamConfig::default(),
             contact: ContactConfig::default(),
             external_services: Vec::new(),
+            register: RegisterConfig::default(),
         }
     }
 }
@@ -907,6 +924,14 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "external_services",
         "STUN/TURN services for clients (XEP-0215, module extdisco), e.g.\n[[external_services]] type = \"turn\", host = \"turn.example.org\", port = 3478,\ntransport = \"udp\", secret = \"shared-with-coturn\", ttl = 86400",
+    ),
+    (
+        "register",
+        "In-band registration (XEP-0077), when module register is enabled (off by default).",
+    ),
+    (
+        "register.min_interval",
+        "Seconds between two registrations from one address.",
     ),
     ("delivery", "Message delivery (RFC 6121 §8.5)."),
     (

@@ -15,6 +15,7 @@ pub mod last;
 pub mod mam;
 pub mod ping;
 pub mod private;
+pub mod register;
 pub mod roster;
 pub mod time;
 pub mod vcard;
@@ -38,6 +39,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(mam::Mam),
         Arc::new(last::Last),
         Arc::new(extdisco::ExtDisco),
+        Arc::new(register::Register),
     ]
 }
 
@@ -112,6 +114,7 @@ mod tests {
                 ("mam", "XEP-0059", "1.0"),
                 ("last", "XEP-0012", "2.0"),
                 ("extdisco", "XEP-0215", "1.0.0"),
+                ("register", "XEP-0077", "2.4"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

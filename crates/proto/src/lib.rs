@@ -3,5 +3,6 @@
 
 pub mod c2s;
 pub mod caps;
+pub mod register;
 pub mod sasl;
 pub mod sm;

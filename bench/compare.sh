@@ -47,10 +47,12 @@ ROUNDS=${ROUNDS:-10}
 if [ "$QUICK" = 1 ]; then
     IDLE=300 LOGINS=200 LOGIN_ACCOUNTS=100 PAIRS=10 DURATION=3 WARMUP=1 FANOUT=50 ROUNDS=3
 fi
-# Accounts: 1..IDLE for idle and login, then the message pairs, then the fan-out hub and its
-# contacts (fan-out leaves subscriptions behind, so nothing else uses those).
-MSG_FIRST=$(( (IDLE > LOGIN_ACCOUNTS ? IDLE : LOGIN_ACCOUNTS) + 1 ))
-FANOUT_FIRST=$(( MSG_FIRST + 2 * PAIRS ))
+# Accounts: 1..IDLE for idle and login, then the pairs of the flood, the pairs of the paced
+# run, then the fan-out hub and its contacts. Runs that leave state behind (subscriptions,
+# offline messages from a paced run a server could not keep up with) touch no other run.
+FLOOD_FIRST=$(( (IDLE > LOGIN_ACCOUNTS ? IDLE : LOGIN_ACCOUNTS) + 1 ))
+RATE_FIRST=$(( FLOOD_FIRST + 2 * PAIRS ))
+FANOUT_FIRST=$(( RATE_FIRST + 2 * PAIRS ))
 USERS=$(( FANOUT_FIRST + FANOUT ))
 PASSWORD=password
 
@@ -273,19 +275,41 @@ bench() { # server tag timeout args...
     grep -v '^$' "$out" | sed 's/^/    /' >&2
 }
 
-# A fresh server for each idle run: RSS deltas are only meaningful on a process that has not
-# yet grown and freed memory for other workloads. A few logins first load the code paths.
-idle_run() { # server security tag
-    local s=$1 sec=$2 tag=$3 d="$TMP/$1"
-    "start_$s" "$d" || return 1
-    bench "$s" "warm-$tag" 120 --security "$sec" --mech "${MECH[$s]}" login --count 50 --concurrency 10
-    bench "$s" "$tag" 300 --security "$sec" --mech "${MECH[$s]}" idle --count "$IDLE" --concurrency 20 --settle 5 --baseline-wait 5
+# Every workload group runs on a freshly started server: RSS deltas are only meaningful on a
+# process that has not yet grown and freed memory for other workloads, and servers that slow
+# down after many sessions came and went (Prosody does: see docs/benchmarks.md) should not
+# carry that into the next figure.
+fresh() { # server function
+    local s=$1
+    "start_$s" "$TMP/$s" || return 1
+    "$2" "$s"
     stop_server "$s"
+}
+group_idle_plain() { # a few logins first load the code paths
+    bench "$1" warm-idle-plain 120 --mech "${MECH[$1]}" login --count 50 --concurrency 10
+    bench "$1" idle-plain 300 --mech "${MECH[$1]}" idle --count "$IDLE" --concurrency 20 --settle 5 --baseline-wait 5
+}
+group_idle_tls() {
+    bench "$1" warm-idle-tls 120 --security starttls --mech "${MECH[$1]}" login --count 50 --concurrency 10
+    bench "$1" idle-tls 300 --security starttls --mech "${MECH[$1]}" idle --count "$IDLE" --concurrency 20 --settle 5 --baseline-wait 5
+}
+group_login() {
+    bench "$1" login-plain 300 --mech plain login --count "$LOGINS" --concurrency 20
+    bench "$1" login-scram 300 --mech "${MECH[$1]}" login --count "$LOGINS" --concurrency 20 --accounts "$LOGIN_ACCOUNTS"
+}
+group_flood() {
+    bench "$1" msg-flood $(( DURATION + WARMUP + 120 )) --first "$FLOOD_FIRST" msg --pairs "$PAIRS" --flood --window "$WINDOW" --duration "$DURATION" --warmup "$WARMUP"
+}
+group_rate() {
+    bench "$1" msg-rate $(( DURATION + WARMUP + 120 )) --first "$RATE_FIRST" msg --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP"
+}
+group_fanout() {
+    bench "$1" fanout 300 --first "$FANOUT_FIRST" fanout --contacts "$FANOUT" --rounds "$ROUNDS"
 }
 
 run_server() { # name
     local s=$1 d="$TMP/$1"
-    log "$s: start and provision $USERS accounts"
+    log "$s: provision $USERS accounts"
     mkdir -p "$d"
     local t0=$SECONDS
     if [ "$s" = canto ]; then
@@ -299,16 +323,10 @@ run_server() { # name
         stop_server "$s"
     fi
     log "$s: provisioned in $(( SECONDS - t0 )) s"
-    idle_run "$s" plain idle-plain || return 1
-    "start_$s" "$d" || return 1
-    bench "$s" idle-tls 300 --security starttls --mech "${MECH[$s]}" idle --count "$IDLE" --concurrency 20 --settle 5 --baseline-wait 5
-    bench "$s" login-plain 300 --mech plain login --count "$LOGINS" --concurrency 20
-    bench "$s" login-scram 300 --mech "${MECH[$s]}" login --count "$LOGINS" --concurrency 20 --accounts "$LOGIN_ACCOUNTS"
-    local secs=$(( DURATION + WARMUP + 120 ))
-    bench "$s" msg-flood "$secs" --first "$MSG_FIRST" msg --pairs "$PAIRS" --flood --window "$WINDOW" --duration "$DURATION" --warmup "$WARMUP"
-    bench "$s" msg-rate "$secs" --first "$MSG_FIRST" msg --pairs "$PAIRS" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP"
-    bench "$s" fanout 300 --first "$FANOUT_FIRST" fanout --contacts "$FANOUT" --rounds "$ROUNDS"
-    stop_server "$s"
+    local g
+    for g in idle_plain idle_tls login flood rate fanout; do
+        fresh "$s" "group_$g" || return 1
+    done
 }
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -8,10 +8,12 @@ pub mod config;
 pub mod module;
 pub mod offline;
 pub mod presence;
+pub mod register;
 pub mod roster;
 mod router;
 pub mod server;
 pub mod session;
+pub mod sm;
 
 pub use config::Config;
 pub use module::{

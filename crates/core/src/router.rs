@@ -112,8 +112,11 @@ impl Server {
             Some(t) => match parse_jid(t) {
                 Ok(j) => Some(j),
                 Err(e) => {
-                    // RFC 6120 §8.3.3.8
-                    self.reply_error(session, &el, e);
+                    // RFC 6120 §8.3.3.8; the reply comes from the server, not from the
+                    // malformed address.
+                    let mut bad = el;
+                    bad.remove_attr("to");
+                    self.reply_error(session, &bad, e);
                     return Ok(());
                 }
             },

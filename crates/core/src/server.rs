@@ -35,6 +35,10 @@ pub struct Server {
     pub(crate) roster_lock: tokio::sync::Mutex<()>,
     /// Blocklists of online users (see `blocking.rs`).
     pub(crate) block_cache: crate::blocking::BlockCache,
+    /// Recent in-band registrations per address (see `register.rs`).
+    pub(crate) registrations: crate::register::RegistrationTimes,
+    /// XEP-0198 resumable and hibernating sessions (see `sm.rs`).
+    pub sm: crate::sm::SmRegistry,
 }
 
 impl Server {
@@ -58,6 +62,8 @@ impl Server {
             roster_cache: Default::default(),
             roster_lock: tokio::sync::Mutex::new(()),
             block_cache: Default::default(),
+            registrations: Default::default(),
+            sm: Default::default(),
         }))
     }
 

@@ -48,6 +48,14 @@ impl Closer {
         self.notify.notify_one();
     }
 
+    /// Forgets a pending close request (XEP-0198 resumption: the closer moves to a new
+    /// connection, and a close meant for the old one is not for it).
+    pub fn clear(&self) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = None;
+        }
+    }
+
     /// Waits until someone asks the connection to close, and returns the reason.
     pub async fn closed(&self) -> StreamError {
         loop {

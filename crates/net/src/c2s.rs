@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use canto_core::sm::{ACK_REQUEST_AFTER, Hibernated, MAX_UNACKED, ResumeLookup};
 use canto_core::{Closer, Outbound, Server, SessionHandle};
 use canto_proto::c2s::{
     BindRequest, STREAM_CLOSE, Stage, bind_result, check_header, features, offered_mechanisms,
@@ -20,6 +21,7 @@ use canto_proto::c2s::{
 use canto_proto::sasl::{
     ChannelBindings, Mechanism, SaslServer, Step, decode_payload, encode_payload,
 };
+use canto_proto::sm::{self as smp, SmError, SmState};
 use canto_stanza::stanza::{error_reply, iq_result};
 use canto_stanza::{Condition, FullJid, StanzaError, StreamCondition, StreamError, ns};
 use canto_xml::{Element, Limits, StreamEvent, StreamParser};
@@ -119,6 +121,84 @@ struct Conn {
     stream_id: String,
     /// The account the SASL exchange in progress names, once known (per-account throttling).
     auth_user: Option<String>,
+    /// XEP-0198 stream management, once enabled (or resumed).
+    sm: Option<SmConn>,
+    /// XEP-0352: `Some` while the client says it is inactive, holding what can wait.
+    csi: Option<std::collections::VecDeque<Arc<Element>>>,
+}
+
+/// `urn:xmpp:csi:0`
+const CSI_NS: &str = "urn:xmpp:csi:0";
+
+/// Stanzas held for an inactive client before they are sent anyway (bounds memory).
+const CSI_MAX_HELD: usize = 100;
+
+/// XEP-0352 §5 leaves the choice to the server; like Prosody's mod_csi_simple, what can wait
+/// is presence updates (not subscription handling or errors) and messages that carry nothing
+/// but chat states (XEP-0085). Messages with a body, their carbons, IQs and anything else go
+/// out at once.
+fn can_wait(el: &Element) -> bool {
+    const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+    match el.name() {
+        "presence" => matches!(el.attr("type"), None | Some("unavailable")),
+        "message" => {
+            el.attr("type") != Some("error")
+                && el.children().next().is_some()
+                && el.children().all(|c| {
+                    c.ns() == CHATSTATES
+                        // XEP-0280 copies of a chat state alone can wait too.
+                        || (c.ns() == "urn:xmpp:carbons:2"
+                            && c.children().all(|f| {
+                                f.children()
+                                    .filter(|m| m.name() == "message")
+                                    .all(|m| m.children().all(|x| x.ns() == CHATSTATES))
+                            }))
+                })
+        }
+        _ => false,
+    }
+}
+
+/// A connection's XEP-0198 state.
+struct SmConn {
+    state: SmState,
+    /// The resumption id, when the client asked for resumption.
+    resume_id: Option<String>,
+    /// An `<r/>` is out and its `<a/>` has not come back yet.
+    ack_requested: bool,
+}
+
+/// Serializes a stanza from the session's queue, recording it as unacknowledged when stream
+/// management is on (XEP-0198 §4). A free function so the queue can stay borrowed.
+fn write_stanza(
+    out: &mut Vec<u8>,
+    sm: &mut Option<SmConn>,
+    csi: &mut Option<std::collections::VecDeque<Arc<Element>>>,
+    el: Arc<Element>,
+) {
+    if let Some(held) = csi {
+        if can_wait(&el) && held.len() < CSI_MAX_HELD {
+            held.push_back(el);
+            return;
+        }
+        // Something that cannot wait: what was held goes first, in order.
+        for h in held.drain(..) {
+            write_one(out, sm, h);
+        }
+    }
+    write_one(out, sm, el);
+}
+
+fn write_one(out: &mut Vec<u8>, sm: &mut Option<SmConn>, el: Arc<Element>) {
+    el.write_to(out, ns::CLIENT);
+    if let Some(sm) = sm {
+        sm.state.sent(el);
+    }
+}
+
+/// Whether a top-level `jabber:client` element is a stanza XEP-0198 counts.
+fn is_stanza(el: &Element) -> bool {
+    el.ns() == ns::CLIENT && matches!(el.name(), "message" | "presence" | "iq")
 }
 
 /// Serves one accepted TCP connection; `direct_tls` for XEP-0368 listeners. `alive` is held
@@ -192,6 +272,8 @@ async fn serve_io(
             id,
             stream_id: String::new(),
             auth_user: None,
+            sm: None,
+            csi: None,
             ctx,
         };
         let deadline = Instant::now() + Duration::from_secs(config.c2s.auth_timeout);
@@ -313,6 +395,18 @@ fn stream_error(c: StreamCondition) -> End {
     End::Error(StreamError::new(c))
 }
 
+/// XEP-0198 §4: an ack for more than was sent.
+fn handled_count_too_high(h: u32, send_count: u32) -> End {
+    End::Error(
+        StreamError::new(StreamCondition::UndefinedCondition)
+            .with_text("you acknowledged more stanzas than were sent")
+            .with_app(smp::handled_count_too_high(h, send_count)),
+    )
+}
+
+/// How long a resumption waits for the old connection to hand its session over.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
 impl Conn {
     /// The main loop: read and parse, write queued stanzas, and watch for the close signal,
     /// shutdown and the authentication deadline.
@@ -406,7 +500,7 @@ impl Conn {
                         let mut n = 0;
                         while n < 64 {
                             match rx.try_recv() {
-                                Ok(Outbound::Stanza(el)) => el.write_to(&mut self.out, ns::CLIENT),
+                                Ok(Outbound::Stanza(el)) => write_stanza(&mut self.out, &mut self.sm, &mut self.csi, el),
                                 Err(_) => break,
                             }
                             n += 1;
@@ -458,7 +552,9 @@ impl Conn {
         if let Phase::Bound { rx, .. } = &mut self.phase {
             for _ in 0..rx.max_capacity() {
                 match rx.try_recv() {
-                    Ok(Outbound::Stanza(el)) => el.write_to(&mut self.out, ns::CLIENT),
+                    Ok(Outbound::Stanza(el)) => {
+                        write_stanza(&mut self.out, &mut self.sm, &mut self.csi, el)
+                    }
                     Err(_) => break,
                 }
             }
@@ -481,17 +577,40 @@ impl Conn {
 
     fn write_outbound(&mut self, out: Outbound) {
         match out {
-            Outbound::Stanza(el) => el.write_to(&mut self.out, ns::CLIENT),
+            Outbound::Stanza(el) => write_stanza(&mut self.out, &mut self.sm, &mut self.csi, el),
         }
     }
 
     fn send(&mut self, el: &Element) {
         el.write_to(&mut self.out, ns::CLIENT);
+        // Stanzas the connection itself sends (pings, answers to the session request) count
+        // too (XEP-0198 §4); they are rare, so the copy is cheap.
+        if let Some(sm) = &mut self.sm
+            && is_stanza(el)
+        {
+            sm.state.sent(Arc::new(el.clone()));
+        }
     }
 
     async fn flush(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
+        }
+        if let Some(sm) = &mut self.sm {
+            let pending = sm.state.pending();
+            if pending > MAX_UNACKED {
+                // A client that does not acknowledge would make us hold its stanzas forever.
+                return Err(End::Error(
+                    StreamError::new(StreamCondition::PolicyViolation)
+                        .with_text("too many unacknowledged stanzas"),
+                ));
+            }
+            // XEP-0198 §4: ask for an ack once enough is unacknowledged — at most one <r/> per
+            // write, and none while one is outstanding, so acks cost little throughput.
+            if pending >= ACK_REQUEST_AFTER && !sm.ack_requested {
+                sm.ack_requested = true;
+                smp::request().write_to(&mut self.out, ns::CLIENT);
+            }
         }
         let limit = Duration::from_secs(self.ctx.server.config().c2s.send_timeout);
         let data = std::mem::take(&mut self.out);
@@ -613,6 +732,30 @@ impl Conn {
     async fn handle_element(&mut self, el: Element) -> Result<Flow, End> {
         if !self.header_sent {
             return Err(stream_error(StreamCondition::NotWellFormed));
+        }
+        if el.ns() == smp::NS && !matches!(self.phase, Phase::Unauthenticated { .. }) {
+            return self.stream_management(el).await.map(|()| Flow::Continue);
+        }
+        if el.ns() == CSI_NS && matches!(self.phase, Phase::Bound { .. }) {
+            // XEP-0352 §3 (nonzas: not counted by XEP-0198).
+            match el.name() {
+                "inactive" => {
+                    if self.csi.is_none() {
+                        self.csi = Some(Default::default());
+                    }
+                }
+                "active" => {
+                    // Everything held, in order, in this write.
+                    self.drain_queue();
+                    if let Some(held) = self.csi.take() {
+                        for h in held {
+                            write_one(&mut self.out, &mut self.sm, h);
+                        }
+                    }
+                }
+                _ => return Err(stream_error(StreamCondition::UnsupportedStanzaType)),
+            }
+            return Ok(Flow::Continue);
         }
         match &self.phase {
             Phase::Unauthenticated { .. } => self.unauthenticated(el).await,
@@ -892,6 +1035,12 @@ impl Conn {
             return Err(stream_error(StreamCondition::InternalServerError));
         };
         let handle = handle.clone();
+        if let Some(sm) = &mut self.sm
+            && is_stanza(&el)
+        {
+            // XEP-0198 §4: every stanza received counts, whatever becomes of it.
+            sm.state.received();
+        }
         if el.is("iq", ns::CLIENT) {
             if el.has_child("session", ns::SESSION) && el.attr("to").is_none() {
                 // RFC 3921 §3 compatibility.
@@ -923,6 +1072,9 @@ impl Conn {
             End::ClientClosed => "client closed the stream",
             End::Error(e) | End::Abandoned(e) => e.condition.as_str(),
         };
+        // XEP-0198 §5: only a lost connection (or one that stopped answering) hibernates.
+        let lost = matches!(&end, End::Gone(_))
+            || matches!(&end, End::Error(e) if e.condition == StreamCondition::ConnectionTimeout);
         // Nothing can be written after an abandoned write, not even TLS close_notify.
         let abandoned = matches!(end, End::Abandoned(_));
         match end {
@@ -962,10 +1114,187 @@ impl Conn {
         if !abandoned {
             let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
         }
-        if let Phase::Bound { handle, .. } = &self.phase {
-            self.ctx.server.destroy_session(handle, reason);
-        } else {
+        let phase = std::mem::replace(
+            &mut self.phase,
+            Phase::Unauthenticated {
+                sasl: None,
+                failures: 0,
+            },
+        );
+        let Phase::Bound { handle, rx } = phase else {
             debug!(reason, "connection closed before binding");
+            return;
+        };
+        let server = self.ctx.server.clone();
+        // XEP-0352: what an inactive client had held back counts as sent and unacknowledged,
+        // so a resumption replays it (and the counters stay right).
+        if let (Some(sm), Some(held)) = (&mut self.sm, self.csi.take()) {
+            for el in held {
+                sm.state.sent(el);
+            }
         }
+        match self.sm.take() {
+            // XEP-0198 §5: a resumable session whose connection was lost (not closed by the
+            // client, not ended by us) waits for its client; so does one a new connection is
+            // taking over.
+            Some(SmConn {
+                state,
+                resume_id: Some(id),
+                ..
+            }) if lost || server.sm.takeover_requested(&id) => {
+                server.hibernate(
+                    &id,
+                    Hibernated {
+                        handle,
+                        rx,
+                        sm: state,
+                        closer: self.closer.clone(),
+                    },
+                );
+            }
+            Some(SmConn {
+                state, resume_id, ..
+            }) => {
+                if let Some(id) = resume_id {
+                    server.sm.remove(&id);
+                }
+                server.destroy_session(&handle, reason);
+                server.reroute_unacked(&handle, state, rx).await;
+            }
+            None => server.destroy_session(&handle, reason),
+        }
+    }
+
+    /// XEP-0198 elements after authentication. Which ones each phase accepts is decided here.
+    async fn stream_management(&mut self, el: Element) -> Result<(), End> {
+        let bound = matches!(self.phase, Phase::Bound { .. });
+        match el.name() {
+            "enable" => {
+                // XEP-0198 §3: only after binding, and once.
+                let Phase::Bound { handle, .. } = &self.phase else {
+                    self.send(&smp::failed("unexpected-request", None));
+                    return Ok(());
+                };
+                if self.sm.is_some() {
+                    self.send(&smp::failed("unexpected-request", None));
+                    return Ok(());
+                }
+                let resume_id = smp::wants_resume(&el).then(|| {
+                    self.ctx
+                        .server
+                        .sm
+                        .register(handle.jid().to_bare(), self.closer.clone())
+                });
+                let max = self.ctx.server.sm.hibernation_timeout().as_secs();
+                self.send(&smp::enabled(resume_id.as_deref().map(|id| (id, max))));
+                self.sm = Some(SmConn {
+                    state: SmState::new(),
+                    resume_id,
+                    ack_requested: false,
+                });
+                Ok(())
+            }
+            "r" if bound => {
+                // XEP-0198 §4: answer with what we handled.
+                let Some(sm) = &self.sm else {
+                    return Err(stream_error(StreamCondition::UnsupportedStanzaType));
+                };
+                let a = smp::ack(sm.state.handled());
+                self.send(&a);
+                Ok(())
+            }
+            "a" if bound => {
+                let Some(sm) = &mut self.sm else {
+                    return Err(stream_error(StreamCondition::UnsupportedStanzaType));
+                };
+                // An <a/> without a usable h acknowledges nothing (Prosody ignores it too).
+                let Some(h) = smp::parse_h(&el) else {
+                    return Ok(());
+                };
+                sm.ack_requested = false;
+                match sm.state.acknowledge(h) {
+                    Ok(()) => Ok(()),
+                    Err(SmError::HandledCountTooHigh { h, send_count }) => {
+                        Err(handled_count_too_high(h, send_count))
+                    }
+                }
+            }
+            "resume" if !bound => self.resume(&el).await,
+            "resume" => {
+                self.send(&smp::failed("unexpected-request", None));
+                Ok(())
+            }
+            _ => Err(stream_error(StreamCondition::UnsupportedStanzaType)),
+        }
+    }
+
+    /// XEP-0198 §5: `<resume previd h/>` instead of binding.
+    async fn resume(&mut self, el: &Element) -> Result<(), End> {
+        let Phase::Authenticated { username } = &self.phase else {
+            return Err(stream_error(StreamCondition::InternalServerError));
+        };
+        let host = self.host.clone().unwrap_or_default();
+        let bare = canto_stanza::BareJid::new(&format!("{username}@{host}"));
+        let (Ok(bare), Some(previd), Some(h)) = (bare, el.attr("previd"), smp::parse_h(el)) else {
+            self.send(&smp::failed("item-not-found", None));
+            return Ok(());
+        };
+        let previd = previd.to_string();
+        let server = self.ctx.server.clone();
+        // If the old connection is still there it is told to close; wait for it to hand over.
+        let give_up = Instant::now() + TAKEOVER_WAIT;
+        let state = loop {
+            match server.sm.begin_resume(&previd, &bare) {
+                ResumeLookup::Ready(s) => break s,
+                ResumeLookup::Wait if Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => {
+                    self.send(&smp::failed("item-not-found", None));
+                    return Ok(());
+                }
+            }
+        };
+        let Hibernated {
+            handle,
+            rx,
+            sm,
+            closer,
+        } = *state;
+        // A bind of the same full JID may have replaced the hibernating session meanwhile:
+        // then it is over.
+        if server.sessions.get(handle.jid()).map(|s| s.id()) != Some(handle.id()) {
+            server.destroy_session(&handle, "replaced while hibernating");
+            server.reroute_unacked(&handle, sm, rx).await;
+            self.send(&smp::failed("item-not-found", None));
+            return Ok(());
+        }
+        // The session's closer goes on serving this connection; a close the old connection
+        // was asked for is not this one's.
+        closer.clear();
+        self.closer = closer;
+        server.sm.revive(&previd, bare, self.closer.clone());
+        tracing::Span::current().record("jid", tracing::field::display(handle.jid()));
+        self.phase = Phase::Bound { handle, rx };
+        let mut sm = SmConn {
+            state: sm,
+            resume_id: Some(previd.clone()),
+            ack_requested: false,
+        };
+        let acked = sm.state.acknowledge(h);
+        let handled = sm.state.handled();
+        let replay = sm.state.replay();
+        self.sm = Some(sm);
+        if let Err(SmError::HandledCountTooHigh { h, send_count }) = acked {
+            return Err(handled_count_too_high(h, send_count));
+        }
+        info!(replayed = replay.len(), "session resumed");
+        self.send(&smp::resumed(&previd, handled));
+        // What the client did not acknowledge, again, in order, keeping its numbers; what was
+        // queued meanwhile follows through the session's queue.
+        for el in replay {
+            el.write_to(&mut self.out, ns::CLIENT);
+        }
+        Ok(())
     }
 }

@@ -83,6 +83,17 @@ impl SmState {
         self.unacked.drain(..).collect()
     }
 
+    /// The unacknowledged stanzas to send again on resumption (XEP-0198 §5), oldest first.
+    /// They keep their place in the queue and their numbers: the counters do not change.
+    pub fn replay(&self) -> Vec<Arc<Element>> {
+        self.unacked.iter().cloned().collect()
+    }
+
+    /// Stanzas sent in total (mod 2^32), for `<handled-count-too-high send-count/>`.
+    pub fn send_count(&self) -> u32 {
+        self.sent
+    }
+
     /// Peeks at the unacknowledged stanzas.
     pub fn unacked(&self) -> impl Iterator<Item = &Arc<Element>> {
         self.unacked.iter()
@@ -97,6 +108,51 @@ pub fn ack(h: u32) -> Element {
 /// `<r/>`
 pub fn request() -> Element {
     Element::new("r", NS)
+}
+
+/// `<enabled/>` (XEP-0198 §3), with the resumption id and `max` (seconds) when resumable.
+pub fn enabled(resume: Option<(&str, u64)>) -> Element {
+    let mut e = Element::new("enabled", NS);
+    if let Some((id, max)) = resume {
+        e = e
+            .with_attr("id", id)
+            .with_attr("resume", "true")
+            .with_attr("max", max.to_string());
+    }
+    e
+}
+
+/// `<resumed previd h/>` (XEP-0198 §5).
+pub fn resumed(previd: &str, h: u32) -> Element {
+    Element::new("resumed", NS)
+        .with_attr("previd", previd)
+        .with_attr("h", h.to_string())
+}
+
+/// `<failed>` with a stanza error condition (XEP-0198 §3, §5), and `h` when known.
+pub fn failed(condition: &str, h: Option<u32>) -> Element {
+    let mut e = Element::new("failed", NS).with_child(Element::new(
+        condition,
+        "urn:ietf:params:xml:ns:xmpp-stanzas",
+    ));
+    if let Some(h) = h {
+        e = e.with_attr("h", h.to_string());
+    }
+    e
+}
+
+/// `<handled-count-too-high h send-count/>`, the application condition of the
+/// `undefined-condition` stream error (XEP-0198 §4).
+pub fn handled_count_too_high(h: u32, send_count: u32) -> Element {
+    Element::new("handled-count-too-high", NS)
+        .with_attr("h", h.to_string())
+        .with_attr("send-count", send_count.to_string())
+}
+
+/// Whether `<enable/>` or `<resume/>`-style `resume` attribute asks for resumption
+/// (`true` or `1`, XML Schema boolean).
+pub fn wants_resume(el: &Element) -> bool {
+    matches!(el.attr("resume"), Some("true" | "1"))
 }
 
 /// Parses an `h` attribute.
@@ -167,5 +223,39 @@ mod tests {
         assert_eq!(ack(7).to_string(), "<a xmlns='urn:xmpp:sm:3' h='7'/>");
         assert_eq!(parse_h(&ack(42)), Some(42));
         assert_eq!(parse_h(&Element::new("a", NS).with_attr("h", "-1")), None);
+        assert_eq!(
+            enabled(None).to_string(),
+            "<enabled xmlns='urn:xmpp:sm:3'/>"
+        );
+        assert_eq!(
+            enabled(Some(("x", 300))).to_string(),
+            "<enabled xmlns='urn:xmpp:sm:3' id='x' resume='true' max='300'/>"
+        );
+        assert_eq!(
+            resumed("x", 3).to_string(),
+            "<resumed xmlns='urn:xmpp:sm:3' previd='x' h='3'/>"
+        );
+        assert!(
+            failed("item-not-found", None)
+                .has_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")
+        );
+        assert!(wants_resume(
+            &Element::new("enable", NS).with_attr("resume", "1")
+        ));
+        assert!(!wants_resume(&Element::new("enable", NS)));
+    }
+
+    #[test]
+    fn replay_keeps_the_queue_and_the_counters() {
+        let mut s = SmState::new();
+        for i in 0..3 {
+            s.sent(msg(i));
+        }
+        assert_eq!(s.acknowledge(1), Ok(()));
+        assert_eq!(s.replay().len(), 2);
+        assert_eq!(s.pending(), 2);
+        assert_eq!(s.send_count(), 3);
+        assert_eq!(s.acknowledge(3), Ok(()));
+        assert_eq!(s.pending(), 0);
     }
 }

@@ -14,6 +14,12 @@ pub fn parse_jid(s: &str) -> Result<Jid, StanzaError> {
         return Err(StanzaError::new(Condition::JidMalformed));
     }
     let jid = Jid::new(s).map_err(|_| StanzaError::new(Condition::JidMalformed))?;
+    // Normalization must be idempotent, or two spellings would name two entities. The
+    // stringprep tables check for code points unassigned in Unicode 3.2 after today's NFKC,
+    // so some (U+03F9) normalize differently a second time: refuse those (RFC 7622 §3).
+    if Jid::new(jid.as_str()).ok().as_ref() != Some(&jid) {
+        return Err(StanzaError::new(Condition::JidMalformed));
+    }
     let domain = jid.domain().as_str();
     if domain.len() > 1023 || domain.split('.').any(|l| l.len() > 63) {
         return Err(StanzaError::new(Condition::JidMalformed));
@@ -23,7 +29,7 @@ pub fn parse_jid(s: &str) -> Result<Jid, StanzaError> {
 
 /// Normalizes a domain name (nameprep, lowercase). `None` if it is not a valid domain.
 pub fn normalize_domain(s: &str) -> Option<String> {
-    let jid = Jid::new(s).ok()?;
+    let jid = parse_jid(s).ok()?;
     if jid.node().is_some() || jid.resource().is_some() {
         return None;
     }
@@ -32,12 +38,16 @@ pub fn normalize_domain(s: &str) -> Option<String> {
 
 /// Normalizes a localpart with nodeprep. `None` if it is not valid.
 pub fn normalize_node(s: &str) -> Option<String> {
-    NodePart::new(s).ok().map(|n| n.as_str().to_string())
+    let once = NodePart::new(s).ok()?.as_str().to_string();
+    let twice = NodePart::new(&once).ok()?.as_str().to_string();
+    (once == twice).then_some(once)
 }
 
 /// Normalizes a resource with resourceprep. `None` if it is not valid.
 pub fn normalize_resource(s: &str) -> Option<String> {
-    ResourcePart::new(s).ok().map(|r| r.as_str().to_string())
+    let once = ResourcePart::new(s).ok()?.as_str().to_string();
+    let twice = ResourcePart::new(&once).ok()?.as_str().to_string();
+    (once == twice).then_some(once)
 }
 
 #[cfg(test)]
@@ -75,6 +85,20 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn normalization_that_is_not_idempotent_is_refused() {
+        // fuzz/artifacts-min/jid-lunate-sigma-*: U+03F9 normalizes to Σ, then to σ.
+        for s in ["\u{03F9}x@localhost", "x@\u{03F9}.localhost"] {
+            assert_eq!(
+                parse_jid(s).err().map(|e| e.condition),
+                Some(Condition::JidMalformed),
+                "{s:?}"
+            );
+        }
+        assert_eq!(normalize_node("\u{03F9}x"), None);
+        assert!(parse_jid("σx@localhost").is_ok());
     }
 
     #[test]

@@ -684,6 +684,65 @@ impl ArchiveStore for SqliteBackend {
     }
 }
 
+/// A write transaction on one pooled connection, begun with `BEGIN IMMEDIATE` so that several
+/// processes (server and CLI) serialize instead of failing.
+///
+/// sqlx's own `Transaction` loses track of the connection's state when `COMMIT` fails (SQLite
+/// may already have rolled back, e.g. on `SQLITE_FULL`), and the pool then hands out a
+/// connection that refuses every later `BEGIN`. Here a failed or abandoned transaction closes
+/// its connection instead (SQLite rolls back what was not committed), so a full disk leaves no
+/// broken connection behind and writes work again once there is space.
+struct WriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    done: bool,
+}
+
+impl WriteTx {
+    async fn begin(pool: &sqlx::SqlitePool) -> Result<WriteTx> {
+        let mut conn = pool.acquire().await.map_err(db_err)?;
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(db_err(e));
+        }
+        Ok(WriteTx { conn, done: false })
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        let r = sqlx::query("COMMIT").execute(&mut *self.conn).await;
+        self.done = true;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+                self.conn.close_on_drop();
+                Err(db_err(e))
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if !self.done {
+            // Abandoned (an error or a limit): the uncommitted work dies with the connection.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -776,65 +835,5 @@ mod tests {
         let ids = vec!["a".to_owned(), "q\"b\\c\n".to_owned()];
         assert_eq!(json_string_array(&ids), r#"["a","q\"b\\c\u000a"]"#);
         assert_eq!(json_string_array(&[]), "[]");
-    }
-}
-
-
-/// A write transaction on one pooled connection, begun with `BEGIN IMMEDIATE` so that several
-/// processes (server and CLI) serialize instead of failing.
-///
-/// sqlx's own `Transaction` loses track of the connection's state when `COMMIT` fails (SQLite
-/// may already have rolled back, e.g. on `SQLITE_FULL`), and the pool then hands out a
-/// connection that refuses every later `BEGIN`. Here a failed or abandoned transaction closes
-/// its connection instead (SQLite rolls back what was not committed), so a full disk leaves no
-/// broken connection behind and writes work again once there is space.
-struct WriteTx {
-    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
-    done: bool,
-}
-
-impl WriteTx {
-    async fn begin(pool: &sqlx::SqlitePool) -> Result<WriteTx> {
-        let mut conn = pool.acquire().await.map_err(db_err)?;
-        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-            conn.close_on_drop();
-            return Err(db_err(e));
-        }
-        Ok(WriteTx { conn, done: false })
-    }
-
-    async fn commit(mut self) -> Result<()> {
-        let r = sqlx::query("COMMIT").execute(&mut *self.conn).await;
-        self.done = true;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
-                self.conn.close_on_drop();
-                Err(db_err(e))
-            }
-        }
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = sqlx::SqliteConnection;
-    fn deref(&self) -> &Self::Target {
-        &self.conn
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.conn
-    }
-}
-
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        if !self.done {
-            // Abandoned (an error or a limit): the uncommitted work dies with the connection.
-            self.conn.close_on_drop();
-        }
     }
 }

@@ -3,9 +3,19 @@
 
 use crate::element::{Element, Node};
 
-/// Appends `s` with the five XML special characters escaped (safe for text and for
-/// attribute values quoted with either quote).
+/// Appends `s` escaped for character data: the five XML special characters, and carriage
+/// return (XML 1.0 §2.11 would turn a raw one into a line feed).
 pub fn escape_into(out: &mut Vec<u8>, s: &str) {
+    escape_with(out, s, false);
+}
+
+/// Appends `s` escaped for an attribute value: as for text, plus tab and line feed, which an
+/// XML parser would otherwise normalize to spaces (XML 1.0 §3.3.3).
+pub fn escape_attr_into(out: &mut Vec<u8>, s: &str) {
+    escape_with(out, s, true);
+}
+
+fn escape_with(out: &mut Vec<u8>, s: &str, attr: bool) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, b) in bytes.iter().enumerate() {
@@ -15,6 +25,9 @@ pub fn escape_into(out: &mut Vec<u8>, s: &str) {
             b'>' => b"&gt;",
             b'\'' => b"&apos;",
             b'"' => b"&quot;",
+            b'\r' => b"&#13;",
+            b'\t' if attr => b"&#9;",
+            b'\n' if attr => b"&#10;",
             _ => continue,
         };
         out.extend_from_slice(&bytes[start..i]);
@@ -45,7 +58,7 @@ pub(crate) fn write_element(el: &Element, out: &mut Vec<u8>, parent_ns: &str) {
     out.extend_from_slice(el.name().as_bytes());
     if !prefixed && el.ns() != parent_ns {
         out.extend_from_slice(b" xmlns='");
-        escape_into(out, el.ns());
+        escape_attr_into(out, el.ns());
         out.push(b'\'');
     }
     let mut extra_prefix = 0usize;
@@ -59,7 +72,7 @@ pub(crate) fn write_element(el: &Element, out: &mut Vec<u8>, parent_ns: &str) {
                 out.extend_from_slice(b"xmlns:");
                 out.extend_from_slice(prefix.as_bytes());
                 out.extend_from_slice(b"='");
-                escape_into(out, ns);
+                escape_attr_into(out, ns);
                 out.extend_from_slice(b"' ");
                 out.extend_from_slice(prefix.as_bytes());
                 out.push(b':');
@@ -71,7 +84,7 @@ pub(crate) fn write_element(el: &Element, out: &mut Vec<u8>, parent_ns: &str) {
             out.extend_from_slice(k.as_bytes());
         }
         out.extend_from_slice(b"='");
-        escape_into(out, v);
+        escape_attr_into(out, v);
         out.push(b'\'');
     }
     if el.nodes().is_empty() {
@@ -109,6 +122,21 @@ mod tests {
             s,
             "<body a='x&apos;&quot;&lt;&amp;&gt;'>&lt;/body&gt;&lt;/message&gt;&lt;iq type=&apos;set&apos;&gt;</body>"
         );
+    }
+
+    #[test]
+    fn whitespace_survives_a_round_trip() {
+        // XEP-independent: XML 1.0 §3.3.3 (attribute value normalization) and §2.11 (line ends).
+        let e = Element::new("iq", "jabber:client")
+            .with_attr("id", "p\t1\n2\r3")
+            .with_text("a\r\nb\tc");
+        let bytes = e.to_bytes();
+        let mut p = crate::StreamParser::new(crate::Limits::AUTHENTICATED);
+        let mut out = Vec::new();
+        let mut doc = b"<s xmlns='jabber:client'>".to_vec();
+        doc.extend_from_slice(&bytes);
+        assert!(p.feed(&doc, &mut out).is_ok());
+        assert_eq!(out.get(1), Some(&crate::StreamEvent::Stanza(e)));
     }
 
     #[test]

@@ -1,0 +1,360 @@
+//! XEP-0198 Stream Management over real sockets: enabling, counters, ack requests, errors,
+//! resumption after a lost connection, and what becomes of unacknowledged messages when a
+//! session ends unresumed.
+
+use std::time::Duration;
+
+use canto_stanza::ns;
+use canto_tests::*;
+use canto_xml::Element;
+
+const SM: &str = "urn:xmpp:sm:3";
+
+async fn server() -> TestServer {
+    let s = TestServer::start().await;
+    s.add_user("alice", "wonderland").await;
+    s.add_user("bob", "builder").await;
+    s
+}
+
+/// Sends `<enable/>` and returns `<enabled/>`.
+async fn enable(c: &mut Client, resume: bool) -> Element {
+    let attr = if resume { " resume='true'" } else { "" };
+    c.send(&format!("<enable xmlns='{SM}'{attr}/>")).await;
+    let e = c
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("enable: {e:#}"));
+    assert_eq!(e.name(), "enabled", "{e}");
+    e
+}
+
+/// Reads until `n` messages arrived (skipping `<r/>` and anything else); returns their bodies.
+async fn bodies(c: &mut Client, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let e = c
+            .next()
+            .await
+            .unwrap_or_else(|e| panic!("after {out:?}: {e:#}"));
+        if e.is("message", ns::CLIENT)
+            && let Some(b) = e.get_child("body", ns::CLIENT)
+        {
+            out.push(b.text());
+        }
+    }
+    out
+}
+
+/// Asks for an ack and returns the server's `h` — also a barrier: everything sent before has
+/// been handled.
+async fn ask_h(c: &mut Client) -> u32 {
+    c.send(&format!("<r xmlns='{SM}'/>")).await;
+    let a = c
+        .wait_for(|e| e.is("a", SM))
+        .await
+        .unwrap_or_else(|e| panic!("no <a/>: {e:#}"));
+    a.attr("h")
+        .and_then(|h| h.parse().ok())
+        .unwrap_or_else(|| panic!("bad <a/>: {a}"))
+}
+
+async fn send_msgs(from: &mut Client, to: &str, range: std::ops::RangeInclusive<u32>) {
+    for i in range {
+        from.send(&format!(
+            "<message to='{to}' type='chat' id='m{i}'><body>m{i}</body></message>"
+        ))
+        .await;
+    }
+    // Barrier: the router handled them before we go on.
+    assert_alive(from).await;
+}
+
+#[tokio::test]
+async fn sm_is_advertised_and_enables_with_and_without_resumption() {
+    let s = server().await;
+    let mut c = s.login_unbound(HOST, "alice", "wonderland").await;
+    let f = c.features.clone().unwrap_or_else(|| panic!("no features"));
+    assert!(f.has_child("sm", SM), "{f}");
+    // XEP-0198 §3: before binding, enable fails with unexpected-request.
+    c.send(&format!("<enable xmlns='{SM}'/>")).await;
+    let e = c
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(e.is("failed", SM), "{e}");
+    assert!(e.has_child("unexpected-request", ns::STANZAS), "{e}");
+    c.bind(Some("r1")).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let e = enable(&mut c, false).await;
+    assert!(e.attr("id").is_none() && e.attr("resume").is_none(), "{e}");
+    // Twice is an error.
+    c.send(&format!("<enable xmlns='{SM}'/>")).await;
+    let e = c
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(e.is("failed", SM), "{e}");
+
+    let mut b = s.login("bob", "builder", "r1").await;
+    let e = enable(&mut b, true).await;
+    assert_eq!(e.attr("resume"), Some("true"), "{e}");
+    assert!(e.attr("id").is_some_and(|id| id.len() >= 32), "{e}");
+    assert!(
+        e.attr("max").is_some_and(|m| m.parse::<u64>().is_ok()),
+        "{e}"
+    );
+    assert_alive(&mut b).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn r_is_answered_with_the_count_of_inbound_stanzas() {
+    let s = server().await;
+    let mut c = s.login("alice", "wonderland", "r1").await;
+    enable(&mut c, false).await;
+    assert_eq!(ask_h(&mut c).await, 0);
+    for _ in 0..3 {
+        assert_alive(&mut c).await;
+    }
+    c.send("<presence/>").await;
+    assert_eq!(ask_h(&mut c).await, 4);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn server_requests_acks_and_accepts_them() {
+    let s = server().await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "r1").await;
+    enable(&mut b, false).await;
+    let to = b.full_jid();
+    send_msgs(&mut a, &to, 1..=6).await;
+    // After enough unacknowledged stanzas the server asks (XEP-0198 §4).
+    b.wait_for(|e| e.is("r", SM))
+        .await
+        .unwrap_or_else(|e| panic!("no <r/>: {e:#}"));
+    // All six acknowledged: fine, and the session goes on.
+    b.send(&format!("<a xmlns='{SM}' h='6'/>")).await;
+    assert_alive(&mut b).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn handled_count_too_high_is_a_stream_error() {
+    let s = server().await;
+    let mut c = s.login("alice", "wonderland", "r1").await;
+    enable(&mut c, false).await;
+    assert_alive(&mut c).await; // one stanza (the ping result) sent to the client
+    c.send(&format!("<a xmlns='{SM}' h='5'/>")).await;
+    assert_eq!(c.expect_stream_error().await, "undefined-condition");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resumption_after_a_lost_connection_delivers_every_message_exactly_once() {
+    let s = server().await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    let id = enable(&mut b, true)
+        .await
+        .attr("id")
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no id"));
+    let to = b.full_jid();
+    send_msgs(&mut a, &to, 1..=6).await;
+    assert_eq!(
+        bodies(&mut b, 6).await,
+        ["m1", "m2", "m3", "m4", "m5", "m6"]
+    );
+    // Bob acknowledges only three, then the network drops him (no </stream:stream>).
+    b.send(&format!("<a xmlns='{SM}' h='3'/>")).await;
+    assert_eq!(ask_h(&mut b).await, 0);
+    drop(b);
+    // Alice keeps talking during the gap.
+    send_msgs(&mut a, &to, 7..=9).await;
+    assert!(
+        s.is_bound(&to),
+        "the hibernating session keeps its routing entry"
+    );
+
+    let mut b = s.login_unbound(HOST, "bob", "builder").await;
+    b.send(&format!("<resume xmlns='{SM}' previd='{id}' h='3'/>"))
+        .await;
+    let r = b
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(r.is("resumed", SM), "{r}");
+    assert_eq!(r.attr("previd"), Some(id.as_str()));
+    assert_eq!(r.attr("h"), Some("0"));
+    b.jid = Some(to.clone());
+    assert_eq!(
+        bodies(&mut b, 6).await,
+        ["m4", "m5", "m6", "m7", "m8", "m9"],
+        "unacknowledged ones replayed, then the gap's"
+    );
+    // None twice.
+    loop {
+        if b.nothing_within(Duration::from_millis(500)).await {
+            break;
+        }
+        let e = b.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(e.is("r", SM), "unexpected after resumption: {e}");
+    }
+    // The counters carried over: all nine acknowledged is exactly right.
+    b.send(&format!("<a xmlns='{SM}' h='9'/>")).await;
+    assert_alive(&mut b).await;
+    // Same full JID, same session: messages still flow.
+    assert_message_flows(&mut a, &mut b).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resumption_with_an_unknown_id_is_item_not_found() {
+    let s = server().await;
+    let mut c = s.login_unbound(HOST, "alice", "wonderland").await;
+    c.send(&format!("<resume xmlns='{SM}' previd='nonsense' h='0'/>"))
+        .await;
+    let f = c
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(f.is("failed", SM), "{f}");
+    assert!(f.has_child("item-not-found", ns::STANZAS), "{f}");
+    // The connection can still bind.
+    c.bind(Some("r1")).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_alive(&mut c).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resuming_another_users_session_is_item_not_found() {
+    let s = server().await;
+    let mut b = s.login("bob", "builder", "r1").await;
+    let id = enable(&mut b, true)
+        .await
+        .attr("id")
+        .map(str::to_string)
+        .unwrap_or_default();
+    drop(b);
+    let mut c = s.login_unbound(HOST, "alice", "wonderland").await;
+    c.send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"))
+        .await;
+    let f = c
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(f.has_child("item-not-found", ns::STANZAS), "{f}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
+    let s = server().await;
+    s.running
+        .server
+        .sm
+        .set_hibernation_timeout(Duration::from_millis(300));
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    b.send("<presence/>").await;
+    let id = enable(&mut b, true)
+        .await
+        .attr("id")
+        .map(str::to_string)
+        .unwrap_or_default();
+    let to = b.full_jid();
+    send_msgs(&mut a, &to, 1..=3).await;
+    assert_eq!(bodies(&mut b, 3).await, ["m1", "m2", "m3"]);
+    b.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    ask_h(&mut b).await;
+    drop(b);
+    send_msgs(&mut a, &to, 4..=4).await;
+    // The session ends when hibernation times out.
+    assert!(
+        poll_until(WAIT, || !s.is_bound(&to)).await,
+        "hibernation never timed out"
+    );
+    // Too late to resume.
+    let mut b = s.login_unbound(HOST, "bob", "builder").await;
+    b.send(&format!("<resume xmlns='{SM}' previd='{id}' h='1'/>"))
+        .await;
+    let f = b
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(f.has_child("item-not-found", ns::STANZAS), "{f}");
+    // A new session gets them from offline storage, with a delay stamp.
+    b.bind(Some("laptop"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    b.send("<presence/>").await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let m = b
+            .wait_for(|e| e.is("message", ns::CLIENT))
+            .await
+            .unwrap_or_else(|e| panic!("after {got:?}: {e:#}"));
+        assert!(m.has_child("delay", ns::DELAY), "no delay stamp: {m}");
+        got.push(
+            m.get_child("body", ns::CLIENT)
+                .map(|b| b.text())
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(got, ["m2", "m3", "m4"]);
+    assert!(b.nothing_within(Duration::from_millis(300)).await);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unacked_messages_of_an_ended_session_go_to_another_resource() {
+    let s = server().await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b1 = s.login("bob", "builder", "phone").await;
+    let mut b2 = s.login("bob", "builder", "laptop").await;
+    b1.send("<presence/>").await;
+    b2.send("<presence/>").await;
+    assert_alive(&mut b1).await;
+    assert_alive(&mut b2).await;
+    enable(&mut b1, false).await;
+    let to = b1.full_jid();
+    send_msgs(&mut a, &to, 1..=2).await;
+    assert_eq!(bodies(&mut b1, 2).await, ["m1", "m2"]);
+    // Without resumption, a clean close ends the session: the unacknowledged go elsewhere.
+    b1.send("</stream:stream>").await;
+    assert_eq!(bodies(&mut b2, 2).await, ["m1", "m2"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resumption_while_the_old_connection_is_still_open_closes_it() {
+    let s = server().await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut old = s.login("bob", "builder", "phone").await;
+    let id = enable(&mut old, true)
+        .await
+        .attr("id")
+        .map(str::to_string)
+        .unwrap_or_default();
+    let to = old.full_jid();
+    send_msgs(&mut a, &to, 1..=3).await;
+    assert_eq!(bodies(&mut old, 3).await, ["m1", "m2", "m3"]);
+    old.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    ask_h(&mut old).await;
+    // The client believes the old connection dead and resumes on a new one (XEP-0198 §5).
+    let mut b = s.login_unbound(HOST, "bob", "builder").await;
+    b.send(&format!("<resume xmlns='{SM}' previd='{id}' h='1'/>"))
+        .await;
+    let r = b
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(r.is("resumed", SM), "{r}");
+    b.jid = Some(to.clone());
+    assert_eq!(bodies(&mut b, 2).await, ["m2", "m3"]);
+    assert_eq!(old.expect_stream_error().await, "conflict");
+    assert!(s.is_bound(&to));
+    assert_message_flows(&mut a, &mut b).await;
+    s.stop().await;
+}

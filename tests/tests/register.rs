@@ -76,3 +76,87 @@ async fn cancellation_removes_the_account_after_answering() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_before_authentication() {
+    let s = server().await;
+    let mut c = s.connect().await;
+    c.open(HOST).await;
+    // XEP-0077 §4: not offered on an unencrypted stream when encryption is required.
+    let f = c.features.clone().unwrap_or_default();
+    assert!(
+        !f.has_child("register", "http://jabber.org/features/iq-register"),
+        "{f}"
+    );
+    c.starttls().await.unwrap_or_else(|e| panic!("{e:#}"));
+    c.open(HOST).await;
+    let f = c.features.clone().unwrap_or_default();
+    assert!(
+        f.has_child("register", "http://jabber.org/features/iq-register"),
+        "{f}"
+    );
+    // XEP-0115 §6.3: the server's capabilities are in the features too.
+    assert!(
+        f.get_child("c", "http://jabber.org/protocol/caps")
+            .is_some_and(|c| c.attr("hash") == Some("sha-1") && c.attr("ver").is_some()),
+        "{f}"
+    );
+    // §3.1: the form, then the account.
+    let form = c
+        .iq("<iq type='get' id='{id}'><query xmlns='jabber:iq:register'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        form.to_string().contains("<username/>") && form.to_string().contains("<password/>"),
+        "{form}"
+    );
+    let taken = c
+        .iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:register'><username>bob</username><password>x</password></query></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(error_condition(&taken).as_deref(), Some("conflict"));
+    let missing = c
+        .iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:register'><username>carol</username></query></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(error_condition(&missing).as_deref(), Some("not-acceptable"));
+    let ok = c
+        .iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:register'><username>Carol</username><password>pc</password></query></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(ok.attr("type"), Some("result"));
+    // The per-address rate limit: a second account from here must wait.
+    let again = c
+        .iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:register'><username>dave</username><password>pd</password></query></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        error_condition(&again).as_deref(),
+        Some("resource-constraint")
+    );
+    // The new account logs in (username normalized).
+    let _carol = s.login("carol", "pc", "c").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_registration_without_the_module() {
+    let s = TestServer::start().await;
+    let mut c = s.connect().await;
+    c.open(HOST).await;
+    c.starttls().await.unwrap_or_else(|e| panic!("{e:#}"));
+    c.open(HOST).await;
+    assert!(
+        !c.features
+            .clone()
+            .unwrap_or_default()
+            .has_child("register", "http://jabber.org/features/iq-register")
+    );
+    c.send("<iq type='set' id='r'><query xmlns='jabber:iq:register'><username>x</username><password>y</password></query></iq>").await;
+    assert_eq!(c.closed().await, Closed::Error("not-authorized".into()));
+    assert_eq!(
+        s.storage.accounts.exists("localhost", "x").await.ok(),
+        Some(false)
+    );
+    s.stop().await;
+}

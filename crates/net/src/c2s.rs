@@ -48,6 +48,46 @@ pub struct C2sContext {
     pub shutdown: watch::Receiver<bool>,
     /// Open connections per address (`limits.max_connections_per_ip`).
     pub connections: Arc<ConnectionCounter>,
+    /// The `<c/>` element (XEP-0115) for stream features, computed once from the modules.
+    pub caps: Element,
+}
+
+/// XEP-0115 §6.3: the server's entity capabilities from its disco#info identities and features.
+fn caps_element(server: &Server) -> Element {
+    let m = server.modules();
+    let ids: Vec<canto_proto::caps::Identity<'_>> = m
+        .identities()
+        .iter()
+        .map(|i| (i.category, i.kind, "", i.name.as_str()))
+        .collect();
+    let feats: Vec<&str> = m.features().iter().map(String::as_str).collect();
+    // The XEP-0157 contact form is part of disco#info when configured (see module disco).
+    let c = &server.config().contact;
+    let fields: Vec<(&str, Vec<&str>)> = [
+        ("abuse-addresses", &c.abuse),
+        ("admin-addresses", &c.admin),
+        ("feedback-addresses", &c.feedback),
+        ("sales-addresses", &c.sales),
+        ("security-addresses", &c.security),
+        ("status-addresses", &c.status),
+        ("support-addresses", &c.support),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| (k, v.iter().map(String::as_str).collect()))
+    .collect();
+    let forms = if fields.is_empty() {
+        Vec::new()
+    } else {
+        vec![("http://jabber.org/network/serverinfo", fields)]
+    };
+    Element::new("c", "http://jabber.org/protocol/caps")
+        .with_attr("hash", "sha-1")
+        .with_attr("node", canto_proto::caps::NODE)
+        .with_attr(
+            "ver",
+            canto_proto::caps::ver_with_forms(&ids, &feats, &forms),
+        )
 }
 
 impl C2sContext {
@@ -59,12 +99,14 @@ impl C2sContext {
         shutdown: watch::Receiver<bool>,
     ) -> Arc<C2sContext> {
         let acceptor = TlsAcceptor::from(certs.server_config());
+        let caps = caps_element(&server);
         Arc::new(C2sContext {
             server,
             certs,
             acceptor,
             shutdown,
             connections: Arc::default(),
+            caps,
         })
     }
 }
@@ -724,7 +766,13 @@ impl Conn {
             },
             Phase::Authenticated { .. } | Phase::Bound { .. } => Stage::Authenticated,
         };
-        let f = features(stage, &self.cb);
+        let mut f = features(stage, &self.cb);
+        if matches!(self.phase, Phase::Unauthenticated { .. }) && self.registration_open() {
+            // XEP-0077 §4: registration is offered as a stream feature.
+            f.push_child(Element::new("register", canto_proto::register::NS_FEATURE));
+        }
+        // XEP-0115 §6.3: the server's capabilities, so clients can cache its disco#info.
+        f.push_child(self.ctx.caps.clone());
         self.send(&f);
         Ok(())
     }
@@ -806,11 +854,59 @@ impl Conn {
                 self.send(&sasl_failure("aborted"));
                 Ok(Flow::Continue)
             }
+            (ns::CLIENT, "iq")
+                if self.registration_open() && el.has_child("query", canto_proto::register::NS) =>
+            {
+                self.register(&el).await;
+                Ok(Flow::Continue)
+            }
             (ns::CLIENT, "message" | "presence" | "iq") => {
                 Err(stream_error(StreamCondition::NotAuthorized))
             }
             _ => Err(stream_error(StreamCondition::UnsupportedStanzaType)),
         }
+    }
+
+    /// XEP-0077 is enabled (module `register`) and the stream may carry credentials: on TLS,
+    /// or in plaintext only where the configuration allows SASL in plaintext too.
+    fn registration_open(&self) -> bool {
+        self.ctx.server.modules().loaded().contains(&"register")
+            && (self.io.is_tls() || !self.ctx.server.config().c2s.require_encryption)
+    }
+
+    /// XEP-0077 §3.1: registration before authentication (get: the form; set: the account).
+    async fn register(&mut self, el: &Element) {
+        use canto_proto::register::{RegisterSet, form, parse_set};
+        let Some(query) = el.get_child("query", canto_proto::register::NS) else {
+            return;
+        };
+        let reply = match canto_stanza::IqType::of(el) {
+            Some(canto_stanza::IqType::Get) => iq_result(el, Some(form())),
+            Some(canto_stanza::IqType::Set) => match parse_set(query) {
+                Ok(RegisterSet::Credentials { username, password }) => {
+                    let host = self.host.clone().unwrap_or_default();
+                    match self
+                        .ctx
+                        .server
+                        .register_account(&host, &username, &password, self.peer.ip())
+                        .await
+                    {
+                        Ok(jid) => {
+                            info!(%jid, "account registered in band");
+                            iq_result(el, None)
+                        }
+                        Err(e) => error_reply(el, &e),
+                    }
+                }
+                // §3.2: cancelling needs an account: not before authentication.
+                Ok(RegisterSet::Remove) => {
+                    error_reply(el, &StanzaError::new(Condition::NotAuthorized))
+                }
+                Err(e) => error_reply(el, &e),
+            },
+            _ => error_reply(el, &StanzaError::new(Condition::BadRequest)),
+        };
+        self.send(&reply);
     }
 
     async fn sasl_auth(&mut self, el: &Element) -> Result<(), End> {

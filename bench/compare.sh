@@ -154,7 +154,7 @@ command -v ejabberdctl >/dev/null || NOTE[ejabberd]="not installed: apt-get inst
 if [ "$BUILT" = 1 ]; then
     VERSION[canto]="built here from $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' with local changes')"
 else
-    VERSION[canto]="$CANTO_BIN built $(date -u -r "$CANTO_BIN" '+%F %H:%M UTC' 2>/dev/null) (tree then at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null) or earlier)"
+    VERSION[canto]="prebuilt $CANTO_BIN of $(date -u -r "$CANTO_BIN" '+%F %H:%M UTC' 2>/dev/null) (HEAD now $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null))"
 fi
 VERSION[prosody]="$(dpkg-query -W -f='${Version}' prosody 2>/dev/null)"
 VERSION[ejabberd]="$(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null)"

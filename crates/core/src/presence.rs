@@ -175,7 +175,7 @@ impl Server {
     }
 
     /// Delivers a presence stanza to a local JID (bare: every available resource).
-    fn deliver_presence_to(&self, to: &Jid, p: Element) {
+    pub fn deliver_presence_to(&self, to: &Jid, p: Element) {
         match to.clone().try_into_full() {
             Ok(full) => {
                 if let Some(s) = self.sessions.get(&full) {

@@ -103,7 +103,7 @@ impl IqHandler for BlockIq {
                                 .with_attr("type", "unavailable")
                                 .with_attr("from", s.jid().to_string())
                                 .with_attr("to", contact.to_string());
-                            deliver_local(server, &contact, p);
+                            server.deliver_presence_to(&contact, p);
                         }
                     }
                 }
@@ -142,7 +142,7 @@ impl IqHandler for BlockIq {
                                 let mut p = (*p).clone();
                                 p.set_attr("from", s.jid().to_string());
                                 p.set_attr("to", contact.to_string());
-                                deliver_local(server, &Jid::from(contact.clone()), p);
+                                server.deliver_presence_to(&Jid::from(contact.clone()), p);
                             }
                         }
                     }
@@ -154,25 +154,6 @@ impl IqHandler for BlockIq {
                 Ok(None)
             }
             _ => Err(StanzaError::new(Condition::BadRequest)),
-        }
-    }
-}
-
-/// Delivers presence to a local JID's available resources (or the one full JID).
-fn deliver_local(server: &canto_core::Server, to: &Jid, p: Element) {
-    let shared = Arc::new(p);
-    match to.clone().try_into_full() {
-        Ok(full) => {
-            if let Some(s) = server.sessions.get(&full) {
-                let _ = s.deliver(shared);
-            }
-        }
-        Err(bare) => {
-            for s in server.sessions.resources(&bare) {
-                if s.is_available() {
-                    let _ = s.deliver(shared.clone());
-                }
-            }
         }
     }
 }

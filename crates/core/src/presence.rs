@@ -208,8 +208,27 @@ impl Server {
                 let initial = !session.is_available();
                 let roster = self.roster(&user).await;
                 self.load_blocklists(&user, &roster).await;
+                // XEP-0160 §3: stored messages go out before anything delivered live. They are
+                // read before the session becomes available and queued right after, with no
+                // await in between, so a live message cannot overtake them.
+                let stored = if initial && priority >= 0 {
+                    self.offline_messages(&user).await
+                } else {
+                    Vec::new()
+                };
                 session.set_presence(Some(Arc::new(el.clone())), priority);
+                let mut delivered = Vec::with_capacity(stored.len());
+                for (id, mut m) in stored {
+                    m.set_attr("to", session.jid().to_string());
+                    if session.deliver(Arc::new(m)).is_err() {
+                        break;
+                    }
+                    delivered.push(id);
+                }
                 self.broadcast_to(&user, &roster, &el);
+                if !delivered.is_empty() {
+                    self.delete_offline(&user, &delivered).await;
+                }
                 if initial {
                     self.after_initial_presence(session, &roster, priority)
                         .await;
@@ -308,6 +327,7 @@ impl Server {
             }
         }
         if priority >= 0 {
+            // Messages stored while the session was becoming available (after the first read).
             let msgs = self.offline_messages(&user).await;
             if !msgs.is_empty() {
                 let mut ids = Vec::with_capacity(msgs.len());

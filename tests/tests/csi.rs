@@ -99,3 +99,36 @@ async fn inactive_client_gets_messages_with_a_body_and_iqs_at_once() {
     assert!(iq.is("iq", ns::CLIENT), "{iq}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn csi_max_held_bounds_what_waits() {
+    let mut config = test_config();
+    config.csi.max_held = 2;
+    let s = TestServer::with_config(config).await;
+    s.add_user("alice", "wonderland").await;
+    s.add_user("bob", "builder").await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    b.send(&format!("<inactive xmlns='{CSI}'/>")).await;
+    assert_alive(&mut b).await;
+    let to = b.full_jid();
+    let state = |n: u32| {
+        format!(
+            "<message to='{to}' type='chat' id='s{n}'><composing xmlns='{CHATSTATES}'/></message>"
+        )
+    };
+    a.send(&state(1)).await;
+    a.send(&state(2)).await;
+    assert_alive(&mut a).await;
+    assert!(
+        b.nothing_within(Duration::from_millis(300)).await,
+        "two chat states should wait (csi.max_held = 2)"
+    );
+    // A third that could wait does not fit: everything goes out, in order.
+    a.send(&state(3)).await;
+    for want in ["s1", "s2", "s3"] {
+        let m = b.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(m.attr("id"), Some(want), "{m}");
+    }
+    s.stop().await;
+}

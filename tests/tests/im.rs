@@ -710,6 +710,45 @@ async fn offline_messages_are_stored_and_delivered_in_order_with_delay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_offline_store_is_delivered_even_beyond_the_send_queue() {
+    // More stored messages than the live queue holds: delivering them at login is not a slow
+    // reader, the session must survive and get all of them (XEP-0160 §3).
+    let mut cfg = test_config();
+    cfg.c2s.max_send_queue = 4;
+    cfg.offline.max_messages = 30;
+    let s = TestServer::with_config(cfg).await;
+    s.add_user("alice", "pa").await;
+    s.add_user("bob", "pb").await;
+    let mut a = s.login("alice", "pa", "a1").await;
+    for i in 0..30 {
+        a.send(&format!(
+            "<message to='bob@localhost' type='chat'><body>m{i}</body></message>"
+        ))
+        .await;
+    }
+    assert_alive(&mut a).await;
+    let mut b = s.login("bob", "pb", "b1").await;
+    b.send("<presence/>").await;
+    let mut bodies = Vec::new();
+    while bodies.len() < 30 {
+        let m = b
+            .wait_for(|e| e.name() == "message")
+            .await
+            .unwrap_or_else(|e| panic!("after {}: {e:#}", bodies.len()));
+        bodies.push(
+            m.get_child("body", ns::CLIENT)
+                .map(|b| b.text())
+                .unwrap_or_default(),
+        );
+    }
+    let want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, want);
+    // Still connected, and live delivery works.
+    assert_message_flows(&mut a, &mut b).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_quota_bounces_with_service_unavailable() {
     let mut cfg = test_config();
     cfg.offline.max_messages = 3;

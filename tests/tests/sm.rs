@@ -11,10 +11,21 @@ use canto_xml::Element;
 const SM: &str = "urn:xmpp:sm:3";
 
 async fn server() -> TestServer {
-    let s = TestServer::start().await;
+    server_with(test_config()).await
+}
+
+async fn server_with(config: canto_core::Config) -> TestServer {
+    let s = TestServer::with_config(config).await;
     s.add_user("alice", "wonderland").await;
     s.add_user("bob", "builder").await;
     s
+}
+
+/// A configuration whose resumable sessions wait one second.
+fn short_resume() -> canto_core::Config {
+    let mut c = test_config();
+    c.stream_management.resume_timeout = 1;
+    c
 }
 
 /// Sends `<enable/>` and returns `<enabled/>`.
@@ -250,23 +261,25 @@ async fn resuming_another_users_session_is_item_not_found() {
 
 #[tokio::test]
 async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
-    let s = server().await;
-    s.running
-        .server
-        .sm
-        .set_hibernation_timeout(Duration::from_millis(300));
+    let s = server_with(short_resume()).await;
     let mut a = s.login("alice", "wonderland", "r1").await;
     let mut b = s.login("bob", "builder", "phone").await;
     b.send("<presence/>").await;
-    let id = enable(&mut b, true)
-        .await
-        .attr("id")
-        .map(str::to_string)
-        .unwrap_or_default();
+    let enabled = enable(&mut b, true).await;
+    // XEP-0198 §3: `max` is the configured resume_timeout.
+    assert_eq!(enabled.attr("max"), Some("1"), "{enabled}");
+    let id = enabled.attr("id").map(str::to_string).unwrap_or_default();
+    // Two stanzas the server handles from bob: the late <resume/> learns h = 2.
+    b.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    b.send("<iq type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(ask_h(&mut b).await, 2);
     let to = b.full_jid();
     send_msgs(&mut a, &to, 1..=3).await;
     assert_eq!(bodies(&mut b, 3).await, ["m1", "m2", "m3"]);
-    b.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    // The two ping results and m1.
+    b.send(&format!("<a xmlns='{SM}' h='3'/>")).await;
     ask_h(&mut b).await;
     drop(b);
     send_msgs(&mut a, &to, 4..=4).await;
@@ -275,7 +288,7 @@ async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
         poll_until(WAIT, || !s.is_bound(&to)).await,
         "hibernation never timed out"
     );
-    // Too late to resume.
+    // Too late to resume; XEP-0198 §5: <failed/> says how many of bob's stanzas were handled.
     let mut b = s.login_unbound(HOST, "bob", "builder").await;
     b.send(&format!("<resume xmlns='{SM}' previd='{id}' h='1'/>"))
         .await;
@@ -284,6 +297,7 @@ async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(f.has_child("item-not-found", ns::STANZAS), "{f}");
+    assert_eq!(f.attr("h"), Some("2"), "{f}");
     // A new session gets them from offline storage, with a delay stamp.
     b.bind(Some("laptop"))
         .await
@@ -360,5 +374,193 @@ async fn resumption_while_the_old_connection_is_still_open_closes_it() {
     assert_eq!(old.expect_stream_error().await, "conflict");
     assert!(s.is_bound(&to));
     assert_message_flows(&mut a, &mut b).await;
+    s.stop().await;
+}
+
+/// Reads messages until `n` with a body arrived; checks each carries a delay stamp.
+async fn offline_bodies(c: &mut Client, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = c
+            .wait_for(|e| e.is("message", ns::CLIENT))
+            .await
+            .unwrap_or_else(|e| panic!("after {got:?}: {e:#}"));
+        assert!(m.has_child("delay", ns::DELAY), "no delay stamp: {m}");
+        got.push(
+            m.get_child("body", ns::CLIENT)
+                .map(|b| b.text())
+                .unwrap_or_default(),
+        );
+    }
+    got
+}
+
+/// Asserts nothing but presence follows: no message delivered twice.
+async fn no_more_messages(c: &mut Client) {
+    while !c.nothing_within(Duration::from_millis(300)).await {
+        let e = c.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_ne!(e.name(), "message", "duplicate delivery: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_while_hibernating_ends_the_session_into_offline_storage_in_order() {
+    let mut config = test_config();
+    config.c2s.max_send_queue = 4;
+    let s = server_with(config).await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    b.send("<presence/>").await;
+    let id = enable(&mut b, true)
+        .await
+        .attr("id")
+        .map(str::to_string)
+        .unwrap_or_default();
+    let to = b.full_jid();
+    send_msgs(&mut a, &to, 1..=2).await;
+    assert_eq!(bodies(&mut b, 2).await, ["m1", "m2"]);
+    drop(b);
+    assert!(
+        poll_until(WAIT, || s.running.server.sm.hibernating() == 1).await,
+        "never hibernated"
+    );
+    // Four fit in the queue; the fifth overflows it: the session ends at once (not after the
+    // five-minute resume timeout) and everything goes to offline storage, oldest first.
+    send_msgs(&mut a, &to, 3..=9).await;
+    assert!(
+        poll_until(WAIT, || !s.is_bound(&to)).await,
+        "a full queue did not end the hibernating session"
+    );
+    assert_eq!(s.running.server.sm.hibernating(), 0);
+    let mut b = s.login_unbound(HOST, "bob", "builder").await;
+    b.send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"))
+        .await;
+    let f = b
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(f.has_child("item-not-found", ns::STANZAS), "{f}");
+    b.bind(Some("laptop"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    b.send("<presence/>").await;
+    let want: Vec<String> = (1..=9).map(|i| format!("m{i}")).collect();
+    assert_eq!(offline_bodies(&mut b, 9).await, want);
+    no_more_messages(&mut b).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_moves_hibernating_sessions_messages_to_offline_storage() {
+    let storage = canto_storage::Storage::memory();
+    let mut config = test_config();
+    let data_dir = config.data_dir.clone();
+    config.data_dir = data_dir.join("first");
+    let s = TestServer::with_storage(config, storage.clone()).await;
+    s.add_user("alice", "wonderland").await;
+    s.add_user("bob", "builder").await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    b.send("<presence/>").await;
+    enable(&mut b, true).await;
+    let to = b.full_jid();
+    drop(b);
+    assert!(
+        poll_until(WAIT, || s.running.server.sm.hibernating() == 1).await,
+        "never hibernated"
+    );
+    send_msgs(&mut a, &to, 1..=3).await;
+    // SIGTERM's path: connections end, then hibernating sessions do — not lost with the process.
+    s.stop().await;
+    let mut config = test_config();
+    config.data_dir = data_dir.join("second");
+    let s = TestServer::with_storage(config, storage).await;
+    let mut b = s.login("bob", "builder", "laptop").await;
+    b.send("<presence/>").await;
+    assert_eq!(offline_bodies(&mut b, 3).await, ["m1", "m2", "m3"]);
+    no_more_messages(&mut b).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resume_timeout_zero_enables_without_resumption() {
+    let mut config = test_config();
+    config.stream_management.resume_timeout = 0;
+    let s = server_with(config).await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    let e = enable(&mut b, true).await;
+    // XEP-0198 §3: the server may decline resumption; then no id and no resume='true'.
+    assert_eq!(e.attr("id"), None, "{e}");
+    assert_eq!(e.attr("resume"), None, "{e}");
+    // Acks still work.
+    b.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(ask_h(&mut b).await, 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn request_ack_after_and_max_unacked_come_from_the_configuration() {
+    let mut config = test_config();
+    config.stream_management.request_ack_after = 1;
+    config.stream_management.max_unacked = 3;
+    let s = server_with(config).await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    enable(&mut b, false).await;
+    let to = b.full_jid();
+    // One unacknowledged stanza is enough for an <r/>.
+    send_msgs(&mut a, &to, 1..=1).await;
+    b.wait_for(|e| e.is("r", SM))
+        .await
+        .unwrap_or_else(|e| panic!("no <r/> after one stanza: {e:#}"));
+    // Never acknowledging: beyond three unacknowledged the session is closed.
+    send_msgs(&mut a, &to, 2..=5).await;
+    assert_eq!(b.expect_stream_error().await, "policy-violation");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unacked_messages_are_not_rerouted_to_a_resource_that_got_their_carbons() {
+    let s = server().await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut phone = s.login("bob", "builder", "phone").await;
+    let mut laptop = s.login("bob", "builder", "laptop").await;
+    phone.send("<presence/>").await;
+    laptop.send("<presence/>").await;
+    let r = laptop
+        .iq("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_alive(&mut phone).await;
+    enable(&mut phone, false).await;
+    let to = phone.full_jid();
+    send_msgs(&mut a, &to, 1..=2).await;
+    assert_eq!(bodies(&mut phone, 2).await, ["m1", "m2"]);
+    // The laptop saw both as XEP-0280 <received/> copies.
+    for want in ["m1", "m2"] {
+        let c = laptop
+            .wait_for(|e| e.is("message", ns::CLIENT))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let body = c
+            .get_child("received", "urn:xmpp:carbons:2")
+            .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+            .and_then(|f| f.get_child("message", ns::CLIENT))
+            .and_then(|m| m.get_child("body", ns::CLIENT))
+            .map(|b| b.text());
+        assert_eq!(body.as_deref(), Some(want), "{c}");
+    }
+    // The phone ends without acknowledging: the laptop already has them, no second copy.
+    phone.send("</stream:stream>").await;
+    assert!(poll_until(WAIT, || !s.is_bound(&to)).await);
+    while !laptop.nothing_within(Duration::from_millis(400)).await {
+        let e = laptop.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(
+            !(e.is("message", ns::CLIENT) && e.has_child("body", ns::CLIENT)),
+            "re-routed twice: {e}"
+        );
+    }
     s.stop().await;
 }

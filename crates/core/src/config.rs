@@ -48,6 +48,87 @@ pub struct Config {
     pub external_services: Vec<ExternalService>,
     /// In-band registration (XEP-0077, module `register`).
     pub register: RegisterConfig,
+    /// Stream management (XEP-0198).
+    pub stream_management: StreamManagementConfig,
+    /// Client state indication (XEP-0352).
+    pub csi: CsiConfig,
+    /// vcard-temp (XEP-0054, module `vcard`).
+    pub vcard: VcardConfig,
+    /// Private XML storage (XEP-0049, module `private`).
+    pub private: PrivateConfig,
+}
+
+/// `[stream_management]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagementConfig {
+    /// Seconds a resumable session whose connection dropped waits for its client (XEP-0198 §5
+    /// `max`); then it ends and its unacknowledged messages are re-routed.
+    pub resume_timeout: u64,
+    /// Unacknowledged stanzas a session may accumulate before it is closed.
+    pub max_unacked: usize,
+    /// Unacknowledged stanzas after which the server asks for an ack (`<r/>`).
+    pub request_ack_after: usize,
+    /// Resumable sessions that ended, remembered (the most recent ones) so a late `<resume/>`
+    /// gets `<failed h='…'/>` (XEP-0198 §5).
+    pub remember_expired: usize,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        StreamManagementConfig {
+            resume_timeout: 300,
+            max_unacked: 500,
+            request_ack_after: 5,
+            remember_expired: 10_000,
+        }
+    }
+}
+
+/// `[csi]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsiConfig {
+    /// Stanzas held back for an inactive client; one more flushes them all.
+    pub max_held: usize,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { max_held: 100 }
+    }
+}
+
+/// `[vcard]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VcardConfig {
+    /// Largest vCard stored, serialized bytes (photos included).
+    pub max_bytes: usize,
+}
+
+impl Default for VcardConfig {
+    fn default() -> Self {
+        VcardConfig {
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[private]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivateConfig {
+    /// Largest private XML fragment stored, serialized bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for PrivateConfig {
+    fn default() -> Self {
+        PrivateConfig {
+            max_bytes: 64 * 1024,
+        }
+    }
 }
 
 /// `[register]`
@@ -481,6 +562,10 @@ impl Default for Config {
             contact: ContactConfig::default(),
             external_services: Vec::new(),
             register: RegisterConfig::default(),
+            stream_management: StreamManagementConfig::default(),
+            csi: CsiConfig::default(),
+            vcard: VcardConfig::default(),
+            private: PrivateConfig::default(),
         }
     }
 }
@@ -629,6 +714,13 @@ impl Config {
                     "listen address {addr:?} is not IP:PORT"
                 )));
             }
+        }
+        let sm = &self.stream_management;
+        if sm.request_ack_after == 0 || sm.max_unacked <= sm.request_ack_after {
+            return Err(ConfigError::Invalid(
+                "`stream_management.request_ack_after` must be at least 1 and below `max_unacked`"
+                    .into(),
+            ));
         }
         if self.c2s.max_stanza_size < 10_000 {
             return Err(ConfigError::Invalid(
@@ -933,6 +1025,41 @@ pub const DOCS: &[(&str, &str)] = &[
         "register.min_interval",
         "Seconds between two registrations from one address.",
     ),
+    (
+        "stream_management",
+        "Stream management (XEP-0198): acknowledgements and resumption.",
+    ),
+    (
+        "stream_management.resume_timeout",
+        "Seconds a resumable session whose connection dropped waits for its client; then it\nends and its unacknowledged messages go to another resource or offline storage.\n0: resumption is not offered.",
+    ),
+    (
+        "stream_management.max_unacked",
+        "Unacknowledged stanzas a session may accumulate before it is closed\n(policy-violation).",
+    ),
+    (
+        "stream_management.request_ack_after",
+        "Unacknowledged stanzas after which the server asks the client for an ack.",
+    ),
+    (
+        "stream_management.remember_expired",
+        "Ended resumable sessions remembered (the most recent ones), so a late resumption\nlearns how many of its stanzas arrived (<failed h='…'/>).",
+    ),
+    ("csi", "Client state indication (XEP-0352)."),
+    (
+        "csi.max_held",
+        "Presence updates and chat states held back for an inactive client; one more\nflushes them all.",
+    ),
+    ("vcard", "vcard-temp (XEP-0054), module vcard."),
+    (
+        "vcard.max_bytes",
+        "Largest vCard stored, in bytes (photos included); larger is not-acceptable.",
+    ),
+    ("private", "Private XML storage (XEP-0049), module private."),
+    (
+        "private.max_bytes",
+        "Largest private XML fragment stored, in bytes; larger is not-acceptable.",
+    ),
     ("delivery", "Message delivery (RFC 6121 §8.5)."),
     (
         "delivery.chat_to_all_highest_priority",
@@ -998,6 +1125,11 @@ mod tests {
             ("[storage]\nbackend = \"mysql\"", "storage.backend"),
             ("[c2s]\nlisten = [\"nowhere\"]", "IP:PORT"),
             ("[c2s]\nmax_stanza_size = 5", "max_stanza_size"),
+            (
+                "[stream_management]\nrequest_ack_after = 0",
+                "request_ack_after",
+            ),
+            ("[stream_management]\nmax_unacked = 5", "max_unacked"),
             (
                 "[certificates.\"other.test\"]\ncertificate = \"a\"\nkey = \"b\"",
                 "other.test",

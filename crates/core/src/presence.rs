@@ -220,7 +220,7 @@ impl Server {
                 let mut delivered = Vec::with_capacity(stored.len());
                 for (id, mut m) in stored {
                     m.set_attr("to", session.jid().to_string());
-                    if session.deliver(Arc::new(m)).is_err() {
+                    if session.deliver_stored(Arc::new(m)).is_err() {
                         break;
                     }
                     delivered.push(id);
@@ -333,7 +333,7 @@ impl Server {
                 let mut ids = Vec::with_capacity(msgs.len());
                 for (id, mut m) in msgs {
                     m.set_attr("to", session.jid().to_string());
-                    if session.deliver(Arc::new(m)).is_err() {
+                    if session.deliver_stored(Arc::new(m)).is_err() {
                         break;
                     }
                     ids.push(id);

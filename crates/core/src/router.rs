@@ -354,7 +354,7 @@ impl Server {
 
     /// RFC 6121 §8.5.2.1.1 (available resources) and §8.5.2.2.1 (none: offline storage).
     async fn deliver_message_to_account(
-        &self,
+        self: &Arc<Self>,
         session: &SessionHandle,
         el: Element,
         bare: &BareJid,
@@ -413,8 +413,39 @@ impl Server {
         // XEP-0280 §8: the account's other carbons-enabled resources get a copy.
         self.carbon_received(bare, &el, &ids);
         let shared = Arc::new(el);
+        let mut failed = None;
+        let mut delivered = false;
         for t in targets {
-            let _ = t.deliver(shared.clone());
+            match t.deliver(shared.clone()) {
+                Ok(()) => delivered = true,
+                Err(_) => failed = Some(t),
+            }
+        }
+        if !delivered && let Some(t) = failed {
+            self.divert_undelivered(session, t, &shared).await;
+        }
+    }
+
+    /// A message its resource could not take (its queue is full, or it just ended): never
+    /// lost if it is worth keeping — offline storage, as if no resource were available
+    /// (RFC 6121 §8.5.2.2.1). A hibernating session (XEP-0198) whose queue filled up ends
+    /// first, its own queue going to offline storage before this message, so order holds.
+    async fn divert_undelivered(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        target: &SessionHandle,
+        el: &Element,
+    ) {
+        if !matches!(MessageType::of(el), MessageType::Chat | MessageType::Normal)
+            || !crate::offline::is_storable(el)
+        {
+            return;
+        }
+        let _order = self.sm.reroute_lock().await;
+        self.end_hibernating_session(target, "queue full while hibernating")
+            .await;
+        if let Err(e) = self.store_offline(&target.jid().to_bare(), el).await {
+            self.reply_error(session, el, e);
         }
     }
 
@@ -432,7 +463,10 @@ impl Server {
                 // XEP-0280 §8: carbons to the account's other resources.
                 self.carbon_received(&full.to_bare(), &el, &[target.id()]);
             }
-            let _ = target.deliver(Arc::new(el));
+            let el = Arc::new(el);
+            if target.deliver(el.clone()).is_err() && kind == StanzaKind::Message {
+                self.divert_undelivered(session, &target, &el).await;
+            }
             return;
         }
         let bare = full.to_bare();
@@ -566,7 +600,7 @@ mod tests {
         let full = FullJid::new(jid).unwrap_or_else(|e| panic!("{e}"));
         let b = s
             .sessions
-            .bind(s.sessions.next_id(), full, tx, Closer::new(), 10);
+            .bind(s.sessions.next_id(), full, (tx, 16), Closer::new(), 10);
         (b.unwrap_or_else(|e| panic!("{e}")).handle, rx)
     }
 

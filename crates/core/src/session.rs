@@ -6,7 +6,7 @@
 //! roster. Sessions leave the table only through `Server::destroy_session`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use canto_stanza::{BareJid, Condition, FullJid, StanzaError, StreamError};
@@ -78,6 +78,13 @@ pub struct SessionState {
     id: SessionId,
     jid: FullJid,
     tx: mpsc::Sender<Outbound>,
+    /// Stanzas the queue takes from live delivery (`c2s.max_send_queue`); the channel has
+    /// room beyond it for stored messages (XEP-0160 delivery at login, which must not look
+    /// like a slow reader).
+    live_max: usize,
+    /// Stored messages queued since the queue was last empty: they do not count against
+    /// `live_max`.
+    stored: AtomicUsize,
     closer: Arc<Closer>,
     priority: AtomicI32,
     available: AtomicBool,
@@ -112,17 +119,45 @@ impl SessionHandle {
     /// Queues a stanza. A full queue means the client stopped reading: rather than grow
     /// memory, the session is closed with `policy-violation` (DESIGN.md, delivery).
     pub fn deliver(&self, el: Arc<Element>) -> Result<(), DeliveryError> {
+        let queued = self.0.tx.max_capacity() - self.0.tx.capacity();
+        if queued >= self.0.live_max + self.0.stored.load(Ordering::Relaxed) {
+            if self.0.tx.is_closed() {
+                return Err(DeliveryError::Gone);
+            }
+            return Err(self.queue_full());
+        }
+        self.queue(el)
+    }
+
+    /// Queues a stored message (offline delivery), which may use the room beyond
+    /// `c2s.max_send_queue`.
+    pub fn deliver_stored(&self, el: Arc<Element>) -> Result<(), DeliveryError> {
+        self.queue(el)?;
+        self.0.stored.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The connection found the queue empty: every stored message has been written.
+    pub fn queue_drained(&self) {
+        if self.0.stored.load(Ordering::Relaxed) != 0 {
+            self.0.stored.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn queue(&self, el: Arc<Element>) -> Result<(), DeliveryError> {
         match self.0.tx.try_send(Outbound::Stanza(el)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(
-                    StreamError::new(canto_stanza::StreamCondition::PolicyViolation)
-                        .with_text("too many unread stanzas"),
-                );
-                Err(DeliveryError::QueueFull)
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.queue_full()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
         }
+    }
+
+    fn queue_full(&self) -> DeliveryError {
+        self.close(
+            StreamError::new(canto_stanza::StreamCondition::PolicyViolation)
+                .with_text("too many unread stanzas"),
+        );
+        DeliveryError::QueueFull
     }
 
     /// Ends the connection with a stream error.
@@ -244,11 +279,13 @@ impl SessionManager {
     }
 
     /// Binds `resource` (already resourceprep'd) for `bare` (RFC 6120 §7): a connected resource.
+    /// `live_max`: how much of `tx` live delivery may fill (see
+    /// [`SessionHandle::deliver_stored`]).
     pub fn bind(
         &self,
         id: SessionId,
         jid: FullJid,
-        tx: mpsc::Sender<Outbound>,
+        (tx, live_max): (mpsc::Sender<Outbound>, usize),
         closer: Arc<Closer>,
         max_sessions: usize,
     ) -> Result<Bound, StanzaError> {
@@ -256,6 +293,8 @@ impl SessionManager {
             id,
             jid: jid.clone(),
             tx,
+            live_max,
+            stored: AtomicUsize::new(0),
             closer,
             priority: AtomicI32::new(0),
             available: AtomicBool::new(false),
@@ -357,7 +396,7 @@ mod tests {
 
     fn bind(m: &SessionManager, jid: &str, max: usize) -> Result<Bound, StanzaError> {
         let (tx, _rx) = mpsc::channel(4);
-        m.bind(m.next_id(), full(jid), tx, Closer::new(), max)
+        m.bind(m.next_id(), full(jid), (tx, 4), Closer::new(), max)
     }
 
     #[test]
@@ -395,12 +434,44 @@ mod tests {
     }
 
     #[test]
+    fn reserved_room_is_for_stored_messages_only() {
+        let m = SessionManager::new();
+        let (tx, _rx) = mpsc::channel(3);
+        let closer = Closer::new();
+        let h = m
+            .bind(1, full("a@x/r"), (tx, 1), closer.clone(), 5)
+            .ok()
+            .map(|b| b.handle)
+            .unwrap_or_else(|| panic!("bind"));
+        let el = Arc::new(Element::new("message", "jabber:client"));
+        // Two stored messages do not use up the one live slot.
+        assert_eq!(h.deliver_stored(el.clone()), Ok(()));
+        assert_eq!(h.deliver_stored(el.clone()), Ok(()));
+        assert_eq!(h.deliver(el.clone()), Ok(()));
+        assert_eq!(h.deliver(el.clone()), Err(DeliveryError::QueueFull));
+        let m2 = SessionManager::new();
+        let (tx, mut rx) = mpsc::channel(3);
+        let h2 = m2
+            .bind(1, full("a@x/r"), (tx, 1), Closer::new(), 5)
+            .ok()
+            .map(|b| b.handle)
+            .unwrap_or_else(|| panic!("bind"));
+        assert_eq!(h2.deliver_stored(el.clone()), Ok(()));
+        // Once the queue has been emptied, the stored message no longer makes room.
+        assert!(rx.try_recv().is_ok());
+        h2.queue_drained();
+        assert_eq!(h2.deliver(el.clone()), Ok(()));
+        // The live share is used up although the channel has room.
+        assert_eq!(h2.deliver(el), Err(DeliveryError::QueueFull));
+    }
+
+    #[test]
     fn full_queue_closes_the_slow_reader() {
         let m = SessionManager::new();
         let (tx, _rx) = mpsc::channel(1);
         let closer = Closer::new();
         let b = m
-            .bind(1, full("a@x/r"), tx, closer.clone(), 5)
+            .bind(1, full("a@x/r"), (tx, 1), closer.clone(), 5)
             .ok()
             .map(|b| b.handle);
         let h = b.unwrap_or_else(|| panic!("bind"));

@@ -7,29 +7,21 @@
 //! The per-connection counters are `canto_proto::sm::SmState`; the connection task
 //! (`canto-net`) owns them while connected and hands them here when it hibernates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use canto_proto::sm::SmState;
 use canto_stanza::BareJid;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use crate::server::Server;
 use crate::session::{Closer, Outbound, SessionHandle};
 
-/// How long a dropped resumable session waits for its client (XEP-0198 §5 `max`; Prosody's
-/// `smacks_hibernation_time` defaults to 600 s).
-pub const HIBERNATION_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Unacknowledged stanzas a session may accumulate before it is closed with
-/// `policy-violation` (Prosody: `smacks_max_unacked_stanzas`-like bound on memory).
-pub const MAX_UNACKED: usize = 500;
-
-/// Unacknowledged outbound stanzas after which the server asks for an ack (`<r/>`).
-pub const ACK_REQUEST_AFTER: usize = 5;
+// The limits (`[stream_management]`: resume_timeout, max_unacked, request_ack_after,
+// remember_expired) are in `crate::config::StreamManagementConfig`.
 
 /// Everything a dropped session needs to continue on a new connection.
 #[derive(Debug)]
@@ -53,12 +45,22 @@ enum Entry {
         closer: Arc<Closer>,
         takeover: bool,
     },
-    /// Waiting for a resumption; `token` identifies this hibernation for its timer.
+    /// Waiting for a resumption; `token` identifies this hibernation for its timer. Dropping
+    /// `_resumed` (the entry leaves the registry) tells the timer it is over.
     Hibernating {
         owner: BareJid,
         token: u64,
         state: Box<Hibernated>,
+        _resumed: oneshot::Sender<()>,
     },
+}
+
+/// A resumable session that ended: what a late `<resume/>` is told (XEP-0198 §5, `<failed
+/// h='…'/>`: how many of its stanzas the server handled).
+#[derive(Debug)]
+struct Ended {
+    owner: BareJid,
+    handled: u32,
 }
 
 /// What [`SmRegistry::begin_resume`] found.
@@ -69,15 +71,23 @@ pub enum ResumeLookup {
     /// The old connection is still there; it has been told to close and will hibernate.
     /// Ask again shortly.
     Wait,
-    /// Unknown, expired or someone else's id (XEP-0198 §5: `item-not-found`).
-    NotFound,
+    /// Unknown, expired or someone else's id (XEP-0198 §5: `item-not-found`); `h`: the
+    /// stanzas the server handled, when the id is the owner's and ended recently.
+    NotFound {
+        /// For `<failed h='…'/>`.
+        h: Option<u32>,
+    },
 }
 
 /// Resumable sessions by resumption id.
 #[derive(Debug)]
 pub struct SmRegistry {
     entries: Mutex<HashMap<String, Entry>>,
-    timeout_ms: AtomicU64,
+    /// Held while a session's leftover messages go elsewhere, so a message diverted because
+    /// its hibernating session's queue was full is stored after that queue (order kept).
+    reroute: tokio::sync::Mutex<()>,
+    /// Ended sessions by id, oldest first in `ended_order` (bounded, see [`SmRegistry::ended`]).
+    ended: Mutex<(HashMap<String, Ended>, VecDeque<String>)>,
     next_token: AtomicU64,
 }
 
@@ -85,22 +95,58 @@ impl Default for SmRegistry {
     fn default() -> Self {
         SmRegistry {
             entries: Mutex::new(HashMap::new()),
-            timeout_ms: AtomicU64::new(HIBERNATION_TIMEOUT.as_millis() as u64),
+            reroute: tokio::sync::Mutex::new(()),
+            ended: Mutex::new((HashMap::new(), VecDeque::new())),
             next_token: AtomicU64::new(1),
         }
     }
 }
 
 impl SmRegistry {
-    /// The hibernation timeout in force.
-    pub fn hibernation_timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    /// Remembers that the session `id` ended having handled `handled` stanzas (the `cap` most
+    /// recent ids are kept, the oldest forgotten first).
+    fn ended(&self, id: &str, owner: BareJid, handled: u32, cap: usize) {
+        let Ok(mut guard) = self.ended.lock() else {
+            return;
+        };
+        let (map, order) = &mut *guard;
+        while order.len() >= cap.max(1) {
+            match order.pop_front() {
+                Some(o) => {
+                    map.remove(&o);
+                }
+                None => break,
+            }
+        }
+        if cap > 0
+            && map
+                .insert(id.to_string(), Ended { owner, handled })
+                .is_none()
+        {
+            order.push_back(id.to_string());
+        }
     }
 
-    /// Changes the hibernation timeout (for tests; affects sessions hibernating from now on).
-    pub fn set_hibernation_timeout(&self, d: Duration) {
-        self.timeout_ms
-            .store(d.as_millis() as u64, Ordering::Relaxed);
+    /// What a late resumption of `id` by `owner` is told: the handled count, if known.
+    fn ended_h(&self, id: &str, owner: &BareJid) -> Option<u32> {
+        let guard = self.ended.lock().ok()?;
+        guard
+            .0
+            .get(id)
+            .filter(|e| &e.owner == owner)
+            .map(|e| e.handled)
+    }
+
+    /// How many hibernating sessions there are (for tests and the admin view).
+    pub fn hibernating(&self) -> usize {
+        self.entries
+            .lock()
+            .map(|e| {
+                e.values()
+                    .filter(|x| matches!(x, Entry::Hibernating { .. }))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Registers a live resumable session under a fresh, unguessable id (128 random bits).
@@ -138,7 +184,7 @@ impl SmRegistry {
     /// A resumption attempt by `owner` for `id`.
     pub fn begin_resume(&self, id: &str, owner: &BareJid) -> ResumeLookup {
         let Ok(mut entries) = self.entries.lock() else {
-            return ResumeLookup::NotFound;
+            return ResumeLookup::NotFound { h: None };
         };
         match entries.get_mut(id) {
             Some(Entry::Live {
@@ -158,9 +204,15 @@ impl SmRegistry {
             }
             Some(Entry::Hibernating { owner: o, .. }) if o == owner => match entries.remove(id) {
                 Some(Entry::Hibernating { state, .. }) => ResumeLookup::Ready(state),
-                _ => ResumeLookup::NotFound,
+                _ => ResumeLookup::NotFound { h: None },
             },
-            _ => ResumeLookup::NotFound,
+            Some(_) => ResumeLookup::NotFound { h: None },
+            None => {
+                drop(entries);
+                ResumeLookup::NotFound {
+                    h: self.ended_h(id, owner),
+                }
+            }
         }
     }
 
@@ -188,6 +240,45 @@ impl SmRegistry {
             _ => None,
         }
     }
+
+    /// See the `reroute` field.
+    pub async fn reroute_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reroute.lock().await
+    }
+
+    /// Takes the hibernating entry of session `session`, if it is hibernating.
+    fn take_hibernating(
+        &self,
+        session: crate::session::SessionId,
+    ) -> Option<(String, Box<Hibernated>)> {
+        let mut entries = self.entries.lock().ok()?;
+        let id = entries.iter().find_map(|(id, e)| match e {
+            Entry::Hibernating { state, .. } if state.handle.id() == session => Some(id.clone()),
+            _ => None,
+        })?;
+        match entries.remove(&id) {
+            Some(Entry::Hibernating { state, .. }) => Some((id, state)),
+            _ => None,
+        }
+    }
+
+    /// Takes every hibernating session out of the registry (shutdown).
+    fn take_all_hibernating(&self) -> Vec<(String, Box<Hibernated>)> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return Vec::new();
+        };
+        let ids: Vec<String> = entries
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Hibernating { .. }))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| match entries.remove(&id) {
+                Some(Entry::Hibernating { state, .. }) => Some((id, state)),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Whether an unacknowledged stanza must not be lost: a `chat` or `normal` message with a body
@@ -199,13 +290,24 @@ fn worth_rerouting(el: &canto_xml::Element) -> bool {
 }
 
 impl Server {
+    /// `[stream_management] resume_timeout`: how long a dropped resumable session waits.
+    /// Zero: no resumption.
+    pub fn resume_timeout(&self) -> Duration {
+        Duration::from_secs(self.config().stream_management.resume_timeout)
+    }
+
     /// A resumable session's connection dropped (XEP-0198 §5): keep the session in the routing
-    /// table, its queue and its counters for the hibernation timeout; then end it through
-    /// [`Server::destroy_session`] and re-route what was not acknowledged.
+    /// table, its queue and its counters for the resume timeout; then end it through
+    /// [`Server::destroy_session`] and re-route what was not acknowledged. It ends early when
+    /// something asks it to close meanwhile: its queue filled up (what overflows goes to
+    /// offline storage, see the router), the same resource was bound again, the account was
+    /// deleted.
     pub fn hibernate(self: &Arc<Self>, id: &str, state: Hibernated) {
         let token = self.sm.next_token.fetch_add(1, Ordering::Relaxed);
         let owner = state.handle.jid().to_bare();
-        let timeout = self.sm.hibernation_timeout();
+        let timeout = self.resume_timeout();
+        let closer = state.closer.clone();
+        let (resumed_tx, mut resumed_rx) = oneshot::channel();
         info!(jid = %state.handle.jid(), ?timeout, "session hibernating");
         if let Ok(mut e) = self.sm.entries.lock() {
             e.insert(
@@ -214,19 +316,66 @@ impl Server {
                     owner,
                     token,
                     state: Box::new(state),
+                    _resumed: resumed_tx,
                 },
             );
         }
         let server = self.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(state) = server.sm.expire(&id, token) {
-                let Hibernated { handle, rx, sm, .. } = *state;
-                server.destroy_session(&handle, "hibernation timed out");
-                server.reroute_unacked(&handle, sm, rx).await;
+            let (reason, request) = tokio::select! {
+                _ = tokio::time::sleep(timeout) => ("hibernation timed out", None),
+                r = closer.closed() => ("closed while hibernating", Some(r)),
+                // Resumed: the entry (and the sender) left the registry.
+                _ = &mut resumed_rx => return,
+            };
+            let _order = server.sm.reroute_lock().await;
+            match server.sm.expire(&id, token) {
+                Some(state) => server.end_hibernated(&id, *state, reason).await,
+                // Resumed at the same moment: the close request is the new connection's.
+                None => {
+                    if let Some(r) = request {
+                        closer.close(r);
+                    }
+                }
             }
         });
+    }
+
+    /// Ends a hibernated session for good: out of the routing table (unavailable presence
+    /// and all, [`Server::destroy_session`]), its unacknowledged and queued messages
+    /// re-routed, its id remembered for a late `<resume/>`.
+    async fn end_hibernated(self: &Arc<Self>, id: &str, state: Hibernated, reason: &str) {
+        let Hibernated { handle, rx, sm, .. } = state;
+        self.sm_ended(id, &handle, &sm);
+        self.destroy_session(&handle, reason);
+        self.reroute_unacked(&handle, sm, rx).await;
+    }
+
+    /// Records that the resumable session `id` is over (XEP-0198 §5: a later `<resume/>`
+    /// fails with the `h` it needs).
+    pub fn sm_ended(&self, id: &str, handle: &SessionHandle, sm: &SmState) {
+        let c = &self.config().stream_management;
+        self.sm.remove(id);
+        self.sm
+            .ended(id, handle.jid().to_bare(), sm.handled(), c.remember_expired);
+    }
+
+    /// Shutdown: every hibernating session ends now, its unacknowledged messages to offline
+    /// storage, rather than being lost with the process.
+    pub async fn end_all_hibernating(self: &Arc<Self>) {
+        let _order = self.sm.reroute_lock().await;
+        for (id, state) in self.sm.take_all_hibernating() {
+            self.end_hibernated(&id, *state, "server shutting down")
+                .await;
+        }
+    }
+
+    /// Ends `session` now if it is hibernating (caller holds [`SmRegistry::reroute_lock`]).
+    pub async fn end_hibernating_session(self: &Arc<Self>, session: &SessionHandle, reason: &str) {
+        if let Some((id, state)) = self.sm.take_hibernating(session.id()) {
+            self.end_hibernated(&id, *state, reason).await;
+        }
     }
 
     /// After a session with stream management ended (it is out of the routing table already):
@@ -249,12 +398,19 @@ impl Server {
             if !worth_rerouting(&el) {
                 continue;
             }
-            n += 1;
             let resources = self.sessions.resources(&bare);
-            let best = resources
-                .iter()
-                .filter(|r| r.id() != handle.id() && r.is_available() && r.priority() >= 0)
-                .max_by_key(|r| r.priority());
+            let others = || {
+                resources
+                    .iter()
+                    .filter(|r| r.id() != handle.id() && r.is_available() && r.priority() >= 0)
+            };
+            // XEP-0280 §8: a resource with carbons enabled got a `<received/>` copy when the
+            // message was first delivered; sending it again would show it twice.
+            if crate::carbons::eligible(&el) && others().any(|r| r.carbons_enabled()) {
+                continue;
+            }
+            n += 1;
+            let best = others().max_by_key(|r| r.priority());
             let delivered = match best {
                 Some(r) => r.deliver(el.clone()).is_ok(),
                 None => false,

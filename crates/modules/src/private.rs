@@ -14,9 +14,6 @@ use crate::{expect_payload, from_owner};
 pub const NS: &str = "jabber:iq:private";
 const STORE: &str = "private";
 
-/// Largest fragment stored, in serialized bytes.
-pub const MAX_BYTES: usize = 64 * 1024;
-
 /// The module.
 pub struct Private;
 
@@ -98,8 +95,9 @@ impl IqHandler for PrivateIq {
                 .unwrap_or_else(|| Element::new(wanted.name(), wanted.ns()));
             return Ok(Some(Element::new("query", NS).with_child(frag)));
         }
+        let max = req.server.config().private.max_bytes;
         for f in &fragments {
-            if f.to_bytes().len() > MAX_BYTES {
+            if f.to_bytes().len() > max {
                 return Err(
                     StanzaError::new(Condition::NotAcceptable).with_text("fragment too large")
                 );

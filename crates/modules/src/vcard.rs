@@ -18,9 +18,6 @@ use crate::{expect_payload, from_owner};
 pub const NS: &str = "vcard-temp";
 const STORE: &str = "vcard";
 
-/// Largest vCard stored, in serialized bytes (photos included).
-pub const MAX_BYTES: usize = 64 * 1024;
-
 /// The module.
 pub struct Vcard;
 
@@ -77,7 +74,8 @@ pub async fn store(server: &Server, user: &BareJid, vcard: &Element) -> Result<(
         return Err(StanzaError::new(Condition::BadRequest));
     };
     let bytes = vcard.to_bytes();
-    if bytes.len() > MAX_BYTES {
+    // `[vcard] max_bytes`; XEP-0054 sets no limit, a server may refuse (not-acceptable).
+    if bytes.len() > server.config().vcard.max_bytes {
         return Err(StanzaError::new(Condition::NotAcceptable).with_text("vCard too large"));
     }
     server
@@ -188,8 +186,10 @@ mod tests {
         )
         .await;
         assert_eq!(result_xml(forged), "error forbidden");
-        let huge = Element::new("vCard", NS)
-            .with_child(Element::new("PHOTO", NS).with_text("A".repeat(MAX_BYTES)));
+        let huge = Element::new("vCard", NS).with_child(
+            Element::new("PHOTO", NS)
+                .with_text("A".repeat(canto_core::config::VcardConfig::default().max_bytes)),
+        );
         let r = call(
             &s,
             IqTarget::Account,

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use canto_core::sm::{ACK_REQUEST_AFTER, Hibernated, MAX_UNACKED, ResumeLookup};
+use canto_core::sm::{Hibernated, ResumeLookup};
 use canto_core::{Closer, Outbound, Server, SessionHandle};
 use canto_proto::c2s::{
     BindRequest, STREAM_CLOSE, Stage, bind_result, check_header, features, offered_mechanisms,
@@ -166,14 +166,18 @@ struct Conn {
     /// XEP-0198 stream management, once enabled (or resumed).
     sm: Option<SmConn>,
     /// XEP-0352: `Some` while the client says it is inactive, holding what can wait.
-    csi: Option<std::collections::VecDeque<Arc<Element>>>,
+    csi: Option<CsiHold>,
 }
 
 /// `urn:xmpp:csi:0`
 const CSI_NS: &str = "urn:xmpp:csi:0";
 
-/// Stanzas held for an inactive client before they are sent anyway (bounds memory).
-const CSI_MAX_HELD: usize = 100;
+/// What an inactive client's connection holds back (XEP-0352).
+struct CsiHold {
+    held: std::collections::VecDeque<Arc<Element>>,
+    /// `[csi] max_held`: one more and everything held is sent (bounds memory).
+    max: usize,
+}
 
 /// XEP-0352 §5 leaves the choice to the server; like Prosody's mod_csi_simple, what can wait
 /// is presence updates (not subscription handling or errors) and messages that carry nothing
@@ -208,6 +212,22 @@ struct SmConn {
     resume_id: Option<String>,
     /// An `<r/>` is out and its `<a/>` has not come back yet.
     ack_requested: bool,
+    /// `[stream_management] max_unacked` when enabled.
+    max_unacked: usize,
+    /// `[stream_management] request_ack_after` when enabled.
+    request_after: usize,
+}
+
+impl SmConn {
+    fn new(state: SmState, resume_id: Option<String>, config: &canto_core::Config) -> SmConn {
+        SmConn {
+            state,
+            resume_id,
+            ack_requested: false,
+            max_unacked: config.stream_management.max_unacked,
+            request_after: config.stream_management.request_ack_after,
+        }
+    }
 }
 
 /// Serializes a stanza from the session's queue, recording it as unacknowledged when stream
@@ -215,16 +235,16 @@ struct SmConn {
 fn write_stanza(
     out: &mut Vec<u8>,
     sm: &mut Option<SmConn>,
-    csi: &mut Option<std::collections::VecDeque<Arc<Element>>>,
+    csi: &mut Option<CsiHold>,
     el: Arc<Element>,
 ) {
-    if let Some(held) = csi {
-        if can_wait(&el) && held.len() < CSI_MAX_HELD {
-            held.push_back(el);
+    if let Some(hold) = csi {
+        if can_wait(&el) && hold.held.len() < hold.max {
+            hold.held.push_back(el);
             return;
         }
         // Something that cannot wait: what was held goes first, in order.
-        for h in held.drain(..) {
+        for h in hold.held.drain(..) {
             write_one(out, sm, h);
         }
     }
@@ -635,12 +655,17 @@ impl Conn {
     }
 
     async fn flush(&mut self) -> Result<(), End> {
+        if let Phase::Bound { handle, rx } = &self.phase
+            && rx.is_empty()
+        {
+            handle.queue_drained();
+        }
         if self.out.is_empty() {
             return Ok(());
         }
         if let Some(sm) = &mut self.sm {
             let pending = sm.state.pending();
-            if pending > MAX_UNACKED {
+            if pending > sm.max_unacked {
                 // A client that does not acknowledge would make us hold its stanzas forever.
                 return Err(End::Error(
                     StreamError::new(StreamCondition::PolicyViolation)
@@ -649,7 +674,7 @@ impl Conn {
             }
             // XEP-0198 §4: ask for an ack once enough is unacknowledged — at most one <r/> per
             // write, and none while one is outstanding, so acks cost little throughput.
-            if pending >= ACK_REQUEST_AFTER && !sm.ack_requested {
+            if pending >= sm.request_after && !sm.ack_requested {
                 sm.ack_requested = true;
                 smp::request().write_to(&mut self.out, ns::CLIENT);
             }
@@ -789,14 +814,17 @@ impl Conn {
             match el.name() {
                 "inactive" => {
                     if self.csi.is_none() {
-                        self.csi = Some(Default::default());
+                        self.csi = Some(CsiHold {
+                            held: Default::default(),
+                            max: self.ctx.server.config().csi.max_held,
+                        });
                     }
                 }
                 "active" => {
                     // Everything held, in order, in this write.
                     self.drain_queue();
-                    if let Some(held) = self.csi.take() {
-                        for h in held {
+                    if let Some(hold) = self.csi.take() {
+                        for h in hold.held {
                             write_one(&mut self.out, &mut self.sm, h);
                         }
                     }
@@ -1087,11 +1115,14 @@ impl Conn {
             }
         };
         let config = self.ctx.server.config();
-        let (tx, rx) = mpsc::channel(config.c2s.max_send_queue);
+        // Room for a full offline store on top of the live queue (XEP-0160 delivery at
+        // initial presence must not look like a slow reader).
+        let live = config.c2s.max_send_queue;
+        let (tx, rx) = mpsc::channel(live + config.offline.max_messages);
         let bound = match self.ctx.server.sessions.bind(
             self.id,
             jid.clone(),
-            tx,
+            (tx, live),
             self.closer.clone(),
             config.c2s.max_sessions_per_account,
         ) {
@@ -1224,8 +1255,8 @@ impl Conn {
         let server = self.ctx.server.clone();
         // XEP-0352: what an inactive client had held back counts as sent and unacknowledged,
         // so a resumption replays it (and the counters stay right).
-        if let (Some(sm), Some(held)) = (&mut self.sm, self.csi.take()) {
-            for el in held {
+        if let (Some(sm), Some(hold)) = (&mut self.sm, self.csi.take()) {
+            for el in hold.held {
                 sm.state.sent(el);
             }
         }
@@ -1252,7 +1283,7 @@ impl Conn {
                 state, resume_id, ..
             }) => {
                 if let Some(id) = resume_id {
-                    server.sm.remove(&id);
+                    server.sm_ended(&id, &handle, &state);
                 }
                 server.destroy_session(&handle, reason);
                 server.reroute_unacked(&handle, state, rx).await;
@@ -1275,19 +1306,18 @@ impl Conn {
                     self.send(&smp::failed("unexpected-request", None));
                     return Ok(());
                 }
-                let resume_id = smp::wants_resume(&el).then(|| {
+                // `resume_timeout = 0`: resumption is not offered (XEP-0198 §3 lets the
+                // server decline it; the session is then enabled without an id).
+                let max = self.ctx.server.resume_timeout().as_secs();
+                let resume_id = (smp::wants_resume(&el) && max > 0).then(|| {
                     self.ctx
                         .server
                         .sm
                         .register(handle.jid().to_bare(), self.closer.clone())
                 });
-                let max = self.ctx.server.sm.hibernation_timeout().as_secs();
                 self.send(&smp::enabled(resume_id.as_deref().map(|id| (id, max))));
-                self.sm = Some(SmConn {
-                    state: SmState::new(),
-                    resume_id,
-                    ack_requested: false,
-                });
+                let config = self.ctx.server.config();
+                self.sm = Some(SmConn::new(SmState::new(), resume_id, &config));
                 Ok(())
             }
             "r" if bound => {
@@ -1345,7 +1375,13 @@ impl Conn {
                 ResumeLookup::Wait if Instant::now() < give_up => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                _ => {
+                // XEP-0198 §5: unknown or expired; `h` tells the client which of its stanzas
+                // the ended session handled.
+                ResumeLookup::NotFound { h } => {
+                    self.send(&smp::failed("item-not-found", h));
+                    return Ok(());
+                }
+                ResumeLookup::Wait => {
                     self.send(&smp::failed("item-not-found", None));
                     return Ok(());
                 }
@@ -1360,9 +1396,11 @@ impl Conn {
         // A bind of the same full JID may have replaced the hibernating session meanwhile:
         // then it is over.
         if server.sessions.get(handle.jid()).map(|s| s.id()) != Some(handle.id()) {
+            let h = sm.handled();
+            server.sm_ended(&previd, &handle, &sm);
             server.destroy_session(&handle, "replaced while hibernating");
             server.reroute_unacked(&handle, sm, rx).await;
-            self.send(&smp::failed("item-not-found", None));
+            self.send(&smp::failed("item-not-found", Some(h)));
             return Ok(());
         }
         // The session's closer goes on serving this connection; a close the old connection
@@ -1372,11 +1410,7 @@ impl Conn {
         server.sm.revive(&previd, bare, self.closer.clone());
         tracing::Span::current().record("jid", tracing::field::display(handle.jid()));
         self.phase = Phase::Bound { handle, rx };
-        let mut sm = SmConn {
-            state: sm,
-            resume_id: Some(previd.clone()),
-            ack_requested: false,
-        };
+        let mut sm = SmConn::new(sm, Some(previd.clone()), &server.config());
         let acked = sm.state.acknowledge(h);
         let handled = sm.state.handled();
         let replay = sm.state.replay();

@@ -64,6 +64,7 @@ pub struct Network {
     alive_tx: Option<mpsc::Sender<()>>,
     alive_rx: mpsc::Receiver<()>,
     certs: Arc<CertStore>,
+    server: Arc<Server>,
 }
 
 /// The bound admin socket and its path.
@@ -81,7 +82,7 @@ pub fn start(
     if let Some((l, path)) = admin {
         tokio::spawn(admin::serve(server.clone(), l, path, shutdown_rx.clone()));
     }
-    let ctx = c2s::C2sContext::new(server, certs.clone(), shutdown_rx.clone());
+    let ctx = c2s::C2sContext::new(server.clone(), certs.clone(), shutdown_rx.clone());
     for l in listeners {
         let ctx = ctx.clone();
         let alive = alive_tx.clone();
@@ -112,6 +113,7 @@ pub fn start(
         alive_tx: Some(alive_tx),
         alive_rx,
         certs,
+        server,
     }
 }
 
@@ -122,10 +124,12 @@ impl Network {
     }
 
     /// Sends `<system-shutdown/>` to every stream, stops accepting and waits up to `grace` for
-    /// connections to finish.
+    /// connections to finish; then ends the sessions hibernating for XEP-0198 resumption, so
+    /// their unacknowledged messages reach offline storage instead of vanishing.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
         self.alive_tx = None;
         let _ = tokio::time::timeout(grace, self.alive_rx.recv()).await;
+        self.server.end_all_hibernating().await;
     }
 }

@@ -564,3 +564,24 @@ async fn unacked_messages_are_not_rerouted_to_a_resource_that_got_their_carbons(
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn without_the_smacks_and_csi_modules_neither_is_offered_nor_accepted() {
+    let mut config = test_config();
+    config.modules.retain(|m| m != "smacks" && m != "csi");
+    let s = server_with(config).await;
+    let c = s.login_unbound(HOST, "bob", "builder").await;
+    let f = c.features.clone().unwrap_or_else(|| panic!("no features"));
+    assert!(!f.has_child("sm", SM), "{f}");
+    assert!(!f.has_child("csi", "urn:xmpp:csi:0"), "{f}");
+    drop(c);
+    // An element of a feature not offered is an unknown top-level element (RFC 6120 §4.9.3.23).
+    let mut b = s.login("bob", "builder", "phone").await;
+    b.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    assert_eq!(b.expect_stream_error().await, "unsupported-stanza-type");
+    let mut b = s.login("bob", "builder", "laptop").await;
+    b.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    assert_eq!(b.expect_stream_error().await, "unsupported-stanza-type");
+    s.stop().await;
+}

@@ -16,6 +16,8 @@ pub const NS: &str = "urn:xmpp:carbons:2";
 pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 /// XEP-0334 processing hints.
 pub const NS_HINTS: &str = "urn:xmpp:hints";
+/// XEP-0359 unique and stable stanza ids.
+const NS_SID: &str = "urn:xmpp:sid:0";
 
 /// XEP-0280 §6: which messages are copied: `chat`; `normal` with a body; errors (bounces of
 /// either); never `groupchat` or `headline`; never with `<private/>` (§7) or a XEP-0334
@@ -51,6 +53,19 @@ impl Server {
         if !eligible(el) {
             return;
         }
+        // XEP-0313 §3.5: ids from another user's archive (the recipient's, on a `<sent/>`
+        // copy between local accounts) must not reach this user.
+        let own = user.to_string();
+        let foreign = |c: &Element| c.is("stanza-id", NS_SID) && c.attr("by") != Some(own.as_str());
+        let stripped;
+        let el = if el.children().any(foreign) {
+            let mut c = el.clone();
+            c.remove_children(foreign);
+            stripped = c;
+            &stripped
+        } else {
+            el
+        };
         for s in self.sessions.resources(user) {
             if s.carbons_enabled() && !skip.contains(&s.id()) {
                 let _ = s.deliver(Arc::new(wrap(direction, user, &s, el)));
@@ -84,6 +99,50 @@ mod tests {
             m.push_child(Element::new("body", ns::CLIENT).with_text("x"));
         }
         m
+    }
+
+    #[test]
+    fn copies_carry_only_the_users_own_archive_ids() {
+        let config = crate::Config {
+            modules: Vec::new(),
+            ..crate::Config::default()
+        };
+        let s = Server::new(config, canto_storage::Storage::memory(), &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let jid =
+            canto_stanza::FullJid::new("alice@localhost/r2").unwrap_or_else(|e| panic!("{e}"));
+        let h = s
+            .sessions
+            .bind(1, jid, (tx, 4), crate::session::Closer::new(), 5)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .handle;
+        h.set_carbons(true);
+        let sid = |by: &str| {
+            Element::new("stanza-id", NS_SID)
+                .with_attr("id", "x")
+                .with_attr("by", by)
+        };
+        let m = msg(Some("chat"), true)
+            .with_child(sid("bob@localhost"))
+            .with_child(sid("alice@localhost"));
+        let alice = BareJid::new("alice@localhost").unwrap_or_else(|e| panic!("{e}"));
+        s.carbon_received(&alice, &m, &[]);
+        let Ok(crate::Outbound::Stanza(copy)) = rx.try_recv() else {
+            panic!("no copy");
+        };
+        let inner = copy
+            .children()
+            .next()
+            .and_then(|r| r.children().next())
+            .and_then(|f| f.children().next())
+            .unwrap_or_else(|| panic!("{copy}"));
+        let ids: Vec<_> = inner
+            .children()
+            .filter(|c| c.name() == "stanza-id")
+            .filter_map(|c| c.attr("by"))
+            .collect();
+        assert_eq!(ids, ["alice@localhost"], "{copy}");
     }
 
     #[test]

@@ -547,6 +547,8 @@ impl Default for Config {
                 "blocking".into(),
                 "carbons".into(),
                 "last".into(),
+                "smacks".into(),
+                "csi".into(),
             ],
             admin_socket: PathBuf::from("admin.sock"),
             c2s: C2sConfig::default(),
@@ -886,7 +888,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ("hosts", "Virtual hosts served."),
     (
         "modules",
-        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, last, mam (archiving; off by default), extdisco.",
+        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, last, smacks (XEP-0198), csi (XEP-0352), mam (archiving;\noff by default), extdisco, register (off by default).",
     ),
     (
         "admin_socket",

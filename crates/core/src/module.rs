@@ -96,6 +96,7 @@ pub struct ModuleTable {
     iq: HashMap<(IqTarget, IqType, String), Arc<dyn IqHandler>>,
     message_hooks: Vec<Arc<dyn MessageHook>>,
     account_features: Vec<String>,
+    stream_features: Vec<Element>,
     loaded: Vec<&'static str>,
 }
 
@@ -157,6 +158,18 @@ impl ModuleTable {
     pub fn loaded(&self) -> &[&'static str] {
         &self.loaded
     }
+
+    /// Stream features offered once the client is authenticated (XEP-0198 `<sm/>`, XEP-0352
+    /// `<csi/>`), in load order.
+    pub fn stream_features(&self) -> &[Element] {
+        &self.stream_features
+    }
+
+    /// Whether a stream feature in namespace `ns` is offered: the connection accepts that
+    /// namespace's elements only then.
+    pub fn offers_stream_feature(&self, ns: &str) -> bool {
+        self.stream_features.iter().any(|f| f.ns() == ns)
+    }
 }
 
 /// Handed to [`Module::load`].
@@ -181,6 +194,12 @@ impl ModuleCtx<'_> {
             self.table.account_features.push(var.to_string());
             self.table.account_features.sort();
         }
+    }
+
+    /// Offers a stream feature after authentication; the connection task implements the
+    /// protocol behind it (it lives on the connection's read and write paths).
+    pub fn add_stream_feature(&mut self, feature: Element) {
+        self.table.stream_features.push(feature);
     }
 
     /// Sees one-to-one messages before delivery.

@@ -26,6 +26,12 @@ const SPECS: &[Spec] = &[
         version: "1.0",
         title: "Stanza Forwarding",
     },
+    // Only the `no-copy` hint, which carbons honour (XEP-0334 §4.3 / XEP-0280 §6).
+    Spec {
+        id: "XEP-0334",
+        version: "0.3.0",
+        title: "Message Processing Hints",
+    },
 ];
 
 impl Module for Carbons {

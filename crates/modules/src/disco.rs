@@ -15,11 +15,23 @@ use crate::{expect_payload, from_owner};
 /// The module.
 pub struct Disco;
 
-const SPECS: &[Spec] = &[Spec {
-    id: "XEP-0030",
-    version: "2.5.0",
-    title: "Service Discovery",
-}];
+const SPECS: &[Spec] = &[
+    Spec {
+        id: "XEP-0030",
+        version: "2.5.0",
+        title: "Service Discovery",
+    },
+    Spec {
+        id: "XEP-0128",
+        version: "1.0.1",
+        title: "Service Discovery Extensions",
+    },
+    Spec {
+        id: "XEP-0157",
+        version: "1.1.1",
+        title: "Contact Addresses for XMPP Services",
+    },
+];
 
 impl Module for Disco {
     fn name(&self) -> &'static str {

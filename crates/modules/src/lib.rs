@@ -9,6 +9,7 @@ use canto_stanza::{Condition, StanzaError};
 
 pub mod blocking;
 pub mod carbons;
+pub mod csi;
 pub mod disco;
 pub mod extdisco;
 pub mod last;
@@ -17,6 +18,7 @@ pub mod ping;
 pub mod private;
 pub mod register;
 pub mod roster;
+pub mod smacks;
 pub mod time;
 pub mod vcard;
 pub mod version;
@@ -40,6 +42,8 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(last::Last),
         Arc::new(extdisco::ExtDisco),
         Arc::new(register::Register),
+        Arc::new(smacks::Smacks),
+        Arc::new(csi::Csi),
     ]
 }
 
@@ -98,6 +102,8 @@ mod tests {
             ids,
             vec![
                 ("disco", "XEP-0030", "2.5.0"),
+                ("disco", "XEP-0128", "1.0.1"),
+                ("disco", "XEP-0157", "1.1.1"),
                 ("ping", "XEP-0199", "2.0.1"),
                 ("version", "XEP-0092", "1.1"),
                 ("time", "XEP-0202", "2.0"),
@@ -109,12 +115,15 @@ mod tests {
                 ("blocking", "XEP-0191", "1.3"),
                 ("carbons", "XEP-0280", "1.0.1"),
                 ("carbons", "XEP-0297", "1.0"),
+                ("carbons", "XEP-0334", "0.3.0"),
                 ("mam", "XEP-0313", "1.1.3"),
                 ("mam", "XEP-0359", "0.7.0"),
                 ("mam", "XEP-0059", "1.0"),
                 ("last", "XEP-0012", "2.0"),
                 ("extdisco", "XEP-0215", "1.0.0"),
                 ("register", "XEP-0077", "2.4"),
+                ("smacks", "XEP-0198", "1.6.1"),
+                ("csi", "XEP-0352", "1.0.0"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

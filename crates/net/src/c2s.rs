@@ -170,7 +170,7 @@ struct Conn {
 }
 
 /// `urn:xmpp:csi:0`
-const CSI_NS: &str = "urn:xmpp:csi:0";
+const CSI_NS: &str = ns::CSI;
 
 /// What an inactive client's connection holds back (XEP-0352).
 struct CsiHold {
@@ -792,6 +792,12 @@ impl Conn {
             Phase::Authenticated { .. } | Phase::Bound { .. } => Stage::Authenticated,
         };
         let mut f = features(stage, &self.cb);
+        if matches!(stage, Stage::Authenticated) {
+            // XEP-0198 §2 and XEP-0352 §2: offered after authentication, by their modules.
+            for sf in self.ctx.server.modules().stream_features() {
+                f.push_child(sf.clone());
+            }
+        }
         if matches!(self.phase, Phase::Unauthenticated { .. }) && self.registration_open() {
             // XEP-0077 §4: registration is offered as a stream feature.
             f.push_child(Element::new("register", canto_proto::register::NS_FEATURE));
@@ -806,10 +812,16 @@ impl Conn {
         if !self.header_sent {
             return Err(stream_error(StreamCondition::NotWellFormed));
         }
-        if el.ns() == smp::NS && !matches!(self.phase, Phase::Unauthenticated { .. }) {
+        // Only when offered (modules `smacks` and `csi`); otherwise these are unknown
+        // top-level elements like any other.
+        let offered = |ns: &str| self.ctx.server.modules().offers_stream_feature(ns);
+        if el.ns() == smp::NS
+            && !matches!(self.phase, Phase::Unauthenticated { .. })
+            && offered(smp::NS)
+        {
             return self.stream_management(el).await.map(|()| Flow::Continue);
         }
-        if el.ns() == CSI_NS && matches!(self.phase, Phase::Bound { .. }) {
+        if el.ns() == CSI_NS && matches!(self.phase, Phase::Bound { .. }) && offered(CSI_NS) {
             // XEP-0352 §3 (nonzas: not counted by XEP-0198).
             match el.name() {
                 "inactive" => {

@@ -159,10 +159,8 @@ pub fn features(stage: Stage, cb: &ChannelBindings) -> Element {
             // RFC 6121 §2.6.1: roster versioning; §3.4: subscription pre-approval.
             f.push_child(Element::new("ver", "urn:xmpp:features:rosterver"));
             f.push_child(Element::new("sub", "urn:xmpp:features:pre-approval"));
-            // XEP-0198 §2: stream management is offered after authentication.
-            f.push_child(Element::new("sm", crate::sm::NS));
-            // XEP-0352 §2: client state indication.
-            f.push_child(Element::new("csi", "urn:xmpp:csi:0"));
+            // Stream management (XEP-0198) and client state indication (XEP-0352) are
+            // added by their modules (`smacks`, `csi`) when enabled.
         }
     }
     f

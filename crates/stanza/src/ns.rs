@@ -38,3 +38,5 @@ pub const DELAY: &str = "urn:xmpp:delay";
 pub const STREAM_LIMITS: &str = "urn:xmpp:stream-limits:0";
 /// XML namespace of `xml:lang`.
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+/// XEP-0352 Client State Indication.
+pub const CSI: &str = "urn:xmpp:csi:0";

@@ -1,10 +1,15 @@
-//! A flow driven by slixmpp, a client library nobody on this project wrote: subscription
-//! handshake, presence and a message (tests/python/im_flow.py). `.ci/run` installs slixmpp;
-//! without it this test fails and says so, unless CANTO_SKIP_PYTHON=1.
+//! Flows driven by slixmpp, a client library nobody on this project wrote:
+//! - tests/python/im_flow.py: subscription handshake, presence and a message;
+//! - tests/python/modern_flow.py: XEP-0280 carbons, XEP-0313 MAM with XEP-0059 paging and
+//!   XEP-0359 stanza ids, XEP-0191 blocking and XEP-0198 resumption, each through slixmpp's own
+//!   plugin.
+//!
+//! `.ci/run` installs slixmpp; without it these tests fail and say so, unless
+//! CANTO_SKIP_PYTHON=1.
 use canto_tests::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slixmpp_subscription_presence_and_message() {
+/// Whether the flows can run; panics when slixmpp is missing and skipping was not asked for.
+fn have_slixmpp() -> bool {
     let has_slixmpp = std::process::Command::new("python3")
         .args(["-c", "import slixmpp"])
         .status()
@@ -14,12 +19,13 @@ async fn slixmpp_subscription_presence_and_message() {
             std::env::var("CANTO_SKIP_PYTHON").is_ok_and(|v| v == "1"),
             "slixmpp is not installed (pip install slixmpp), or set CANTO_SKIP_PYTHON=1"
         );
-        return;
     }
-    let s = TestServer::start().await;
-    s.add_user("alice", "alicepw").await;
-    s.add_user("bob", "bobpw").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/im_flow.py");
+    has_slixmpp
+}
+
+/// Runs `tests/python/<script> PORT CERT` against `s`; returns (success, stdout, stderr).
+async fn run_script(s: &TestServer, script: &str) -> (bool, String, String) {
+    let script = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let (port, cert) = (s.addr.port().to_string(), s.cert_pem_path());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
@@ -31,11 +37,50 @@ async fn slixmpp_subscription_presence_and_message() {
     .await
     .unwrap_or_else(|e| panic!("join: {e}"))
     .unwrap_or_else(|e| panic!("running python3: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_subscription_presence_and_message() {
+    if !have_slixmpp() {
+        return;
+    }
+    let s = TestServer::start().await;
+    s.add_user("alice", "alicepw").await;
+    s.add_user("bob", "bobpw").await;
+    let (ok, stdout, stderr) = run_script(&s, "im_flow.py").await;
     assert!(
-        out.status.success() && stdout.contains("1 passed, 0 failed"),
+        ok && stdout.contains("1 passed, 0 failed"),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_carbons_mam_blocking_and_stream_resumption() {
+    if !have_slixmpp() {
+        return;
+    }
+    let mut cfg = test_config();
+    // Archiving is off by default; carbons and blocking are on.
+    cfg.modules.push("mam".into());
+    let s = TestServer::with_config(cfg).await;
+    for (user, pw) in [("alice", "alicepw"), ("bob", "bobpw"), ("carol", "carolpw")] {
+        s.add_user(user, pw).await;
+    }
+    let (ok, stdout, stderr) = run_script(&s, "modern_flow.py").await;
+    // The last line is "N passed, M failed".
+    let summary = stdout.lines().last().unwrap_or_default();
+    let passed: u32 = summary
+        .strip_suffix(" passed, 0 failed")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ok && passed > 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // One line per check; shown with --nocapture.
+    println!("{stdout}");
     s.stop().await;
 }

@@ -585,3 +585,41 @@ async fn without_the_smacks_and_csi_modules_neither_is_offered_nor_accepted() {
     assert_eq!(b.expect_stream_error().await, "unsupported-stanza-type");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_an_account_ends_its_hibernating_session_and_keeps_nothing() {
+    let s = server().await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    b.send("<presence/>").await;
+    enable(&mut b, true).await;
+    let to = b.full_jid();
+    send_msgs(&mut a, &to, 1..=2).await;
+    assert_eq!(bodies(&mut b, 2).await, ["m1", "m2"]);
+    drop(b);
+    assert!(
+        poll_until(WAIT, || s.running.server.sm.hibernating() == 1).await,
+        "never hibernated"
+    );
+    send_msgs(&mut a, &to, 3..=3).await;
+    let bob = canto_stanza::BareJid::new("bob@localhost").unwrap_or_else(|e| panic!("{e}"));
+    let existed = s
+        .running
+        .server
+        .delete_account(&bob)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(existed);
+    assert_eq!(s.running.server.sm.hibernating(), 0);
+    assert!(!s.is_bound(&to));
+    // Neither the unacknowledged nor the queued messages outlive the account.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left = s
+        .storage
+        .archive
+        .count("offline", HOST, "bob", &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(left, 0);
+    s.stop().await;
+}

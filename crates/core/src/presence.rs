@@ -541,6 +541,12 @@ impl Server {
             return Ok(false);
         }
         for s in self.sessions.resources(user) {
+            // A session hibernating for XEP-0198 resumption ends now (its leftovers are
+            // removed with the rest below).
+            {
+                let _order = self.sm.reroute_lock().await;
+                self.end_hibernating_session(&s, "account deleted").await;
+            }
             s.close(
                 canto_stanza::StreamError::new(canto_stanza::StreamCondition::NotAuthorized)
                     .with_text("account deleted"),

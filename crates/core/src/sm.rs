@@ -393,6 +393,10 @@ impl Server {
             pending.push(el);
         }
         let bare = handle.jid().to_bare();
+        // The account was deleted meanwhile: nothing to keep for it.
+        if !self.account_exists(&bare).await {
+            return;
+        }
         let mut n = 0usize;
         for el in pending {
             if !worth_rerouting(&el) {

@@ -14,6 +14,8 @@ use crate::session::{SessionHandle, SessionId};
 pub const NS: &str = "urn:xmpp:carbons:2";
 /// XEP-0297 forwarding.
 pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0359 stanza ids.
+const NS_SID: &str = "urn:xmpp:sid:0";
 /// XEP-0334 processing hints.
 pub const NS_HINTS: &str = "urn:xmpp:hints";
 
@@ -35,6 +37,12 @@ pub fn eligible(el: &Element) -> bool {
 }
 
 fn wrap(direction: &str, user: &BareJid, to: &SessionHandle, original: &Element) -> Element {
+    // XEP-0313 §3 ("Communicating the archive ID"): no XEP-0359 <stanza-id/> of an archive
+    // the receiving resource may not query — a sent copy would otherwise carry the id the
+    // recipient's archive gave the message.
+    let own = user.to_string();
+    let mut original = original.clone();
+    original.remove_children(|c| c.is("stanza-id", NS_SID) && c.attr("by") != Some(own.as_str()));
     // §7.3/§8.3: the wrapper is from the user's bare JID to the receiving resource.
     Element::new("message", ns::CLIENT)
         .with_attr("from", user.to_string())
@@ -42,7 +50,7 @@ fn wrap(direction: &str, user: &BareJid, to: &SessionHandle, original: &Element)
         .with_attr("type", original.attr("type").unwrap_or("normal"))
         .with_child(
             Element::new(direction, NS)
-                .with_child(Element::new("forwarded", NS_FORWARD).with_child(original.clone())),
+                .with_child(Element::new("forwarded", NS_FORWARD).with_child(original)),
         )
 }
 

@@ -579,6 +579,22 @@ async fn a_domain_item_blocks_every_account_there() {
         "{e}"
     );
     assert!(blocked_condition(&e), "{e}");
+    // So is any address at a subdomain (§4): refused as blocked, not routed onwards (which
+    // would be remote-server-not-found).
+    a.send(
+        "<message to='room@conference.example.test' type='chat' id='a2'><body>x</body></message>",
+    )
+    .await;
+    let e = a
+        .wait_for(|e| e.attr("id") == Some("a2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        error_condition(&e).as_deref(),
+        Some("not-acceptable"),
+        "{e}"
+    );
+    assert!(blocked_condition(&e), "{e}");
     // Accounts on other domains are not covered.
     assert_message_flows(&mut a, &mut b).await;
     assert_message_flows(&mut b, &mut a).await;

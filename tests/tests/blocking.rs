@@ -182,3 +182,433 @@ async fn blocking_a_subscribed_contact_hides_presence_and_unblocking_restores_it
     assert!(p.to_string().contains("hidden"), "{p}");
     s.stop().await;
 }
+
+async fn fetch_blocklist(c: &mut Client) -> Vec<String> {
+    let r = c
+        .iq("<iq type='get' id='{id}'><blocklist xmlns='urn:xmpp:blocking'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    r.get_child("blocklist", BLOCKING)
+        .unwrap_or_else(|| panic!("{r}"))
+        .children()
+        .filter_map(|i| i.attr("jid").map(str::to_string))
+        .collect()
+}
+
+fn is_push(e: &Element, what: &str) -> bool {
+    e.is("iq", ns::CLIENT) && e.attr("type") == Some("set") && e.has_child(what, BLOCKING)
+}
+
+fn push_items(e: &Element, what: &str) -> Vec<String> {
+    e.get_child(what, BLOCKING)
+        .map(|b| {
+            b.children()
+                .filter_map(|i| i.attr("jid").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn ask(c: &mut Client, xml: &str) -> Element {
+    c.iq(xml).await.unwrap_or_else(|e| panic!("{xml}: {e:#}"))
+}
+
+/// Roster fetched and initial presence sent; own presence and whatever else came, skipped.
+async fn available(c: &mut Client) {
+    ask(
+        c,
+        "<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>",
+    )
+    .await;
+    c.send("<presence/>").await;
+    drain(c).await;
+}
+
+/// `contact` subscribes to `user`'s presence and `user` approves (both available).
+async fn subscribe(contact: &mut Client, user: &mut Client) {
+    contact
+        .send(&format!(
+            "<presence to='{}' type='subscribe'/>",
+            user.bare_jid()
+        ))
+        .await;
+    user.wait_for(|e| is_presence(e) && e.attr("type") == Some("subscribe"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    user.send(&format!(
+        "<presence to='{}' type='subscribed'/>",
+        contact.bare_jid()
+    ))
+    .await;
+    let me = user.full_jid();
+    contact
+        .wait_for(|e| is_presence(e) && e.attr("from") == Some(me.as_str()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    drain(user).await;
+    drain(contact).await;
+}
+
+/// Sends a block/unblock set whose id is fixed in `xml` and returns the push the sending
+/// resource itself gets, after checking the result (in whatever order the two arrive).
+async fn set_with_own_push(c: &mut Client, xml: &str, what: &str) -> Element {
+    let id = xml
+        .split("id='")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_default()
+        .to_string();
+    c.send(xml).await;
+    let mut got_result = false;
+    let mut got_push = None;
+    while !(got_result && got_push.is_some()) {
+        let e = c.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        if e.attr("id") == Some(id.as_str()) {
+            assert_eq!(e.attr("type"), Some("result"), "{e}");
+            got_result = true;
+        } else if is_push(&e, what) {
+            got_push = Some(e);
+        }
+    }
+    let push = got_push.unwrap_or_else(|| panic!("no push"));
+    assert_eq!(push.attr("to"), c.jid.as_deref(), "{push}");
+    push
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_go_to_every_resource_that_fetched_the_list_the_sender_too() {
+    let s = server().await;
+    s.add_user("carol", "pc").await;
+    let mut a1 = s.login("alice", "pa", "a1").await;
+    let mut a2 = s.login("alice", "pa", "a2").await;
+    let mut a3 = s.login("alice", "pa", "a3").await;
+    assert!(fetch_blocklist(&mut a1).await.is_empty());
+    assert!(fetch_blocklist(&mut a2).await.is_empty());
+    // XEP-0191 §3.3: a block with two items; the result goes to a1, and the push to every
+    // resource that requested the blocklist — a1 itself included — but not to a3.
+    let push = set_with_own_push(&mut a1, "<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/><item jid='carol@localhost'/></block></iq>", "block").await;
+    assert_eq!(push.attr("to"), Some("alice@localhost/a1"), "{push}");
+    let mut items = push_items(&push, "block");
+    items.sort();
+    assert_eq!(items, ["bob@localhost", "carol@localhost"]);
+    let push = a2
+        .wait_for(|e| is_push(e, "block"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(push.attr("to"), Some("alice@localhost/a2"), "{push}");
+    assert!(
+        !drain(&mut a3).await.iter().any(|e| is_push(e, "block")),
+        "a3 never asked for the blocklist"
+    );
+    // a3 asks now, sees both, and from then on gets pushes too: unblocking one item is pushed
+    // to all three with just that item.
+    let mut list = fetch_blocklist(&mut a3).await;
+    list.sort();
+    assert_eq!(list, ["bob@localhost", "carol@localhost"]);
+    let push = set_with_own_push(
+        &mut a3,
+        "<iq type='set' id='u1'><unblock xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></unblock></iq>",
+        "unblock",
+    )
+    .await;
+    assert_eq!(push_items(&push, "unblock"), ["bob@localhost"], "{push}");
+    for c in [&mut a1, &mut a2] {
+        let push = c
+            .wait_for(|e| is_push(e, "unblock"))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(push_items(&push, "unblock"), ["bob@localhost"], "{push}");
+    }
+    // The list outlives the sessions.
+    drop((a1, a2, a3));
+    let mut later = s.login("alice", "pa", "later").await;
+    assert_eq!(fetch_blocklist(&mut later).await, ["carol@localhost"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_change_nothing() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a1").await;
+    let mut b = s.login("bob", "pb", "b1").await;
+    // XEP-0191 §3.3: a JID that cannot be parsed is jid-malformed — and the good item beside it
+    // is not blocked either.
+    for bad in ["@localhost", "bob@", "a@b@c"] {
+        let r = ask(
+            &mut a,
+            &format!("<iq type='set' id='{{id}}'><block xmlns='urn:xmpp:blocking'><item jid='carol@localhost'/><item jid='{bad}'/></block></iq>"),
+        )
+        .await;
+        assert_eq!(
+            error_condition(&r).as_deref(),
+            Some("jid-malformed"),
+            "{bad}: {r}"
+        );
+    }
+    // A block without items, or an item without a jid: bad-request.
+    for xml in [
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'/></iq>",
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item/></block></iq>",
+    ] {
+        let r = ask(&mut a, xml).await;
+        assert_eq!(
+            error_condition(&r).as_deref(),
+            Some("bad-request"),
+            "{xml}: {r}"
+        );
+    }
+    assert!(fetch_blocklist(&mut a).await.is_empty());
+    // Another account's blocklist is not for alice to read or change.
+    for xml in [
+        "<iq type='get' id='{id}' to='bob@localhost'><blocklist xmlns='urn:xmpp:blocking'/></iq>",
+        "<iq type='set' id='{id}' to='bob@localhost'><block xmlns='urn:xmpp:blocking'><item jid='carol@localhost'/></block></iq>",
+    ] {
+        let r = ask(&mut a, xml).await;
+        assert_eq!(
+            error_condition(&r).as_deref(),
+            Some("forbidden"),
+            "{xml}: {r}"
+        );
+    }
+    assert!(fetch_blocklist(&mut b).await.is_empty());
+    // Unblocking what is not blocked is no error.
+    let r = ask(
+        &mut a,
+        "<iq type='set' id='{id}'><unblock xmlns='urn:xmpp:blocking'><item jid='carol@localhost'/></unblock></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_stranger_learns_nothing() {
+    let s = server().await;
+    s.add_user("carol", "pc").await;
+    let mut a1 = s.login("alice", "pa", "a1").await;
+    let mut a2 = s.login("alice", "pa", "a2").await;
+    let mut c = s.login("carol", "pc", "c1").await;
+    available(&mut a1).await;
+    available(&mut a2).await;
+    available(&mut c).await;
+    let r = ask(
+        &mut a1,
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item jid='carol@localhost'/></block></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // XEP-0191 §3.3: unavailable presence only to a contact allowed to receive presence; carol
+    // has no subscription, so she gets nothing (not even which resources are online).
+    let got = drain(&mut c).await;
+    assert!(!got.iter().any(is_presence), "{got:?}");
+    // §3.3 inbound rules. A message to the bare JID and an IQ the server would answer for
+    // alice (her public vCard) are refused with service-unavailable.
+    c.send("<message to='alice@localhost' type='chat' id='m1'><body>hi</body></message>")
+        .await;
+    let e = c
+        .wait_for(|e| e.attr("id") == Some("m1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        error_condition(&e).as_deref(),
+        Some("service-unavailable"),
+        "{e}"
+    );
+    let r = ask(
+        &mut c,
+        "<iq type='get' id='{id}' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("service-unavailable"),
+        "{r}"
+    );
+    // IQ results and errors, message errors and presence of any kind are dropped without an
+    // answer.
+    for xml in [
+        "<iq type='result' id='r1' to='alice@localhost/a1'/>",
+        "<iq type='error' id='r2' to='alice@localhost/a1'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+        "<message type='error' id='r3' to='alice@localhost/a1'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        "<presence to='alice@localhost' type='subscribe'/>",
+        "<presence to='alice@localhost/a1'><show>chat</show></presence>",
+        "<presence to='alice@localhost' type='probe'/>",
+    ] {
+        c.send(xml).await;
+    }
+    assert_alive(&mut c).await;
+    assert!(c.nothing_within(QUIET).await, "carol got an answer");
+    for a in [&mut a1, &mut a2] {
+        let got = drain(a).await;
+        assert!(
+            !got.iter()
+                .any(|e| e.attr("from").is_some_and(|f| f.starts_with("carol@"))),
+            "{got:?}"
+        );
+    }
+    // The subscription request was dropped, not kept for later: after unblocking, alice's next
+    // session is not asked.
+    ask(
+        &mut a1,
+        "<iq type='set' id='{id}'><unblock xmlns='urn:xmpp:blocking'/></iq>",
+    )
+    .await;
+    drop((a1, a2));
+    let mut again = s.login("alice", "pa", "again").await;
+    available(&mut again).await;
+    again.send("<presence/>").await;
+    let got = drain(&mut again).await;
+    assert!(
+        !got.iter()
+            .any(|e| is_presence(e) && e.attr("type") == Some("subscribe")),
+        "{got:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_contact_gets_no_presence_at_login_and_cannot_leave_offline_messages() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a1").await;
+    let mut b = s.login("bob", "pb", "b1").await;
+    available(&mut a).await;
+    available(&mut b).await;
+    subscribe(&mut b, &mut a).await;
+    let r = ask(
+        &mut a,
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    drain(&mut b).await;
+    // bob comes back: his initial presence probes alice (RFC 6121 §4.3), and the block keeps her
+    // presence from him (XEP-0191 §3.3).
+    drop(b);
+    let mut b = s.login("bob", "pb", "b2").await;
+    available(&mut b).await;
+    b.send("<presence><status>back</status></presence>").await;
+    let got = drain(&mut b).await;
+    assert!(
+        !got.iter()
+            .any(|e| is_presence(e) && e.attr("from") == Some("alice@localhost/a1")),
+        "{got:?}"
+    );
+    let got = drain(&mut a).await;
+    assert!(
+        !got.iter()
+            .any(|e| e.attr("from").is_some_and(|f| f.starts_with("bob@"))),
+        "{got:?}"
+    );
+    // alice goes offline; bob's message bounces instead of waiting for her.
+    drop(a);
+    tokio::time::sleep(QUIET).await;
+    b.send(
+        "<message to='alice@localhost' type='chat' id='off1'><body>are you there</body></message>",
+    )
+    .await;
+    let e = b
+        .wait_for(|e| e.attr("id") == Some("off1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        error_condition(&e).as_deref(),
+        Some("service-unavailable"),
+        "{e}"
+    );
+    let mut a = s.login("alice", "pa", "a2").await;
+    available(&mut a).await;
+    a.send("<presence/>").await;
+    let got = drain(&mut a).await;
+    assert!(!got.iter().any(|e| e.name() == "message"), "{got:?}");
+    // Unblocking: bob (subscribed) gets her current presence (§3.4).
+    ask(
+        &mut a,
+        "<iq type='set' id='{id}'><unblock xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></unblock></iq>",
+    )
+    .await;
+    b.wait_for(|e| is_presence(e) && e.attr("from") == Some("alice@localhost/a2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_item_blocks_every_account_there() {
+    let s = server().await;
+    s.add_user_on(HOST2, "dave", "pd").await;
+    let mut a = s.login("alice", "pa", "a1").await;
+    let mut b = s.login("bob", "pb", "b1").await;
+    let mut d = s.login_on(HOST2, "dave", "pd", "d1").await;
+    available(&mut a).await;
+    available(&mut d).await;
+    subscribe(&mut d, &mut a).await;
+    // XEP-0191 §4 (JID matching): a domain item covers user@domain. dave is subscribed, so he
+    // gets unavailable from alice (§3.3) though the item names only his domain.
+    ask(
+        &mut a,
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item jid='example.test'/></block></iq>",
+    )
+    .await;
+    d.wait_for(|e| {
+        is_presence(e)
+            && e.attr("from") == Some("alice@localhost/a1")
+            && e.attr("type") == Some("unavailable")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    d.send("<message to='alice@localhost/a1' type='chat' id='d1'><body>x</body></message>")
+        .await;
+    let e = d
+        .wait_for(|e| e.attr("id") == Some("d1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        error_condition(&e).as_deref(),
+        Some("service-unavailable"),
+        "{e}"
+    );
+    a.send("<message to='dave@example.test' type='chat' id='a1'><body>x</body></message>")
+        .await;
+    let e = a
+        .wait_for(|e| e.attr("id") == Some("a1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        error_condition(&e).as_deref(),
+        Some("not-acceptable"),
+        "{e}"
+    );
+    assert!(blocked_condition(&e), "{e}");
+    // So is any address at a subdomain (§4): refused as blocked, not routed onwards (which
+    // would be remote-server-not-found).
+    a.send(
+        "<message to='room@conference.example.test' type='chat' id='a2'><body>x</body></message>",
+    )
+    .await;
+    let e = a
+        .wait_for(|e| e.attr("id") == Some("a2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        error_condition(&e).as_deref(),
+        Some("not-acceptable"),
+        "{e}"
+    );
+    assert!(blocked_condition(&e), "{e}");
+    // Accounts on other domains are not covered.
+    assert_message_flows(&mut a, &mut b).await;
+    assert_message_flows(&mut b, &mut a).await;
+    // Unblocking the domain gives dave alice's presence again (§3.4).
+    ask(
+        &mut a,
+        "<iq type='set' id='{id}'><unblock xmlns='urn:xmpp:blocking'><item jid='example.test'/></unblock></iq>",
+    )
+    .await;
+    d.wait_for(|e| {
+        is_presence(e) && e.attr("from") == Some("alice@localhost/a1") && e.attr("type").is_none()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_message_flows(&mut d, &mut a).await;
+    s.stop().await;
+}

@@ -268,3 +268,487 @@ async fn preferences_decide_what_is_archived() {
     assert!(info.to_string().contains("urn:xmpp:mam:2"), "{info}");
     s.stop().await;
 }
+
+const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn form(fields: &str) -> String {
+    format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>{fields}</x>"
+    )
+}
+
+fn page(max: usize, extra: &str) -> String {
+    format!("<set xmlns='{RSM}'><max>{max}</max>{extra}</set>")
+}
+
+/// alice sends bob `n` chat messages m0…m{n-1}; returns once bob has them all.
+async fn send_many(a: &mut Client, b: &mut Client, n: usize) {
+    for i in 0..n {
+        a.send(&format!(
+            "<message to='bob@localhost/b' type='chat'><body>m{i}</body></message>"
+        ))
+        .await;
+    }
+    let last = format!("m{}", n - 1);
+    b.wait_for(|e| {
+        e.name() == "message"
+            && e.get_child("body", ns::CLIENT)
+                .is_some_and(|x| x.text() == last)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+fn names(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("m{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_archive() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a").await;
+    // XEP-0313 §4.3: nothing to page through: complete, a count of 0, no first/last
+    // (XEP-0059 §2.6).
+    let (ids, _, fin) = query(&mut a, "").await;
+    assert!(ids.is_empty());
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin}");
+    assert_eq!(rsm(&fin, "count").as_deref(), Some("0"), "{fin}");
+    assert!(
+        rsm(&fin, "first").is_none() && rsm(&fin, "last").is_none(),
+        "{fin}"
+    );
+    let (ids, _, fin) = query(&mut a, &page(5, "<before/>")).await;
+    assert!(ids.is_empty());
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin}");
+    // Metadata of an empty archive: an empty <metadata/>.
+    let r = a
+        .iq("<iq type='get' id='{id}'><metadata xmlns='urn:xmpp:mam:2'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let m = r
+        .get_child("metadata", MAM)
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(m.children().count(), 0, "{r}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_to_both_ends_and_the_complete_flag() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    send_many(&mut a, &mut b, 7).await;
+
+    // Forwards in pages of 3: only the last page is complete (XEP-0313 §4.3).
+    let (ids0, bodies, fin) = query(&mut b, &page(3, "")).await;
+    assert_eq!(bodies, names(0..3));
+    assert_eq!(fin.attr("complete"), None, "{fin}");
+    assert_eq!(rsm(&fin, "first").as_deref(), Some(ids0[0].as_str()));
+    assert_eq!(rsm(&fin, "last").as_deref(), Some(ids0[2].as_str()));
+    let last = rsm(&fin, "last").unwrap_or_default();
+    let (_, bodies, fin) = query(&mut b, &page(3, &format!("<after>{last}</after>"))).await;
+    assert_eq!(bodies, names(3..6));
+    assert_eq!(fin.attr("complete"), None, "{fin}");
+    let last = rsm(&fin, "last").unwrap_or_default();
+    let (ids, bodies, fin) = query(&mut b, &page(3, &format!("<after>{last}</after>"))).await;
+    assert_eq!(bodies, names(6..7));
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin}");
+    assert_eq!(rsm(&fin, "count").as_deref(), Some("7"), "{fin}");
+    // After the very last item: an empty, complete page.
+    let (_, bodies, fin) = query(&mut b, &page(3, &format!("<after>{}</after>", ids[0]))).await;
+    assert!(bodies.is_empty());
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin}");
+    assert!(rsm(&fin, "first").is_none(), "{fin}");
+
+    // Backwards from the end (<before/>): pages stay in chronological order inside, and the
+    // page that reaches the start is the complete one.
+    let (_, bodies, fin) = query(&mut b, &page(3, "<before/>")).await;
+    assert_eq!(bodies, names(4..7));
+    assert_eq!(fin.attr("complete"), None, "{fin}");
+    let first = rsm(&fin, "first").unwrap_or_default();
+    let (_, bodies, fin) = query(&mut b, &page(3, &format!("<before>{first}</before>"))).await;
+    assert_eq!(bodies, names(1..4));
+    assert_eq!(fin.attr("complete"), None, "{fin}");
+    let first = rsm(&fin, "first").unwrap_or_default();
+    let (_, bodies, fin) = query(&mut b, &page(3, &format!("<before>{first}</before>"))).await;
+    assert_eq!(bodies, names(0..1));
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin}");
+    let (_, bodies, fin) = query(&mut b, &page(3, &format!("<before>{}</before>", ids0[0]))).await;
+    assert!(bodies.is_empty());
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin}");
+
+    // Flipped pages (§4.3 "Flipped pages"): same items, newest first; the RSM ids still page
+    // on without gaps or overlaps.
+    let (_, bodies, fin) = query(
+        &mut b,
+        &format!(
+            "{}<flip-page/>",
+            page(3, &format!("<after>{}</after>", ids0[2]))
+        ),
+    )
+    .await;
+    assert_eq!(bodies, ["m5", "m4", "m3"]);
+    let last = rsm(&fin, "last").unwrap_or_default();
+    let (_, bodies, _) = query(&mut b, &page(3, &format!("<after>{last}</after>"))).await;
+    assert_eq!(bodies, names(6..7));
+    let (_, bodies, fin) = query(&mut b, &format!("{}<flip-page/>", page(3, "<before/>"))).await;
+    assert_eq!(bodies, ["m6", "m5", "m4"]);
+    let first = rsm(&fin, "first").unwrap_or_default();
+    let (_, bodies, _) = query(&mut b, &page(3, &format!("<before>{first}</before>"))).await;
+    assert_eq!(bodies, names(1..4));
+
+    // XEP-0059 §2.7: max 0 asks for the count alone; the results are limited, so not complete.
+    let (ids, _, fin) = query(&mut b, &page(0, "")).await;
+    assert!(ids.is_empty());
+    assert_eq!(rsm(&fin, "count").as_deref(), Some("7"), "{fin}");
+    assert_ne!(fin.attr("complete"), Some("true"), "{fin}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_caps_the_page_size() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    send_many(&mut a, &mut b, 260).await;
+    // XEP-0313 §4.3 "Page limits": a server may return fewer than asked, and then says so.
+    let (ids, bodies, fin) = query(&mut b, &page(1000, "")).await;
+    assert_eq!(bodies, names(0..250));
+    assert_eq!(fin.attr("complete"), None, "{fin}");
+    assert_eq!(rsm(&fin, "count").as_deref(), Some("260"), "{fin}");
+    let (_, bodies, fin) =
+        query(&mut b, &page(1000, &format!("<after>{}</after>", ids[249]))).await;
+    assert_eq!(bodies, names(250..260));
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin}");
+    // Without <set/> the default page is smaller still, and says it is incomplete.
+    let (_, bodies, fin) = query(&mut b, "").await;
+    assert!(!bodies.is_empty() && bodies.len() < 260, "{}", bodies.len());
+    assert_eq!(fin.attr("complete"), None, "{fin}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_queries_get_the_xep_errors() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    send_many(&mut a, &mut b, 2).await;
+    let (ids, _, _) = query(&mut b, "").await;
+    assert_eq!(ids.len(), 2);
+    let cases: Vec<(String, &str)> = vec![
+        // XEP-0313 §4.1: ids, before-id and after-id must all exist: item-not-found.
+        (
+            form(&format!(
+                "<field var='ids'><value>{}</value><value>no-such-id</value></field>",
+                ids[0]
+            )),
+            "item-not-found",
+        ),
+        (
+            form("<field var='before-id'><value>no-such-id</value></field>"),
+            "item-not-found",
+        ),
+        (page(5, "<before>no-such-id</before>"), "item-not-found"),
+        // A field the server does not know: feature-not-implemented.
+        (
+            form("<field var='include-groupchat'><value>true</value></field>"),
+            "feature-not-implemented",
+        ),
+        // Values that do not parse.
+        (
+            form("<field var='start'><value>yesterday</value></field>"),
+            "bad-request",
+        ),
+        (
+            form("<field var='end'><value>2024-13-01T00:00:00Z</value></field>"),
+            "bad-request",
+        ),
+        (page(0, "").replace("<max>0</max>", "<max>ten</max>"), "bad-request"),
+        (page(0, "").replace("<max>0</max>", "<max>-1</max>"), "bad-request"),
+        (
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:1</value></field></x>".to_string(),
+            "bad-request",
+        ),
+    ];
+    for (inner, want) in cases {
+        let (got, _, e) = query(&mut b, &inner).await;
+        assert!(got.is_empty(), "{inner}: results before an error");
+        assert_eq!(error_condition(&e).as_deref(), Some(want), "{inner}: {e}");
+    }
+    // The form advertises the open list of ids (§4.1 "Retrieving form fields", XEP-0122).
+    let r = b
+        .iq("<iq type='get' id='{id}'><query xmlns='urn:xmpp:mam:2'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let x = r
+        .get_child("query", MAM)
+        .and_then(|q| q.get_child("x", "jabber:x:data"))
+        .unwrap_or_else(|| panic!("{r}"));
+    let ids_field = x
+        .children()
+        .find(|f| f.attr("var") == Some("ids"))
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        ids_field
+            .get_child("validate", "http://jabber.org/protocol/xdata-validate")
+            .is_some_and(|v| v.has_child("open", "http://jabber.org/protocol/xdata-validate")),
+        "{r}"
+    );
+    assert!(
+        !x.children()
+            .any(|f| f.has_child("required", "jabber:x:data")),
+        "{r}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_and_jid_filters() {
+    let s = server().await;
+    s.add_user("carol", "pc").await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    let mut c = s.login("carol", "pc", "c").await;
+    send_many(&mut a, &mut b, 3).await;
+    c.send("<message to='bob@localhost/b' type='chat'><body>from carol</body></message>")
+        .await;
+    b.wait_for(|e| e.name() == "message" && e.to_string().contains("from carol"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // The delay stamp of the first result: every message is at or after it.
+    let id = b.id();
+    b.send(&format!(
+        "<iq type='set' id='{id}'><query xmlns='urn:xmpp:mam:2'>{}</query></iq>",
+        page(1, "")
+    ))
+    .await;
+    let first = b
+        .wait_for(|e| e.has_child("result", MAM))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let stamp = first
+        .get_child("result", MAM)
+        .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+        .and_then(|f| f.get_child("delay", ns::DELAY))
+        .and_then(|d| d.attr("stamp"))
+        .unwrap_or_else(|| panic!("no delay stamp: {first}"))
+        .to_string();
+    b.wait_for(|e| e.attr("id") == Some(id.as_str()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let all = ["m0", "m1", "m2", "from carol"];
+    // XEP-0313 §4.1 "Filtering by time received": start and end are inclusive.
+    for (fields, want) in [
+        (
+            format!("<field var='start'><value>{stamp}</value></field>"),
+            &all[..],
+        ),
+        (
+            "<field var='end'><value>2000-01-01T00:00:00Z</value></field>".to_string(),
+            &[][..],
+        ),
+        // Another offset, the same instant as 1999-12-31T23:00:00Z: everything is after it.
+        (
+            "<field var='start'><value>2000-01-01T01:00:00+02:00</value></field><field var='end'><value>2999-01-01T00:00:00.000Z</value></field>".to_string(),
+            &all[..],
+        ),
+        // start after end matches nothing.
+        (
+            "<field var='start'><value>2999-01-01T00:00:00Z</value></field><field var='end'><value>2000-01-01T00:00:00Z</value></field>".to_string(),
+            &[][..],
+        ),
+        // "with" a bare JID covers every resource of the contact; combined with a time.
+        (
+            format!("<field var='with'><value>carol@localhost</value></field><field var='start'><value>{stamp}</value></field>"),
+            &["from carol"][..],
+        ),
+        (
+            "<field var='with'><value>alice@localhost</value></field>".to_string(),
+            &["m0", "m1", "m2"][..],
+        ),
+    ] {
+        let (_, bodies, fin) = query(&mut b, &form(&fields)).await;
+        assert_eq!(bodies, want, "{fields}");
+        assert_eq!(fin.attr("complete"), Some("true"), "{fields}: {fin}");
+        assert_eq!(
+            rsm(&fin, "count").as_deref(),
+            Some(want.len().to_string().as_str()),
+            "{fields}: {fin}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roster_preference_and_the_senders_own_preferences() {
+    let s = server().await;
+    s.add_user("carol", "pc").await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    let mut c = s.login("carol", "pc", "c").await;
+    // XEP-0313 §6.1: without stored preferences, everything is archived.
+    let r = b
+        .iq("<iq type='get' id='{id}'><prefs xmlns='urn:xmpp:mam:2'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let p = r.get_child("prefs", MAM).unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(p.attr("default"), Some("always"), "{r}");
+    // An unknown default is refused and changes nothing.
+    let r = b
+        .iq("<iq type='set' id='{id}'><prefs xmlns='urn:xmpp:mam:2' default='sometimes'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"), "{r}");
+    // bob archives only contacts in his roster: alice is, carol is not.
+    b.iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'><item jid='alice@localhost'/></query></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let r = b
+        .iq("<iq type='set' id='{id}'><prefs xmlns='urn:xmpp:mam:2' default='roster'><always/><never/></prefs></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(
+        r.get_child("prefs", MAM).and_then(|p| p.attr("default")),
+        Some("roster"),
+        "{r}"
+    );
+    // alice, for her part, never archives bob.
+    a.iq("<iq type='set' id='{id}'><prefs xmlns='urn:xmpp:mam:2' default='always'><always/><never><jid>bob@localhost</jid></never></prefs></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    a.send("<message to='bob@localhost/b' type='chat'><body>from alice</body></message>")
+        .await;
+    c.send("<message to='bob@localhost/b' type='chat'><body>from carol</body></message>")
+        .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = b
+            .wait_for(|e| e.name() == "message")
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        got.push(m);
+    }
+    for m in &got {
+        let from_alice = m.attr("from") == Some("alice@localhost/a");
+        // Only what is archived carries a stanza-id (XEP-0359 §3.1).
+        assert_eq!(m.get_child("stanza-id", SID).is_some(), from_alice, "{m}");
+    }
+    let (_, bodies, _) = query(&mut b, "").await;
+    assert_eq!(bodies, ["from alice"]);
+    // The sender's archive follows the sender's preferences: alice keeps nothing, carol (no
+    // preferences) keeps her message.
+    let (_, bodies, _) = query(&mut a, "").await;
+    assert!(bodies.is_empty(), "{bodies:?}");
+    let (_, bodies, _) = query(&mut c, "").await;
+    assert_eq!(bodies, ["from carol"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_is_archived_once_and_copies_carry_only_own_ids() {
+    let s = server().await;
+    let mut a1 = s.login("alice", "pa", "a1").await;
+    let mut a2 = s.login("alice", "pa", "a2").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    for c in [&mut a1, &mut a2] {
+        c.send("<presence/>").await;
+        c.iq("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    while !a1.nothing_within(QUIET).await {
+        let _ = a1.next().await;
+    }
+    while !a2.nothing_within(QUIET).await {
+        let _ = a2.next().await;
+    }
+    // bob → alice's bare JID: both resources get it (chat to all of the highest priority);
+    // XEP-0313 §5.1.1: stored once.
+    b.send("<message to='alice@localhost' type='chat'><body>fork</body></message>")
+        .await;
+    let m1 = a1
+        .wait_for(|e| e.name() == "message")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let m2 = a2
+        .wait_for(|e| e.name() == "message")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let sid = |m: &Element| {
+        m.get_child("stanza-id", SID)
+            .and_then(|s| s.attr("id"))
+            .map(str::to_string)
+    };
+    assert!(sid(&m1).is_some(), "{m1}");
+    assert_eq!(sid(&m1), sid(&m2));
+    let (ids, bodies, _) = query(&mut a1, "").await;
+    assert_eq!(bodies, ["fork"]);
+    assert_eq!(Some(&ids[0]), sid(&m1).as_ref());
+    // bob → a1: a2's <received/> copy keeps alice's archive id (§3: SHOULD).
+    b.send("<message to='alice@localhost/a1' type='chat'><body>direct</body></message>")
+        .await;
+    let c = a2
+        .wait_for(|e| e.name() == "message")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let inner = c
+        .get_child("received", "urn:xmpp:carbons:2")
+        .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+        .and_then(|f| f.get_child("message", ns::CLIENT))
+        .unwrap_or_else(|| panic!("{c}"));
+    assert_eq!(
+        inner.get_child("stanza-id", SID).and_then(|s| s.attr("by")),
+        Some("alice@localhost"),
+        "{c}"
+    );
+    // a1 → bob: bob's copy has bob's archive id; a2's <sent/> copy must not carry it (§3:
+    // no stanza-id of an archive the addressee may not access), and alice's archive holds the
+    // message once.
+    a1.send("<message to='bob@localhost/b' type='chat'><body>reply</body></message>")
+        .await;
+    let m = b
+        .wait_for(|e| e.name() == "message" && e.to_string().contains("reply"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        m.get_child("stanza-id", SID).and_then(|s| s.attr("by")),
+        Some("bob@localhost"),
+        "{m}"
+    );
+    let c = a2
+        .wait_for(|e| e.name() == "message")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(c.has_child("sent", "urn:xmpp:carbons:2"), "{c}");
+    assert!(
+        !c.to_string().contains("by='bob@localhost'"),
+        "bob's archive id leaked to alice: {c}"
+    );
+    let (_, bodies, _) = query(&mut a2, "").await;
+    assert_eq!(bodies, ["fork", "direct", "reply"]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_messages_are_not_archived() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    a.iq("<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // XEP-0313 §5.1: a message the user's server rejects is in neither archive.
+    b.send("<message to='alice@localhost/a' type='chat' id='x'><body>blocked</body></message>")
+        .await;
+    let e = b
+        .wait_for(|e| e.attr("id") == Some("x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(error_type(&e).as_deref(), Some("cancel"), "{e}");
+    let (_, bodies, _) = query(&mut a, "").await;
+    assert!(bodies.is_empty(), "{bodies:?}");
+    let (_, bodies, _) = query(&mut b, "").await;
+    assert!(bodies.is_empty(), "{bodies:?}");
+    s.stop().await;
+}

@@ -25,8 +25,9 @@ pub type Blocklist = BTreeSet<String>;
 #[derive(Default)]
 pub struct BlockCache(RwLock<HashMap<BareJid, Arc<Blocklist>>>);
 
-/// Whether `jid` is covered by a blocklist item (XEP-0191 §3.2 uses XEP-0016 §2.1 matching:
-/// full JID, bare JID, domain/resource, domain).
+/// Whether `jid` is covered by a blocklist item (XEP-0191 §4, "JID Matching", after XEP-0016
+/// §2.1: full JID, bare JID, domain/resource, domain — and a domain item also covers "any
+/// address containing a subdomain").
 pub fn matches(list: &Blocklist, jid: &Jid) -> bool {
     if list.is_empty() {
         return false;
@@ -34,6 +35,14 @@ pub fn matches(list: &Blocklist, jid: &Jid) -> bool {
     let domain = jid.domain().as_str();
     if list.contains(jid.as_str()) || list.contains(domain) {
         return true;
+    }
+    // Parent domains: `muc.capulet.lit` is covered by a `capulet.lit` item.
+    let mut parent = domain;
+    while let Some((_, rest)) = parent.split_once('.') {
+        if list.contains(rest) {
+            return true;
+        }
+        parent = rest;
     }
     if jid.node().is_some() && list.contains(jid.to_bare().as_str()) {
         return true;
@@ -179,6 +188,11 @@ mod tests {
         assert!(matches(&l, &jid("verona.lit/tybalt")));
         assert!(!matches(&l, &jid("verona.lit/mercutio")));
         assert!(!matches(&l, &jid("someone@verona.lit/tybalt")));
+        // Subdomains of a blocked domain, and nothing that merely ends alike.
+        assert!(matches(&l, &jid("room@muc.capulet.lit/nurse")));
+        assert!(matches(&l, &jid("a.b.capulet.lit")));
+        assert!(!matches(&l, &jid("montecapulet.lit")));
+        assert!(!matches(&l, &jid("capulet.lit.example")));
         let only_full = list(&["nurse@garden.lit/x"]);
         assert!(matches(&only_full, &jid("nurse@garden.lit/x")));
         assert!(!matches(&only_full, &jid("nurse@garden.lit/y")));

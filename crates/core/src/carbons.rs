@@ -53,8 +53,9 @@ impl Server {
         if !eligible(el) {
             return;
         }
-        // XEP-0313 §3.5: ids from another user's archive (the recipient's, on a `<sent/>`
-        // copy between local accounts) must not reach this user.
+        // XEP-0313 §3 ("Communicating the archive ID"): no XEP-0359 <stanza-id/> of an
+        // archive this user may not query — a `<sent/>` copy between local accounts would
+        // otherwise carry the id the recipient's archive gave the message.
         let own = user.to_string();
         let foreign = |c: &Element| c.is("stanza-id", NS_SID) && c.attr("by") != Some(own.as_str());
         let stripped;

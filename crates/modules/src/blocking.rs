@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use canto_core::blocking::{Blocklist, NS};
+use canto_core::blocking::{Blocklist, NS, matches};
 use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
 use canto_stanza::{BareJid, Condition, IqType, Jid, StanzaError, ns, parse_jid};
 use canto_xml::Element;
@@ -93,17 +93,28 @@ impl IqHandler for BlockIq {
                 }
                 let mut next = current.clone();
                 next.extend(jids.iter().cloned());
-                server.set_blocklist(&user, next).await.map_err(internal)?;
-                // §3.3: the contact stops seeing the user: unavailable from each resource.
-                for j in jids.iter().filter(|j| !current.contains(*j)) {
-                    let Ok(contact) = parse_jid(j) else { continue };
+                server
+                    .set_blocklist(&user, next.clone())
+                    .await
+                    .map_err(internal)?;
+                // §3.3: contacts that may see the user's presence and are blocked now (and were
+                // not before) get unavailable from each available resource — "but only if the
+                // contact is allowed to receive presence notifications": a stranger learns
+                // nothing, not even which resources are online.
+                let roster = server.roster(&user).await;
+                for (contact, item) in roster.iter() {
+                    let c = Jid::from(contact.clone());
+                    if !item.subscription.has_from() || matches(&current, &c) || !matches(&next, &c)
+                    {
+                        continue;
+                    }
                     for s in server.sessions.resources(&user) {
                         if s.is_available() {
                             let p = Element::new("presence", ns::CLIENT)
                                 .with_attr("type", "unavailable")
                                 .with_attr("from", s.jid().to_string())
                                 .with_attr("to", contact.to_string());
-                            server.deliver_presence_to(&contact, p);
+                            server.deliver_presence_to(&c, p);
                         }
                     }
                 }
@@ -126,24 +137,26 @@ impl IqHandler for BlockIq {
                     .filter(|j| !removed.contains(j))
                     .cloned()
                     .collect();
-                server.set_blocklist(&user, next).await.map_err(internal)?;
-                // §3.4: contacts allowed to see the user get current presence again.
+                server
+                    .set_blocklist(&user, next.clone())
+                    .await
+                    .map_err(internal)?;
+                // §3.4: contacts allowed to see the user get current presence again — those the
+                // old list covered and the new one does not (a domain item, for instance, covers
+                // every contact there; one still covered by another item stays in the dark).
                 let roster = server.roster(&user).await;
-                for j in &removed {
-                    let Ok(contact) = BareJid::new(j) else {
-                        continue;
-                    };
-                    if roster
-                        .get(&contact)
-                        .is_some_and(|i| i.subscription.has_from())
+                for (contact, item) in roster.iter() {
+                    let c = Jid::from(contact.clone());
+                    if !item.subscription.has_from() || !matches(&current, &c) || matches(&next, &c)
                     {
-                        for s in server.sessions.resources(&user) {
-                            if let Some(p) = s.presence() {
-                                let mut p = (*p).clone();
-                                p.set_attr("from", s.jid().to_string());
-                                p.set_attr("to", contact.to_string());
-                                server.deliver_presence_to(&Jid::from(contact.clone()), p);
-                            }
+                        continue;
+                    }
+                    for s in server.sessions.resources(&user) {
+                        if let Some(p) = s.presence() {
+                            let mut p = (*p).clone();
+                            p.set_attr("from", s.jid().to_string());
+                            p.set_attr("to", contact.to_string());
+                            server.deliver_presence_to(&c, p);
                         }
                     }
                 }

@@ -190,10 +190,10 @@ impl IqHandler for AccountInfo {
     async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
         expect_payload(&req, "query")?;
         // XEP-0030 §8 rule 1: `service-unavailable` unless the requester may receive the
-        // account's presence (subscription `from` or `both`), node or not; the same answer for a
-        // missing account, so existence does not leak. Until rosters exist only the account
-        // itself qualifies; subscription checks come with rosters.
-        if !from_owner(&req) {
+        // account's presence (the account itself, or a contact with a subscription `from` or
+        // `both`), node or not; the same answer for a missing account, so existence does not
+        // leak.
+        if !may_see_presence(&req).await {
             return Err(StanzaError::new(Condition::ServiceUnavailable));
         }
         // XEP-0030 §3.2 / §7: the account has no info nodes.
@@ -213,6 +213,25 @@ impl IqHandler for AccountInfo {
         }
         Ok(Some(query))
     }
+}
+
+/// XEP-0030 §8: whether the requester is authorized to receive the addressed account's
+/// presence: the account itself, or a contact the account's roster gives a subscription of
+/// type `from` or `both` (RFC 6121 §2.1.2.1). A missing account has no roster, so only its
+/// own (impossible) sessions would qualify.
+async fn may_see_presence(req: &IqRequest<'_>) -> bool {
+    if from_owner(req) {
+        return true;
+    }
+    let target = req.to.to_bare();
+    if target.node().is_none() {
+        return false;
+    }
+    req.server
+        .roster(&target)
+        .await
+        .get(&req.from.to_bare())
+        .is_some_and(|item| item.subscription.has_from())
 }
 
 /// Answers disco#items gets addressed to an account's bare JID, on the account's behalf

@@ -269,7 +269,18 @@ fn form() -> Element {
             .with_child(field("end", "text-single"))
             .with_child(field("before-id", "text-single"))
             .with_child(field("after-id", "text-single"))
-            .with_child(field("ids", "list-multi")),
+            // XEP-0313 §4.1, "Retrieving form fields": the list of ids is open, an XEP-0122
+            // <validate/> with <open/> and no options.
+            .with_child(
+                field("ids", "list-multi").with_child(
+                    Element::new("validate", "http://jabber.org/protocol/xdata-validate")
+                        .with_attr("datatype", "xs:string")
+                        .with_child(Element::new(
+                            "open",
+                            "http://jabber.org/protocol/xdata-validate",
+                        )),
+                ),
+            ),
     )
 }
 
@@ -443,6 +454,27 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
                 return Err(bad("unknown FORM_TYPE"));
             }
         }
+        // XEP-0313 §4.1, "Retrieving form fields": "If a client includes a form field that the
+        // server does not recognise, the server MUST respond with a 'feature-not-implemented'
+        // error."
+        const KNOWN: &[&str] = &[
+            "FORM_TYPE",
+            "with",
+            "start",
+            "end",
+            "before-id",
+            "after-id",
+            "ids",
+        ];
+        if let Some(unknown) = x
+            .children()
+            .filter(|f| f.is("field", NS_DATA))
+            .filter_map(|f| f.attr("var"))
+            .find(|v| !KNOWN.contains(v))
+        {
+            return Err(StanzaError::new(Condition::FeatureNotImplemented)
+                .with_text(format!("unknown field {unknown}")));
+        }
         if let Some(w) = field_values(x, "with").first() {
             q.with = Some(parse_jid(w)?.to_bare().to_string());
         }
@@ -458,7 +490,11 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
         if !ids.is_empty() {
             q.ids = Some(ids);
         }
-        for id in q.after_id.iter().chain(q.before_id.iter()) {
+        // XEP-0313 §4.1, "Limiting results by id": "If any UID requested by the client in any
+        // of the 'before-id', 'after-id' or 'ids' form fields is not present in the archive,
+        // the server MUST return an item-not-found error".
+        let listed = q.ids.iter().flatten();
+        for id in q.after_id.iter().chain(q.before_id.iter()).chain(listed) {
             if !exists(server, user, id).await {
                 return Err(StanzaError::new(Condition::ItemNotFound));
             }
@@ -516,7 +552,13 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
             .await
             .map_err(internal)?
     };
-    let more = items.len() > max;
+    // With max 0 (XEP-0059 §2.7, the count alone) nothing was read: the page is limited
+    // whenever anything matched.
+    let more = if max == 0 {
+        count > 0
+    } else {
+        items.len() > max
+    };
     items.truncate(max);
     if backwards {
         items.reverse();

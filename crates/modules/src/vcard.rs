@@ -104,15 +104,24 @@ impl IqHandler for VcardIq {
             store(req.server, &target, req.payload).await?;
             return Ok(None);
         }
-        // §3.1: a vCard is public; an account without one answers with an empty vCard.
+        // §3.1: the owner without a vCard gets an empty one.
+        if from_owner(&req) {
+            return Ok(Some(
+                stored(req.server, &target)
+                    .await?
+                    .unwrap_or_else(|| Element::new("vCard", NS)),
+            ));
+        }
+        // §3.3: a vCard is public; "if no vCard exists or the user does not exist, the server
+        // MUST return a stanza error" — the same one in both cases, so that a stranger cannot
+        // tell an account without a vCard from no account (directory harvesting).
         if !req.server.account_exists(&target).await {
             return Err(StanzaError::new(Condition::ServiceUnavailable));
         }
-        Ok(Some(
-            stored(req.server, &target)
-                .await?
-                .unwrap_or_else(|| Element::new("vCard", NS)),
-        ))
+        stored(req.server, &target)
+            .await?
+            .map(Some)
+            .ok_or_else(|| StanzaError::new(Condition::ServiceUnavailable))
     }
 }
 
@@ -211,5 +220,17 @@ mod tests {
             .await,
         );
         assert_eq!(nobody, "error service-unavailable");
+        // XEP-0054 §3.3: an existing account without a vCard looks the same to others.
+        let none_yet = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                "bob@example.test/b",
+                "alice@example.test",
+                Element::new("vCard", NS),
+            )
+            .await,
+        );
+        assert_eq!(none_yet, nobody);
     }
 }

@@ -1,0 +1,181 @@
+//! XEP-0054 vcard-temp end to end: publishing one's own vCard, reading it from other accounts
+//! and resources, and the errors the XEP lists.
+use canto_tests::*;
+use canto_xml::Element;
+
+const VCARD: &str = "vcard-temp";
+
+async fn server() -> TestServer {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    s
+}
+
+async fn ask(c: &mut Client, xml: &str) -> Element {
+    c.iq(xml).await.unwrap_or_else(|e| panic!("{xml}: {e:#}"))
+}
+
+fn get_to(to: &str) -> String {
+    format!("<iq type='get' id='{{id}}' to='{to}'><vCard xmlns='{VCARD}'/></iq>")
+}
+
+fn card_of(r: &Element) -> &Element {
+    r.get_child("vCard", VCARD)
+        .unwrap_or_else(|| panic!("no vCard in {r}"))
+}
+
+fn field(r: &Element, name: &str) -> Option<String> {
+    card_of(r).get_child(name, VCARD).map(|e| e.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_vcard_is_published_and_read_by_everyone() {
+    let s = server().await;
+    let mut a1 = s.login("alice", "pw", "a1").await;
+    let mut a2 = s.login("alice", "pw", "a2").await;
+    let mut b = s.login("bob", "pw", "b1").await;
+
+    // XEP-0054 §3.1: without a vCard the owner gets an empty one.
+    let r = ask(
+        &mut a1,
+        "<iq type='get' id='{id}'><vCard xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(card_of(&r).children().count(), 0, "{r}");
+
+    // §3.2: publish (no `to`); markup-significant characters survive storage.
+    let r = ask(
+        &mut a1,
+        "<iq type='set' id='{id}'><vCard xmlns='vcard-temp'><FN>Alice &amp; &lt;Co&gt;</FN><NICKNAME>al</NICKNAME><PHOTO><TYPE>image/png</TYPE><BINVAL>iVBORw0KGgo=</BINVAL></PHOTO></vCard></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // Read back by the other resource, with and without `to`.
+    for xml in [
+        "<iq type='get' id='{id}'><vCard xmlns='vcard-temp'/></iq>".to_string(),
+        get_to("alice@localhost"),
+    ] {
+        let r = ask(&mut a2, &xml).await;
+        assert_eq!(field(&r, "FN").as_deref(), Some("Alice & <Co>"), "{r}");
+        assert_eq!(field(&r, "NICKNAME").as_deref(), Some("al"), "{r}");
+        let photo = card_of(&r)
+            .get_child("PHOTO", VCARD)
+            .unwrap_or_else(|| panic!("{r}"));
+        assert_eq!(
+            photo
+                .get_child("BINVAL", VCARD)
+                .map(|b| b.text())
+                .as_deref(),
+            Some("iVBORw0KGgo=")
+        );
+    }
+    // §3.3: another user reads it from the bare JID; the server answers for alice.
+    let r = ask(&mut b, &get_to("alice@localhost")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    assert_eq!(r.attr("from"), Some("alice@localhost"), "{r}");
+    assert_eq!(field(&r, "FN").as_deref(), Some("Alice & <Co>"), "{r}");
+    assert!(
+        a1.nothing_within(std::time::Duration::from_millis(300))
+            .await,
+        "the query reached alice's client"
+    );
+
+    // §3.2: no partial updates: a new vCard replaces the whole old one.
+    let r = ask(
+        &mut a2,
+        "<iq type='set' id='{id}' to='alice@localhost'><vCard xmlns='vcard-temp'><FN>Alice</FN></vCard></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let r = ask(&mut b, &get_to("alice@localhost")).await;
+    assert_eq!(field(&r, "FN").as_deref(), Some("Alice"), "{r}");
+    assert!(card_of(&r).get_child("PHOTO", VCARD).is_none(), "{r}");
+    assert!(card_of(&r).get_child("NICKNAME", VCARD).is_none(), "{r}");
+
+    // It outlives the sessions.
+    drop(a1);
+    drop(a2);
+    let mut again = s.login("alice", "pw", "later").await;
+    let r = ask(
+        &mut again,
+        "<iq type='get' id='{id}'><vCard xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    assert_eq!(field(&r, "FN").as_deref(), Some("Alice"), "{r}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_the_xep_lists() {
+    let s = server().await;
+    let mut a = s.login("alice", "pw", "a1").await;
+    let mut b = s.login("bob", "pw", "b1").await;
+    let r = ask(
+        &mut a,
+        "<iq type='set' id='{id}'><vCard xmlns='vcard-temp'><FN>Alice</FN></vCard></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+
+    // XEP-0054 §3.2: setting another user's vCard is forbidden, and changes nothing.
+    let r = ask(
+        &mut b,
+        "<iq type='set' id='{id}' to='alice@localhost'><vCard xmlns='vcard-temp'><FN>Mallory</FN></vCard></iq>",
+    )
+    .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"), "{r}");
+    let r = ask(&mut b, &get_to("alice@localhost")).await;
+    assert_eq!(field(&r, "FN").as_deref(), Some("Alice"), "{r}");
+
+    // §3.3: another user with no vCard and no such user: a stanza error, the same in both cases
+    // so that accounts cannot be discovered this way.
+    let none = ask(&mut b, &get_to("carol@localhost")).await;
+    let missing = ask(&mut b, &get_to("nobody@localhost")).await;
+    assert_eq!(
+        error_condition(&none).as_deref(),
+        Some("service-unavailable"),
+        "{none}"
+    );
+    assert_eq!(
+        error_condition(&none),
+        error_condition(&missing),
+        "{missing}"
+    );
+    assert_eq!(error_type(&none), error_type(&missing));
+
+    // Oversize (the module keeps at most 64 KiB; this stanza is well under the stream limit):
+    // refused with not-acceptable, the old vCard stays.
+    let big = "A".repeat(70 * 1024);
+    let r = ask(
+        &mut a,
+        &format!(
+            "<iq type='set' id='{{id}}'><vCard xmlns='vcard-temp'><FN>Big</FN><PHOTO><BINVAL>{big}</BINVAL></PHOTO></vCard></iq>"
+        ),
+    )
+    .await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("not-acceptable"),
+        "{r}"
+    );
+    let r = ask(&mut b, &get_to("alice@localhost")).await;
+    assert_eq!(field(&r, "FN").as_deref(), Some("Alice"), "{r}");
+    // The session is unharmed.
+    assert_alive(&mut a).await;
+
+    // A payload other than <vCard/> in the namespace is not understood (RFC 6120 §8.4).
+    let r = ask(
+        &mut a,
+        "<iq type='get' id='{id}'><card xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("service-unavailable"),
+        "{r}"
+    );
+    s.stop().await;
+}

@@ -130,6 +130,8 @@ async fn csi_max_held_bounds_what_waits() {
         let m = b.next().await.unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(m.attr("id"), Some(want), "{m}");
     }
+    s.stop().await;
+}
 
 async fn drain(c: &mut Client) {
     while !c.nothing_within(Duration::from_millis(300)).await {

@@ -94,9 +94,12 @@ async fn sent_and_received_copies_go_to_enabled_resources_only() {
             "<message to='alice@localhost/a1' type='chat'><body>p</body>{extra}</message>"
         ))
         .await;
-        a1.wait_for(|e| e.name() == "message")
+        let m = a1
+            .wait_for(|e| e.name() == "message")
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
+        // §7: the receiving server removes the <private/> mark before delivery.
+        assert!(!m.has_child("private", "urn:xmpp:carbons:2"), "{m}");
     }
     b.send("<message to='alice@localhost/a1' type='headline'><body>h</body></message>")
         .await;

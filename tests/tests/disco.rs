@@ -246,12 +246,17 @@ async fn account_info_is_for_those_who_may_see_its_presence() {
             "{xml}: {r}"
         );
     }
-    // Rule 2: disco#items for a stranger is an empty result, whatever the node. (Rule 2.1, the
-    // same for a missing account, is not followed: the router answers service-unavailable for
-    // any IQ to a missing account before a module sees it.)
-    for node in [None, Some("x")] {
-        let r = ask(&mut c, &items_query("alice@localhost", node)).await;
+    // Rule 2: disco#items for a stranger is an empty result, whatever the node; rule 2.1: the
+    // same for an account that does not exist.
+    for (to, node) in [
+        ("alice@localhost", None),
+        ("alice@localhost", Some("x")),
+        ("nobody@localhost", None),
+        ("nobody@localhost", Some("x")),
+    ] {
+        let r = ask(&mut c, &items_query(to, node)).await;
         assert_eq!(r.attr("type"), Some("result"), "{r}");
+        assert_eq!(r.attr("from"), Some(to), "{r}");
         assert!(
             r.get_child("query", ns::DISCO_ITEMS)
                 .is_some_and(|q| q.children().next().is_none()),

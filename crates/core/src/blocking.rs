@@ -15,7 +15,7 @@ const STORE: &str = "blocklist";
 
 /// The `urn:xmpp:blocking` namespace.
 pub const NS: &str = "urn:xmpp:blocking";
-/// Application error condition for stanzas to a blocked contact (XEP-0191 §3.5).
+/// Application error condition for stanzas to a blocked contact (XEP-0191 §3.3).
 pub const NS_ERRORS: &str = "urn:xmpp:blocking:errors";
 
 /// One account's blocked JIDs (normalized strings, sorted).
@@ -25,7 +25,7 @@ pub type Blocklist = BTreeSet<String>;
 #[derive(Default)]
 pub struct BlockCache(RwLock<HashMap<BareJid, Arc<Blocklist>>>);
 
-/// Whether `jid` is covered by a blocklist item (XEP-0191 §4, "JID Matching", after XEP-0016
+/// Whether `jid` is covered by a blocklist item (XEP-0191 "JID Matching", after XEP-0016
 /// §2.1: full JID, bare JID, domain/resource, domain — and a domain item also covers "any
 /// address containing a subdomain").
 pub fn matches(list: &Blocklist, jid: &Jid) -> bool {

@@ -154,8 +154,8 @@ impl Server {
         Ok(())
     }
 
-    /// XEP-0191: the sender's blocklist (§3.5: outbound to a blocked JID is refused with
-    /// not-acceptable and `<blocked/>`) and the recipient's (§3.2: inbound from a blocked JID
+    /// XEP-0191 §3.3: the sender's blocklist (outbound to a blocked JID is refused with
+    /// not-acceptable and `<blocked/>`) and the recipient's (inbound from a blocked JID
     /// is dropped, messages and IQ requests answered with service-unavailable). Returns whether
     /// the stanza may go on.
     async fn passes_blocklists(
@@ -289,6 +289,25 @@ impl Server {
         bare: BareJid,
     ) {
         if !self.account_exists(&bare).await {
+            // XEP-0030 §8 (disco#items to an account): an account that does not exist has no
+            // items rather than an error, so strangers cannot tell it from one that hides them.
+            let items_request = kind == StanzaKind::Iq
+                && IqType::of(&el) == Some(IqType::Get)
+                && iq_payload(&el).is_some_and(|p| p.is("query", ns::DISCO_ITEMS))
+                && self
+                    .modules()
+                    .iq_handler(IqTarget::Account, IqType::Get, ns::DISCO_ITEMS)
+                    .is_some();
+            if items_request {
+                let mut query = Element::new("query", ns::DISCO_ITEMS);
+                if let Some(node) = iq_payload(&el).and_then(|p| p.attr("node")) {
+                    query.set_attr("node", node);
+                }
+                let mut reply = iq_result(&el, Some(query));
+                reply.set_attr("to", session.jid().to_string());
+                let _ = session.deliver(Arc::new(reply));
+                return;
+            }
             // RFC 6121 §8.5.1: no such account.
             match kind {
                 StanzaKind::Presence => {}
@@ -359,6 +378,7 @@ impl Server {
         el: Element,
         bare: &BareJid,
     ) {
+        let (el, private) = take_private(el);
         let mtype = MessageType::of(&el);
         let resources = self.sessions.resources(bare);
         // Only available resources with non-negative priority receive bare-JID messages.
@@ -411,7 +431,9 @@ impl Server {
         }
         let ids: Vec<_> = targets.iter().map(|t| t.id()).collect();
         // XEP-0280 §8: the account's other carbons-enabled resources get a copy.
-        self.carbon_received(bare, &el, &ids);
+        if !private {
+            self.carbon_received(bare, &el, &ids);
+        }
         let shared = Arc::new(el);
         let mut failed = None;
         let mut delivered = false;
@@ -459,9 +481,14 @@ impl Server {
     ) {
         if let Some(target) = self.sessions.get(&full) {
             // §8.5.3.1: the resource is connected.
+            let mut el = el;
             if kind == StanzaKind::Message {
+                let (m, private) = take_private(el);
+                el = m;
                 // XEP-0280 §8: carbons to the account's other resources.
-                self.carbon_received(&full.to_bare(), &el, &[target.id()]);
+                if !private {
+                    self.carbon_received(&full.to_bare(), &el, &[target.id()]);
+                }
             }
             let el = Arc::new(el);
             if target.deliver(el.clone()).is_err() && kind == StanzaKind::Message {
@@ -572,6 +599,17 @@ impl Server {
         reply.set_attr("to", session.jid().to_string());
         let _ = session.deliver(Arc::new(reply));
     }
+}
+
+/// XEP-0280 §7: a message marked `<private/>` is not carbon-copied on the recipient's side
+/// either, and the receiving server removes the mark before delivering it. Returns the
+/// message without the mark and whether it had one.
+fn take_private(mut el: Element) -> (Element, bool) {
+    let private = el.has_child("private", crate::carbons::NS);
+    if private {
+        el.remove_children(|c| c.is("private", crate::carbons::NS));
+    }
+    (el, private)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ impl Module for Blocking {
     }
 
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
-        // XEP-0191 §2: discovered as the `urn:xmpp:blocking` feature.
+        // XEP-0191 §3.1: discovered as the `urn:xmpp:blocking` feature.
         ctx.add_feature(NS);
         ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(BlockIq))?;
         ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(BlockIq))?;
@@ -65,7 +65,7 @@ fn list_element(name: &str, jids: &[String]) -> Element {
 
 #[async_trait]
 impl IqHandler for BlockIq {
-    /// XEP-0191 §3.1 (get the blocklist), §3.3 (block), §3.4 (unblock, unblock all).
+    /// XEP-0191 §3.2 (get the blocklist), §3.3 (block), §3.4 (unblock), §3.5 (unblock all).
     async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
         if !from_owner(&req) {
             return Err(StanzaError::new(Condition::Forbidden));
@@ -76,7 +76,7 @@ impl IqHandler for BlockIq {
         let internal = |_| StanzaError::new(Condition::InternalServerError);
         match (IqType::of(req.stanza), req.payload.name()) {
             (Some(IqType::Get), "blocklist") => {
-                // §3.1: the resource now receives pushes.
+                // §3.2: the resource now receives pushes.
                 if let Some(s) = server.sessions.get(req.from) {
                     s.set_wants_blocklist();
                 }
@@ -123,7 +123,7 @@ impl IqHandler for BlockIq {
             }
             (Some(IqType::Set), "unblock") => {
                 let jids = items(req.payload)?;
-                // §3.4: no items means unblock everyone.
+                // §3.5: no items means unblock everyone.
                 let removed: Vec<String> = if jids.is_empty() {
                     current.iter().cloned().collect()
                 } else {

@@ -752,3 +752,71 @@ async fn blocked_messages_are_not_archived() {
     assert!(bodies.is_empty(), "{bodies:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_jid_in_with_matches_that_resource_only() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b1 = s.login("bob", "pb", "b1").await;
+    let mut b2 = s.login("bob", "pb", "b2").await;
+    // Interleaved: b1 and b2 write to alice, alice answers b2.
+    for i in 0..3 {
+        b1.send(&format!(
+            "<message to='alice@localhost/a' type='chat'><body>b1-{i}</body></message>"
+        ))
+        .await;
+        b2.send(&format!(
+            "<message to='alice@localhost/a' type='chat'><body>b2-{i}</body></message>"
+        ))
+        .await;
+        assert_alive(&mut b1).await;
+        assert_alive(&mut b2).await;
+        a.send(&format!(
+            "<message to='bob@localhost/b2' type='chat'><body>a-{i}</body></message>"
+        ))
+        .await;
+        assert_alive(&mut a).await;
+    }
+    let with = |j: &str| form(&format!("<field var='with'><value>{j}</value></field>"));
+    // XEP-0313 §4.1.1: a full JID matches that resource only — both directions.
+    let (_, bodies, fin) = query(&mut a, &with("bob@localhost/b1")).await;
+    assert_eq!(bodies, ["b1-0", "b1-1", "b1-2"], "{fin}");
+    assert_eq!(fin.attr("complete"), Some("true"));
+    let (_, bodies, _) = query(&mut a, &with("bob@localhost/b2")).await;
+    assert_eq!(bodies, ["b2-0", "a-0", "b2-1", "a-1", "b2-2", "a-2"]);
+    // The bare JID still matches all of them.
+    let (_, bodies, fin) = query(&mut a, &with("bob@localhost")).await;
+    assert_eq!(bodies.len(), 9, "{bodies:?}");
+    assert_eq!(rsm(&fin, "count").as_deref(), Some("9"));
+    // Paging over the filtered results: pages of two, forwards then backwards.
+    let (ids, bodies, fin) = query(
+        &mut a,
+        &format!("{}{}", with("bob@localhost/b1"), page(2, "")),
+    )
+    .await;
+    assert_eq!(bodies, ["b1-0", "b1-1"]);
+    assert_eq!(fin.attr("complete"), None, "{fin}");
+    let last = ids.last().cloned().unwrap_or_default();
+    let (_, bodies, fin) = query(
+        &mut a,
+        &format!(
+            "{}{}",
+            with("bob@localhost/b1"),
+            page(2, &format!("<after>{last}</after>"))
+        ),
+    )
+    .await;
+    assert_eq!(bodies, ["b1-2"]);
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin}");
+    let (_, bodies, _) = query(
+        &mut a,
+        &format!("{}{}", with("bob@localhost/b1"), page(2, "<before/>")),
+    )
+    .await;
+    assert_eq!(bodies, ["b1-1", "b1-2"]);
+    // A resource nobody used: nothing, complete.
+    let (_, bodies, fin) = query(&mut a, &with("bob@localhost/nobody")).await;
+    assert!(bodies.is_empty());
+    assert_eq!(fin.attr("complete"), Some("true"));
+    s.stop().await;
+}

@@ -448,6 +448,9 @@ async fn metadata(server: &Server, user: &BareJid) -> Result<Element, StanzaErro
 async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaError> {
     let server = req.server;
     let mut q = ArchiveQuery::default();
+    // A full JID in `with` matches that resource only (XEP-0313 §4.1.1, "Filtering by JID");
+    // the archive indexes the bare JID, so such results are filtered after reading.
+    let mut with_full: Option<String> = None;
     if let Some(x) = req.payload.get_child("x", NS_DATA) {
         for v in field_values(x, "FORM_TYPE") {
             if v != NS {
@@ -476,7 +479,11 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
                 .with_text(format!("unknown field {unknown}")));
         }
         if let Some(w) = field_values(x, "with").first() {
-            q.with = Some(parse_jid(w)?.to_bare().to_string());
+            let jid = parse_jid(w)?;
+            if jid.resource().is_some() {
+                with_full = Some(jid.to_string());
+            }
+            q.with = Some(jid.to_bare().to_string());
         }
         if let Some(t) = field_values(x, "start").first() {
             q.start_ms = Some(parse_time(t).ok_or_else(|| bad("invalid start"))?);
@@ -529,10 +536,17 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
     );
     let archive = &server.storage.archive;
     let internal = |_| StanzaError::new(Condition::InternalServerError);
-    let count = archive
-        .count(STORE, host, node, &q)
-        .await
-        .map_err(internal)?;
+    // XEP-0059 §2.6: the count is optional; with a full-JID `with` it would mean reading the
+    // whole conversation, so it is left out there.
+    let count = match &with_full {
+        Some(_) => None,
+        None => Some(
+            archive
+                .count(STORE, host, node, &q)
+                .await
+                .map_err(internal)?,
+        ),
+    };
     // Paging backwards (`<before/>`) reads newest first, then puts the page in order.
     let backwards = before.is_some();
     let mut page_q = q.clone();
@@ -544,20 +558,24 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
     }
     page_q.reverse = backwards;
     page_q.limit = Some(max + 1);
-    let mut items: Vec<ArchiveItem> = if max == 0 {
-        Vec::new()
-    } else {
-        archive
+    let mut items: Vec<ArchiveItem> = match (&with_full, max) {
+        (None, 0) => Vec::new(),
+        (None, _) => archive
             .query(STORE, host, node, &page_q)
             .await
-            .map_err(internal)?
+            .map_err(internal)?,
+        (Some(full), _) => {
+            let wanted = |item: &ArchiveItem| with_resource(user, full, item);
+            read_filtered(server, host, node, page_q, max + 1, wanted)
+                .await
+                .map_err(internal)?
+        }
     };
     // With max 0 (XEP-0059 §2.7, the count alone) nothing was read: the page is limited
     // whenever anything matched.
-    let more = if max == 0 {
-        count > 0
-    } else {
-        items.len() > max
+    let more = match (max, count) {
+        (0, Some(count)) => count > 0,
+        _ => items.len() > max,
     };
     items.truncate(max);
     if backwards {
@@ -608,9 +626,61 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
         rsm.push_child(Element::new("first", NS_RSM).with_text(f.id.clone()));
         rsm.push_child(Element::new("last", NS_RSM).with_text(l.id.clone()));
     }
-    rsm.push_child(Element::new("count", NS_RSM).with_text(count.to_string()));
+    if let Some(count) = count {
+        rsm.push_child(Element::new("count", NS_RSM).with_text(count.to_string()));
+    }
     fin.push_child(rsm);
     Ok(fin)
+}
+
+/// Whether an archived message of `user` was exchanged with the full JID `full`: the `to` of
+/// what the user sent, the `from` of what the user received.
+fn with_resource(user: &BareJid, full: &str, item: &ArchiveItem) -> bool {
+    let Some(m) = decode_element(&item.data) else {
+        return false;
+    };
+    let jid = |a: &str| m.attr(a).and_then(|j| parse_jid(j).ok());
+    let outgoing = jid("from").is_some_and(|f| &f.to_bare() == user);
+    let peer = if outgoing { jid("to") } else { jid("from") };
+    peer.is_some_and(|p| p.to_string() == full)
+}
+
+/// Reads up to `want` items of `q` that pass `keep`, in `q`'s order, batch by batch from
+/// where the previous batch ended (keyset paging: no offsets).
+async fn read_filtered(
+    server: &Server,
+    host: &str,
+    node: &str,
+    mut q: ArchiveQuery,
+    want: usize,
+    keep: impl Fn(&ArchiveItem) -> bool,
+) -> Result<Vec<ArchiveItem>, canto_storage::StorageError> {
+    let batch = want.max(100);
+    let mut out = Vec::new();
+    loop {
+        q.limit = Some(batch);
+        let got = server.storage.archive.query(STORE, host, node, &q).await?;
+        let n = got.len();
+        let last = got.last().map(|i| i.id.clone());
+        for item in got {
+            if keep(&item) {
+                out.push(item);
+                if out.len() >= want {
+                    return Ok(out);
+                }
+            }
+        }
+        match last {
+            Some(id) if n == batch => {
+                if q.reverse {
+                    q.before_id = Some(id);
+                } else {
+                    q.after_id = Some(id);
+                }
+            }
+            _ => return Ok(out),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -820,3 +820,50 @@ async fn a_full_jid_in_with_matches_that_resource_only() {
     assert_eq!(fin.attr("complete"), Some("true"));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_older_than_the_retention_period_expire() {
+    let storage = canto_storage::Storage::memory();
+    let now = canto_stanza::datetime::now_millis();
+    let day = 86_400_000;
+    let msg = |body: &str| {
+        format!("<message xmlns='jabber:client' from='bob@localhost/b' to='alice@localhost/a' type='chat'><body>{body}</body></message>")
+    };
+    for (stamp, body) in [(now - 3 * day, "old"), (now - day / 2, "recent")] {
+        storage
+            .archive
+            .append(
+                "archive",
+                HOST,
+                "alice",
+                "bob@localhost",
+                stamp,
+                msg(body).as_bytes(),
+                None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let mut cfg = test_config();
+    cfg.modules.push("mam".into());
+    cfg.mam.retention_days = 2;
+    // XEP-0313 leaves retention to the server: expiry runs at startup and hourly.
+    let s = TestServer::with_storage(cfg, storage.clone()).await;
+    let count = || async {
+        storage
+            .archive
+            .count("archive", HOST, "alice", &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count().await != 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(count().await, 1, "the three-day-old message did not expire");
+    s.add_user("alice", "pa").await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let (_, bodies, _) = query(&mut a, "").await;
+    assert_eq!(bodies, ["recent"]);
+    s.stop().await;
+}

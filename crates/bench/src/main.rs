@@ -109,6 +109,16 @@ enum Workload {
         /// Concurrent logins while connecting.
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
+        /// XEP-0198: every session enables stream management after binding, answers the
+        /// server's `<r/>` and asks for acks itself (see --sm-request-every).
+        #[arg(long)]
+        sm: bool,
+        /// With --sm: each sender appends `<r/>` after every N messages (0: never asks).
+        #[arg(long, default_value_t = 16, requires = "sm")]
+        sm_request_every: usize,
+        /// XEP-0352: every session announces this client state after its presence.
+        #[arg(long, value_enum)]
+        csi: Option<msg::Csi>,
     },
     /// Fills one account's archive in Canto's SQLite file with N messages (through
     /// canto_storage, as the server's `mam` module stores them), for the `mam` workload. Run
@@ -299,6 +309,9 @@ async fn run(cli: Cli) -> Result<()> {
             duration,
             warmup,
             concurrency,
+            sm,
+            sm_request_every,
+            csi,
         } => {
             let pace = match (flood, rate) {
                 (true, _) => msg::Pace::Flood { window },
@@ -314,6 +327,8 @@ async fn run(cli: Cli) -> Result<()> {
                     warmup,
                     duration,
                     concurrency,
+                    sm: sm.then_some(sm_request_every),
+                    csi,
                 },
             )
             .await?

@@ -1,11 +1,25 @@
 //! XEP-0198 Stream Management counters and the unacknowledged queue, sans I/O.
 //!
 //! Counters are 32-bit and wrap (XEP-0198 §4: "h" is the count modulo 2^32).
+//!
+//! The queue holds each unacknowledged stanza serialized (one allocation) rather than its
+//! element tree, which is released as soon as it has been sent. Holding the trees until the
+//! ack — a chat message is some 16 small allocations made by the sender's thread — meant
+//! freeing them after a round trip, out of cache and often into another thread's arena:
+//! under a message flood (`canto-bench msg --flood --sm`, docs/benchmarks.md) those frees in
+//! `acknowledge` took 17 % of the server's CPU and a third of its throughput. Trees are built
+//! again only to replay (resumption) or re-route (a session that ends unacknowledged).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use canto_xml::Element;
+use canto_xml::{Element, Limits, StreamEvent, StreamParser};
+
+/// The namespace the queued stanzas are serialized in (a client stream's default).
+const STREAM_NS: &str = "jabber:client";
+
+/// A serialization buffer grown beyond this is not kept for the next stanza.
+const SCRATCH_KEEP: usize = 64 * 1024;
 
 /// `urn:xmpp:sm:3`.
 pub const NS: &str = "urn:xmpp:sm:3";
@@ -31,8 +45,29 @@ pub struct SmState {
     sent: u32,
     /// The last `h` the peer acknowledged.
     acked: u32,
-    /// Sent but not acknowledged, oldest first.
-    unacked: VecDeque<Arc<Element>>,
+    /// Sent but not acknowledged, oldest first, serialized in a `jabber:client` stream.
+    unacked: VecDeque<Box<[u8]>>,
+    /// Serialization buffer, reused.
+    scratch: Vec<u8>,
+}
+
+/// A queued stanza's tree again. Our serializer's output always parses back to the same tree
+/// (checked by fuzz/fuzz_targets/xml_stream.rs), so `None` does not happen.
+fn restore(bytes: &[u8]) -> Option<Arc<Element>> {
+    // Our own output, so no limits but its size.
+    let mut p = StreamParser::new(Limits {
+        max_stanza_bytes: bytes.len().saturating_add(1),
+        max_depth: usize::MAX,
+        max_elements: usize::MAX,
+        max_attrs: usize::MAX,
+    });
+    let mut out = Vec::with_capacity(2);
+    p.feed(b"<s xmlns='jabber:client'>", &mut out).ok()?;
+    p.feed(bytes, &mut out).ok()?;
+    out.into_iter().find_map(|e| match e {
+        StreamEvent::Stanza(e) => Some(Arc::new(e)),
+        _ => None,
+    })
 }
 
 impl SmState {
@@ -51,10 +86,17 @@ impl SmState {
         self.inbound
     }
 
-    /// Records a stanza sent to the peer.
+    /// Records a stanza sent to the peer. The queue keeps its serialization; `el` is released
+    /// here (usually its last reference, while it is still in cache).
     pub fn sent(&mut self, el: Arc<Element>) {
         self.sent = self.sent.wrapping_add(1);
-        self.unacked.push_back(el);
+        self.scratch.clear();
+        el.write_to(&mut self.scratch, STREAM_NS);
+        drop(el);
+        self.unacked.push_back(self.scratch.as_slice().into());
+        if self.scratch.capacity() > SCRATCH_KEEP {
+            self.scratch = Vec::new();
+        }
     }
 
     /// How many stanzas are unacknowledged.
@@ -80,13 +122,13 @@ impl SmState {
     /// The unacknowledged stanzas, oldest first (to replay on resumption or re-route when the
     /// session ends unresumed).
     pub fn take_unacked(&mut self) -> Vec<Arc<Element>> {
-        self.unacked.drain(..).collect()
+        self.unacked.drain(..).filter_map(|b| restore(&b)).collect()
     }
 
     /// The unacknowledged stanzas to send again on resumption (XEP-0198 §5), oldest first.
     /// They keep their place in the queue and their numbers: the counters do not change.
     pub fn replay(&self) -> Vec<Arc<Element>> {
-        self.unacked.iter().cloned().collect()
+        self.unacked.iter().filter_map(|b| restore(b)).collect()
     }
 
     /// Stanzas sent in total (mod 2^32), for `<handled-count-too-high send-count/>`.
@@ -94,9 +136,9 @@ impl SmState {
         self.sent
     }
 
-    /// Peeks at the unacknowledged stanzas.
-    pub fn unacked(&self) -> impl Iterator<Item = &Arc<Element>> {
-        self.unacked.iter()
+    /// The unacknowledged stanzas, oldest first (rebuilt from their serialization).
+    pub fn unacked(&self) -> impl Iterator<Item = Arc<Element>> + '_ {
+        self.unacked.iter().filter_map(|b| restore(b))
     }
 }
 
@@ -203,7 +245,7 @@ mod tests {
             inbound: u32::MAX,
             sent: u32::MAX - 1,
             acked: u32::MAX - 1,
-            unacked: VecDeque::new(),
+            ..SmState::default()
         };
         s.received();
         assert_eq!(s.handled(), 0);
@@ -243,6 +285,39 @@ mod tests {
             &Element::new("enable", NS).with_attr("resume", "1")
         ));
         assert!(!wants_resume(&Element::new("enable", NS)));
+    }
+
+    #[test]
+    fn queued_stanzas_come_back_as_they_were_and_are_not_retained() {
+        let stanza = Arc::new(
+            Element::new("message", "jabber:client")
+                .with_attr("to", "a@b/c")
+                .with_attr("type", "chat")
+                .with_attr("xml:lang", "en")
+                .with_child(Element::new("body", "jabber:client").with_text("x < y & \"z\"\r\n"))
+                .with_child(
+                    Element::new("delay", "urn:xmpp:delay")
+                        .with_attr("stamp", "2026-01-01T00:00:00Z"),
+                ),
+        );
+        let presence = Arc::new(Element::new("presence", "jabber:client").with_child(
+            Element::new("c", "http://jabber.org/protocol/caps").with_attr("ver", "v"),
+        ));
+        let mut s = SmState::new();
+        s.sent(stanza.clone());
+        s.sent(presence.clone());
+        // The queue does not keep the trees alive.
+        assert_eq!(Arc::strong_count(&stanza), 1);
+        let again = s.replay();
+        assert_eq!(again.len(), 2);
+        assert_eq!(*again[0], *stanza);
+        assert_eq!(*again[1], *presence);
+        assert_eq!(s.unacked().count(), 2);
+        assert_eq!(s.acknowledge(1), Ok(()));
+        let left = s.take_unacked();
+        assert_eq!(left.len(), 1);
+        assert_eq!(*left[0], *presence);
+        assert_eq!(s.pending(), 0);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 #
 # Environment (defaults in brackets): VARIANTS ["plain sm csi-active csi-inactive
 # sm+csi-active sm+csi-inactive"], PAIRS [50], WINDOW [16], DURATION [10], WARMUP [2],
-# SM_EVERY [16] (a sender's <r/> every N messages), CANTO_BIN and BENCH_BIN (prebuilt
+# SM_EVERY [16] (a sender's <r/> every N messages), RATE (a fixed total rate in msgs/s instead
+# of the flood: for latency and CPU per message when nothing batches), CANTO_BIN and BENCH_BIN (prebuilt
 # binaries; otherwise `cargo build --release -p canto -p canto-bench` here), KEEP=1 keeps the
 # temporary directory. Canto listens on 127.0.0.1 (a free port in 15700-15799) only and is
 # stopped by its PID.
@@ -34,6 +35,12 @@ WINDOW=${WINDOW:-16}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 SM_EVERY=${SM_EVERY:-16}
+RATE=${RATE:-}
+if [ -n "$RATE" ]; then
+    PACE="--rate $RATE"; MODE_DESC="rate $RATE msgs/s"
+else
+    PACE="--flood --window $WINDOW"; MODE_DESC="flood, window $WINDOW"
+fi
 PASSWORD=password
 
 log() { printf '[sm_csi %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -122,31 +129,41 @@ for run in $(seq 1 "$RUNS"); do
         # shellcheck disable=SC2046
         line=$(timeout $(( DURATION + WARMUP + 120 )) "$BENCH_BIN" --addr "127.0.0.1:$PORT" \
             --password "$PASSWORD" --server-pid "$SERVER_PID" --first "$first" \
-            msg --pairs "$PAIRS" --flood --window "$WINDOW" --duration "$DURATION" \
+            msg --pairs "$PAIRS" $PACE --duration "$DURATION" \
             --warmup "$WARMUP" $(flags "$v") | grep '^msg:')
         stop_server
         echo "variant=$v run=$run load1=$load $line" | tee -a "$RESULTS"
     done
 done
 
-# Medians per variant.
+# Medians per variant, and the median over the runs of each run's ratio to plain in the
+# same round (rounds are ~1 minute apart: the machine's other load changes less within one).
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "n/a"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 field() { grep -o "\b$1=[^ ]*" | cut -d= -f2; }
-base_rate=""
-base_cpu=""
+value() { grep "^variant=$1 run=$2 " "$RESULTS" | field "$3" | head -1; }
+paired() { # variant key -> median over runs of (variant / plain - 1), in %
+    local r a b
+    for r in $(seq 1 "$RUNS"); do
+        a=$(value "$1" "$r" "$2"); b=$(value plain "$r" "$2")
+        awk -v a="$a" -v b="$b" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b + 0 > 0) printf "%.2f\n", (a / b - 1) * 100 }'
+    done | median
+}
 {
-    echo "| variant | delivered msgs/s (median of $RUNS) | server CPU µs/msg (median) | msgs/s vs plain | CPU/msg vs plain | runs: msgs/s |"
-    echo "|---|---:|---:|---:|---:|---|"
+    echo "| variant | delivered msgs/s (median of $RUNS) | server CPU µs/msg (median) | msgs/s vs plain, same round (median) | CPU/msg vs plain, same round (median) | p50 / p99 µs (medians) | runs: msgs/s | runs: CPU µs/msg |"
+    echo "|---|---:|---:|---:|---:|---:|---|---|"
     for v in "${VS[@]}"; do
         rate=$(grep "^variant=$v " "$RESULTS" | field delivered_per_s | median)
         cpu=$(grep "^variant=$v " "$RESULTS" | field server_cpu_us_per_msg | median)
         all=$(grep "^variant=$v " "$RESULTS" | field delivered_per_s | paste -sd' ')
-        if [ "$v" = plain ]; then base_rate=$rate base_cpu=$cpu; fi
-        rr=$(awk -v a="$rate" -v b="$base_rate" 'BEGIN { if (b + 0 > 0) printf "%+.1f %%", (a / b - 1) * 100; else print "–" }')
-        rc=$(awk -v a="$cpu" -v b="$base_cpu" 'BEGIN { if (b + 0 > 0) printf "%+.1f %%", (a / b - 1) * 100; else print "–" }')
-        echo "| $v | $rate | $cpu | $rr | $rc | $all |"
+        allc=$(grep "^variant=$v " "$RESULTS" | field server_cpu_us_per_msg | paste -sd' ')
+        p50=$(grep "^variant=$v " "$RESULTS" | field p50_us | median)
+        p99=$(grep "^variant=$v " "$RESULTS" | field p99_us | median)
+        if [ "$v" = plain ]; then rr="" rc=""; else
+            rr="$(paired "$v" delivered_per_s) %"; rc="$(paired "$v" server_cpu_us_per_msg) %"
+        fi
+        echo "| $v | $rate | $cpu | $rr | $rc | $p50 / $p99 | $all | $allc |"
     done
     echo
-    echo "$PAIRS pairs, window $WINDOW, ${DURATION} s after ${WARMUP} s; sm: <r/> every $SM_EVERY messages per sender; load average now $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "$PAIRS pairs, $MODE_DESC, ${DURATION} s after ${WARMUP} s; sm: <r/> every $SM_EVERY messages per sender; load average now $(cut -d' ' -f1-3 /proc/loadavg)."
 } | tee "$TMP/table.md"
 if [ -n "$OUT" ]; then { cat "$TMP/table.md"; echo; cat "$RESULTS"; } >>"$OUT"; fi

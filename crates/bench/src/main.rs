@@ -4,6 +4,7 @@
 
 mod client;
 mod fanout;
+mod mam;
 mod msg;
 mod proc_stats;
 
@@ -108,6 +109,76 @@ enum Workload {
         /// Concurrent logins while connecting.
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
+        /// XEP-0198: every session enables stream management after binding, answers the
+        /// server's `<r/>` and asks for acks itself (see --sm-request-every).
+        #[arg(long)]
+        sm: bool,
+        /// With --sm: each sender appends `<r/>` after every N messages (0: never asks).
+        #[arg(long, default_value_t = 16, requires = "sm")]
+        sm_request_every: usize,
+        /// XEP-0352: every session announces this client state after its presence.
+        #[arg(long, value_enum)]
+        csi: Option<msg::Csi>,
+    },
+    /// Fills one account's archive in Canto's SQLite file with N messages (through
+    /// canto_storage, as the server's `mam` module stores them), for the `mam` workload. Run
+    /// it while the server is stopped (it works while it runs too, but competes for the lock).
+    MamFill {
+        /// Canto's data directory: the file is DIR/canto.sqlite (the default `storage.path`).
+        #[arg(long, required_unless_present = "db")]
+        data_dir: Option<std::path::PathBuf>,
+        /// The SQLite file itself (overrides --data-dir).
+        #[arg(long)]
+        db: Option<std::path::PathBuf>,
+        /// Owner of the archive (bare JID, normalized).
+        #[arg(long)]
+        user: String,
+        /// Messages.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: usize,
+        /// Contacts (contact1@HOST …) the messages rotate over.
+        #[arg(long, default_value_t = 4)]
+        contacts: usize,
+        /// Milliseconds between two messages' timestamps.
+        #[arg(long, default_value_t = 10_000)]
+        step_ms: i64,
+        /// Timestamp of the first message, ms since the epoch (default: the last one is now).
+        #[arg(long)]
+        start_ms: Option<i64>,
+        /// Messages per transaction.
+        #[arg(long, default_value_t = 20_000)]
+        batch: usize,
+    },
+    /// Times XEP-0313 queries against one account's (large) archive: pages from the middle
+    /// (RSM after/before an id there, with a `with` filter, a start/end window, a start), the
+    /// last page and the count alone; p50/p99/max per kind and server CPU per query.
+    Mam {
+        /// The account (bare JID); its password is --password.
+        #[arg(long)]
+        user: String,
+        /// Queries per kind.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Page size (RSM max).
+        #[arg(long, default_value_t = 50)]
+        max: usize,
+        /// Positions in the middle tenth of the archive the queries rotate over.
+        #[arg(long, default_value_t = 20)]
+        anchors: usize,
+        /// Length of the start/end windows, seconds.
+        #[arg(long, default_value_t = 3600)]
+        window_s: i64,
+        /// JID for the `with` kinds (default contact1@HOST, as mam-fill writes).
+        #[arg(long)]
+        with: Option<String>,
+        /// Kinds to time, in this order.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "after,before,with,window,with-window,start,last,count"
+        )]
+        kinds: Vec<mam::Kind>,
     },
     /// N logins with K concurrent clients: logins/s, latency, server CPU per login.
     Login {
@@ -238,6 +309,9 @@ async fn run(cli: Cli) -> Result<()> {
             duration,
             warmup,
             concurrency,
+            sm,
+            sm_request_every,
+            csi,
         } => {
             let pace = match (flood, rate) {
                 (true, _) => msg::Pace::Flood { window },
@@ -253,6 +327,58 @@ async fn run(cli: Cli) -> Result<()> {
                     warmup,
                     duration,
                     concurrency,
+                    sm: sm.then_some(sm_request_every),
+                    csi,
+                },
+            )
+            .await?
+        }
+        Workload::MamFill {
+            ref data_dir,
+            ref db,
+            ref user,
+            count,
+            contacts,
+            step_ms,
+            start_ms,
+            batch,
+        } => {
+            let db = match (db, data_dir) {
+                (Some(f), _) => f.clone(),
+                (None, Some(d)) => d.join("canto.sqlite"),
+                (None, None) => bail!("mam-fill needs --data-dir or --db"),
+            };
+            mam::fill(mam::FillOpts {
+                db,
+                user: user.clone(),
+                count,
+                contacts,
+                step_ms,
+                start_ms,
+                batch,
+            })
+            .await?
+        }
+        Workload::Mam {
+            ref user,
+            queries,
+            max,
+            anchors,
+            window_s,
+            ref with,
+            ref kinds,
+        } => {
+            mam::run(
+                &cli,
+                &t,
+                mam::QueryOpts {
+                    user: user.clone(),
+                    queries,
+                    max,
+                    anchors,
+                    window_s,
+                    with: with.clone(),
+                    kinds: kinds.clone(),
                 },
             )
             .await?

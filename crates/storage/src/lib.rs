@@ -120,6 +120,17 @@ pub struct ArchiveItem {
     pub data: Vec<u8>,
 }
 
+/// One item to append with [`ArchiveStore::append_many`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewArchiveItem {
+    /// The conversation partner (a bare or full JID, as given).
+    pub with: String,
+    /// Timestamp, milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+    /// The archived payload (serialized stanza).
+    pub data: Vec<u8>,
+}
+
 /// A query; all filters optional; results in ascending order unless `reverse`; `limit` caps
 /// the count.
 ///
@@ -165,6 +176,17 @@ pub trait ArchiveStore: Send + Sync {
         data: &[u8],
         max_items: Option<usize>,
     ) -> Result<String>;
+    /// Appends `items` in order, exactly as that many [`ArchiveStore::append`] calls without
+    /// `max_items` would (consecutive `seq`s, fresh ids), but in ONE transaction that COMMITS
+    /// durably before returning: all are stored or none. For bulk imports and benchmark
+    /// fills; returns the new ids in order.
+    async fn append_many(
+        &self,
+        store: &str,
+        host: &str,
+        user: &str,
+        items: &[NewArchiveItem],
+    ) -> Result<Vec<String>>;
     /// The items matching `q` (keyset pagination on `seq`, never OFFSET).
     async fn query(
         &self,

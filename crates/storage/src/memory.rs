@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::{
     AccountStore, ArchiveItem, ArchiveQuery, ArchiveStore, Credentials, KeyValueStore, MapStore,
-    Result, StorageError, new_item_id,
+    NewArchiveItem, Result, StorageError, new_item_id,
 };
 
 /// `(host, user)`.
@@ -297,6 +297,44 @@ impl ArchiveStore for MemoryBackend {
             },
         );
         Ok(id)
+    }
+
+    async fn append_many(
+        &self,
+        store: &str,
+        host: &str,
+        user: &str,
+        items: &[NewArchiveItem],
+    ) -> Result<Vec<String>> {
+        // One lock for the whole batch: other callers see all of it or none.
+        let mut inner = self.lock();
+        let mut seq = inner.last_seq;
+        let archive = inner
+            .archive
+            .entry(store_key(store, host, user))
+            .or_default();
+        let mut ids = Vec::with_capacity(items.len());
+        for item in items {
+            seq += 1;
+            let mut id = new_item_id();
+            while archive.ids.contains_key(&id) {
+                id = new_item_id();
+            }
+            archive.ids.insert(id.clone(), seq);
+            archive.items.insert(
+                seq,
+                ArchiveItem {
+                    id: id.clone(),
+                    seq,
+                    stamp_ms: item.stamp_ms,
+                    with: item.with.clone(),
+                    data: item.data.clone(),
+                },
+            );
+            ids.push(id);
+        }
+        inner.last_seq = seq;
+        Ok(ids)
     }
 
     async fn query(

@@ -19,7 +19,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::{
     AccountStore, ArchiveItem, ArchiveQuery, ArchiveStore, Credentials, KeyValueStore, MapStore,
-    Result, ScramKeys, StorageError, new_item_id,
+    NewArchiveItem, Result, ScramKeys, StorageError, new_item_id,
 };
 
 /// How long a writer waits for another connection's (or process's) write lock.
@@ -28,13 +28,24 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections per pool: SQLite has one writer at a time, but WAL readers run in parallel.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// Rows per multi-row `INSERT` in [`ArchiveStore::append_many`]: 7 parameters each, far below
+/// SQLite's 32,766 per statement; every full chunk reuses one cached prepared statement.
+const ROWS_PER_INSERT: usize = 256;
+
+/// A time-bounded archive query whose `[start, end]` range holds at most this many of the
+/// owner's items is answered from that range (`archive_user_stamp`, then sorted by `seq`);
+/// a larger range walks the owner's seq index instead, where the first `limit` matches come
+/// early. Either plan returns exactly the same items.
+const STAMP_RANGE_ROWS: i64 = 10_000;
+
 /// SQLITE_FULL: the primary result code for "database or disk is full".
 const SQLITE_FULL: i64 = 13;
 
 /// The schema migrations, applied in order; migration `i` brings the schema to version
 /// `i + 1`. Never edit a released migration: append a new one.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE accounts (
+const MIGRATIONS: &[&[&str]] = &[
+    &[
+        "CREATE TABLE accounts (
         host TEXT NOT NULL,
         username TEXT NOT NULL,
         sha1_salt BLOB NOT NULL,
@@ -47,14 +58,14 @@ const MIGRATIONS: &[&[&str]] = &[&[
         sha256_server_key BLOB NOT NULL,
         PRIMARY KEY (host, username)
     ) WITHOUT ROWID",
-    "CREATE TABLE kv (
+        "CREATE TABLE kv (
         host TEXT NOT NULL,
         username TEXT NOT NULL,
         store TEXT NOT NULL,
         value BLOB NOT NULL,
         PRIMARY KEY (host, username, store)
     ) WITHOUT ROWID",
-    "CREATE TABLE map (
+        "CREATE TABLE map (
         host TEXT NOT NULL,
         username TEXT NOT NULL,
         store TEXT NOT NULL,
@@ -62,7 +73,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         value BLOB NOT NULL,
         PRIMARY KEY (host, username, store, key)
     ) WITHOUT ROWID",
-    "CREATE TABLE archive (
+        "CREATE TABLE archive (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL UNIQUE,
         store TEXT NOT NULL,
@@ -72,12 +83,59 @@ const MIGRATIONS: &[&[&str]] = &[&[
         stamp_ms INTEGER NOT NULL,
         data BLOB NOT NULL
     )",
-    "CREATE INDEX archive_user_seq ON archive (store, host, username, seq)",
-    "CREATE INDEX archive_user_with_seq ON archive (store, host, username, with_jid, seq)",
-    "CREATE INDEX archive_store_stamp ON archive (store, stamp_ms)",
-    // For deleting an account's items across all stores.
-    "CREATE INDEX archive_owner ON archive (host, username)",
-]];
+        "CREATE INDEX archive_user_seq ON archive (store, host, username, seq)",
+        "CREATE INDEX archive_user_with_seq ON archive (store, host, username, with_jid, seq)",
+        "CREATE INDEX archive_store_stamp ON archive (store, stamp_ms)",
+        // For deleting an account's items across all stores.
+        "CREATE INDEX archive_owner ON archive (host, username)",
+    ],
+    // 2: start/end queries find their time range in the owner's items (with the implicit rowid,
+    // i.e. `seq`, at the end of every entry) instead of walking the whole seq index; item counts
+    // per archive and partner are kept by triggers, so the count of a whole archive or of one
+    // conversation (XEP-0059 `<count/>` on every MAM page) is a lookup, not a walk over the
+    // archive.
+    &[
+        "CREATE INDEX archive_user_stamp ON archive (store, host, username, stamp_ms)",
+        "CREATE TABLE archive_counts (
+        store TEXT NOT NULL,
+        host TEXT NOT NULL,
+        username TEXT NOT NULL,
+        with_jid TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (store, host, username, with_jid)
+    ) WITHOUT ROWID",
+        "INSERT INTO archive_counts (store, host, username, with_jid, n)
+        SELECT store, host, username, with_jid, COUNT(*) FROM archive
+        GROUP BY store, host, username, with_jid",
+        "CREATE TRIGGER archive_count_insert AFTER INSERT ON archive BEGIN
+        INSERT INTO archive_counts (store, host, username, with_jid, n)
+            VALUES (NEW.store, NEW.host, NEW.username, NEW.with_jid, 1)
+            ON CONFLICT (store, host, username, with_jid) DO UPDATE SET n = n + 1;
+    END",
+        // A conversation emptied leaves no row behind (deleted accounts leave no trace).
+        "CREATE TRIGGER archive_count_delete AFTER DELETE ON archive BEGIN
+        UPDATE archive_counts SET n = n - 1
+            WHERE store = OLD.store AND host = OLD.host AND username = OLD.username
+            AND with_jid = OLD.with_jid;
+        DELETE FROM archive_counts
+            WHERE store = OLD.store AND host = OLD.host AND username = OLD.username
+            AND with_jid = OLD.with_jid AND n <= 0;
+    END",
+        // Items are never moved, but should one be, the counts follow.
+        "CREATE TRIGGER archive_count_move AFTER UPDATE OF store, host, username, with_jid
+    ON archive BEGIN
+        UPDATE archive_counts SET n = n - 1
+            WHERE store = OLD.store AND host = OLD.host AND username = OLD.username
+            AND with_jid = OLD.with_jid;
+        DELETE FROM archive_counts
+            WHERE store = OLD.store AND host = OLD.host AND username = OLD.username
+            AND with_jid = OLD.with_jid AND n <= 0;
+        INSERT INTO archive_counts (store, host, username, with_jid, n)
+            VALUES (NEW.store, NEW.host, NEW.username, NEW.with_jid, 1)
+            ON CONFLICT (store, host, username, with_jid) DO UPDATE SET n = n + 1;
+    END",
+    ],
+];
 
 /// Maps a driver error onto [`StorageError`]: SQLITE_FULL (any extended code) becomes
 /// [`StorageError::Full`], decoding failures [`StorageError::Corrupt`].
@@ -499,22 +557,41 @@ fn json_string_array(ids: &[String]) -> String {
     out
 }
 
-/// Appends the `WHERE` clause selecting `q`'s items of one user's archive (no ordering, no
-/// limit). An unknown `after_id` / `before_id` makes the sub-select NULL, which matches
-/// nothing.
-fn push_filters(
+/// How an archive query finds its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// Walk the owner's `(store, host, username[, with_jid], seq)` index in `seq` order (or
+    /// look up `ids` through the unique `id` index). Keyset paging (`after_id` /
+    /// `before_id`) starts the walk at the named item: never an OFFSET-like scan.
+    Seq,
+    /// Read the owner's `[start, end]` time range from `archive_user_stamp`: for pages, the
+    /// `seq`s of the range (index only), sorted and cut to the page, then those rows; for
+    /// ranges of at most [`STAMP_RANGE_ROWS`] items, or counts.
+    Stamp,
+}
+
+/// Appends `FROM archive` and the `WHERE` clause selecting `q`'s items of one user's archive
+/// (no ordering, no limit). An unknown `after_id` / `before_id` makes the sub-select NULL,
+/// which matches nothing.
+fn push_from_where(
     b: &mut QueryBuilder<Sqlite>,
+    plan: Plan,
     store: &str,
     host: &str,
     user: &str,
     q: &ArchiveQuery,
 ) {
-    // Index choice (SQLite has no statistics without ANALYZE, so it is steered with unary
-    // `+`, which keeps a term from using an index): with `ids`, look them up through the
-    // unique `id` index; otherwise walk the owner's (store, host, username[, with_jid], seq)
-    // index, never the store-wide stamp index, which spans all users.
-    let owner = if q.ids.is_some() { "+" } else { "" };
-    b.push(format_args!(" WHERE {owner}store = "))
+    // Index choice: SQLite has no statistics without ANALYZE, so it is steered, with unary
+    // `+` (which keeps a term from using an index) for the seq plan and INDEXED BY for the
+    // stamp plan. With `ids`, look them up through the unique `id` index; otherwise walk the
+    // owner's seq index; never the store-wide stamp index, which spans all users.
+    let (from, owner, stamp) = match plan {
+        Plan::Seq if q.ids.is_some() => (" FROM archive", "+", "+"),
+        Plan::Seq => (" FROM archive", "", "+"),
+        Plan::Stamp => (" FROM archive INDEXED BY archive_user_stamp", "", ""),
+    };
+    b.push(from)
+        .push(format_args!(" WHERE {owner}store = "))
         .push_bind(store)
         .push(format_args!(" AND {owner}host = "))
         .push_bind(host)
@@ -525,10 +602,12 @@ fn push_filters(
             .push_bind(with.as_str());
     }
     if let Some(start) = q.start_ms {
-        b.push(" AND +stamp_ms >= ").push_bind(start);
+        b.push(format_args!(" AND {stamp}stamp_ms >= "))
+            .push_bind(start);
     }
     if let Some(end) = q.end_ms {
-        b.push(" AND +stamp_ms <= ").push_bind(end);
+        b.push(format_args!(" AND {stamp}stamp_ms <= "))
+            .push_bind(end);
     }
     for (op, id) in [(">", &q.after_id), ("<", &q.before_id)] {
         if let Some(id) = id {
@@ -550,6 +629,140 @@ fn push_filters(
             .push_bind(json_string_array(ids))
             .push("))");
     }
+}
+
+/// The statement of [`ArchiveStore::query`] for `q`, after `head` (the query-plan tests put
+/// `EXPLAIN QUERY PLAN` there).
+fn select_items(
+    head: &str,
+    plan: Plan,
+    store: &str,
+    host: &str,
+    user: &str,
+    q: &ArchiveQuery,
+) -> QueryBuilder<Sqlite> {
+    let order = if q.reverse {
+        " ORDER BY seq DESC"
+    } else {
+        " ORDER BY seq ASC"
+    };
+    let mut b = QueryBuilder::new(head);
+    b.push("SELECT id, seq, stamp_ms, with_jid, data");
+    if plan == Plan::Stamp {
+        // The page's seqs come from the stamp index alone (a bounded sort keeps the first
+        // `limit`); only the page's rows are read from the table.
+        b.push(" FROM archive WHERE seq IN (SELECT seq");
+        push_from_where(&mut b, plan, store, host, user, q);
+        b.push(order);
+        if let Some(limit) = q.limit {
+            b.push(" LIMIT ").push_bind(to_i64(limit));
+        }
+        b.push(")").push(order);
+        return b;
+    }
+    push_from_where(&mut b, plan, store, host, user, q);
+    b.push(order);
+    if let Some(limit) = q.limit {
+        b.push(" LIMIT ").push_bind(to_i64(limit));
+    }
+    b
+}
+
+/// The statement of [`ArchiveStore::count`] for `q`, after `head`.
+fn select_count(
+    head: &str,
+    plan: Plan,
+    store: &str,
+    host: &str,
+    user: &str,
+    q: &ArchiveQuery,
+) -> QueryBuilder<Sqlite> {
+    let mut b = QueryBuilder::new(head);
+    b.push("SELECT COUNT(*)");
+    push_from_where(&mut b, plan, store, host, user, q);
+    b
+}
+
+/// The statement counting the owner's items in `q`'s time range, up to
+/// [`STAMP_RANGE_ROWS`] + 1 (an index-only walk of at most that many entries).
+fn select_stamp_range(
+    head: &str,
+    store: &str,
+    host: &str,
+    user: &str,
+    q: &ArchiveQuery,
+) -> QueryBuilder<Sqlite> {
+    let mut b = QueryBuilder::new(head);
+    b.push("SELECT COUNT(*) FROM (SELECT 1 FROM archive INDEXED BY archive_user_stamp")
+        .push(" WHERE store = ")
+        .push_bind(store)
+        .push(" AND host = ")
+        .push_bind(host)
+        .push(" AND username = ")
+        .push_bind(user);
+    if let Some(start) = q.start_ms {
+        b.push(" AND stamp_ms >= ").push_bind(start);
+    }
+    if let Some(end) = q.end_ms {
+        b.push(" AND stamp_ms <= ").push_bind(end);
+    }
+    b.push(" LIMIT ").push_bind(STAMP_RANGE_ROWS + 1).push(")");
+    b
+}
+
+impl SqliteBackend {
+    /// The plan for `q`'s page: [`Plan::Stamp`] when it has a time bound whose range is
+    /// small (a walk in seq order could have to skip everything before the range).
+    async fn plan(&self, store: &str, host: &str, user: &str, q: &ArchiveQuery) -> Result<Plan> {
+        if q.ids.is_some() || (q.start_ms.is_none() && q.end_ms.is_none()) {
+            return Ok(Plan::Seq);
+        }
+        let in_range: i64 = select_stamp_range("", store, host, user, q)
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(if in_range <= STAMP_RANGE_ROWS {
+            Plan::Stamp
+        } else {
+            Plan::Seq
+        })
+    }
+
+    /// The plan for counting `q`: a time range is counted in the stamp index (index only,
+    /// however large) unless a `with` filter needs the table for every item in a large range.
+    async fn count_plan(
+        &self,
+        store: &str,
+        host: &str,
+        user: &str,
+        q: &ArchiveQuery,
+    ) -> Result<Plan> {
+        if q.ids.is_none() && q.with.is_none() && (q.start_ms.is_some() || q.end_ms.is_some()) {
+            return Ok(Plan::Stamp);
+        }
+        self.plan(store, host, user, q).await
+    }
+}
+
+/// Whether `q` selects a whole archive or one whole conversation (no filter but `with`;
+/// `limit` and `reverse` do not matter): counts kept in `archive_counts`.
+fn counted(q: &ArchiveQuery) -> bool {
+    let ArchiveQuery {
+        with: _,
+        start_ms,
+        end_ms,
+        after_id,
+        before_id,
+        ids,
+        limit: _,
+        reverse: _,
+    } = q;
+    start_ms.is_none()
+        && end_ms.is_none()
+        && after_id.is_none()
+        && before_id.is_none()
+        && ids.is_none()
 }
 
 #[async_trait::async_trait]
@@ -602,6 +815,41 @@ impl ArchiveStore for SqliteBackend {
         Ok(id)
     }
 
+    async fn append_many(
+        &self,
+        store: &str,
+        host: &str,
+        user: &str,
+        items: &[NewArchiveItem],
+    ) -> Result<Vec<String>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = items.iter().map(|_| new_item_id()).collect();
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        for (chunk, chunk_ids) in items
+            .chunks(ROWS_PER_INSERT)
+            .zip(ids.chunks(ROWS_PER_INSERT))
+        {
+            // Multi-row VALUES insert in list order, so `seq` follows `items`.
+            let mut b = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO archive (id, store, host, username, with_jid, stamp_ms, data) ",
+            );
+            b.push_values(chunk.iter().zip(chunk_ids), |mut row, (item, id)| {
+                row.push_bind(id.as_str())
+                    .push_bind(store)
+                    .push_bind(host)
+                    .push_bind(user)
+                    .push_bind(item.with.as_str())
+                    .push_bind(item.stamp_ms)
+                    .push_bind(item.data.as_slice());
+            });
+            b.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
     async fn query(
         &self,
         store: &str,
@@ -609,16 +857,8 @@ impl ArchiveStore for SqliteBackend {
         user: &str,
         q: &ArchiveQuery,
     ) -> Result<Vec<ArchiveItem>> {
-        let mut b = QueryBuilder::new("SELECT id, seq, stamp_ms, with_jid, data FROM archive");
-        push_filters(&mut b, store, host, user, q);
-        b.push(if q.reverse {
-            " ORDER BY seq DESC"
-        } else {
-            " ORDER BY seq ASC"
-        });
-        if let Some(limit) = q.limit {
-            b.push(" LIMIT ").push_bind(to_i64(limit));
-        }
+        let plan = self.plan(store, host, user, q).await?;
+        let mut b = select_items("", plan, store, host, user, q);
         let rows = b.build().fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter()
             .map(|row| {
@@ -634,8 +874,28 @@ impl ArchiveStore for SqliteBackend {
     }
 
     async fn count(&self, store: &str, host: &str, user: &str, q: &ArchiveQuery) -> Result<usize> {
-        let mut b = QueryBuilder::new("SELECT COUNT(*) FROM archive");
-        push_filters(&mut b, store, host, user, q);
+        if counted(q) {
+            // Kept by the archive_count_* triggers: one row per conversation.
+            let mut b = QueryBuilder::<Sqlite>::new(
+                "SELECT COALESCE(SUM(n), 0) FROM archive_counts WHERE store = ",
+            );
+            b.push_bind(store)
+                .push(" AND host = ")
+                .push_bind(host)
+                .push(" AND username = ")
+                .push_bind(user);
+            if let Some(with) = &q.with {
+                b.push(" AND with_jid = ").push_bind(with.as_str());
+            }
+            let n: i64 = b
+                .build_query_scalar()
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+            return count_to_usize(n);
+        }
+        let plan = self.count_plan(store, host, user, q).await?;
+        let mut b = select_count("", plan, store, host, user, q);
         let n: i64 = b
             .build_query_scalar()
             .fetch_one(&self.pool)
@@ -835,5 +1095,524 @@ mod tests {
         let ids = vec!["a".to_owned(), "q\"b\\c\n".to_owned()];
         assert_eq!(json_string_array(&ids), r#"["a","q\"b\\c\u000a"]"#);
         assert_eq!(json_string_array(&[]), "[]");
+    }
+
+    /// A fresh backend in its own temp dir (removed by the caller).
+    async fn temp_backend(name: &str) -> (SqliteBackend, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "canto-storage-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        let backend = SqliteBackend::open(&dir.join("t.sqlite"))
+            .await
+            .expect("open");
+        (backend, dir)
+    }
+
+    /// `EXPLAIN QUERY PLAN` of a statement built with `head` = "EXPLAIN QUERY PLAN ": the
+    /// `detail` lines.
+    async fn plan_of(backend: &SqliteBackend, mut b: QueryBuilder<Sqlite>) -> Vec<String> {
+        let sql = b.sql().as_str().to_owned();
+        assert!(!sql.to_ascii_uppercase().contains("OFFSET"), "{sql}");
+        let rows = b.build().fetch_all(&backend.pool).await.expect("explain");
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("detail").expect("detail"))
+            .collect()
+    }
+
+    const EQP: &str = "EXPLAIN QUERY PLAN ";
+
+    /// Asserts that the plan reads archive rows only through `index` with exactly `terms` and
+    /// never scans the table; `sorts`: whether a temporary B-tree (a sort) is allowed.
+    fn assert_plan(plan: &[String], index: &str, terms: &str, sorts: bool) {
+        let want = format!("SEARCH archive USING {index} ({terms})");
+        assert!(
+            plan.iter().any(|l| l == &want),
+            "expected `{want}` in {plan:#?}"
+        );
+        assert!(
+            !plan.iter().any(|l| l.starts_with("SCAN archive")),
+            "table scan in {plan:#?}"
+        );
+        assert!(
+            !plan.iter().any(|l| l.contains("archive_store_stamp")),
+            "store-wide stamp index in {plan:#?}"
+        );
+        if !sorts {
+            assert!(
+                !plan.iter().any(|l| l.contains("TEMP B-TREE")),
+                "sort in {plan:#?}"
+            );
+        }
+    }
+
+    /// The archive queries the `mam` module issues use the owner's indexes (keyset paging, no
+    /// OFFSET, no table scan, no sort except over a bounded time range): a regression here
+    /// makes a page from the middle of a million-item archive cost a scan.
+    #[tokio::test]
+    async fn archive_queries_use_the_owner_indexes() {
+        let (b, dir) = temp_backend("plans").await;
+        b.append("archive", "h", "u", "w@h", 1, b"x", None)
+            .await
+            .expect("append");
+        let id = || Some("0123456789abcdef0123456789abcdef".to_owned());
+        let seq_after = "store=? AND host=? AND username=? AND seq>?";
+        let seq_before = "store=? AND host=? AND username=? AND seq<?";
+        let owner = "store=? AND host=? AND username=?";
+        let cases: Vec<(ArchiveQuery, &str, &str)> = vec![
+            // The first and the last page.
+            (
+                ArchiveQuery {
+                    limit: Some(51),
+                    ..Default::default()
+                },
+                "INDEX archive_user_seq",
+                owner,
+            ),
+            (
+                ArchiveQuery {
+                    limit: Some(51),
+                    reverse: true,
+                    ..Default::default()
+                },
+                "INDEX archive_user_seq",
+                owner,
+            ),
+            // RSM after / before an id (XEP-0059 §2.2, §2.3).
+            (
+                ArchiveQuery {
+                    after_id: id(),
+                    limit: Some(51),
+                    ..Default::default()
+                },
+                "INDEX archive_user_seq",
+                seq_after,
+            ),
+            (
+                ArchiveQuery {
+                    before_id: id(),
+                    limit: Some(51),
+                    reverse: true,
+                    ..Default::default()
+                },
+                "INDEX archive_user_seq",
+                seq_before,
+            ),
+            // `with` (XEP-0313 §4.1.1), paged.
+            (
+                ArchiveQuery {
+                    with: Some("w@h".into()),
+                    after_id: id(),
+                    limit: Some(51),
+                    ..Default::default()
+                },
+                "INDEX archive_user_with_seq",
+                "store=? AND host=? AND username=? AND with_jid=? AND seq>?",
+            ),
+        ];
+        for (q, index, terms) in &cases {
+            let plan = plan_of(&b, select_items(EQP, Plan::Seq, "archive", "h", "u", q)).await;
+            assert_plan(&plan, index, terms, false);
+            // The sub-select of after/before finds the named item through the unique id.
+            if q.after_id.is_some() || q.before_id.is_some() {
+                assert_plan(&plan, "INDEX sqlite_autoindex_archive_1", "id=?", false);
+            }
+        }
+        // A time range walks the seq index (large ranges) …
+        let window = ArchiveQuery {
+            start_ms: Some(1000),
+            end_ms: Some(2000),
+            limit: Some(51),
+            ..Default::default()
+        };
+        let plan = plan_of(
+            &b,
+            select_items(EQP, Plan::Seq, "archive", "h", "u", &window),
+        )
+        .await;
+        assert_plan(&plan, "INDEX archive_user_seq", owner, false);
+        // … or reads the range, which the probe has bounded, and sorts it.
+        let stamp = "store=? AND host=? AND username=? AND stamp_ms>? AND stamp_ms<?";
+        // (the page's seqs from the index alone, then those rows by rowid).
+        let plan = plan_of(
+            &b,
+            select_items(EQP, Plan::Stamp, "archive", "h", "u", &window),
+        )
+        .await;
+        assert_plan(&plan, "COVERING INDEX archive_user_stamp", stamp, true);
+        assert_plan(&plan, "INTEGER PRIMARY KEY", "rowid=?", true);
+        let plan = plan_of(&b, select_stamp_range(EQP, "archive", "h", "u", &window)).await;
+        assert_plan(&plan, "COVERING INDEX archive_user_stamp", stamp, false);
+        let start_only = ArchiveQuery {
+            start_ms: Some(1000),
+            ..Default::default()
+        };
+        let plan = plan_of(
+            &b,
+            select_items(EQP, Plan::Stamp, "archive", "h", "u", &start_only),
+        )
+        .await;
+        assert_plan(
+            &plan,
+            "COVERING INDEX archive_user_stamp",
+            "store=? AND host=? AND username=? AND stamp_ms>?",
+            true,
+        );
+        let plan = plan_of(
+            &b,
+            select_count(EQP, Plan::Stamp, "archive", "h", "u", &start_only),
+        )
+        .await;
+        assert_plan(
+            &plan,
+            "COVERING INDEX archive_user_stamp",
+            "store=? AND host=? AND username=? AND stamp_ms>?",
+            false,
+        );
+        // Counts read the index only.
+        let all = ArchiveQuery::default();
+        let plan = plan_of(&b, select_count(EQP, Plan::Seq, "archive", "h", "u", &all)).await;
+        // Any of the owner's indexes holds one entry per item; SQLite picks one.
+        let index = if plan.iter().any(|l| l.contains("archive_user_stamp")) {
+            "COVERING INDEX archive_user_stamp"
+        } else {
+            "COVERING INDEX archive_user_seq"
+        };
+        assert_plan(&plan, index, owner, false);
+        let with = ArchiveQuery {
+            with: Some("w@h".into()),
+            ..Default::default()
+        };
+        let plan = plan_of(&b, select_count(EQP, Plan::Seq, "archive", "h", "u", &with)).await;
+        assert_plan(
+            &plan,
+            "COVERING INDEX archive_user_with_seq",
+            "store=? AND host=? AND username=? AND with_jid=?",
+            false,
+        );
+        let plan = plan_of(
+            &b,
+            select_count(EQP, Plan::Stamp, "archive", "h", "u", &window),
+        )
+        .await;
+        assert_plan(&plan, "COVERING INDEX archive_user_stamp", stamp, false);
+        // Ids through the unique id index.
+        let ids = ArchiveQuery {
+            ids: Some(vec!["a".into()]),
+            ..Default::default()
+        };
+        let plan = plan_of(&b, select_count(EQP, Plan::Seq, "archive", "h", "u", &ids)).await;
+        assert_plan(&plan, "INDEX sqlite_autoindex_archive_1", "id=?", false);
+        b.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Both plans return the same items, also when stamps are not in append order; the probe
+    /// picks the stamp plan only for small ranges.
+    #[tokio::test]
+    async fn time_range_plans_agree() {
+        let (b, dir) = temp_backend("stamp-plans").await;
+        let n = usize::try_from(STAMP_RANGE_ROWS).expect("small") + 500;
+        // Stamps mostly increasing, with a backwards clock step every 97 items.
+        let items: Vec<NewArchiveItem> = (0..n)
+            .map(|i| {
+                let i = i64::try_from(i).expect("small");
+                NewArchiveItem {
+                    with: if i % 3 == 0 { "a@h" } else { "b@h" }.to_owned(),
+                    stamp_ms: i * 10 - if i % 97 == 0 { 5000 } else { 0 },
+                    data: i.to_string().into_bytes(),
+                }
+            })
+            .collect();
+        let ids = b
+            .append_many("archive", "h", "u", &items)
+            .await
+            .expect("append_many");
+        let queries = [
+            (Some(40_000), Some(42_000), None, None, false),
+            (Some(40_000), Some(42_000), Some("a@h"), None, false),
+            (Some(40_000), None, None, None, false),
+            (None, Some(3_000), None, None, true),
+            (
+                Some(40_000),
+                Some(60_000),
+                None,
+                Some(ids[4100].clone()),
+                false,
+            ),
+            (Some(0), None, None, None, false),
+        ];
+        for (start, end, with, after, reverse) in queries {
+            let q = ArchiveQuery {
+                start_ms: start,
+                end_ms: end,
+                with: with.map(str::to_owned),
+                after_id: after,
+                reverse,
+                limit: Some(51),
+                ..Default::default()
+            };
+            let mut results = Vec::new();
+            for plan in [Plan::Seq, Plan::Stamp] {
+                let rows = select_items("", plan, "archive", "h", "u", &q)
+                    .build()
+                    .fetch_all(&b.pool)
+                    .await
+                    .expect("query");
+                let seqs: Vec<i64> = rows.iter().map(|r| r.get("seq")).collect();
+                let mut cq = select_count("", plan, "archive", "h", "u", &q);
+                let count: i64 = cq
+                    .build_query_scalar()
+                    .fetch_one(&b.pool)
+                    .await
+                    .expect("count");
+                results.push((seqs, count));
+            }
+            assert_eq!(results[0], results[1], "{q:?}");
+            assert!(!results[0].0.is_empty(), "{q:?}");
+            // What the store answers is the same again.
+            let items = b.query("archive", "h", "u", &q).await.expect("query");
+            let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
+            assert_eq!(seqs, results[0].0, "{q:?}");
+            assert_eq!(
+                b.count("archive", "h", "u", &q).await.expect("count"),
+                usize::try_from(results[0].1).expect("count")
+            );
+        }
+        let small = ArchiveQuery {
+            start_ms: Some(40_000),
+            end_ms: Some(42_000),
+            ..Default::default()
+        };
+        assert_eq!(
+            b.plan("archive", "h", "u", &small).await.expect("plan"),
+            Plan::Stamp
+        );
+        let large = ArchiveQuery {
+            start_ms: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(
+            b.plan("archive", "h", "u", &large).await.expect("plan"),
+            Plan::Seq
+        );
+        b.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The per-archive counts kept by triggers match `COUNT(*)` through appends, bulk appends,
+    /// deletes by id, whole-archive deletes, retention and account deletion.
+    #[tokio::test]
+    async fn archive_counts_follow_every_change() {
+        let (b, dir) = temp_backend("counts").await;
+        async fn check(b: &SqliteBackend) {
+            let kept: Vec<(String, String, String, i64)> = sqlx::query_as(
+                "SELECT store, host, username, SUM(n) FROM archive_counts
+                 GROUP BY store, host, username ORDER BY 1, 2, 3",
+            )
+            .fetch_all(&b.pool)
+            .await
+            .expect("counts");
+            let real: Vec<(String, String, String, i64)> = sqlx::query_as(
+                "SELECT store, host, username, COUNT(*) FROM archive
+                 GROUP BY store, host, username ORDER BY 1, 2, 3",
+            )
+            .fetch_all(&b.pool)
+            .await
+            .expect("real");
+            assert_eq!(kept, real);
+            for (store, host, user, n) in real {
+                let got = b
+                    .count(&store, &host, &user, &ArchiveQuery::default())
+                    .await
+                    .expect("count");
+                assert_eq!(i64::try_from(got).expect("count"), n);
+            }
+            let kept: Vec<(String, String, String, String, i64)> =
+                sqlx::query_as("SELECT * FROM archive_counts ORDER BY 1, 2, 3, 4")
+                    .fetch_all(&b.pool)
+                    .await
+                    .expect("counts");
+            let real: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+                "SELECT store, host, username, with_jid, COUNT(*) FROM archive
+                 GROUP BY store, host, username, with_jid ORDER BY 1, 2, 3, 4",
+            )
+            .fetch_all(&b.pool)
+            .await
+            .expect("real");
+            assert_eq!(kept, real);
+            for (store, host, user, with, n) in real {
+                let q = ArchiveQuery {
+                    with: Some(with),
+                    ..Default::default()
+                };
+                let got = b.count(&store, &host, &user, &q).await.expect("count");
+                assert_eq!(i64::try_from(got).expect("count"), n);
+            }
+        }
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            for (store, user) in [("archive", "u"), ("archive", "v"), ("offline", "u")] {
+                ids.push(
+                    b.append(store, "h", user, "w@h", i, b"x", None)
+                        .await
+                        .expect("append"),
+                );
+            }
+        }
+        let items: Vec<NewArchiveItem> = (0..300)
+            .map(|i| NewArchiveItem {
+                with: format!("w{}@h", i % 3),
+                stamp_ms: 10 + i,
+                data: b"y".to_vec(),
+            })
+            .collect();
+        b.append_many("archive", "h", "u", &items)
+            .await
+            .expect("append_many");
+        check(&b).await;
+        assert_eq!(
+            b.count("archive", "h", "nobody", &ArchiveQuery::default())
+                .await
+                .expect("count"),
+            0
+        );
+        ArchiveStore::delete(&b, "archive", "h", "u", Some(&ids[..3]))
+            .await
+            .expect("delete ids");
+        check(&b).await;
+        b.delete_older_than("archive", 100)
+            .await
+            .expect("retention");
+        check(&b).await;
+        ArchiveStore::delete(&b, "offline", "h", "u", None)
+            .await
+            .expect("delete all");
+        check(&b).await;
+        AccountStore::delete(&b, "h", "v").await.expect("account");
+        check(&b).await;
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM archive_counts")
+            .fetch_one(&b.pool)
+            .await
+            .expect("rows");
+        assert_eq!(
+            left, 3,
+            "only u's conversations in the archive store are left"
+        );
+        b.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Migration 2 on a database written by version 1 counts the items already there.
+    #[tokio::test]
+    async fn migration_2_counts_existing_items() {
+        let (b, dir) = temp_backend("migrate2").await;
+        for i in 0..7 {
+            b.append("archive", "h", "u", "w@h", i, b"x", None)
+                .await
+                .expect("append");
+        }
+        // Back to schema version 1 (what an older build left behind).
+        for undo in [
+            "DROP TRIGGER archive_count_insert",
+            "DROP TRIGGER archive_count_delete",
+            "DROP TRIGGER archive_count_move",
+            "DROP TABLE archive_counts",
+            "DROP INDEX archive_user_stamp",
+            "DELETE FROM schema_version WHERE version > 1",
+        ] {
+            sqlx::query(undo).execute(&b.pool).await.expect(undo);
+        }
+        b.append("archive", "h", "u", "w@h", 8, b"x", None)
+            .await
+            .expect("append");
+        b.migrate().await.expect("migrate");
+        assert_eq!(
+            b.count("archive", "h", "u", &ArchiveQuery::default())
+                .await
+                .expect("count"),
+            8
+        );
+        b.append("archive", "h", "u", "w@h", 9, b"x", None)
+            .await
+            .expect("append");
+        assert_eq!(
+            b.count("archive", "h", "u", &ArchiveQuery::default())
+                .await
+                .expect("count"),
+            9
+        );
+        b.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `append_many` stores the items in order in one transaction, like that many appends.
+    #[tokio::test]
+    async fn append_many_is_one_ordered_transaction() {
+        let (b, dir) = temp_backend("append-many").await;
+        let first = b
+            .append("archive", "h", "u", "w@h", 1, b"a", None)
+            .await
+            .expect("append");
+        let n = ROWS_PER_INSERT * 2 + 3; // full chunks and a partial one
+        let items: Vec<NewArchiveItem> = (0..n)
+            .map(|i| NewArchiveItem {
+                with: format!("c{}@h", i % 3),
+                stamp_ms: 10 + i64::try_from(i).expect("small"),
+                data: format!("<m n='{i}'/>").into_bytes(),
+            })
+            .collect();
+        let ids = b
+            .append_many("archive", "h", "u", &items)
+            .await
+            .expect("append_many");
+        assert_eq!(ids.len(), n);
+        let all = b
+            .query("archive", "h", "u", &ArchiveQuery::default())
+            .await
+            .expect("query");
+        assert_eq!(all.len(), n + 1);
+        assert_eq!(all[0].id, first);
+        assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+        for (i, (got, want)) in all[1..].iter().zip(&items).enumerate() {
+            assert_eq!(got.id, ids[i]);
+            assert_eq!(
+                (&got.with, got.stamp_ms, &got.data),
+                (&want.with, want.stamp_ms, &want.data)
+            );
+        }
+        assert!(
+            b.append_many("archive", "h", "u", &[])
+                .await
+                .expect("empty")
+                .is_empty()
+        );
+        // A failing batch stores nothing: an item id that already exists violates UNIQUE
+        // on the last chunk, so the earlier chunks roll back too.
+        let before = b
+            .count("archive", "h", "u", &ArchiveQuery::default())
+            .await
+            .expect("count");
+        sqlx::query(
+            "CREATE TRIGGER fail_late BEFORE INSERT ON archive WHEN NEW.stamp_ms = -1
+             BEGIN SELECT RAISE(ABORT, 'late failure'); END",
+        )
+        .execute(&b.pool)
+        .await
+        .expect("trigger");
+        let mut bad = items.clone();
+        if let Some(last) = bad.last_mut() {
+            last.stamp_ms = -1;
+        }
+        assert!(b.append_many("archive", "h", "u", &bad).await.is_err());
+        assert_eq!(
+            b.count("archive", "h", "u", &ArchiveQuery::default())
+                .await
+                .expect("count"),
+            before
+        );
+        b.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

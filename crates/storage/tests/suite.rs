@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use canto_storage::{
-    ArchiveItem, ArchiveQuery, Backend, Credentials, HashAlgo, ScramKeys, SqliteBackend, Storage,
-    StorageError,
+    ArchiveItem, ArchiveQuery, Backend, Credentials, HashAlgo, NewArchiveItem, ScramKeys,
+    SqliteBackend, Storage, StorageError,
 };
 
 /// A unique, not yet existing path below the system temp dir (with a missing parent
@@ -76,6 +76,7 @@ async fn run_suite(s: Storage, label: &str) {
     map(&s).await;
     archive(&s).await;
     archive_limit_and_delete(&s).await;
+    archive_append_many(&s).await;
     delete_cascades(&s).await;
 }
 
@@ -820,6 +821,74 @@ async fn archive_limit_and_delete(s: &Storage) {
     ar.append("offline", H, "lim", "x@x", 5, b"m", Some(1))
         .await
         .expect("room again");
+}
+
+/// `append_many` is that many appends in one go: in order, fresh ids, paging works across.
+async fn archive_append_many(s: &Storage) {
+    let ar = &s.archive;
+    let one = ar
+        .append("mam", H, "bulk", "x@x", 1, b"first", None)
+        .await
+        .expect("append");
+    let items: Vec<NewArchiveItem> = (0..600)
+        .map(|i: i64| NewArchiveItem {
+            with: if i % 2 == 0 { "x@x" } else { "y@x" }.to_owned(),
+            stamp_ms: 2 + i,
+            data: format!("<m n='{i}'/>").into_bytes(),
+        })
+        .collect();
+    let ids = ar
+        .append_many("mam", H, "bulk", &items)
+        .await
+        .expect("append_many");
+    assert_eq!(ids.len(), 600);
+    let last = ar
+        .append("mam", H, "bulk", "x@x", 1000, b"last", None)
+        .await
+        .expect("append");
+    let all = ar
+        .query("mam", H, "bulk", &ArchiveQuery::default())
+        .await
+        .expect("query");
+    assert_eq!(all.len(), 602);
+    assert_eq!(all[0].id, one);
+    assert_eq!(all[601].id, last);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(
+        ids,
+        all[1..601].iter().map(|i| i.id.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(all[300].data, b"<m n='299'/>");
+    assert_eq!((all[300].with.as_str(), all[300].stamp_ms), ("y@x", 301));
+    // Keyset paging from an item in the middle of the batch, with a filter.
+    let page = ar
+        .query(
+            "mam",
+            H,
+            "bulk",
+            &ArchiveQuery {
+                with: Some("x@x".into()),
+                after_id: Some(ids[299].clone()),
+                limit: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(
+        page.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+        [ids[300].clone(), ids[302].clone()]
+    );
+    assert!(
+        ar.append_many("mam", H, "bulk", &[])
+            .await
+            .expect("empty")
+            .is_empty()
+    );
+    assert_eq!(
+        ar.delete("mam", H, "bulk", None).await.expect("delete"),
+        602
+    );
 }
 
 async fn delete_cascades(s: &Storage) {

@@ -827,7 +827,9 @@ async fn messages_older_than_the_retention_period_expire() {
     let now = canto_stanza::datetime::now_millis();
     let day = 86_400_000;
     let msg = |body: &str| {
-        format!("<message xmlns='jabber:client' from='bob@localhost/b' to='alice@localhost/a' type='chat'><body>{body}</body></message>")
+        format!(
+            "<message xmlns='jabber:client' from='bob@localhost/b' to='alice@localhost/a' type='chat'><body>{body}</body></message>"
+        )
     };
     for (stamp, body) in [(now - 3 * day, "old"), (now - day / 2, "recent")] {
         storage

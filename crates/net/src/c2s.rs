@@ -252,9 +252,11 @@ fn write_stanza(
 }
 
 fn write_one(out: &mut Vec<u8>, sm: &mut Option<SmConn>, el: Arc<Element>) {
+    let start = out.len();
     el.write_to(out, ns::CLIENT);
     if let Some(sm) = sm {
-        sm.state.sent(el);
+        // The bytes just written are what the unacknowledged queue keeps: serialized once.
+        sm.state.sent_serialized(&out[start..]);
     }
 }
 
@@ -644,13 +646,14 @@ impl Conn {
     }
 
     fn send(&mut self, el: &Element) {
+        let start = self.out.len();
         el.write_to(&mut self.out, ns::CLIENT);
         // Stanzas the connection itself sends (pings, answers to the session request) count
-        // too (XEP-0198 §4); they are rare, so the copy is cheap.
+        // too (XEP-0198 §4).
         if let Some(sm) = &mut self.sm
             && is_stanza(el)
         {
-            sm.state.sent(Arc::new(el.clone()));
+            sm.state.sent_serialized(&self.out[start..]);
         }
     }
 

@@ -504,6 +504,8 @@ async fn request_ack_after_and_max_unacked_come_from_the_configuration() {
     let mut config = test_config();
     config.stream_management.request_ack_after = 1;
     config.stream_management.max_unacked = 3;
+    // The limit is max_unacked + offline.max_messages.
+    config.offline.max_messages = 1;
     let s = server_with(config).await;
     let mut a = s.login("alice", "wonderland", "r1").await;
     let mut b = s.login("bob", "builder", "phone").await;
@@ -621,5 +623,35 @@ async fn deleting_an_account_ends_its_hibernating_session_and_keeps_nothing() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(left, 0);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_offline_store_fits_in_the_unacknowledged_queue() {
+    // Mobile clients enable stream management before initial presence: the offline messages
+    // then arrive unacknowledged, all at once. More of them than max_unacked must not close
+    // the session (and lock the account out on every login).
+    let mut config = test_config();
+    config.stream_management.max_unacked = 10;
+    config.offline.max_messages = 40;
+    let s = server_with(config).await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    for i in 1..=40 {
+        a.send(&format!(
+            "<message to='bob@localhost' type='chat'><body>m{i}</body></message>"
+        ))
+        .await;
+    }
+    assert_alive(&mut a).await;
+    let mut b = s.login("bob", "builder", "phone").await;
+    enable(&mut b, true).await;
+    b.send("<presence/>").await;
+    let want: Vec<String> = (1..=40).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies(&mut b, 40).await, want);
+    // Acknowledged, the session goes on.
+    let h = ask_h(&mut b).await;
+    assert_eq!(h, 1, "the presence");
+    b.send(&format!("<a xmlns='{SM}' h='41'/>")).await;
+    assert_alive(&mut b).await;
     s.stop().await;
 }

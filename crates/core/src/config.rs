@@ -65,7 +65,8 @@ pub struct StreamManagementConfig {
     /// Seconds a resumable session whose connection dropped waits for its client (XEP-0198 §5
     /// `max`); then it ends and its unacknowledged messages are re-routed.
     pub resume_timeout: u64,
-    /// Unacknowledged stanzas a session may accumulate before it is closed.
+    /// Unacknowledged stanzas a session may accumulate before it is closed (plus
+    /// `offline.max_messages`, so a full offline store delivered at login fits).
     pub max_unacked: usize,
     /// Unacknowledged stanzas after which the server asks for an ack (`<r/>`).
     pub request_ack_after: usize,
@@ -1037,7 +1038,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "stream_management.max_unacked",
-        "Unacknowledged stanzas a session may accumulate before it is closed\n(policy-violation).",
+        "Unacknowledged stanzas a session may accumulate before it is closed\n(policy-violation); offline.max_messages more are allowed, so a full offline store\ndelivered at login fits.",
     ),
     (
         "stream_management.request_ack_after",

@@ -224,7 +224,9 @@ impl SmConn {
             state,
             resume_id,
             ack_requested: false,
-            max_unacked: config.stream_management.max_unacked,
+            // A full offline store delivered at login (XEP-0160) comes on top: it is written
+            // before the client can acknowledge anything, and must not lock the account out.
+            max_unacked: config.stream_management.max_unacked + config.offline.max_messages,
             request_after: config.stream_management.request_ack_after,
         }
     }

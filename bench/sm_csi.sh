@@ -96,6 +96,8 @@ rate = "unlimited"
 [log]
 level = "warn"
 EOF
+# EXTRA_CONFIG: TOML appended to the server's configuration (e.g. a [stream_management] table).
+if [ -n "${EXTRA_CONFIG:-}" ]; then printf '\n%s\n' "$EXTRA_CONFIG" >>"$TMP/canto.toml"; fi
 "$CANTO_BIN" --config "$TMP/canto.toml" check >&2 || exit 1
 
 read -r -a VS <<<"$VARIANTS"

@@ -681,7 +681,8 @@ impl Conn {
             // write, and none while one is outstanding, so acks cost little throughput.
             if pending >= sm.request_after && !sm.ack_requested {
                 sm.ack_requested = true;
-                smp::request().write_to(&mut self.out, ns::CLIENT);
+                // Nonzas written as bytes: no element to build on this hot path.
+                self.out.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>");
             }
         }
         let limit = Duration::from_secs(self.ctx.server.config().c2s.send_timeout);
@@ -1342,8 +1343,10 @@ impl Conn {
                 let Some(sm) = &self.sm else {
                     return Err(stream_error(StreamCondition::UnsupportedStanzaType));
                 };
-                let a = smp::ack(sm.state.handled());
-                self.send(&a);
+                // XEP-0198 §4: `<a h/>` is a nonza, not counted; written as bytes.
+                let h = sm.state.handled();
+                self.out
+                    .extend_from_slice(format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>").as_bytes());
                 Ok(())
             }
             "a" if bound => {

@@ -13,7 +13,8 @@
 # SM_EVERY [16] (a sender's <r/> every N messages), RATE (a fixed total rate in msgs/s instead
 # of the flood: for latency and CPU per message when nothing batches), CANTO_BIN and BENCH_BIN (prebuilt
 # binaries; otherwise `cargo build --release -p canto -p canto-bench` here), KEEP=1 keeps the
-# temporary directory. Canto listens on 127.0.0.1 (a free port in 15700-15799) only and is
+# temporary directory, PIN=1 runs the server on CPU 0 and the load tool on CPU 1 (taskset), so
+# that the tool's own work (its XEP-0198 answers included) does not take CPU from the server. Canto listens on 127.0.0.1 (a free port in 15700-15799) only and is
 # stopped by its PID.
 set -uo pipefail
 
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +43,11 @@ else
     PACE="--flood --window $WINDOW"; MODE_DESC="flood, window $WINDOW"
 fi
 PASSWORD=password
+SERVER_CPU=() TOOL_CPU=() PIN_DESC="server and tool share the CPUs"
+if [ "${PIN:-0}" = 1 ]; then
+    [ "$(nproc)" -ge 2 ] || { echo "PIN=1 needs two CPUs" >&2; exit 2; }
+    SERVER_CPU=(taskset -c 0) TOOL_CPU=(taskset -c 1) PIN_DESC="server pinned to CPU 0, tool to CPU 1"
+fi
 
 log() { printf '[sm_csi %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -120,7 +126,7 @@ for run in $(seq 1 "$RUNS"); do
     for v in "${VS[@]}"; do
         first=$(( 1 + k * 2 * PAIRS ))
         k=$(( k + 1 ))
-        "$CANTO_BIN" --config "$TMP/canto.toml" serve >"$TMP/canto.log" 2>&1 &
+        "${SERVER_CPU[@]}" "$CANTO_BIN" --config "$TMP/canto.toml" serve >"$TMP/canto.log" 2>&1 &
         SERVER_PID=$!
         for _ in $(seq 1 300); do
             kill -0 "$SERVER_PID" 2>/dev/null || { echo "canto exited: $(tail -3 "$TMP/canto.log")" >&2; exit 1; }
@@ -129,7 +135,7 @@ for run in $(seq 1 "$RUNS"); do
         done
         load="$(cut -d' ' -f1 /proc/loadavg)"
         # shellcheck disable=SC2046
-        line=$(timeout $(( DURATION + WARMUP + 120 )) "$BENCH_BIN" --addr "127.0.0.1:$PORT" \
+        line=$(timeout $(( DURATION + WARMUP + 120 )) "${TOOL_CPU[@]}" "$BENCH_BIN" --addr "127.0.0.1:$PORT" \
             --password "$PASSWORD" --server-pid "$SERVER_PID" --first "$first" \
             msg --pairs "$PAIRS" $PACE --duration "$DURATION" \
             --warmup "$WARMUP" $(flags "$v") | grep '^msg:')
@@ -166,6 +172,6 @@ paired() { # variant key -> median over runs of (variant / plain - 1), in %
         echo "| $v | $rate | $cpu | $rr | $rc | $p50 / $p99 | $all | $allc |"
     done
     echo
-    echo "$PAIRS pairs, $MODE_DESC, ${DURATION} s after ${WARMUP} s; sm: <r/> every $SM_EVERY messages per sender; load average now $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "$PAIRS pairs, $MODE_DESC, ${DURATION} s after ${WARMUP} s; sm: <r/> every $SM_EVERY messages per sender; $PIN_DESC; load average now $(cut -d' ' -f1-3 /proc/loadavg)."
 } | tee "$TMP/table.md"
 if [ -n "$OUT" ]; then { cat "$TMP/table.md"; echo; cat "$RESULTS"; } >>"$OUT"; fi

@@ -133,6 +133,63 @@ async fn r_is_answered_with_the_count_of_inbound_stanzas() {
 }
 
 #[tokio::test]
+async fn an_ack_answer_goes_out_with_the_next_stanzas_or_after_answer_delay_ms() {
+    let mut config = test_config();
+    config.stream_management.answer_delay_ms = 1000;
+    let s = server_with(config).await;
+    let mut a = s.login("alice", "wonderland", "r1").await;
+    let mut b = s.login("bob", "builder", "r1").await;
+    enable(&mut b, false).await;
+    b.send(&format!(
+        "<message to='{}' type='chat'><body>hi</body></message>",
+        a.full_jid()
+    ))
+    .await;
+    // Nothing else to write to bob: the answer waits rather than go out alone...
+    b.send(&format!("<r xmlns='{SM}'/>")).await;
+    let asked = std::time::Instant::now();
+    assert!(
+        b.nothing_within(Duration::from_millis(300)).await,
+        "answered in a write of its own"
+    );
+    // ...and goes out right behind the next stanza written to bob, counting his message
+    // (XEP-0198 §4).
+    send_msgs(&mut a, &b.full_jid(), 1..=1).await;
+    assert_eq!(bodies(&mut b, 1).await, ["m1"]);
+    let ack = b.next().await.unwrap_or_else(|e| panic!("no <a/>: {e:#}"));
+    assert!(ack.is("a", SM), "{ack}");
+    assert_eq!(ack.attr("h"), Some("1"));
+    assert!(asked.elapsed() < Duration::from_millis(900));
+    // With nothing to go with, it is written on its own once the delay is over.
+    b.send(&format!("<r xmlns='{SM}'/>")).await;
+    let asked = std::time::Instant::now();
+    let ack = b
+        .wait_for(|e| e.is("a", SM))
+        .await
+        .unwrap_or_else(|e| panic!("no <a/>: {e:#}"));
+    assert_eq!(ack.attr("h"), Some("1"));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        asked.elapsed()
+    );
+    s.stop().await;
+
+    // answer_delay_ms = 0: answered at once.
+    let mut config = test_config();
+    config.stream_management.answer_delay_ms = 0;
+    let s = server_with(config).await;
+    let mut b = s.login("bob", "builder", "r1").await;
+    enable(&mut b, false).await;
+    b.send(&format!("<r xmlns='{SM}'/>")).await;
+    assert!(
+        !b.nothing_within(Duration::from_millis(500)).await,
+        "not answered at once"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn server_requests_acks_and_accepts_them() {
     let s = server().await;
     let mut a = s.login("alice", "wonderland", "r1").await;

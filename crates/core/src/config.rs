@@ -70,6 +70,9 @@ pub struct StreamManagementConfig {
     pub max_unacked: usize,
     /// Unacknowledged stanzas after which the server asks for an ack (`<r/>`).
     pub request_ack_after: usize,
+    /// Milliseconds an answer to the client's `<r/>` may wait to go out with the next write
+    /// (0: written at once).
+    pub answer_delay_ms: u64,
     /// Resumable sessions that ended, remembered (the most recent ones) so a late `<resume/>`
     /// gets `<failed h='…'/>` (XEP-0198 §5).
     pub remember_expired: usize,
@@ -81,6 +84,7 @@ impl Default for StreamManagementConfig {
             resume_timeout: 300,
             max_unacked: 500,
             request_ack_after: 5,
+            answer_delay_ms: 10,
             remember_expired: 10_000,
         }
     }
@@ -725,6 +729,11 @@ impl Config {
                     .into(),
             ));
         }
+        if sm.answer_delay_ms > 1000 {
+            return Err(ConfigError::Invalid(
+                "`stream_management.answer_delay_ms` must be at most 1000".into(),
+            ));
+        }
         if self.c2s.max_stanza_size < 10_000 {
             return Err(ConfigError::Invalid(
                 "`c2s.max_stanza_size` must be at least 10000".into(),
@@ -1045,6 +1054,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "Unacknowledged stanzas after which the server asks the client for an ack.",
     ),
     (
+        "stream_management.answer_delay_ms",
+        "Milliseconds the answer (<a/>) to a client's ack request may wait, so that it goes\nout with the next stanzas written rather than in a write of its own (at most 1000;\n0: answered at once).",
+    ),
+    (
         "stream_management.remember_expired",
         "Ended resumable sessions remembered (the most recent ones), so a late resumption\nlearns how many of its stanzas arrived (<failed h='…'/>).",
     ),
@@ -1133,6 +1146,10 @@ mod tests {
                 "request_ack_after",
             ),
             ("[stream_management]\nmax_unacked = 5", "max_unacked"),
+            (
+                "[stream_management]\nanswer_delay_ms = 1001",
+                "answer_delay_ms",
+            ),
             (
                 "[certificates.\"other.test\"]\ncertificate = \"a\"\nkey = \"b\"",
                 "other.test",

@@ -21,7 +21,7 @@ use crate::server::Server;
 use crate::session::{Closer, Outbound, SessionHandle};
 
 // The limits (`[stream_management]`: resume_timeout, max_unacked, request_ack_after,
-// remember_expired) are in `crate::config::StreamManagementConfig`.
+// answer_delay_ms, remember_expired) are in `crate::config::StreamManagementConfig`.
 
 /// Everything a dropped session needs to continue on a new connection.
 #[derive(Debug)]

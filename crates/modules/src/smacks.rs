@@ -8,7 +8,7 @@
 //! hibernation and re-routing of unacknowledged messages in `canto_core::sm`.
 //!
 //! Configuration (`[stream_management]`, see `canto config example`): `resume_timeout`,
-//! `max_unacked`, `request_ack_after`, `remember_expired`.
+//! `max_unacked`, `request_ack_after`, `answer_delay_ms`, `remember_expired`.
 
 use canto_core::{Module, ModuleCtx, Spec};
 use canto_proto::sm::NS;

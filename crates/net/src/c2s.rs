@@ -216,6 +216,11 @@ struct SmConn {
     max_unacked: usize,
     /// `[stream_management] request_ack_after` when enabled.
     request_after: usize,
+    /// The client asked for an ack (`<r/>`) and our `<a/>` is not written yet: it goes out
+    /// with the next write, and on its own by this time at the latest.
+    answer_by: Option<Instant>,
+    /// `[stream_management] answer_delay_ms`.
+    answer_delay: Duration,
 }
 
 impl SmConn {
@@ -228,8 +233,17 @@ impl SmConn {
             // before the client can acknowledge anything, and must not lock the account out.
             max_unacked: config.stream_management.max_unacked + config.offline.max_messages,
             request_after: config.stream_management.request_ack_after,
+            answer_by: None,
+            answer_delay: Duration::from_millis(config.stream_management.answer_delay_ms),
         }
     }
+}
+
+/// XEP-0198 §4: `<a h/>` with what we handled so far; a nonza, not counted, written as bytes.
+fn write_answer(out: &mut Vec<u8>, sm: &mut SmConn) {
+    sm.answer_by = None;
+    let h = sm.state.handled();
+    out.extend_from_slice(format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>").as_bytes());
 }
 
 /// Serializes a stanza from the session's queue, recording it as unacknowledged when stream
@@ -506,6 +520,7 @@ impl Conn {
                 Some(b) => (b.allowance(Instant::now()).min(buf.len()), b.ready_at()),
                 None => (buf.len(), deadline),
             };
+            let answer_by = self.sm.as_ref().and_then(|sm| sm.answer_by);
             let rx = match &mut self.phase {
                 Phase::Bound { rx, .. } => Some(rx),
                 _ => None,
@@ -571,6 +586,15 @@ impl Conn {
                             }
                             n += 1;
                         }
+                    }
+                    if let Err(e) = self.flush().await {
+                        return e;
+                    }
+                }
+                // An ack answer that found no stanzas to go out with (XEP-0198 §4).
+                _ = sleep_until(answer_by.unwrap_or(deadline)), if answer_by.is_some() => {
+                    if let Some(sm) = &mut self.sm {
+                        write_answer(&mut self.out, sm);
                     }
                     if let Err(e) = self.flush().await {
                         return e;
@@ -669,6 +693,10 @@ impl Conn {
             return Ok(());
         }
         if let Some(sm) = &mut self.sm {
+            // A pending answer to the client's <r/> rides along with what is written anyway.
+            if sm.answer_by.is_some() {
+                write_answer(&mut self.out, sm);
+            }
             let pending = sm.state.pending();
             if pending > sm.max_unacked {
                 // A client that does not acknowledge would make us hold its stanzas forever.
@@ -1339,14 +1367,18 @@ impl Conn {
                 Ok(())
             }
             "r" if bound => {
-                // XEP-0198 §4: answer with what we handled.
-                let Some(sm) = &self.sm else {
+                // XEP-0198 §4: answer with what we handled — with the next stanzas written, or
+                // after `answer_delay_ms` at the latest: an answer of its own costs a write (a
+                // packet, a wakeup on both sides) per <r/>. The h then counts what we handled
+                // by the time it is written, which the client's <r/> asked for too.
+                let Some(sm) = &mut self.sm else {
                     return Err(stream_error(StreamCondition::UnsupportedStanzaType));
                 };
-                // XEP-0198 §4: `<a h/>` is a nonza, not counted; written as bytes.
-                let h = sm.state.handled();
-                self.out
-                    .extend_from_slice(format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>").as_bytes());
+                if sm.answer_delay.is_zero() {
+                    write_answer(&mut self.out, sm);
+                } else if sm.answer_by.is_none() {
+                    sm.answer_by = Some(Instant::now() + sm.answer_delay);
+                }
                 Ok(())
             }
             "a" if bound => {

@@ -2,19 +2,20 @@
 # Message throughput with XEP-0198 stream management and XEP-0352 client state indication:
 # the msg flood of docs/benchmarks.md (canto-bench msg --flood) against a release build of
 # Canto, once per variant and run, each on a freshly started server and on its own accounts,
-# the variants interleaved so that the machine's other load spreads over all of them; then
-# the median delivered msgs/s and server CPU µs per message per variant, and each variant
-# against plain.
+# the variants interleaved (each round in a rotated order) so that the machine's other load
+# spreads over all of them; then the median delivered msgs/s and server CPU µs per message
+# per variant, and each variant against plain.
 #
 #   bench/sm_csi.sh [--runs N] [--out FILE]
 #
 # Environment (defaults in brackets): VARIANTS ["plain sm csi-active csi-inactive
 # sm+csi-active sm+csi-inactive"], PAIRS [50], WINDOW [16], DURATION [10], WARMUP [2],
-# SM_EVERY [16] (a sender's <r/> every N messages), RATE (a fixed total rate in msgs/s instead
-# of the flood: for latency and CPU per message when nothing batches), CANTO_BIN and BENCH_BIN (prebuilt
-# binaries; otherwise `cargo build --release -p canto -p canto-bench` here), KEEP=1 keeps the
-# temporary directory, PIN=1 runs the server on CPU 0 and the load tool on CPU 1 (taskset), so
-# that the tool's own work (its XEP-0198 answers included) does not take CPU from the server. Canto listens on 127.0.0.1 (a free port in 15700-15799) only and is
+# SM_EVERY [16] (a sender's <r/> every N messages), RATE (a fixed total rate in msgs/s
+# instead of the flood: for latency and CPU per message when nothing batches), CANTO_BIN and
+# BENCH_BIN (prebuilt binaries; otherwise `cargo build --release -p canto -p canto-bench`
+# here), KEEP=1 keeps the temporary directory, PIN=1 runs the server on CPU 0 and the load
+# tool on CPU 1 (taskset), so that the tool's own work (its XEP-0198 answers included) takes
+# no CPU from the server. Canto listens on 127.0.0.1 (a free port in 15700-15799) only and is
 # stopped by its PID.
 set -uo pipefail
 
@@ -123,7 +124,10 @@ RESULTS="$TMP/results.txt"
 : >"$RESULTS"
 k=0
 for run in $(seq 1 "$RUNS"); do
-    for v in "${VS[@]}"; do
+    # Each round starts one variant further on: no variant always runs first (or last) in its
+    # round, after the same neighbour.
+    for j in $(seq 0 $(( NV - 1 ))); do
+        v=${VS[$(( (j + run - 1) % NV ))]}
         first=$(( 1 + k * 2 * PAIRS ))
         k=$(( k + 1 ))
         "${SERVER_CPU[@]}" "$CANTO_BIN" --config "$TMP/canto.toml" serve >"$TMP/canto.log" 2>&1 &

@@ -179,3 +179,82 @@ async fn errors_the_xep_lists() {
     );
     s.stop().await;
 }
+
+/// XEP-0153 §4: the avatar hash a client puts in its presence reaches its contacts and its
+/// other resources untouched (also the empty `<photo/>` of §4.2), and the vCard it points at
+/// can be fetched; the server adds no hash of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avatar_hashes_in_presence_reach_contacts_with_the_vcard_behind_them() {
+    const UPDATE: &str = "vcard-temp:x:update";
+    let photo_of = |e: &Element| {
+        e.get_child("x", UPDATE)
+            .and_then(|x| x.get_child("photo", UPDATE))
+            .map(|p| p.text())
+    };
+    let s = server().await;
+    let mut a1 = s.login("alice", "pw", "a1").await;
+    let mut a2 = s.login("alice", "pw", "a2").await;
+    let mut b = s.login("bob", "pw", "b1").await;
+    a1.send("<presence/>").await;
+    a2.send("<presence/>").await;
+    b.send("<presence/>").await;
+    // bob subscribes to alice, alice approves.
+    b.send("<presence to='alice@localhost' type='subscribe'/>")
+        .await;
+    a1.wait_for(|e| e.name() == "presence" && e.attr("type") == Some("subscribe"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    a1.send("<presence to='bob@localhost' type='subscribed'/>")
+        .await;
+    b.wait_for(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/a1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    let r = ask(
+        &mut a1,
+        "<iq type='set' id='{id}'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>iVBORw0KGgo=</BINVAL></PHOTO></vCard></iq>",
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    let hash = "01b3a4b3c0a1a5bbbab3f6f03a6e8d3a0c0bb4b2";
+    a1.send(&format!(
+        "<presence><x xmlns='{UPDATE}'><photo>{hash}</photo></x></presence>"
+    ))
+    .await;
+    for c in [&mut b, &mut a2] {
+        let p = c
+            .wait_for(|e| {
+                e.name() == "presence" && e.attr("from") == Some("alice@localhost/a1") && {
+                    e.get_child("x", UPDATE).is_some()
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("no avatar presence: {e:#}"));
+        assert_eq!(photo_of(&p).as_deref(), Some(hash), "{p}");
+    }
+    let r = ask(&mut b, &get_to("alice@localhost")).await;
+    let binval = card_of(&r)
+        .get_child("PHOTO", VCARD)
+        .and_then(|p| p.get_child("BINVAL", VCARD))
+        .map(|b| b.text());
+    assert_eq!(binval.as_deref(), Some("iVBORw0KGgo="), "{r}");
+
+    // §4.2: an empty <photo/> ("not ready to advertise") passes through empty.
+    a1.send(&format!(
+        "<presence><x xmlns='{UPDATE}'><photo/></x></presence>"
+    ))
+    .await;
+    let p = b
+        .wait_for(|e| e.name() == "presence" && e.get_child("x", UPDATE).is_some())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(photo_of(&p).as_deref(), Some(""), "{p}");
+    // A presence without the element carries none: the server adds no hash of its own.
+    a1.send("<presence><show>away</show></presence>").await;
+    let p = b
+        .wait_for(|e| e.name() == "presence" && e.get_child("show", "jabber:client").is_some())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(p.get_child("x", UPDATE).is_none(), "{p}");
+    s.stop().await;
+}

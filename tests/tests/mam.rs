@@ -753,6 +753,74 @@ async fn blocked_messages_are_not_archived() {
     s.stop().await;
 }
 
+/// The stamps of results keep the stored milliseconds (XEP-0082 §3.2 `.sss`), so a stamp handed
+/// back as `end` or `start` (XEP-0313 §4.1.4, both inclusive) takes in the very message it came
+/// from — with whole seconds, `end` fell before a message stamped 12:00:00.123.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_stamp_handed_back_as_end_or_start_includes_that_message() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    send_many(&mut a, &mut b, 3).await;
+    // alice's archive, with each result's stamp.
+    let id = a.id();
+    a.send(&format!(
+        "<iq type='set' id='{id}'><query xmlns='{MAM}'/></iq>"
+    ))
+    .await;
+    let mut stamps = Vec::new();
+    loop {
+        let e = a.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        if e.attr("id") == Some(id.as_str()) {
+            break;
+        }
+        let Some(f) = e
+            .get_child("result", MAM)
+            .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+        else {
+            continue;
+        };
+        let body = f
+            .get_child("message", ns::CLIENT)
+            .and_then(|m| m.get_child("body", ns::CLIENT))
+            .map(|b| b.text())
+            .unwrap_or_default();
+        let stamp = f
+            .get_child("delay", ns::DELAY)
+            .and_then(|d| d.attr("stamp"))
+            .unwrap_or_else(|| panic!("no stamp: {e}"))
+            .to_string();
+        stamps.push((body, stamp));
+    }
+    assert_eq!(
+        stamps.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>(),
+        ["m0", "m1", "m2"]
+    );
+    let s1 = &stamps[1].1;
+    // `…:ss.sssZ`, or `…:ssZ` exactly on a second.
+    let frac = s1
+        .strip_suffix('Z')
+        .and_then(|t| t.rsplit_once('.'))
+        .map(|(_, f)| f.to_string());
+    assert!(
+        frac.as_ref()
+            .is_none_or(|f| f.len() == 3 && f.bytes().all(|c| c.is_ascii_digit())),
+        "{s1}"
+    );
+    for (field, must) in [("end", ["m0", "m1"]), ("start", ["m1", "m2"])] {
+        let (_, bodies, fin) = query(
+            &mut a,
+            &form(&format!("<field var='{field}'><value>{s1}</value></field>")),
+        )
+        .await;
+        assert_eq!(fin.name(), "fin", "{fin}");
+        for m in must {
+            assert!(bodies.iter().any(|b| b == m), "{field}={s1}: {bodies:?}");
+        }
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_jid_in_with_matches_that_resource_only() {
     let s = server().await;

@@ -313,12 +313,27 @@ fn parse_time(s: &str) -> Option<i64> {
     let mut tp = time.split(':');
     let h: i64 = tp.next()?.parse().ok()?;
     let mi: i64 = tp.next()?.parse().ok()?;
-    let sec: f64 = tp.next()?.parse().ok()?;
+    // Seconds and their fraction as integers (no float rounding: `.007` is 7 ms); digits
+    // beyond milliseconds are dropped.
+    let tok = tp.next()?;
+    if tp.next().is_some() {
+        return None;
+    }
+    let (whole, frac) = tok.split_once('.').unwrap_or((tok, ""));
+    let sec: i64 = whole.parse().ok()?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) || whole.starts_with(['+', '-']) {
+        return None;
+    }
+    let ms_frac = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0i64, |acc, b| acc * 10 + i64::from(b - b'0'));
     if !(1..=12).contains(&mo)
         || !(1..=31).contains(&da)
         || h > 23
         || mi > 59
-        || !(0.0..61.0).contains(&sec)
+        || !(0..61).contains(&sec)
     {
         return None;
     }
@@ -331,7 +346,7 @@ fn parse_time(s: &str) -> Option<i64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + h * 3600 + mi * 60 - offset_min * 60;
-    Some(secs * 1000 + (sec * 1000.0) as i64)
+    Some((secs + sec) * 1000 + ms_frac)
 }
 
 fn field_values(x: &Element, var: &str) -> Vec<String> {
@@ -437,7 +452,7 @@ async fn metadata(server: &Server, user: &BareJid) -> Result<Element, StanzaErro
             m.push_child(
                 Element::new(name, NS)
                     .with_attr("id", i.id.clone())
-                    .with_attr("timestamp", datetime::from_millis(i.stamp_ms)),
+                    .with_attr("timestamp", datetime::from_millis_exact(i.stamp_ms)),
             );
         }
     }
@@ -599,8 +614,10 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
             result.push_child(
                 Element::new("forwarded", "urn:xmpp:forward:0")
                     .with_child(
+                        // Milliseconds, as stored: a stamp handed back as `start` or `end`
+                        // (XEP-0313 §4.1.4) then bounds the query at this very message.
                         Element::new("delay", ns::DELAY)
-                            .with_attr("stamp", datetime::from_millis(item.stamp_ms)),
+                            .with_attr("stamp", datetime::from_millis_exact(item.stamp_ms)),
                     )
                     .with_child(original),
             );
@@ -701,9 +718,31 @@ mod tests {
         );
         assert_eq!(parse_time("2000-02-29T00:00:00Z"), Some(951_782_400_000));
         assert_eq!(parse_time("2023-13-14T22:13:20Z"), None);
+        // Microseconds (Prosody's stamps) are cut to milliseconds; no float rounding.
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.123456Z"),
+            Some(1_700_000_000_123)
+        );
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20.007Z"),
+            Some(1_700_000_000_007)
+        );
+        assert_eq!(parse_time("2023-11-14T22:13:20.Z"), Some(1_700_000_000_000));
+        assert_eq!(parse_time("2023-11-14T22:13:20.5xZ"), None);
+        assert_eq!(parse_time("2023-11-14T22:13:+2Z"), None);
+        assert_eq!(parse_time("2023-11-14T22:13:20:01Z"), None);
         assert_eq!(parse_time("yesterday"), None);
         for ms in [0i64, 951_782_400_000, 1_700_000_000_000, 4_102_444_800_000] {
             assert_eq!(parse_time(&datetime::from_millis(ms)), Some(ms));
+        }
+        // The stamps MAM writes read back to the stored millisecond.
+        for ms in [
+            1i64,
+            1_700_000_000_007,
+            1_700_000_000_999,
+            1_764_115_200_123,
+        ] {
+            assert_eq!(parse_time(&datetime::from_millis_exact(ms)), Some(ms));
         }
     }
 

@@ -68,6 +68,21 @@ pub fn from_millis(ms: i64) -> String {
     xep0082_datetime(t)
 }
 
+/// Milliseconds since the epoch as an XEP-0082 DateTime keeping the milliseconds
+/// (`2023-11-14T22:13:20.999Z`; XEP-0082 §3.2 allows `.sss`), so a time read back from it is
+/// the time stored: archive stamps that clients hand back as query bounds (XEP-0313 §4.1.4).
+/// Whole seconds are written without a fraction.
+pub fn from_millis_exact(ms: i64) -> String {
+    let frac = ms.rem_euclid(1000);
+    let whole = from_millis(ms - frac);
+    if frac == 0 {
+        return whole;
+    }
+    // `from_millis` ends in `Z`: the fraction goes before it.
+    let base = whole.strip_suffix('Z').unwrap_or(&whole);
+    format!("{base}.{frac:03}Z")
+}
+
 /// The current time in milliseconds since the epoch.
 pub fn now_millis() -> i64 {
     SystemTime::now()
@@ -86,5 +101,20 @@ mod tests {
         assert_eq!(from_millis(0), "1970-01-01T00:00:00Z");
         assert_eq!(from_millis(1_700_000_000_999), "2023-11-14T22:13:20Z");
         assert!(now_millis() > 1_700_000_000_000);
+    }
+
+    #[test]
+    fn exact_millis_format() {
+        assert_eq!(from_millis_exact(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            from_millis_exact(1_700_000_000_999),
+            "2023-11-14T22:13:20.999Z"
+        );
+        assert_eq!(
+            from_millis_exact(1_700_000_000_007),
+            "2023-11-14T22:13:20.007Z"
+        );
+        // Before the epoch the fraction counts forward from the earlier second.
+        assert_eq!(from_millis_exact(-1), "1969-12-31T23:59:59.999Z");
     }
 }

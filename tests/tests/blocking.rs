@@ -612,3 +612,104 @@ async fn a_domain_item_blocks_every_account_there() {
     assert_message_flows(&mut d, &mut a).await;
     s.stop().await;
 }
+
+/// XEP-0191 §3.3/§3.4 with a full-JID item: only that resource of a subscribed contact is
+/// blocked, so only it gets the user's unavailable on block and her presence on unblock; the
+/// contact's other resource keeps seeing her throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_a_contacts_full_jid_hides_presence_from_that_resource_only() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a1").await;
+    let mut b1 = s.login("bob", "pb", "b1").await;
+    let mut b2 = s.login("bob", "pb", "b2").await;
+    available(&mut a).await;
+    available(&mut b1).await;
+    available(&mut b2).await;
+    subscribe(&mut b1, &mut a).await;
+    drain(&mut b2).await;
+    let from_alice = |e: &Element| is_presence(e) && e.attr("from") == Some("alice@localhost/a1");
+
+    ask(
+        &mut a,
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost/b1'/></block></iq>",
+    )
+    .await;
+    let p = b1
+        .wait_for(from_alice)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+    assert_eq!(p.attr("to"), Some("bob@localhost/b1"), "{p}");
+    assert!(
+        !drain(&mut b2).await.iter().any(from_alice),
+        "b2 is not blocked"
+    );
+    // Her next change reaches b2 only.
+    a.send("<presence><status>later</status></presence>").await;
+    let p = b2
+        .wait_for(from_alice)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(p.to_string().contains("later"), "{p}");
+    assert!(!drain(&mut b1).await.iter().any(from_alice));
+
+    // Blocking the same full JID again changes nothing for anyone.
+    ask(
+        &mut a,
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost/b1'/></block></iq>",
+    )
+    .await;
+    assert!(!drain(&mut b1).await.iter().any(from_alice));
+
+    // Unblocking: b1 gets her current presence, b2 nothing new.
+    ask(
+        &mut a,
+        "<iq type='set' id='{id}'><unblock xmlns='urn:xmpp:blocking'><item jid='bob@localhost/b1'/></unblock></iq>",
+    )
+    .await;
+    let p = b1
+        .wait_for(from_alice)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        p.attr("type").is_none() && p.to_string().contains("later"),
+        "{p}"
+    );
+    assert!(!drain(&mut b2).await.iter().any(from_alice));
+    s.stop().await;
+}
+
+/// XEP-0191 §3.3 the other way round: a user who blocks one resource of a contact (a full-JID
+/// item) no longer gets that resource's presence broadcasts; the contact's other resources
+/// still reach him.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_from_a_blocked_resource_of_a_contact_is_not_delivered() {
+    let s = server().await;
+    let mut a1 = s.login("alice", "pa", "a1").await;
+    let mut a2 = s.login("alice", "pa", "a2").await;
+    let mut b = s.login("bob", "pb", "b1").await;
+    available(&mut a1).await;
+    available(&mut a2).await;
+    available(&mut b).await;
+    subscribe(&mut b, &mut a1).await;
+    drain(&mut a2).await;
+    drain(&mut b).await;
+    ask(
+        &mut b,
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost/a2'/></block></iq>",
+    )
+    .await;
+    drain(&mut b).await;
+    a2.send("<presence><status>from a2</status></presence>")
+        .await;
+    a1.send("<presence><status>from a1</status></presence>")
+        .await;
+    let got = drain(&mut b).await;
+    let from = |r: &str| {
+        got.iter()
+            .any(|e| is_presence(e) && e.attr("from") == Some(r))
+    };
+    assert!(from("alice@localhost/a1"), "{got:?}");
+    assert!(!from("alice@localhost/a2"), "{got:?}");
+    s.stop().await;
+}

@@ -267,20 +267,32 @@ impl Server {
     /// leaving out contacts either side has blocked (XEP-0191 §3.2, §3.5).
     fn broadcast_to(&self, user: &BareJid, roster: &RosterMap, el: &Element) {
         let mine = self.cached_blocklist(user);
-        let me = Jid::from(user.clone());
+        let blocked_by_me = |j: &Jid| {
+            mine.as_ref()
+                .is_some_and(|b| crate::blocking::matches(b, j))
+        };
+        // The sending resource: a contact may have blocked just that one (a full-JID item).
+        let me = el
+            .attr("from")
+            .and_then(|f| canto_stanza::parse_jid(f).ok())
+            .unwrap_or_else(|| Jid::from(user.clone()));
         for (contact, item) in roster.iter() {
             if item.subscription.has_from()
                 && self.serves(contact.domain().as_str())
-                && !mine
-                    .as_ref()
-                    .is_some_and(|b| crate::blocking::matches(b, &Jid::from(contact.clone())))
+                && !blocked_by_me(&Jid::from(contact.clone()))
                 && !self
                     .cached_blocklist(contact)
                     .is_some_and(|b| crate::blocking::matches(&b, &me))
             {
                 let mut p = el.clone();
                 p.set_attr("to", contact.to_string());
-                self.to_available(contact, p);
+                let shared = Arc::new(p);
+                for s in self.sessions.resources(contact) {
+                    // XEP-0191 §3.3: a resource the user blocked by its full JID gets nothing.
+                    if s.is_available() && !blocked_by_me(&Jid::from(s.jid().clone())) {
+                        let _ = s.deliver(shared.clone());
+                    }
+                }
             }
         }
         // The account's own available resources, each addressed by its full JID.

@@ -55,6 +55,21 @@ fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
         .collect()
 }
 
+/// The items that are full JIDs of roster contacts allowed to see the user's presence
+/// (XEP-0191 §3.3/§3.4 "only if the contact is allowed to receive presence notifications").
+fn full_jid_contacts(items: &[String], roster: &canto_core::presence::RosterMap) -> Vec<Jid> {
+    items
+        .iter()
+        .filter_map(|j| parse_jid(j).ok())
+        .filter(|j| j.node().is_some() && j.resource().is_some())
+        .filter(|j| {
+            roster
+                .get(&j.to_bare())
+                .is_some_and(|item| item.subscription.has_from())
+        })
+        .collect()
+}
+
 fn list_element(name: &str, jids: &[String]) -> Element {
     let mut e = Element::new(name, NS);
     for j in jids {
@@ -118,6 +133,23 @@ impl IqHandler for BlockIq {
                         }
                     }
                 }
+                // The same for a full-JID item: only that resource of the contact is blocked, so
+                // only it gets the unavailable (unless a wider item just covered the contact).
+                for full in full_jid_contacts(&jids, &roster) {
+                    let bare = Jid::from(full.to_bare());
+                    if matches(&current, &full) || matches(&next, &bare) {
+                        continue;
+                    }
+                    for s in server.sessions.resources(&user) {
+                        if s.is_available() {
+                            let p = Element::new("presence", ns::CLIENT)
+                                .with_attr("type", "unavailable")
+                                .with_attr("from", s.jid().to_string())
+                                .with_attr("to", full.to_string());
+                            server.deliver_presence_to(&full, p);
+                        }
+                    }
+                }
                 server.blocklist_push(&user, list_element("block", &jids));
                 Ok(None)
             }
@@ -157,6 +189,23 @@ impl IqHandler for BlockIq {
                             p.set_attr("from", s.jid().to_string());
                             p.set_attr("to", contact.to_string());
                             server.deliver_presence_to(&c, p);
+                        }
+                    }
+                }
+                // A full-JID item: that resource alone sees the user again (unless the contact
+                // as a whole was just unblocked, above, or another item still covers it).
+                for full in full_jid_contacts(&removed, &roster) {
+                    let bare = Jid::from(full.to_bare());
+                    let done_above = matches(&current, &bare) && !matches(&next, &bare);
+                    if done_above || matches(&next, &full) {
+                        continue;
+                    }
+                    for s in server.sessions.resources(&user) {
+                        if let Some(p) = s.presence() {
+                            let mut p = (*p).clone();
+                            p.set_attr("from", s.jid().to_string());
+                            p.set_attr("to", full.to_string());
+                            server.deliver_presence_to(&full, p);
                         }
                     }
                 }

@@ -821,6 +821,65 @@ async fn a_result_stamp_handed_back_as_end_or_start_includes_that_message() {
     s.stop().await;
 }
 
+/// XEP-0313 §3 / XEP-0359 §3: the `<sent/>` carbon of a message carries the id the sender's
+/// archive gave it, the recipient's copy the id of the recipient's archive, neither the other's,
+/// and ids a client made up for either archive are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_carbons_carry_the_senders_archive_id_and_the_recipient_gets_only_its_own() {
+    let s = server().await;
+    let mut a1 = s.login("alice", "pa", "a1").await;
+    let mut a2 = s.login("alice", "pa", "a2").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    a2.iq("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    a1.send(&format!(
+        "<message to='bob@localhost/b' type='chat'><body>hello</body>\
+         <stanza-id xmlns='{SID}' by='alice@localhost' id='forged-a'/>\
+         <stanza-id xmlns='{SID}' by='bob@localhost' id='forged-b'/></message>"
+    ))
+    .await;
+    let ids = |m: &Element| -> Vec<(String, String)> {
+        m.children()
+            .filter(|c| c.is("stanza-id", SID))
+            .map(|c| {
+                (
+                    c.attr("by").unwrap_or_default().to_string(),
+                    c.attr("id").unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let got = b
+        .wait_for(|e| e.name() == "message" && e.has_child("body", ns::CLIENT))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let bob_ids = ids(&got);
+    assert_eq!(bob_ids.len(), 1, "{got}");
+    assert_eq!(bob_ids[0].0, "bob@localhost", "{got}");
+    assert_ne!(bob_ids[0].1, "forged-b");
+    let carbon = a2
+        .wait_for(|e| e.has_child("sent", "urn:xmpp:carbons:2"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let copy = carbon
+        .get_child("sent", "urn:xmpp:carbons:2")
+        .and_then(|x| x.get_child("forwarded", "urn:xmpp:forward:0"))
+        .and_then(|f| f.get_child("message", ns::CLIENT))
+        .unwrap_or_else(|| panic!("{carbon}"));
+    let alice_ids = ids(copy);
+    assert_eq!(alice_ids.len(), 1, "{carbon}");
+    assert_eq!(alice_ids[0].0, "alice@localhost", "{carbon}");
+    assert_ne!(alice_ids[0].1, "forged-a");
+    // Each id is the one that archive lists the message under.
+    let (a_ids, a_bodies, _) = query(&mut a1, "").await;
+    assert_eq!(a_bodies, ["hello"]);
+    assert_eq!(a_ids, [alice_ids[0].1.clone()]);
+    let (b_ids, _, _) = query(&mut b, "").await;
+    assert_eq!(b_ids, [bob_ids[0].1.clone()]);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_jid_in_with_matches_that_resource_only() {
     let s = server().await;

@@ -17,7 +17,8 @@ pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 /// XEP-0334 processing hints.
 pub const NS_HINTS: &str = "urn:xmpp:hints";
 /// XEP-0359 unique and stable stanza ids.
-const NS_SID: &str = "urn:xmpp:sid:0";
+/// XEP-0359 stanza ids.
+pub const NS_SID: &str = "urn:xmpp:sid:0";
 
 /// XEP-0280 §6: which messages are copied: `chat`; `normal` with a body; errors (bounces of
 /// either); never `groupchat` or `headline`; never with `<private/>` (§7) or a XEP-0334

@@ -4,7 +4,8 @@
 //!
 //! Every archivable message between accounts is stored for the sender and the recipient
 //! (XEP-0313 §5: `chat`, and `normal` with a body), subject to each one's preferences, and the
-//! recipient's copy is delivered with the server-assigned `<stanza-id/>`.
+//! recipient's copy is delivered with the server-assigned `<stanza-id/>`, the sender's
+//! `<sent/>` carbons with the id of the sender's archive.
 
 use std::sync::Arc;
 
@@ -209,23 +210,25 @@ impl MessageHook for Archiver {
         sender: Option<&BareJid>,
         recipient: Option<&BareJid>,
     ) {
-        // XEP-0359 §3.2: a stanza-id claiming to be from the recipient's archive is a forgery.
-        if let Some(r) = recipient {
-            let by = r.to_string();
+        // XEP-0359 §3.2: a stanza-id claiming to be from the recipient's archive — or, sent
+        // by a client, from its own account's — is a forgery.
+        for j in [recipient, sender].into_iter().flatten() {
+            let by = j.to_string();
             el.remove_children(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()));
         }
         if !archivable(el) {
             return;
         }
+        let mut sender_id = None;
         if let (Some(s), Some(r)) = (sender, recipient) {
             if wants(server, s, r).await {
-                store(server, s, r, el).await;
+                sender_id = store(server, s, r, el).await;
             }
         } else if let Some(s) = sender
             && let Some(to) = el.attr("to").and_then(|t| parse_jid(t).ok())
             && wants(server, s, &to.to_bare()).await
         {
-            store(server, s, &to.to_bare(), el).await;
+            sender_id = store(server, s, &to.to_bare(), el).await;
         }
         if let Some(r) = recipient {
             let from = el
@@ -244,6 +247,16 @@ impl MessageHook for Archiver {
                         .with_attr("by", r.to_string()),
                 );
             }
+        }
+        // XEP-0313 §3 ("Communicating the archive ID"): the sender's own copies — `<sent/>`
+        // carbons — carry the id its archive gave the message (added after the recipient's
+        // copy was stored); the router takes it off again before the message goes on.
+        if let (Some(s), Some(id)) = (sender, sender_id) {
+            el.push_child(
+                Element::new("stanza-id", NS_SID)
+                    .with_attr("id", id)
+                    .with_attr("by", s.to_string()),
+            );
         }
     }
 }

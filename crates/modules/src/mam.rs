@@ -54,6 +54,12 @@ const SPECS: &[Spec] = &[
         version: "1.0",
         title: "Result Set Management",
     },
+    // The `<prefs/>` of XEP-0313 1.1, split out unchanged (same namespace, same elements).
+    Spec {
+        id: "XEP-0441",
+        version: "0.2.0",
+        title: "Message Archive Management Preferences",
+    },
 ];
 
 impl Module for Mam {

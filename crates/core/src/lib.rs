@@ -18,6 +18,7 @@ pub mod sm;
 pub use config::Config;
 pub use module::{
     Identity, IqHandler, IqRequest, IqTarget, MessageHook, Module, ModuleCtx, ModuleTable, Spec,
+    UnavailableHook,
 };
 pub use server::Server;
 pub use session::{

@@ -56,6 +56,20 @@ pub trait MessageHook: Send + Sync {
     );
 }
 
+/// Told when an available resource becomes unavailable — by unavailable presence, or by its
+/// session ending (Prosody's `resource-unbind` after `pre-presence/bare`): last activity
+/// (XEP-0012).
+#[async_trait::async_trait]
+pub trait UnavailableHook: Send + Sync {
+    /// `status` is the `<status/>` text of the unavailable presence, if the client sent one.
+    async fn on_unavailable(
+        &self,
+        server: &Arc<Server>,
+        resource: &canto_stanza::FullJid,
+        status: Option<String>,
+    );
+}
+
 /// A disco#info identity (XEP-0030 §3.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -95,6 +109,7 @@ pub struct ModuleTable {
     identities: Vec<Identity>,
     iq: HashMap<(IqTarget, IqType, String), Arc<dyn IqHandler>>,
     message_hooks: Vec<Arc<dyn MessageHook>>,
+    unavailable_hooks: Vec<Arc<dyn UnavailableHook>>,
     account_features: Vec<String>,
     stream_features: Vec<Element>,
     loaded: Vec<&'static str>,
@@ -147,6 +162,11 @@ impl ModuleTable {
     /// Message hooks, in load order.
     pub fn message_hooks(&self) -> &[Arc<dyn MessageHook>] {
         &self.message_hooks
+    }
+
+    /// Unavailable hooks, in load order.
+    pub fn unavailable_hooks(&self) -> &[Arc<dyn UnavailableHook>] {
+        &self.unavailable_hooks
     }
 
     /// Features an account advertises in disco#info (XEP-0030 on a bare JID).
@@ -205,6 +225,11 @@ impl ModuleCtx<'_> {
     /// Sees one-to-one messages before delivery.
     pub fn hook_message(&mut self, hook: Arc<dyn MessageHook>) {
         self.table.message_hooks.push(hook);
+    }
+
+    /// Is told when an available resource becomes unavailable.
+    pub fn hook_unavailable(&mut self, hook: Arc<dyn UnavailableHook>) {
+        self.table.unavailable_hooks.push(hook);
     }
 
     /// Advertises an identity.

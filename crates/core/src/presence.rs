@@ -244,6 +244,11 @@ impl Server {
                 own.set_attr("to", session.jid().to_string());
                 let _ = session.deliver(Arc::new(own));
                 self.unavailable_to_directed(session, &el);
+                let status = el.get_child("status", ns::CLIENT).map(|s| s.text());
+                for hook in self.modules().unavailable_hooks() {
+                    hook.on_unavailable(self, session.jid(), status.clone())
+                        .await;
+                }
             }
             _ => {}
         }

@@ -141,6 +141,18 @@ impl Server {
             // RFC 6121 §4.5.2: the server broadcasts unavailable presence on the user's
             // behalf, to contacts, own resources and directed-presence recipients.
             self.broadcast_unavailable_on_destroy(handle);
+            // Modules that keep track (XEP-0012 last activity), after the fact: this path
+            // must not wait for storage.
+            let hooks = self.modules().unavailable_hooks().to_vec();
+            if !hooks.is_empty() {
+                let server = self.clone();
+                let jid = handle.jid().clone();
+                tokio::spawn(async move {
+                    for hook in hooks {
+                        hook.on_unavailable(&server, &jid, None).await;
+                    }
+                });
+            }
         }
         let removed = self.sessions.remove(handle);
         let user = handle.jid().to_bare();

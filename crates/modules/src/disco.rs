@@ -219,7 +219,7 @@ impl IqHandler for AccountInfo {
 /// presence: the account itself, or a contact the account's roster gives a subscription of
 /// type `from` or `both` (RFC 6121 §2.1.2.1). A missing account has no roster, so only its
 /// own (impossible) sessions would qualify.
-async fn may_see_presence(req: &IqRequest<'_>) -> bool {
+pub(crate) async fn may_see_presence(req: &IqRequest<'_>) -> bool {
     if from_owner(req) {
         return true;
     }

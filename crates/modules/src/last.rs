@@ -1,17 +1,26 @@
-//! `last`: XEP-0012 Last Activity, for the server itself: its uptime (XEP-0012 §4), as
-//! Prosody's `mod_uptime` answers.
+//! `last`: XEP-0012 Last Activity. For the server itself, its uptime (§4, as Prosody's
+//! `mod_uptime`); for an account, the time since its user last went unavailable and the status
+//! text left then (§3 "Offline User Query", as Prosody's `mod_lastactivity`), recorded by an
+//! `UnavailableHook` in the key-value store `lastactivity`. A query to a full JID goes to that
+//! client (§2), like every IQ to a full JID.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
-use canto_stanza::{IqType, StanzaError};
+use canto_core::{
+    IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Server, Spec, UnavailableHook,
+};
+use canto_stanza::{Condition, FullJid, IqType, StanzaError, datetime};
 use canto_xml::Element;
+use tracing::warn;
 
 use crate::expect_payload;
 
 /// `jabber:iq:last`.
 pub const NS: &str = "jabber:iq:last";
+
+/// The key-value store of the last unavailable time and status, per account.
+const STORE: &str = "lastactivity";
 
 /// The module.
 pub struct Last;
@@ -33,7 +42,10 @@ impl Module for Last {
 
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         ctx.add_feature(NS);
+        ctx.add_account_feature(NS);
         ctx.hook_iq(IqTarget::Host, IqType::Get, NS, Arc::new(Uptime))?;
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(UserLast))?;
+        ctx.hook_unavailable(Arc::new(Recorder));
         Ok(())
     }
 }
@@ -49,6 +61,95 @@ impl IqHandler for Uptime {
         Ok(Some(
             Element::new("query", NS).with_attr("seconds", secs.to_string()),
         ))
+    }
+}
+
+/// Records when a resource went unavailable, and with which status.
+struct Recorder;
+
+#[async_trait]
+impl UnavailableHook for Recorder {
+    async fn on_unavailable(
+        &self,
+        server: &Arc<Server>,
+        resource: &FullJid,
+        status: Option<String>,
+    ) {
+        let user = resource.to_bare();
+        let Some(node) = user.node() else {
+            return;
+        };
+        let mut record =
+            Element::new("last", NS).with_attr("ms", datetime::now_millis().to_string());
+        if let Some(s) = status.filter(|s| !s.is_empty()) {
+            record = record.with_text(s);
+        }
+        let (host, node) = (user.domain().as_str(), node.as_str());
+        let kv = &server.storage.kv;
+        if let Err(e) = kv.set(STORE, host, node, Some(&record.to_bytes())).await {
+            warn!(%user, error = %e, "last activity not stored");
+            return;
+        }
+        // An account deleted meanwhile keeps nothing: its data goes in one transaction, before
+        // this write (then the account is gone now and the row is ours to remove) or after it
+        // (then the row went with the rest).
+        if !server.account_exists(&user).await {
+            let _ = kv.set(STORE, host, node, None).await;
+        }
+    }
+}
+
+struct UserLast;
+
+#[async_trait]
+impl IqHandler for UserLast {
+    /// XEP-0012 §3: a query to an account's bare JID, answered by the server on its behalf.
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        expect_payload(&req, "query")?;
+        // §3: only for whoever may see the user's presence (the user and contacts with a
+        // `from` or `both` subscription); anyone else gets forbidden. (A query about an account
+        // that does not exist never gets here: RFC 6121 §8.5.1, service-unavailable.)
+        if !crate::disco::may_see_presence(&req).await {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+        let user = req.to.to_bare();
+        // §3: a user with an available resource is active now.
+        if req
+            .server
+            .sessions
+            .resources(&user)
+            .iter()
+            .any(|s| s.is_available())
+        {
+            return Ok(Some(Element::new("query", NS).with_attr("seconds", "0")));
+        }
+        let Some(node) = user.node() else {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        };
+        let record = req
+            .server
+            .storage
+            .kv
+            .get(STORE, user.domain().as_str(), node.as_str())
+            .await
+            .map_err(|_| StanzaError::new(Condition::InternalServerError))?
+            .as_deref()
+            .and_then(canto_core::roster::decode_element);
+        // Never went unavailable since the module was on: nothing to tell.
+        let Some(record) = record else {
+            return Err(StanzaError::new(Condition::ItemNotFound));
+        };
+        let at: i64 = record
+            .attr("ms")
+            .and_then(|m| m.parse().ok())
+            .ok_or_else(|| StanzaError::new(Condition::InternalServerError))?;
+        let secs = (datetime::now_millis() - at).max(0) / 1000;
+        let mut query = Element::new("query", NS).with_attr("seconds", secs.to_string());
+        let status = record.text();
+        if !status.is_empty() {
+            query = query.with_text(status);
+        }
+        Ok(Some(query))
     }
 }
 

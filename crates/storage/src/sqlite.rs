@@ -194,14 +194,39 @@ impl SqliteBackend {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // Two processes opening a fresh file at once (the server and `canto user add`): the
+        // switch to WAL and WAL recovery can answer SQLITE_BUSY at once, without waiting out
+        // the busy timeout. That is transient: try again, briefly.
+        let mut attempt = 0u32;
+        loop {
+            match Self::connect(options.clone()).await {
+                Err(StorageError::Database(m))
+                    if m.contains("database is locked") && attempt < 20 =>
+                {
+                    attempt += 1;
+                    tracing::debug!(attempt, "SQLite busy while opening; retrying");
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt))).await;
+                }
+                Ok(backend) => {
+                    tracing::debug!(path = %path.display(), "opened SQLite storage");
+                    return Ok(backend);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<SqliteBackend> {
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
             .await
             .map_err(db_err)?;
         let backend = SqliteBackend { pool };
-        backend.migrate().await?;
-        tracing::debug!(path = %path.display(), "opened SQLite storage");
+        if let Err(e) = backend.migrate().await {
+            backend.pool.close().await;
+            return Err(e);
+        }
         Ok(backend)
     }
 

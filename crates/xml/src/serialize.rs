@@ -45,13 +45,22 @@ pub fn escape(s: &str) -> String {
     String::from_utf8(v).unwrap_or_default()
 }
 
-/// The stream namespace: its elements are written with the `stream:` prefix that every stream
-/// header declares (`<stream:features>`, `<stream:error>`).
+/// The stream namespace: its top-level elements are written with the `stream:` prefix that
+/// every stream header declares (`<stream:features>`, `<stream:error>`).
 const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
 
+/// Writes `el` as a child of the stream (an element whose parent's default namespace is
+/// `parent_ns`).
 pub(crate) fn write_element(el: &Element, out: &mut Vec<u8>, parent_ns: &str) {
+    write_at(el, out, parent_ns, true);
+}
+
+fn write_at(el: &Element, out: &mut Vec<u8>, parent_ns: &str, top: bool) {
     out.push(b'<');
-    let prefixed = el.ns() == STREAMS_NS;
+    // Only at the top: inside a stanza the prefix may not be declared where the bytes end up
+    // (a stanza kept for XEP-0198 replay is parsed back on its own), so a nested element in
+    // the stream namespace declares it like any other.
+    let prefixed = top && el.ns() == STREAMS_NS;
     if prefixed {
         out.extend_from_slice(b"stream:");
     }
@@ -96,7 +105,7 @@ pub(crate) fn write_element(el: &Element, out: &mut Vec<u8>, parent_ns: &str) {
     let child_parent = if prefixed { parent_ns } else { el.ns() };
     for n in el.nodes() {
         match n {
-            Node::Element(c) => write_element(c, out, child_parent),
+            Node::Element(c) => write_at(c, out, child_parent, false),
             Node::Text(t) => escape_into(out, t),
         }
     }
@@ -137,6 +146,34 @@ mod tests {
         doc.extend_from_slice(&bytes);
         assert!(p.feed(&doc, &mut out).is_ok());
         assert_eq!(out.get(1), Some(&crate::StreamEvent::Stanza(e)));
+    }
+
+    #[test]
+    fn stream_namespace_inside_a_stanza_round_trips_without_the_stream_prefix() {
+        // Found by fuzz/fuzz_targets/xml_stream.rs: a client's `<stream:x/>` inside a stanza
+        // came back as `<stream:x/>`, which does not parse where `stream` is not declared.
+        let e = Element::new("iq", "jabber:client")
+            .with_attr("type", "get")
+            .with_child(
+                Element::new("x", STREAMS_NS).with_child(Element::new("y", "jabber:client")),
+            );
+        let bytes = e.to_bytes_in("jabber:client");
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap_or_default(),
+            "<iq type='get'><x xmlns='http://etherx.jabber.org/streams'><y xmlns='jabber:client'/></x></iq>"
+        );
+        let mut p = crate::StreamParser::new(crate::Limits::AUTHENTICATED);
+        let mut out = Vec::new();
+        let mut doc = b"<s xmlns='jabber:client'>".to_vec();
+        doc.extend_from_slice(&bytes);
+        assert!(p.feed(&doc, &mut out).is_ok());
+        assert_eq!(out.get(1), Some(&crate::StreamEvent::Stanza(e)));
+        // At the top the prefix stays (every stream header declares it).
+        let f = Element::new("features", STREAMS_NS);
+        assert_eq!(
+            String::from_utf8(f.to_bytes_in("jabber:client")).unwrap_or_default(),
+            "<stream:features/>"
+        );
     }
 
     #[test]

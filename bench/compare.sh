@@ -65,6 +65,8 @@ EJABBERD_NODE=canto-bench-ejabberd@localhost
 EJABBERD_COOKIE=canto-bench-$$
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
 # ---------------------------------------------------------------- preflight
 NOFILE=$(ulimit -n)
@@ -73,7 +75,7 @@ if [ "$NOFILE" != unlimited ] && [ $(( IDLE + 200 )) -gt "$NOFILE" ]; then
     exit 1
 fi
 for p in $PORT_canto $PORT_prosody $PORT_ejabberd $EJABBERD_DIST_PORT; do
-    if ss -Hltn "sport = :$p" | grep -q .; then
+    if port_in_use "$p"; then
         echo "port $p on this machine is in use; stop what listens there first" >&2
         exit 1
     fi
@@ -85,18 +87,8 @@ declare -A NOTE=()   # server name -> why it has no figures
 declare -A VERSION=()
 
 stop_server() { # name
-    local name=$1 pid=${PIDS[$1]:-}
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "$name (PID $pid) ignored SIGTERM for 15 s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null
-        fi
-    fi
-    wait "$pid" 2>/dev/null
-    unset "PIDS[$name]"
+    stop_pid "${PIDS[$1]:-}" "$1"
+    unset "PIDS[$1]"
 }
 
 cleanup() {
@@ -106,16 +98,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() { # port seconds pid
-    local i
-    for i in $(seq 1 $(( $2 * 10 ))); do
-        kill -0 "$3" 2>/dev/null || return 1
-        if ss -Hltn "sport = :$1" | grep -q .; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
 fill() { # template out dir port
     sed -e "s|@DIR@|$3|g" -e "s|@PORT@|$4|g" -e "s|@CERT@|$TMP/cert.pem|g" \
         -e "s|@KEY@|$TMP/key.pem|g" -e "s|@PEM@|$TMP/both.pem|g" "$1" > "$2"
@@ -123,14 +105,7 @@ fill() { # template out dir port
 
 # ---------------------------------------------------------------- binaries and packages
 BUILT=0
-if [ -z "${CANTO_BIN:-}" ] || [ -z "${BENCH_BIN:-}" ]; then
-    BUILT=1
-    log "building canto and canto-bench (release)"
-    (cd "$ROOT" && cargo build --release -q -p canto -p canto-bench) || exit 1
-    TD="${CARGO_TARGET_DIR:-$ROOT/target}"
-    CANTO_BIN=${CANTO_BIN:-$TD/release/canto}
-    BENCH_BIN=${BENCH_BIN:-$TD/release/canto-bench}
-fi
+build_binaries && BUILT=1
 
 want_pkgs=()
 [[ " $SERVERS " == *" prosody "* ]] && ! command -v prosodyctl >/dev/null && want_pkgs+=(prosody)

@@ -41,14 +41,9 @@ USER_JID=alice@localhost
 PASSWORD=password
 
 log() { printf '[mam %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-if [ -z "${CANTO_BIN:-}" ] || [ -z "${BENCH_BIN:-}" ]; then
-    log "building canto and canto-bench (release)"
-    (cd "$ROOT" && cargo build --release -q -p canto -p canto-bench) || exit 1
-    TD="${CARGO_TARGET_DIR:-$ROOT/target}"
-    CANTO_BIN=${CANTO_BIN:-$TD/release/canto}
-    BENCH_BIN=${BENCH_BIN:-$TD/release/canto-bench}
-fi
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+build_binaries || true
 
 if [ -n "$DATA" ]; then
     mkdir -p "$DATA" && DIR="$(cd "$DATA" && pwd)"
@@ -57,12 +52,7 @@ else
 fi
 SERVER_PID=""
 cleanup() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 1 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
+    stop_pid "$SERVER_PID" canto
     SERVER_PID=""
     if [ -z "$DATA" ] && [ "${KEEP:-0}" != 1 ]; then rm -rf "$DIR"; fi
 }
@@ -70,11 +60,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # A free port on 127.0.0.1.
-PORT=""
-for p in $(seq 15600 15699); do
-    if ! ss -Hltn "sport = :$p" | grep -q .; then PORT=$p; break; fi
-done
-[ -n "$PORT" ] || { echo "no free port in 15600-15699" >&2; exit 1; }
+PORT=$(free_port 15600 15699) || exit 1
 
 # Canto's defaults plus `mam`; plaintext c2s on loopback; SQLite under DIR/data; no c2s rate
 # limit (the default 10 kB/s holds a client sending a query every 2 ms for 0.4 s now and then).
@@ -111,11 +97,7 @@ fi
 
 "$CANTO_BIN" --config "$DIR/canto.toml" serve >"$DIR/canto.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 1 300); do
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "canto exited: $(tail -3 "$DIR/canto.log")" >&2; exit 1; }
-    ss -Hltn "sport = :$PORT" | grep -q . && break
-    sleep 0.1
-done
+wait_port "$PORT" 30 "$SERVER_PID" || { echo "canto did not start: $(tail -3 "$DIR/canto.log")" >&2; exit 1; }
 log "canto (PID $SERVER_PID) listens on 127.0.0.1:$PORT; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for run in $(seq 1 "$RUNS"); do

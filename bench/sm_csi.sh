@@ -51,24 +51,14 @@ if [ "${PIN:-0}" = 1 ]; then
 fi
 
 log() { printf '[sm_csi %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-if [ -z "${CANTO_BIN:-}" ] || [ -z "${BENCH_BIN:-}" ]; then
-    log "building canto and canto-bench (release)"
-    (cd "$ROOT" && cargo build --release -q -p canto -p canto-bench) || exit 1
-    TD="${CARGO_TARGET_DIR:-$ROOT/target}"
-    CANTO_BIN=${CANTO_BIN:-$TD/release/canto}
-    BENCH_BIN=${BENCH_BIN:-$TD/release/canto-bench}
-fi
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+build_binaries || true
 
 TMP="$(mktemp -d /tmp/canto-sm-csi.XXXXXX)"
 SERVER_PID=""
 stop_server() {
-    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 1 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$SERVER_PID" 2>/dev/null && kill -KILL "$SERVER_PID" 2>/dev/null
-    fi
-    [ -n "$SERVER_PID" ] && wait "$SERVER_PID" 2>/dev/null
+    stop_pid "$SERVER_PID" canto
     SERVER_PID=""
 }
 cleanup() {
@@ -78,11 +68,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-PORT=""
-for p in $(seq 15700 15799); do
-    if ! ss -Hltn "sport = :$p" | grep -q .; then PORT=$p; break; fi
-done
-[ -n "$PORT" ] || { echo "no free port in 15700-15799" >&2; exit 1; }
+PORT=$(free_port 15700 15799) || exit 1
 
 # As bench/configs/canto.toml (compare.sh) without TLS: SQLite, offline messages, no rate limit.
 cat >"$TMP/canto.toml" <<EOF
@@ -132,11 +118,7 @@ for run in $(seq 1 "$RUNS"); do
         k=$(( k + 1 ))
         "${SERVER_CPU[@]}" "$CANTO_BIN" --config "$TMP/canto.toml" serve >"$TMP/canto.log" 2>&1 &
         SERVER_PID=$!
-        for _ in $(seq 1 300); do
-            kill -0 "$SERVER_PID" 2>/dev/null || { echo "canto exited: $(tail -3 "$TMP/canto.log")" >&2; exit 1; }
-            ss -Hltn "sport = :$PORT" | grep -q . && break
-            sleep 0.1
-        done
+        wait_port "$PORT" 30 "$SERVER_PID" || { echo "canto did not start: $(tail -3 "$TMP/canto.log")" >&2; exit 1; }
         load="$(cut -d' ' -f1 /proc/loadavg)"
         # shellcheck disable=SC2046
         line=$(timeout $(( DURATION + WARMUP + 120 )) "${TOOL_CPU[@]}" "$BENCH_BIN" --addr "127.0.0.1:$PORT" \

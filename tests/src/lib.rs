@@ -790,6 +790,30 @@ pub async fn assert_alive(c: &mut Client) {
     assert_eq!(r.attr("type"), Some("result"), "ping answer: {r}");
 }
 
+/// `contact` subscribes to `user`'s presence and `user` approves (RFC 6121 §3.1.1–§3.1.5),
+/// both available; returns once `contact` has `user`'s presence.
+pub async fn subscribe_to(contact: &mut Client, user: &mut Client) {
+    contact
+        .send(&format!(
+            "<presence to='{}' type='subscribe'/>",
+            user.bare_jid()
+        ))
+        .await;
+    user.wait_for(|e| e.name() == "presence" && e.attr("type") == Some("subscribe"))
+        .await
+        .unwrap_or_else(|e| panic!("no subscription request: {e:#}"));
+    user.send(&format!(
+        "<presence to='{}' type='subscribed'/>",
+        contact.bare_jid()
+    ))
+    .await;
+    let from = user.full_jid();
+    contact
+        .wait_for(|e| e.name() == "presence" && e.attr("from") == Some(from.as_str()))
+        .await
+        .unwrap_or_else(|e| panic!("no presence after approval: {e:#}"));
+}
+
 /// Asserts that a chat message from `a` to `b`'s full JID arrives, from `a`'s full JID.
 pub async fn assert_message_flows(a: &mut Client, b: &mut Client) {
     let body = format!("probe-{:016x}", rand::random::<u64>());

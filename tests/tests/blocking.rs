@@ -226,25 +226,7 @@ async fn available(c: &mut Client) {
 
 /// `contact` subscribes to `user`'s presence and `user` approves (both available).
 async fn subscribe(contact: &mut Client, user: &mut Client) {
-    contact
-        .send(&format!(
-            "<presence to='{}' type='subscribe'/>",
-            user.bare_jid()
-        ))
-        .await;
-    user.wait_for(|e| is_presence(e) && e.attr("type") == Some("subscribe"))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    user.send(&format!(
-        "<presence to='{}' type='subscribed'/>",
-        contact.bare_jid()
-    ))
-    .await;
-    let me = user.full_jid();
-    contact
-        .wait_for(|e| is_presence(e) && e.attr("from") == Some(me.as_str()))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    subscribe_to(contact, user).await;
     drain(user).await;
     drain(contact).await;
 }

@@ -85,16 +85,7 @@ async fn offline_user_query_gives_time_and_status_to_contacts_only() {
     a.send("<presence/>").await;
     b.send("<presence/>").await;
     // bob subscribes to alice, alice approves: alice's roster gives bob `from`.
-    b.send("<presence to='alice@localhost' type='subscribe'/>")
-        .await;
-    a.wait_for(|e| e.name() == "presence" && e.attr("type") == Some("subscribe"))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    a.send("<presence to='bob@localhost' type='subscribed'/>")
-        .await;
-    b.wait_for(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/a1"))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    subscribe_to(&mut b, &mut a).await;
 
     // Online: zero.
     let r = b.iq(ASK_ALICE).await.unwrap_or_else(|e| panic!("{e:#}"));

@@ -199,16 +199,7 @@ async fn avatar_hashes_in_presence_reach_contacts_with_the_vcard_behind_them() {
     a2.send("<presence/>").await;
     b.send("<presence/>").await;
     // bob subscribes to alice, alice approves.
-    b.send("<presence to='alice@localhost' type='subscribe'/>")
-        .await;
-    a1.wait_for(|e| e.name() == "presence" && e.attr("type") == Some("subscribe"))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    a1.send("<presence to='bob@localhost' type='subscribed'/>")
-        .await;
-    b.wait_for(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/a1"))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    subscribe_to(&mut b, &mut a1).await;
 
     let r = ask(
         &mut a1,

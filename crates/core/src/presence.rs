@@ -162,13 +162,24 @@ impl Server {
     }
 
     /// Sends the current presence of `user`'s available resources to `to` (a contact that was
-    /// just allowed to see it, RFC 6121 §3.1.5, or that probed).
-    pub(crate) fn send_current_presence(&self, user: &BareJid, to: &Jid) {
+    /// just allowed to see it, RFC 6121 §3.1.5, or that probed; one unblocked, XEP-0191 §3.4).
+    pub fn send_current_presence(&self, user: &BareJid, to: &Jid) {
         for s in self.sessions.resources(user) {
             if let Some(p) = s.presence() {
                 let mut p = (*p).clone();
                 p.set_attr("from", s.jid().to_string());
                 p.set_attr("to", to.to_string());
+                self.deliver_presence_to(to, p);
+            }
+        }
+    }
+
+    /// Sends unavailable presence from each of `user`'s available resources to `to` (a contact
+    /// that may no longer see them: one just blocked, XEP-0191 §3.3).
+    pub fn send_unavailable(&self, user: &BareJid, to: &Jid) {
+        for s in self.sessions.resources(user) {
+            if s.is_available() {
+                let p = presence(Some("unavailable"), &s.jid().to_string(), &to.to_string());
                 self.deliver_presence_to(to, p);
             }
         }
@@ -225,7 +236,7 @@ impl Server {
                     }
                     delivered.push(id);
                 }
-                self.broadcast_to(&user, &roster, &el);
+                self.broadcast_to(session.jid(), &roster, &el);
                 if !delivered.is_empty() {
                     self.delete_offline(&user, &delivered).await;
                 }
@@ -238,7 +249,7 @@ impl Server {
                 el.remove_attr("to");
                 let roster = self.roster(&user).await;
                 self.load_blocklists(&user, &roster).await;
-                self.broadcast_to(&user, &roster, &el);
+                self.broadcast_to(session.jid(), &roster, &el);
                 // The sender is no longer available: tell it too (§4.5.2).
                 let mut own = el.clone();
                 own.set_attr("to", session.jid().to_string());
@@ -268,23 +279,20 @@ impl Server {
         }
     }
 
-    /// Broadcast presence `el` (from a full JID) to subscribed contacts and own resources,
-    /// leaving out contacts either side has blocked (XEP-0191 §3.2, §3.5).
-    fn broadcast_to(&self, user: &BareJid, roster: &RosterMap, el: &Element) {
-        let mine = self.cached_blocklist(user);
-        let blocked_by_me = |j: &Jid| {
-            mine.as_ref()
-                .is_some_and(|b| crate::blocking::matches(b, j))
-        };
-        // The sending resource: a contact may have blocked just that one (a full-JID item).
-        let me = el
-            .attr("from")
-            .and_then(|f| canto_stanza::parse_jid(f).ok())
-            .unwrap_or_else(|| Jid::from(user.clone()));
+    /// Broadcast presence `el` from `sender`'s resource to subscribed contacts and own
+    /// resources, leaving out contacts either side has blocked (XEP-0191 §3.2, §3.5) — the
+    /// contact's block may name just the sending resource, the user's just one resource of
+    /// the contact (full-JID items).
+    fn broadcast_to(&self, sender: &FullJid, roster: &RosterMap, el: &Element) {
+        let user = sender.to_bare();
+        let mine = self.cached_blocklist(&user).filter(|b| !b.is_empty());
+        let me = Jid::from(sender.clone());
         for (contact, item) in roster.iter() {
             if item.subscription.has_from()
                 && self.serves(contact.domain().as_str())
-                && !blocked_by_me(&Jid::from(contact.clone()))
+                && !mine
+                    .as_ref()
+                    .is_some_and(|b| crate::blocking::matches(b, &Jid::from(contact.clone())))
                 && !self
                     .cached_blocklist(contact)
                     .is_some_and(|b| crate::blocking::matches(&b, &me))
@@ -294,14 +302,17 @@ impl Server {
                 let shared = Arc::new(p);
                 for s in self.sessions.resources(contact) {
                     // XEP-0191 §3.3: a resource the user blocked by its full JID gets nothing.
-                    if s.is_available() && !blocked_by_me(&Jid::from(s.jid().clone())) {
+                    let blocked = mine
+                        .as_ref()
+                        .is_some_and(|b| crate::blocking::matches(b, &Jid::from(s.jid().clone())));
+                    if s.is_available() && !blocked {
                         let _ = s.deliver(shared.clone());
                     }
                 }
             }
         }
         // The account's own available resources, each addressed by its full JID.
-        for s in self.sessions.resources(user) {
+        for s in self.sessions.resources(&user) {
             if s.is_available() {
                 let mut own = el.clone();
                 own.set_attr("to", s.jid().to_string());
@@ -376,7 +387,7 @@ impl Server {
         let user = session.jid().to_bare();
         let el = presence(Some("unavailable"), &session.jid().to_string(), "");
         if let Some(roster) = self.cached_roster(&user) {
-            self.broadcast_to(&user, &roster, &el);
+            self.broadcast_to(session.jid(), &roster, &el);
         } else {
             let mut own = el.clone();
             own.set_attr("to", user.to_string());

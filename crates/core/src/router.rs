@@ -149,10 +149,9 @@ impl Server {
                     self.carbon_sent(session, &el);
                     // XEP-0313 §3: an id from the sender's archive (set by the archiver for the
                     // copies above) is not for the recipient, who cannot query that archive.
-                    let by = sender.to_string();
                     el.remove_children(|c| {
                         c.is("stanza-id", crate::carbons::NS_SID)
-                            && c.attr("by") == Some(by.as_str())
+                            && c.attr("by") == Some(sender.as_str())
                     });
                 }
                 self.route_to(session, kind, el, j, dest).await

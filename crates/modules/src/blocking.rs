@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use canto_core::blocking::{Blocklist, NS, matches};
+use canto_core::presence::RosterMap;
 use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
-use canto_stanza::{BareJid, Condition, IqType, Jid, StanzaError, ns, parse_jid};
+use canto_stanza::{BareJid, Condition, IqType, Jid, StanzaError, parse_jid};
 use canto_xml::Element;
 
 use crate::from_owner;
@@ -55,9 +56,17 @@ fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
         .collect()
 }
 
+/// The roster's contacts allowed to see the user's presence (`from` or `both`).
+fn presence_contacts(roster: &RosterMap) -> impl Iterator<Item = Jid> + '_ {
+    roster
+        .iter()
+        .filter(|(_, item)| item.subscription.has_from())
+        .map(|(contact, _)| Jid::from(contact.clone()))
+}
+
 /// The items that are full JIDs of roster contacts allowed to see the user's presence
 /// (XEP-0191 §3.3/§3.4 "only if the contact is allowed to receive presence notifications").
-fn full_jid_contacts(items: &[String], roster: &canto_core::presence::RosterMap) -> Vec<Jid> {
+fn full_jid_contacts(items: &[String], roster: &RosterMap) -> Vec<Jid> {
     items
         .iter()
         .filter_map(|j| parse_jid(j).ok())
@@ -115,40 +124,18 @@ impl IqHandler for BlockIq {
                 // §3.3: contacts that may see the user's presence and are blocked now (and were
                 // not before) get unavailable from each available resource — "but only if the
                 // contact is allowed to receive presence notifications": a stranger learns
-                // nothing, not even which resources are online.
+                // nothing, not even which resources are online. A full-JID item blocks only
+                // that resource of a contact (unless a wider item now covers the contact).
                 let roster = server.roster(&user).await;
-                for (contact, item) in roster.iter() {
-                    let c = Jid::from(contact.clone());
-                    if !item.subscription.has_from() || matches(&current, &c) || !matches(&next, &c)
-                    {
-                        continue;
-                    }
-                    for s in server.sessions.resources(&user) {
-                        if s.is_available() {
-                            let p = Element::new("presence", ns::CLIENT)
-                                .with_attr("type", "unavailable")
-                                .with_attr("from", s.jid().to_string())
-                                .with_attr("to", contact.to_string());
-                            server.deliver_presence_to(&c, p);
-                        }
-                    }
-                }
-                // The same for a full-JID item: only that resource of the contact is blocked, so
-                // only it gets the unavailable (unless a wider item just covered the contact).
-                for full in full_jid_contacts(&jids, &roster) {
-                    let bare = Jid::from(full.to_bare());
-                    if matches(&current, &full) || matches(&next, &bare) {
-                        continue;
-                    }
-                    for s in server.sessions.resources(&user) {
-                        if s.is_available() {
-                            let p = Element::new("presence", ns::CLIENT)
-                                .with_attr("type", "unavailable")
-                                .with_attr("from", s.jid().to_string())
-                                .with_attr("to", full.to_string());
-                            server.deliver_presence_to(&full, p);
-                        }
-                    }
+                let newly = |j: &Jid| !matches(&current, j) && matches(&next, j);
+                let mut to: Vec<Jid> = presence_contacts(&roster).filter(|c| newly(c)).collect();
+                to.extend(
+                    full_jid_contacts(&jids, &roster)
+                        .into_iter()
+                        .filter(|f| newly(f) && !matches(&next, &Jid::from(f.to_bare()))),
+                );
+                for j in &to {
+                    server.send_unavailable(&user, j);
                 }
                 server.blocklist_push(&user, list_element("block", &jids));
                 Ok(None)
@@ -175,39 +162,19 @@ impl IqHandler for BlockIq {
                     .map_err(internal)?;
                 // §3.4: contacts allowed to see the user get current presence again — those the
                 // old list covered and the new one does not (a domain item, for instance, covers
-                // every contact there; one still covered by another item stays in the dark).
+                // every contact there; one still covered by another item stays in the dark). A
+                // full-JID item frees that resource alone (unless its contact as a whole was
+                // freed too).
                 let roster = server.roster(&user).await;
-                for (contact, item) in roster.iter() {
-                    let c = Jid::from(contact.clone());
-                    if !item.subscription.has_from() || !matches(&current, &c) || matches(&next, &c)
-                    {
-                        continue;
-                    }
-                    for s in server.sessions.resources(&user) {
-                        if let Some(p) = s.presence() {
-                            let mut p = (*p).clone();
-                            p.set_attr("from", s.jid().to_string());
-                            p.set_attr("to", contact.to_string());
-                            server.deliver_presence_to(&c, p);
-                        }
-                    }
-                }
-                // A full-JID item: that resource alone sees the user again (unless the contact
-                // as a whole was just unblocked, above, or another item still covers it).
-                for full in full_jid_contacts(&removed, &roster) {
-                    let bare = Jid::from(full.to_bare());
-                    let done_above = matches(&current, &bare) && !matches(&next, &bare);
-                    if done_above || matches(&next, &full) {
-                        continue;
-                    }
-                    for s in server.sessions.resources(&user) {
-                        if let Some(p) = s.presence() {
-                            let mut p = (*p).clone();
-                            p.set_attr("from", s.jid().to_string());
-                            p.set_attr("to", full.to_string());
-                            server.deliver_presence_to(&full, p);
-                        }
-                    }
+                let freed = |j: &Jid| matches(&current, j) && !matches(&next, j);
+                let mut to: Vec<Jid> = presence_contacts(&roster).filter(|c| freed(c)).collect();
+                to.extend(
+                    full_jid_contacts(&removed, &roster)
+                        .into_iter()
+                        .filter(|f| freed(f) && !freed(&Jid::from(f.to_bare()))),
+                );
+                for j in &to {
+                    server.send_current_presence(&user, j);
                 }
                 server.blocklist_push(
                     &user,

@@ -219,8 +219,7 @@ impl MessageHook for Archiver {
         // XEP-0359 §3.2: a stanza-id claiming to be from the recipient's archive — or, sent
         // by a client, from its own account's — is a forgery.
         for j in [recipient, sender].into_iter().flatten() {
-            let by = j.to_string();
-            el.remove_children(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()));
+            el.remove_children(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(j.as_str()));
         }
         if !archivable(el) {
             return;

@@ -26,6 +26,28 @@ struct Archive {
     ids: HashMap<String, i64>,
 }
 
+impl Archive {
+    /// Stores an item under `seq` with a fresh id (unique in this archive) and returns the id.
+    fn insert(&mut self, seq: i64, stamp_ms: i64, with: &str, data: &[u8]) -> String {
+        let mut id = new_item_id();
+        while self.ids.contains_key(&id) {
+            id = new_item_id();
+        }
+        self.ids.insert(id.clone(), seq);
+        self.items.insert(
+            seq,
+            ArchiveItem {
+                id: id.clone(),
+                seq,
+                stamp_ms,
+                with: with.to_owned(),
+                data: data.to_vec(),
+            },
+        );
+        id
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     accounts: BTreeMap<UserKey, Credentials>,
@@ -280,23 +302,11 @@ impl ArchiveStore for MemoryBackend {
         }
         inner.last_seq += 1;
         let seq = inner.last_seq;
-        let archive = inner.archive.entry(key).or_default();
-        let mut id = new_item_id();
-        while archive.ids.contains_key(&id) {
-            id = new_item_id();
-        }
-        archive.ids.insert(id.clone(), seq);
-        archive.items.insert(
-            seq,
-            ArchiveItem {
-                id: id.clone(),
-                seq,
-                stamp_ms,
-                with: with.to_owned(),
-                data: data.to_vec(),
-            },
-        );
-        Ok(id)
+        Ok(inner
+            .archive
+            .entry(key)
+            .or_default()
+            .insert(seq, stamp_ms, with, data))
     }
 
     async fn append_many(
@@ -316,22 +326,7 @@ impl ArchiveStore for MemoryBackend {
         let mut ids = Vec::with_capacity(items.len());
         for item in items {
             seq += 1;
-            let mut id = new_item_id();
-            while archive.ids.contains_key(&id) {
-                id = new_item_id();
-            }
-            archive.ids.insert(id.clone(), seq);
-            archive.items.insert(
-                seq,
-                ArchiveItem {
-                    id: id.clone(),
-                    seq,
-                    stamp_ms: item.stamp_ms,
-                    with: item.with.clone(),
-                    data: item.data.clone(),
-                },
-            );
-            ids.push(id);
+            ids.push(archive.insert(seq, item.stamp_ms, &item.with, &item.data));
         }
         inner.last_seq = seq;
         Ok(ids)

@@ -1,5 +1,5 @@
 """A subscription handshake, presence and a message between two accounts, driven by slixmpp
-(a client library nobody on this project wrote). Run by tests/tests/slixmpp.rs against an
+(a client library nobody on this project wrote). Run by tests/tests/e2e/slixmpp.rs against an
 in-process Canto: python3 im_flow.py PORT CERT_PEM.
 
 Exits 0 and prints "1 passed, 0 failed" when every step happened; otherwise exits 1 naming

@@ -1,6 +1,6 @@
 """Carbons, MAM, blocking and stream management driven by slixmpp's own plugins (xep_0280,
 xep_0313 with xep_0059, xep_0191, xep_0198, xep_0359, xep_0334). Run by
-tests/tests/slixmpp.rs against an in-process Canto with module `mam` enabled:
+tests/tests/e2e/slixmpp.rs against an in-process Canto with module `mam` enabled:
 python3 modern_flow.py PORT CERT_PEM.
 
 Accounts alice, bob and carol must exist (passwords alicepw, bobpw, carolpw). Prints one line

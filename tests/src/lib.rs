@@ -40,6 +40,17 @@ pub struct TestServer {
     pub dir: PathBuf,
     /// The storage the server uses.
     pub storage: Storage,
+    /// Removes `dir` when the server is dropped, also when a test fails before `stop`.
+    _cleanup: RemoveOnDrop,
+}
+
+/// Removes a directory when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn temp_dir() -> PathBuf {
@@ -65,7 +76,7 @@ pub fn test_config() -> Config {
     c.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
     c.storage.backend = "memory".into();
     // The read rate limit (limits.c2s, 10 kB/s by default) is off here, as in the benchmark
-    // harnesses: tests that flood on purpose would otherwise take minutes. tests/tests/limits.rs
+    // harnesses: tests that flood on purpose would otherwise take minutes. tests/tests/e2e/limits.rs
     // turns it on where it is the subject.
     c.limits.c2s.rate = "unlimited".into();
     c
@@ -95,6 +106,7 @@ impl TestServer {
             running,
             addr,
             tls_addr,
+            _cleanup: RemoveOnDrop(dir.clone()),
             dir,
             storage,
         }
@@ -145,8 +157,8 @@ impl TestServer {
 
     /// Stops the server as SIGTERM would.
     pub async fn stop(self) {
+        // The data directory goes with `self` (RemoveOnDrop).
         self.running.network.shutdown(Duration::from_secs(5)).await;
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -601,7 +613,7 @@ pub fn header(host: &str) -> String {
 }
 
 // ================================================================================================
-// Helpers for the bad-input and routing tests (tests/tests/bad_input.rs, tests/tests/routing.rs).
+// Helpers for the bad-input and routing tests (tests/tests/e2e/bad_input.rs, routing.rs).
 // Appended as one block; nothing above is changed.
 // ================================================================================================
 

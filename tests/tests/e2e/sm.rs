@@ -510,10 +510,7 @@ async fn a_full_queue_while_hibernating_ends_the_session_into_offline_storage_in
 #[tokio::test]
 async fn shutdown_moves_hibernating_sessions_messages_to_offline_storage() {
     let storage = canto_storage::Storage::memory();
-    let mut config = test_config();
-    let data_dir = config.data_dir.clone();
-    config.data_dir = data_dir.join("first");
-    let s = TestServer::with_storage(config, storage.clone()).await;
+    let s = TestServer::with_storage(test_config(), storage.clone()).await;
     s.add_user("alice", "wonderland").await;
     s.add_user("bob", "builder").await;
     let mut a = s.login("alice", "wonderland", "r1").await;
@@ -529,9 +526,7 @@ async fn shutdown_moves_hibernating_sessions_messages_to_offline_storage() {
     send_msgs(&mut a, &to, 1..=3).await;
     // SIGTERM's path: connections end, then hibernating sessions do — not lost with the process.
     s.stop().await;
-    let mut config = test_config();
-    config.data_dir = data_dir.join("second");
-    let s = TestServer::with_storage(config, storage).await;
+    let s = TestServer::with_storage(test_config(), storage).await;
     let mut b = s.login("bob", "builder", "laptop").await;
     b.send("<presence/>").await;
     assert_eq!(offline_bodies(&mut b, 3).await, ["m1", "m2", "m3"]);

@@ -1,0 +1,28 @@
+//! End-to-end tests over real sockets, one module per subject, all in one test binary: one link of
+//! the server instead of one per file (each was ~130 MB in debug, and 22 of them filled a CI disk).
+//! cargo-nextest, the test command README.md gives, still runs every test in its own process.
+//!
+//! tests/tests/tokio_xmpp.rs stays a binary of its own: it sets an environment variable.
+
+mod auth;
+mod bad_input;
+mod blocking;
+mod carbons;
+mod cli;
+mod csi;
+mod disco;
+mod durability;
+mod extdisco;
+mod faults;
+mod im;
+mod last;
+mod limits;
+mod mam;
+mod private;
+mod register;
+mod routing;
+mod sessions;
+mod slixmpp;
+mod sm;
+mod smoke;
+mod vcard;

@@ -185,6 +185,34 @@ impl Server {
         }
     }
 
+    /// Sends unavailable presence from each of `user`'s sessions to those of its directed-presence
+    /// recipients (RFC 6121 §4.6) that `covered` selects, and forgets them: a blocked entity sees
+    /// the user as offline even if it was never subscribed (XEP-0191 §3.3), and the session's own
+    /// unavailable presence later (§4.6.3) does not go to it again. `except` lists JIDs already
+    /// sent unavailable from every available resource ([`Server::send_unavailable`]).
+    pub fn withdraw_directed(
+        &self,
+        user: &BareJid,
+        covered: impl Fn(&Jid) -> bool,
+        except: &[Jid],
+    ) {
+        for s in self.sessions.resources(user) {
+            for to in s.take_directed_where(&covered) {
+                let told = s.is_available()
+                    && except.iter().any(|e| {
+                        *e == to
+                            || e.resource().is_none()
+                                && e.node() == to.node()
+                                && e.domain() == to.domain()
+                    });
+                if !told {
+                    let p = presence(Some("unavailable"), &s.jid().to_string(), &to.to_string());
+                    self.deliver_presence_to(&to, p);
+                }
+            }
+        }
+    }
+
     /// Delivers a presence stanza to a local JID (bare: every available resource).
     pub fn deliver_presence_to(&self, to: &Jid, p: Element) {
         match to.clone().try_into_full() {

@@ -226,6 +226,19 @@ impl SessionHandle {
         }
     }
 
+    /// Takes the directed-presence recipients for which `pred` holds, keeping the others.
+    pub fn take_directed_where(
+        &self,
+        pred: impl Fn(&canto_stanza::Jid) -> bool,
+    ) -> Vec<canto_stanza::Jid> {
+        let Ok(mut d) = self.0.directed.lock() else {
+            return Vec::new();
+        };
+        let (taken, kept) = std::mem::take(&mut *d).into_iter().partition(|j| pred(j));
+        *d = kept;
+        taken
+    }
+
     /// Takes the list of directed-presence recipients.
     pub fn take_directed(&self) -> Vec<canto_stanza::Jid> {
         self.0

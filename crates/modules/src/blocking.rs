@@ -137,6 +137,10 @@ impl IqHandler for BlockIq {
                 for j in &to {
                     server.send_unavailable(&user, j);
                 }
+                // Entities that had directed presence from a resource are allowed presence too:
+                // they get unavailable from it (RFC 6121 §4.6.3 would send it at logout; a
+                // blocked one must see the user offline now, XEP-0191 §3.3).
+                server.withdraw_directed(&user, newly, &to);
                 server.blocklist_push(&user, list_element("block", &jids));
                 Ok(None)
             }

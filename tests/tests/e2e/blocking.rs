@@ -695,3 +695,83 @@ async fn presence_from_a_blocked_resource_of_a_contact_is_not_delivered() {
     assert!(!from("alice@localhost/a2"), "{got:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_recipient_of_directed_presence_is_sent_unavailable_once() {
+    let s = server().await;
+    s.add_user("carol", "pc").await;
+    let mut a1 = s.login("alice", "pa", "a1").await;
+    let mut a2 = s.login("alice", "pa", "a2").await;
+    let mut b = s.login("bob", "pb", "b1").await;
+    let mut c = s.login("carol", "pc", "c1").await;
+    for cl in [&mut a1, &mut a2, &mut b, &mut c] {
+        available(cl).await;
+    }
+    // No subscriptions: Bob and Carol see Alice only through directed presence (RFC 6121 §4.6),
+    // Bob from both her resources, Carol from a1.
+    a1.send("<presence to='bob@localhost/b1'><status>hi bob</status></presence>")
+        .await;
+    a2.send("<presence to='bob@localhost'/>").await;
+    a1.send("<presence to='carol@localhost'/>").await;
+    // (The two to Bob may come in either order.)
+    let mut got: Vec<Element> = Vec::new();
+    while got.len() < 2 {
+        got.push(
+            b.wait_for(is_presence)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}")),
+        );
+    }
+    let mut froms: Vec<&str> = got.iter().filter_map(|p| p.attr("from")).collect();
+    froms.sort_unstable();
+    assert_eq!(
+        froms,
+        ["alice@localhost/a1", "alice@localhost/a2"],
+        "{got:?}"
+    );
+    assert!(got.iter().all(|p| p.attr("type").is_none()), "{got:?}");
+    let p = c
+        .wait_for(is_presence)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(p.attr("from"), Some("alice@localhost/a1"), "{p}");
+
+    // XEP-0191 §3.3: once blocked, Bob must see her offline — one unavailable per resource.
+    ask(
+        &mut a1,
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>",
+    )
+    .await;
+    let got: Vec<Element> = drain(&mut b)
+        .await
+        .into_iter()
+        .filter(is_presence)
+        .collect();
+    let mut froms: Vec<&str> = got.iter().filter_map(|p| p.attr("from")).collect();
+    froms.sort_unstable();
+    assert_eq!(
+        froms,
+        ["alice@localhost/a1", "alice@localhost/a2"],
+        "{got:?}"
+    );
+    assert!(
+        got.iter().all(|p| p.attr("type") == Some("unavailable")),
+        "{got:?}"
+    );
+    // Carol is not blocked: nothing changes for her.
+    assert!(!drain(&mut c).await.iter().any(is_presence));
+
+    // Alice goes offline (§4.6.3): Carol is told, Bob not a second time.
+    a1.send("<presence type='unavailable'/>").await;
+    a2.send("<presence type='unavailable'/>").await;
+    let p = c
+        .wait_for(|e| is_presence(e) && e.attr("from") == Some("alice@localhost/a1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+    assert!(
+        !drain(&mut b).await.iter().any(is_presence),
+        "Bob was told twice"
+    );
+    s.stop().await;
+}

@@ -8,16 +8,21 @@
 //! * every stanza serializes and parses back to the same tree (reliability.md §0.3: stanzas
 //!   are always re-serialized from the tree, so the tree must survive it).
 //!
-//! The harness lives here rather than calling `canto_xml::fuzz_stream`: that helper serializes
-//! with `Element::to_bytes()` (no default namespace in scope) but re-parses inside a wrapper
-//! declaring `xmlns='x'`, so a stanza in no namespace (a stream header without a default
-//! namespace) comes back in `x` — a false crash, see fuzz/artifacts-min/xml_stream-no-default-ns.
+//! The round trip parses each stanza back inside a wrapper that, like every stream header,
+//! declares a default namespace and the `stream:` prefix: a top-level element in the stream
+//! namespace is written with that prefix (`<stream:features>`), so without the declaration a
+//! client's `<stream:x/>` came back as a false crash
+//! (fuzz/corpus/xml_stream/regress-top-level-stream-prefix). A stanza in no namespace comes
+//! back in the wrapper's, `x` — the serializer is told that is the parent's namespace
+//! (fuzz/artifacts-min/xml_stream-no-default-ns).
 #![no_main]
 use canto_xml::{Limits, StreamEvent, StreamParser};
 use libfuzzer_sys::fuzz_target;
 
 /// The default namespace of the wrapper stream used for the round trip.
 const WRAP_NS: &str = "x";
+/// The stream namespace (RFC 6120 §4.8.1), bound to `stream:` in every stream header.
+const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
 
 fn parse(data: &[u8], chunk: usize) -> (Vec<StreamEvent>, bool) {
     let mut p = StreamParser::new(Limits::UNAUTHENTICATED);
@@ -41,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for ev in &chunked {
         if let StreamEvent::Stanza(e) = ev {
-            let mut doc = format!("<s xmlns='{WRAP_NS}'>").into_bytes();
+            let mut doc = format!("<s xmlns='{WRAP_NS}' xmlns:stream='{STREAMS_NS}'>").into_bytes();
             doc.extend_from_slice(&e.to_bytes_in(WRAP_NS));
             let mut q = StreamParser::new(Limits::AUTHENTICATED);
             let mut again = Vec::new();

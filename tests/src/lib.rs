@@ -41,16 +41,92 @@ pub struct TestServer {
     /// The storage the server uses.
     pub storage: Storage,
     /// Removes `dir` when the server is dropped, also when a test fails before `stop`.
-    _cleanup: RemoveOnDrop,
+    _cleanup: ScratchDir,
 }
 
-/// Removes a directory when dropped.
-struct RemoveOnDrop(PathBuf);
+/// A directory removed on drop (also when the test fails).
+pub struct ScratchDir(pub PathBuf);
 
-impl Drop for RemoveOnDrop {
+impl ScratchDir {
+    /// Creates a fresh, empty `canto-TAG-PID-RANDOM` under the system's temporary directory.
+    pub fn new(tag: &str) -> ScratchDir {
+        let d = std::env::temp_dir().join(format!(
+            "canto-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        ScratchDir(d)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A server process a test started; killed (by its PID) and reaped on drop if still running.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Sends `signal` (`"KILL"`, `"TERM"`) to this process only.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.0.id(), signal);
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let end = std::time::Instant::now() + limit;
+        loop {
+            match self.0.try_wait() {
+                Ok(Some(st)) => return st,
+                Ok(None) if std::time::Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(None) => panic!("the server did not exit within {limit:?}"),
+                Err(e) => panic!("waiting for the server: {e}"),
+            }
+        }
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+/// Sends `signal` to process `pid` with kill(1), asserting that it was delivered.
+pub fn send_signal(pid: u32, signal: &str) {
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+    assert!(
+        st.as_ref().is_ok_and(|s| s.success()),
+        "kill -{signal} {pid}: {st:?}"
+    );
+}
+
+/// A loopback address with a port that was free a moment ago (for a server process to bind).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    l.local_addr().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn temp_dir() -> PathBuf {
@@ -106,7 +182,7 @@ impl TestServer {
             running,
             addr,
             tls_addr,
-            _cleanup: RemoveOnDrop(dir.clone()),
+            _cleanup: ScratchDir(dir.clone()),
             dir,
             storage,
         }
@@ -157,7 +233,7 @@ impl TestServer {
 
     /// Stops the server as SIGTERM would.
     pub async fn stop(self) {
-        // The data directory goes with `self` (RemoveOnDrop).
+        // The data directory goes with `self` (ScratchDir).
         self.running.network.shutdown(Duration::from_secs(5)).await;
     }
 }

@@ -241,11 +241,7 @@ impl SessionHandle {
 
     /// Takes the list of directed-presence recipients.
     pub fn take_directed(&self) -> Vec<canto_stanza::Jid> {
-        self.0
-            .directed
-            .lock()
-            .map(|mut d| std::mem::take(&mut *d))
-            .unwrap_or_default()
+        self.take_directed_where(|_| true)
     }
 
     /// Records broadcast presence: `Some` for available (with its priority), `None` for

@@ -8,9 +8,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use canto::startup::{Step, Trace, serve_until};
 use canto_proto::sasl::HashAlgo;
@@ -18,32 +18,6 @@ use canto_storage::{Backend, Storage};
 use canto_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_canto-e2e");
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!(
-            "canto-cli-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
-        Scratch(d)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A command for the binary with a clean environment for the variables it reads.
 fn canto_cmd(config: Option<&Path>, args: &[&str]) -> Command {
@@ -103,7 +77,7 @@ fn fails(out: Output, what: &str) -> String {
 }
 
 /// A configuration file with SQLite storage under `dir`.
-fn write_config(dir: &Scratch, listen: &[SocketAddr], level: &str) -> PathBuf {
+fn write_config(dir: &ScratchDir, listen: &[SocketAddr], level: &str) -> PathBuf {
     let (l, d) = match listen {
         [a, b] => (format!("\"{a}\""), format!("\"{b}\"")),
         _ => (String::new(), String::new()),
@@ -118,7 +92,7 @@ fn write_config(dir: &Scratch, listen: &[SocketAddr], level: &str) -> PathBuf {
     path
 }
 
-async fn open_storage(dir: &Scratch) -> Storage {
+async fn open_storage(dir: &ScratchDir) -> Storage {
     Storage::open(&Backend::Sqlite {
         path: dir.path("data").join("canto.sqlite"),
     })
@@ -185,7 +159,7 @@ fn config_example_has_every_key_and_parses_back() {
     // It is the default configuration, and the binary accepts it as a file.
     let parsed = canto_core::Config::parse(&out).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(parsed, canto_core::Config::default());
-    let dir = Scratch::new("example");
+    let dir = ScratchDir::new("cli-example");
     std::fs::write(dir.path("example.toml"), &out).unwrap_or_else(|e| panic!("{e}"));
     let out = canto_cmd(Some(&dir.path("example.toml")), &["check"])
         .current_dir(&dir.0)
@@ -197,7 +171,7 @@ fn config_example_has_every_key_and_parses_back() {
 
 #[test]
 fn check_names_unknown_keys_and_accepts_a_good_file() {
-    let dir = Scratch::new("check");
+    let dir = ScratchDir::new("cli-check");
     for (body, key) in [
         ("bogus = 1\n", "bogus"),
         ("[c2s]\nlisten_typo = [\"127.0.0.1:5222\"]\n", "listen_typo"),
@@ -234,7 +208,7 @@ fn check_names_unknown_keys_and_accepts_a_good_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_add_list_passwd_del() {
-    let dir = Scratch::new("users");
+    let dir = ScratchDir::new("cli-users");
     let cfg = write_config(&dir, &[], "info");
     let cfg = cfg.as_path();
     let out = ok(
@@ -335,7 +309,7 @@ async fn user_add_list_passwd_del() {
 
 #[test]
 fn user_import_from_file_and_stdin() {
-    let dir = Scratch::new("import");
+    let dir = ScratchDir::new("cli-import");
     let cfg = write_config(&dir, &[], "info");
     let cfg = cfg.as_path();
     let file = dir.path("users.txt");
@@ -393,41 +367,15 @@ fn user_import_from_file_and_stdin() {
     });
 }
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// A running `canto serve`: killed (by its PID) if the test fails half-way.
 struct Server {
-    child: Child,
+    proc: Proc,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([sig, &self.pid()])
-            .status()
-            .unwrap_or_else(|e| panic!("kill: {e}"));
-        assert!(st.success(), "kill {sig}");
-    }
-
     fn log_lines(&self) -> Vec<String> {
         self.stderr.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 
@@ -470,7 +418,7 @@ async fn ping(c: &mut Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_notifies_generates_a_certificate_reloads_and_stops() {
-    let dir = Scratch::new("serve");
+    let dir = ScratchDir::new("cli-serve");
     let (addr, tls_addr) = (free_addr(), free_addr());
     let cfg = write_config(&dir, &[addr, tls_addr], "info");
     let notify_path = dir.path("notify.sock");
@@ -492,7 +440,10 @@ async fn serve_notifies_generates_a_certificate_reloads_and_stops() {
             }
         });
     }
-    let mut server = Server { child, stderr };
+    let mut server = Server {
+        proc: Proc(child),
+        stderr,
+    };
 
     // sd_notify(3): READY=1 once the service is up: listeners are bound by then, so connecting
     // right away must work (no retry loop).
@@ -536,7 +487,7 @@ async fn serve_notifies_generates_a_certificate_reloads_and_stops() {
     // SIGHUP with log.level = debug: RELOADING=1 then READY=1; sessions survive; new debug
     // output appears (the reload took effect).
     write_config(&dir, &[addr, tls_addr], "debug");
-    server.signal("-HUP");
+    server.proc.signal("HUP");
     notified(&notify, "RELOADING=1").await;
     notified(&notify, "READY=1").await;
     ping(&mut bob).await;
@@ -554,25 +505,15 @@ async fn serve_notifies_generates_a_certificate_reloads_and_stops() {
     // New TLS handshakes work after the certificate reload.
     let mut three = login(addr, cert.clone(), "bob", "builder", "three").await;
     ping(&mut three).await;
-    assert!(
-        server.child.try_wait().ok().flatten().is_none(),
-        "SIGHUP killed the server"
-    );
+    assert!(server.proc.is_running(), "SIGHUP killed the server");
 
     // SIGTERM: STOPPING=1, <system-shutdown/> on every stream, exit status 0.
-    server.signal("-TERM");
+    server.proc.signal("TERM");
     notified(&notify, "STOPPING=1").await;
     for c in [&mut bob, &mut d, &mut three] {
         assert_eq!(c.closed().await, Closed::Error("system-shutdown".into()));
     }
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = server.child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
-            break st;
-        }
-        assert!(start.elapsed() < WAIT, "still running after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = server.proc.wait_exit(WAIT).await;
     assert!(
         status.success(),
         "exit status {status:?}: {:?}",

@@ -5,37 +5,13 @@
 //! stanza is read.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use canto_stanza::ns;
 use canto_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_canto-e2e");
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn run(config: &Path, args: &[&str]) {
     let out = Command::new(BIN)
@@ -88,12 +64,7 @@ async fn login(addr: SocketAddr, ca: PathBuf, user: &str, pw: &str, res: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_messages_acknowledged_before_sigkill_are_delivered_after_restart() {
-    let dir = Dir(std::env::temp_dir().join(format!(
-        "canto-durable-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    )));
-    std::fs::create_dir_all(&dir.0).unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("durable");
     let addr = free_addr();
     let config = dir.0.join("canto.toml");
     std::fs::write(

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,81 +31,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_canto-e2e");
 // ------------------------------------------------------------------------------------------------
 // Process and file-system helpers (the pattern of durability.rs)
 // ------------------------------------------------------------------------------------------------
-
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!(
-            "canto-faults-{tag}-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A server process this test started; killed (by its PID) on drop if still running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    /// Sends `signal` (`"KILL"`, `"TERM"`) to this process only.
-    fn signal(&self, signal: &str) {
-        send_signal(self.0.id(), signal);
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let end = Instant::now() + limit;
-        loop {
-            match self.0.try_wait() {
-                Ok(Some(st)) => return st,
-                Ok(None) if Instant::now() < end => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(None) => panic!("the server did not exit within {limit:?}"),
-                Err(e) => panic!("waiting for the server: {e}"),
-            }
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-}
-
-fn send_signal(pid: u32, signal: &str) {
-    let st = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status();
-    assert!(
-        st.as_ref().is_ok_and(|s| s.success()),
-        "kill -{signal} {pid}: {st:?}"
-    );
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    l.local_addr().unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// Writes a configuration: `data_dir`, one plaintext listener on `addr`, PLAIN allowed without
 /// TLS, no read rate limit (these tests measure durability, not throttling), then `extra`.
@@ -242,7 +167,7 @@ const WINDOW: usize = 3;
 /// deleted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_burst_keeps_every_acknowledged_offline_message_exactly_once() {
-    let dir = Dir::new("sigkill");
+    let dir = ScratchDir::new("faults-sigkill");
     let addr = free_addr();
     let config = write_config(
         &dir.0,
@@ -499,7 +424,7 @@ async fn a_full_disk_gives_clear_errors_loses_nothing_and_recovers() {
     const BEFORE: usize = 20;
     const DURING: usize = 5;
     const AFTER: usize = 5;
-    let dir = Dir::new("diskfull");
+    let dir = ScratchDir::new("faults-diskfull");
     // Declared before the server so that it is dropped (unmounted) after the server is gone.
     let mnt = Mount::new(&dir.0.join("mnt"), &dir.0.join("disk.img"), 16).unwrap_or_else(|e| {
         panic!("this test needs a small file system of its own (run as root): {e}")

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
-use canto::startup::{Running, Trace, start};
+use canto::startup::{Running, Trace, start_with_modules};
 use canto_core::Config;
 use canto_proto::sasl::{Credentials, HashAlgo};
 use canto_storage::Storage;
@@ -172,8 +172,17 @@ impl TestServer {
 
     /// Starts a server on given storage.
     pub async fn with_storage(config: Config, storage: Storage) -> TestServer {
+        TestServer::with_modules(config, storage, Vec::new()).await
+    }
+
+    /// Starts a server with `extra` modules available (enable them in `config.modules`).
+    pub async fn with_modules(
+        config: Config,
+        storage: Storage,
+        extra: Vec<std::sync::Arc<dyn canto_core::Module>>,
+    ) -> TestServer {
         let dir = config.data_dir.clone();
-        let running = start(config, Some(storage.clone()), &Trace::default())
+        let running = start_with_modules(config, Some(storage.clone()), extra, &Trace::default())
             .await
             .unwrap_or_else(|e| panic!("server start: {e:#}"));
         let addr = running.starttls_addrs[0];

@@ -80,6 +80,17 @@ pub struct Running {
 /// The part of startup after signals: storage, certificates, modules, listeners, background
 /// tasks. Tests call it directly with listeners on 127.0.0.1:0.
 pub async fn start(config: Config, storage: Option<Storage>, trace: &Trace) -> Result<Running> {
+    start_with_modules(config, storage, Vec::new(), trace).await
+}
+
+/// [`start`] with `extra` modules available besides Canto's own (enabled, like those, by
+/// name in `modules`): tests load test services this way.
+pub async fn start_with_modules(
+    config: Config,
+    storage: Option<Storage>,
+    extra: Vec<std::sync::Arc<dyn canto_core::Module>>,
+    trace: &Trace,
+) -> Result<Running> {
     let storage = match storage {
         Some(s) => s,
         None => Storage::open(&backend(&config))
@@ -89,8 +100,9 @@ pub async fn start(config: Config, storage: Option<Storage>, trace: &Trace) -> R
     trace.step(Step::Storage);
     let certs = CertStore::load(&config).context("loading certificates")?;
     trace.step(Step::Certificates);
-    let server =
-        Server::new(config.clone(), storage, &canto_modules::all()).map_err(anyhow::Error::msg)?;
+    let mut available = canto_modules::all();
+    available.extend(extra);
+    let server = Server::new(config.clone(), storage, &available).map_err(anyhow::Error::msg)?;
     trace.step(Step::Modules);
     let listeners = canto_net::bind_c2s(&config).await?;
     let mut starttls_addrs = Vec::new();

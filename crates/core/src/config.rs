@@ -330,7 +330,7 @@ pub struct LimitsConfig {
     /// at it is delayed, so guessing one password from many addresses is slowed too.
     pub auth_failures_per_account_before_delay: u32,
     /// Connections open at once from one address (IPv6: one /64); 0 means no cap. Further
-    /// connections get a `policy-violation` stream error (RFC 6120 §4.9.3.16).
+    /// connections get a `policy-violation` stream error (RFC 6120 §4.9.3.14).
     pub max_connections_per_ip: u32,
     /// Address ranges (CIDR, or a plain address) that `max_connections_per_ip` does not apply
     /// to.

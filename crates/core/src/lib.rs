@@ -5,6 +5,7 @@
 pub mod blocking;
 pub mod carbons;
 pub mod config;
+pub mod locks;
 pub mod module;
 pub mod offline;
 pub mod presence;
@@ -17,8 +18,8 @@ pub mod sm;
 
 pub use config::Config;
 pub use module::{
-    Identity, IqHandler, IqRequest, IqTarget, MessageHook, Module, ModuleCtx, ModuleTable, Spec,
-    UnavailableHook,
+    BoxFuture, Identity, IqHandler, IqRequest, IqTarget, MessageHook, Module, ModuleCtx,
+    ModuleTable, Origin, Service, ServiceCtx, ServiceEntry, Spec, UnavailableHook,
 };
 pub use server::Server;
 pub use session::{

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use canto_stanza::{FullJid, IqType, Jid, StanzaError};
+use canto_stanza::{IqType, Jid, StanzaError};
 use canto_xml::Element;
 
 use crate::config::Config;
 use crate::server::Server;
+use crate::session::SessionHandle;
 
 /// Which addressee an IQ handler answers for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,12 +21,41 @@ pub enum IqTarget {
     Account,
 }
 
+/// Where a stanza entered the router: the party replies and errors go back to (Prosody's
+/// `origin`). Borrowed, so naming the origin of a stanza costs nothing on the hot path.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Origin<'a> {
+    /// A bound local client session, whatever its transport.
+    Session(&'a SessionHandle),
+    /// A hosted service on this server (Prosody's component), sending as `from`, a JID at
+    /// `domain`.
+    Service {
+        /// The service's domain.
+        domain: &'a str,
+        /// The stanza's `from`, checked to be at `domain`.
+        from: &'a Jid,
+    },
+}
+
+impl Origin<'_> {
+    /// The client session the stanza came from, if it came from one.
+    pub fn session(&self) -> Option<&SessionHandle> {
+        match self {
+            Origin::Session(s) => Some(s),
+            Origin::Service { .. } => None,
+        }
+    }
+}
+
 /// An IQ request as a handler sees it.
 pub struct IqRequest<'a> {
     /// The server.
     pub server: &'a Arc<Server>,
-    /// The sender, as stamped by the server.
-    pub from: &'a FullJid,
+    /// Where the request came from (a local session, a hosted service).
+    pub origin: Origin<'a>,
+    /// The sender, as stamped (a session's full JID) or checked (a service's JID) by the router.
+    pub from: &'a Jid,
     /// The addressee: a served domain or the bare JID of an account.
     pub to: &'a Jid,
     /// The whole `<iq/>`.
@@ -112,8 +142,81 @@ pub struct ModuleTable {
     unavailable_hooks: Vec<Arc<dyn UnavailableHook>>,
     account_features: Vec<String>,
     stream_features: Vec<Element>,
+    services: HashMap<String, ServiceEntry>,
     loaded: Vec<&'static str>,
 }
+
+/// A hosted service as registered: its domain, the host it belongs to, and the module behind it.
+#[derive(Clone)]
+pub struct ServiceEntry {
+    /// The service's domain (`conference.example.org`).
+    pub domain: String,
+    /// The served host whose disco#items lists it (XEP-0030 §4).
+    pub parent: String,
+    /// Human-readable name for disco#items.
+    pub name: String,
+    /// What handles its stanzas.
+    pub service: Arc<dyn Service>,
+}
+
+impl std::fmt::Debug for ServiceEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceEntry")
+            .field("domain", &self.domain)
+            .field("parent", &self.parent)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A hosted service: a domain such as `conference.HOST` or `pubsub.HOST` whose stanzas, of every
+/// kind and to every JID at it, go to one module (Prosody's components: `Component
+/// "conference.example.org" "muc"`). The router validates and stamps a stanza before handing it
+/// over, so `from` can be trusted; the service answers and sends through its [`ServiceCtx`].
+#[async_trait::async_trait]
+pub trait Service: Send + Sync {
+    /// Handles one stanza addressed to the service's domain or a JID at it.
+    async fn handle(&self, ctx: &ServiceCtx, stanza: Element);
+}
+
+/// What a hosted service can do on the server: send stanzas from its domain. It cannot reach
+/// the session table or other modules' stores. Cheap to clone; holds the server weakly, so a
+/// service that keeps one (for timers) does not keep the server alive.
+#[derive(Clone, Debug)]
+pub struct ServiceCtx {
+    server: std::sync::Weak<Server>,
+    domain: Arc<str>,
+}
+
+impl ServiceCtx {
+    pub(crate) fn new(server: &Arc<Server>, domain: &str) -> ServiceCtx {
+        ServiceCtx {
+            server: Arc::downgrade(server),
+            domain: Arc::from(domain),
+        }
+    }
+
+    /// The service's domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Routes a stanza from the service. Its `from` must be the service's domain or a JID at
+    /// it (anything else is dropped and logged: a service cannot speak for others); its `to`
+    /// may be anything — a local session or account, a host, another service, a remote domain.
+    /// Errors come back to the service as stanzas.
+    pub fn send(&self, stanza: Element) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(server) = self.server.upgrade() {
+                server.route_from_service(&self.domain, stanza).await;
+            }
+        })
+    }
+}
+
+/// A pinned, boxed, `Send` future. Sending from a service can re-enter the router and the
+/// service itself; the box breaks that cycle of async calls.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 impl ModuleTable {
     /// Loads the modules named in `config.modules` from `available`, in config order.
@@ -190,6 +293,22 @@ impl ModuleTable {
     pub fn offers_stream_feature(&self, ns: &str) -> bool {
         self.stream_features.iter().any(|f| f.ns() == ns)
     }
+
+    /// The hosted service at `domain`, if one is registered.
+    pub fn service(&self, domain: &str) -> Option<&ServiceEntry> {
+        self.services.get(domain)
+    }
+
+    /// The hosted services whose parent is `host`, sorted by domain (disco#items on the host).
+    pub fn services_of(&self, host: &str) -> Vec<&ServiceEntry> {
+        let mut v: Vec<&ServiceEntry> = self
+            .services
+            .values()
+            .filter(|s| s.parent == host)
+            .collect();
+        v.sort_by(|a, b| a.domain.cmp(&b.domain));
+        v
+    }
 }
 
 /// Handed to [`Module::load`].
@@ -250,6 +369,41 @@ impl ModuleCtx<'_> {
             return Err(format!("{} hooks {kind:?} {ns} twice", self.module));
         }
         self.table.iq.insert(key, handler);
+        Ok(())
+    }
+
+    /// Serves `domain` with `service` (a hosted service, listed in disco#items of `parent`).
+    /// The domain must not be a served host or another service's domain.
+    pub fn add_service(
+        &mut self,
+        domain: &str,
+        parent: &str,
+        name: &str,
+        service: Arc<dyn Service>,
+    ) -> Result<(), String> {
+        let domain = canto_stanza::jid::normalize_domain(domain)
+            .ok_or_else(|| format!("{}: {domain:?} is not a domain name", self.module))?;
+        if self.config.serves(&domain) {
+            return Err(format!(
+                "{}: {domain} is a host; a service needs a domain of its own",
+                self.module
+            ));
+        }
+        if !self.config.serves(parent) {
+            return Err(format!("{}: {parent} is not a served host", self.module));
+        }
+        if self.table.services.contains_key(&domain) {
+            return Err(format!("{}: {domain} is already served", self.module));
+        }
+        self.table.services.insert(
+            domain.clone(),
+            ServiceEntry {
+                domain,
+                parent: parent.to_string(),
+                name: name.to_string(),
+                service,
+            },
+        );
         Ok(())
     }
 

@@ -213,8 +213,13 @@ impl Server {
         }
     }
 
-    /// Delivers a presence stanza to a local JID (bare: every available resource).
+    /// Delivers a presence stanza to a local JID (bare: every available resource) or to a
+    /// hosted service (a contact or directed-presence recipient at a service's domain).
     pub fn deliver_presence_to(&self, to: &Jid, p: Element) {
+        if !self.serves(to.domain().as_str()) {
+            self.spawn_to_service(to.domain().as_str(), p);
+            return;
+        }
         match to.clone().try_into_full() {
             Ok(full) => {
                 if let Some(s) = self.sessions.get(&full) {
@@ -460,7 +465,9 @@ impl Server {
         t: SubType,
         el: Element,
     ) {
-        let _guard = self.roster_lock.lock().await;
+        // Per account: this changes the user's roster; the contact's side below takes the
+        // contact's lock, never both at once (so no lock order to get wrong).
+        let _guard = self.account_lock(user).await;
         let Some((host, node)) = parts(user) else {
             return;
         };
@@ -535,7 +542,7 @@ impl Server {
                 }
                 return;
             }
-            let guard = self.roster_lock.lock().await;
+            let guard = self.account_lock(user).await;
             let Some((host, node)) = parts(user) else {
                 return;
             };
@@ -566,18 +573,64 @@ impl Server {
         })
     }
 
-    /// A probe (§4.3.2): answered with the current presence of each available resource when
-    /// the prober has a subscription; otherwise nothing is revealed.
-    pub(crate) async fn answer_probe(&self, prober: &FullJid, target: &BareJid) {
-        let allowed = prober.to_bare() == *target
-            || self
-                .roster(target)
-                .await
-                .get(&prober.to_bare())
-                .is_some_and(|i| i.subscription.has_from());
-        if allowed {
-            self.send_current_presence(target, &Jid::from(prober.clone()));
+    /// A probe to a local account (RFC 6121 §4.3.2), from a local session or a service.
+    /// 1. The account does not exist, or the prober may not see its presence (not in its
+    ///    roster with `from` or `both`): the answer is `unsubscribed` (which cancels a stale
+    ///    subscription on the prober's side, §3.2.3).
+    /// 2. Entitled, no available resource: `unavailable` from the bare JID.
+    /// 3. Entitled: the last presence of each available resource.
+    pub(crate) async fn answer_probe(self: &Arc<Self>, prober: &Jid, target: &BareJid) {
+        let prober_bare = prober.to_bare();
+        let own = prober_bare == *target;
+        let entitled = own
+            || (self.account_exists(target).await
+                && self
+                    .roster(target)
+                    .await
+                    .get(&prober_bare)
+                    .is_some_and(|i| i.subscription.has_from()));
+        if entitled {
+            let available = self
+                .sessions
+                .resources(target)
+                .iter()
+                .any(SessionHandle::is_available);
+            if available {
+                self.send_current_presence(target, prober);
+            } else if !own {
+                let p = presence(
+                    Some("unavailable"),
+                    &target.to_string(),
+                    &prober.to_string(),
+                );
+                self.deliver_presence_to(prober, p);
+            }
+            return;
         }
+        let reply = presence(
+            Some("unsubscribed"),
+            &target.to_string(),
+            &prober_bare.to_string(),
+        );
+        if self.serves(prober_bare.domain().as_str()) {
+            // A local prober: when its roster says it is subscribed (or asked to be), the
+            // answer is processed as inbound `unsubscribed` (roster push, delivery to its
+            // available resources); otherwise nothing changes and the probing resource is
+            // told directly.
+            let stale = self
+                .roster(&prober_bare)
+                .await
+                .get(target)
+                .is_some_and(|i| i.subscription.has_to() || i.ask);
+            if stale {
+                self.inbound_subscription(&prober_bare, target, SubType::Unsubscribed, reply)
+                    .await;
+                return;
+            }
+        }
+        let mut reply = reply;
+        reply.set_attr("to", prober.to_string());
+        self.deliver_presence_to(prober, reply);
     }
 }
 
@@ -600,7 +653,7 @@ impl Server {
             // A session hibernating for XEP-0198 resumption ends now (its leftovers are
             // removed with the rest below).
             {
-                let _order = self.sm.reroute_lock().await;
+                let _order = self.sm.reroute_lock(user).await;
                 self.end_hibernating_session(&s, "account deleted").await;
             }
             s.close(

@@ -1,9 +1,13 @@
 //! The stanza router: RFC 6120 §8 and §10, RFC 6121 §8, following Prosody's
 //! `doc/stanza_routing.txt` case by case.
 //!
-//! A stanza from a bound client is validated (`from` stamped, `to` parsed, type and id checked),
-//! then sent to exactly one of: the server (host), an account (bare JID), a session (full JID),
-//! or a remote domain.
+//! A stanza enters from an [`Origin`] — a bound client session ([`Server::route_from_client`])
+//! or a hosted service ([`Server::route_from_service`]); later a remote server or an external
+//! component. It is validated (a session's `from` stamped, a service's checked; `to` parsed,
+//! type and id checked), then sent to exactly one [`Destination`]: the server (host), an
+//! account (bare JID), a session (full JID), a hosted service, or a remote domain. Replies and
+//! errors go back to the origin ([`Server::send_to_origin`]), so no path needs a session handle
+//! to answer.
 
 use std::sync::Arc;
 
@@ -13,9 +17,9 @@ use canto_stanza::{
     StreamCondition, StreamError, ns, parse_jid,
 };
 use canto_xml::Element;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::module::{IqRequest, IqTarget};
+use crate::module::{IqRequest, IqTarget, Origin, ServiceCtx};
 use crate::roster::SubType;
 use crate::server::Server;
 use crate::session::SessionHandle;
@@ -31,6 +35,8 @@ enum Destination {
     Account(BareJid),
     /// A local session (`to='user@example.com/res'`).
     Session(FullJid),
+    /// A hosted service's domain or any JID at it (`to='room@conference.example.com/nick'`).
+    Service(String),
     /// A domain not served here.
     Remote(String),
 }
@@ -61,50 +67,10 @@ impl Server {
             }
         }
         el.set_attr("from", session.jid().to_string());
-
-        match kind {
-            StanzaKind::Iq => {
-                // RFC 6120 §8.2.3: id and a known type are required.
-                let Some(t) = IqType::of(&el) else {
-                    self.reply_error(
-                        session,
-                        &el,
-                        StanzaError::new(Condition::BadRequest).with_text("invalid iq type"),
-                    );
-                    return Ok(());
-                };
-                if el.attr("id").is_none() {
-                    if t.is_request() {
-                        self.reply_error(
-                            session,
-                            &el,
-                            StanzaError::new(Condition::BadRequest).with_text("missing id"),
-                        );
-                    }
-                    return Ok(());
-                }
-                // RFC 6120 §8.2.3: a get or set has exactly one payload.
-                if t.is_request() && iq_payload(&el).is_none() {
-                    self.reply_error(
-                        session,
-                        &el,
-                        StanzaError::new(Condition::BadRequest)
-                            .with_text("iq get/set needs exactly one child"),
-                    );
-                    return Ok(());
-                }
-            }
-            StanzaKind::Presence => {
-                if PresenceType::of(&el).is_none() {
-                    self.reply_error(
-                        session,
-                        &el,
-                        StanzaError::new(Condition::BadRequest).with_text("invalid presence type"),
-                    );
-                    return Ok(());
-                }
-            }
-            StanzaKind::Message => {}
+        let origin = Origin::Session(session);
+        if let Err(e) = check_type_and_id(kind, &el) {
+            self.reply_error(origin, &el, e);
+            return Ok(());
         }
 
         let to = match el.attr("to") {
@@ -116,7 +82,7 @@ impl Server {
                     // malformed address.
                     let mut bad = el;
                     bad.remove_attr("to");
-                    self.reply_error(session, &bad, e);
+                    self.reply_error(origin, &bad, e);
                     return Ok(());
                 }
             },
@@ -127,37 +93,87 @@ impl Server {
         }
         match to {
             None => self.route_no_to(session, kind, el).await,
-            Some(j) => {
-                let dest = self.destination(&j);
-                debug!(?kind, ?dest, "route");
-                if !self.passes_blocklists(session, kind, &el, &j, &dest).await {
-                    return Ok(());
-                }
-                let mut el = el;
-                if kind == StanzaKind::Message && j.to_bare() != session.jid().to_bare() {
-                    let recipient = match &dest {
-                        Destination::Account(b) => Some(b.clone()),
-                        Destination::Session(f) => Some(f.to_bare()),
-                        _ => None,
-                    };
-                    let sender = session.jid().to_bare();
-                    for hook in self.modules().message_hooks() {
-                        hook.on_message(self, &mut el, Some(&sender), recipient.as_ref())
-                            .await;
-                    }
-                    // XEP-0280 §7: copies of what this resource sends.
-                    self.carbon_sent(session, &el);
-                    // XEP-0313 §3: an id from the sender's archive (set by the archiver for the
-                    // copies above) is not for the recipient, who cannot query that archive.
-                    el.remove_children(|c| {
-                        c.is("stanza-id", crate::carbons::NS_SID)
-                            && c.attr("by") == Some(sender.as_str())
-                    });
-                }
-                self.route_to(session, kind, el, j, dest).await
-            }
+            Some(j) => self.route_addressed(origin, kind, el, j).await,
         }
         Ok(())
+    }
+
+    /// Routes a stanza sent by the hosted service at `domain` (through its
+    /// [`ServiceCtx::send`]). A service is trusted code, so a stanza it gets wrong — no
+    /// stanza, a `from` outside its domain, no `to` — is a bug: dropped and logged, not answered.
+    pub async fn route_from_service(self: &Arc<Self>, domain: &str, mut el: Element) {
+        let Some(kind) = StanzaKind::of(&el, ns::CLIENT) else {
+            warn!(
+                service = domain,
+                name = el.name(),
+                "service sent a non-stanza; dropped"
+            );
+            return;
+        };
+        let from = match el.attr("from").map(parse_jid) {
+            Some(Ok(j)) if j.domain().as_str() == domain => j,
+            _ => {
+                warn!(service = domain, from = ?el.attr("from"), "service sent as another domain; dropped");
+                return;
+            }
+        };
+        let to = match el.attr("to").map(parse_jid) {
+            Some(Ok(j)) => j,
+            _ => {
+                warn!(service = domain, to = ?el.attr("to"), "service sent without a valid to; dropped");
+                return;
+            }
+        };
+        el.set_attr("from", from.to_string());
+        el.set_attr("to", to.to_string());
+        let origin = Origin::Service {
+            domain,
+            from: &from,
+        };
+        if let Err(e) = check_type_and_id(kind, &el) {
+            warn!(service = domain, error = ?e.condition, "service sent a malformed stanza; dropped");
+            return;
+        }
+        self.route_addressed(origin, kind, el, to).await
+    }
+
+    /// A validated stanza with a `to`: blocklists, per-message hooks, then its destination.
+    async fn route_addressed(
+        self: &Arc<Self>,
+        origin: Origin<'_>,
+        kind: StanzaKind,
+        el: Element,
+        to: Jid,
+    ) {
+        let dest = self.destination(&to);
+        debug!(?kind, ?dest, "route");
+        if !self.passes_blocklists(origin, kind, &el, &to, &dest).await {
+            return;
+        }
+        let mut el = el;
+        if let Origin::Session(session) = origin
+            && kind == StanzaKind::Message
+            && to.to_bare() != session.jid().to_bare()
+        {
+            let recipient = match &dest {
+                Destination::Account(b) => Some(b.clone()),
+                Destination::Session(f) => Some(f.to_bare()),
+                _ => None,
+            };
+            let sender = session.jid().to_bare();
+            for hook in self.modules().message_hooks() {
+                hook.on_message(self, &mut el, Some(&sender), recipient.as_ref())
+                    .await;
+            }
+            // XEP-0280 §7: copies of what this resource sends.
+            self.carbon_sent(session, &el);
+            // XEP-0313 §3: an id from the sender's archive (set by the archiver for the
+            // copies above) is not for the recipient, who cannot query that archive.
+            el.remove_children(|c| {
+                c.is("stanza-id", crate::carbons::NS_SID) && c.attr("by") == Some(sender.as_str())
+            });
+        }
+        self.route_to(origin, kind, el, to, dest).await
     }
 
     /// XEP-0191 §3.3: the sender's blocklist (outbound to a blocked JID is refused with
@@ -166,33 +182,46 @@ impl Server {
     /// the stanza may go on.
     async fn passes_blocklists(
         &self,
-        session: &SessionHandle,
+        origin: Origin<'_>,
         kind: StanzaKind,
         el: &Element,
         to: &Jid,
         dest: &Destination,
     ) -> bool {
-        let user = session.jid().to_bare();
-        let own = matches!(dest, Destination::Account(b) if *b == user)
-            || matches!(dest, Destination::Session(f) if f.to_bare() == user);
-        if own {
-            return true;
-        }
-        if self.blocks(&user, to).await {
-            self.reply_error(
-                session,
-                el,
-                StanzaError::new(Condition::NotAcceptable)
-                    .with_app(Element::new("blocked", crate::blocking::NS_ERRORS)),
-            );
-            return false;
-        }
         let recipient = match dest {
-            Destination::Account(b) => b.clone(),
-            Destination::Session(f) => f.to_bare(),
-            _ => return true,
+            Destination::Account(b) => Some(b.clone()),
+            Destination::Session(f) => Some(f.to_bare()),
+            _ => None,
         };
-        let sender = Jid::from(session.jid().clone());
+        let sender = match origin {
+            Origin::Session(session) => {
+                let user = session.jid().to_bare();
+                if recipient.as_ref() == Some(&user) {
+                    // A user's own resources and account are never blocked.
+                    return true;
+                }
+                if self.blocks(&user, to).await {
+                    self.reply_error(
+                        origin,
+                        el,
+                        StanzaError::new(Condition::NotAcceptable)
+                            .with_app(Element::new("blocked", crate::blocking::NS_ERRORS)),
+                    );
+                    return false;
+                }
+                match &recipient {
+                    Some(_) => Jid::from(session.jid().clone()),
+                    None => return true,
+                }
+            }
+            Origin::Service { from, .. } => match &recipient {
+                Some(_) => from.clone(),
+                None => return true,
+            },
+        };
+        let Some(recipient) = recipient else {
+            return true;
+        };
         if self.blocks(&recipient, &sender).await {
             let answer = match kind {
                 StanzaKind::Presence => false,
@@ -200,7 +229,7 @@ impl Server {
                 StanzaKind::Iq => IqType::of(el).is_some_and(IqType::is_request),
             };
             if answer {
-                self.reply_error(session, el, StanzaError::new(Condition::ServiceUnavailable));
+                self.reply_error(origin, el, StanzaError::new(Condition::ServiceUnavailable));
             }
             return false;
         }
@@ -210,6 +239,11 @@ impl Server {
     fn destination(&self, to: &Jid) -> Destination {
         let domain = to.domain().as_str();
         if !self.serves(domain) {
+            // Hosted services are checked only for domains that are not hosts, so routing to
+            // accounts pays nothing for them.
+            if self.modules().service(domain).is_some() {
+                return Destination::Service(domain.to_string());
+            }
             return Destination::Remote(domain.to_string());
         }
         match (to.node(), to.resource()) {
@@ -223,19 +257,21 @@ impl Server {
         }
     }
 
-    /// RFC 6120 §10.3: no `to`.
+    /// RFC 6120 §10.3: no `to` (only a client session sends these; a service always addresses
+    /// its stanzas).
     async fn route_no_to(self: &Arc<Self>, session: &SessionHandle, kind: StanzaKind, el: Element) {
         let own = session.jid().to_bare();
+        let origin = Origin::Session(session);
         match kind {
             // RFC 6120 §10.3.1: as if addressed to the sender's bare JID.
-            StanzaKind::Message => self.route_to_account(session, kind, el, own).await,
+            StanzaKind::Message => self.route_to_account(origin, kind, el, own).await,
             // RFC 6120 §10.3.2 / RFC 6121 §4.2, §4.4, §4.5: broadcast presence.
             StanzaKind::Presence => self.presence_broadcast(session, el).await,
             // RFC 6120 §10.3.3: handled by the server on behalf of the account; handlers for the
             // server itself also answer (a ping without `to` is a ping to the server).
             StanzaKind::Iq => {
                 let to = Jid::from(own);
-                self.handle_iq(session, el, &to, &[IqTarget::Account, IqTarget::Host])
+                self.handle_iq(origin, el, &to, &[IqTarget::Account, IqTarget::Host])
                     .await
             }
         }
@@ -243,7 +279,7 @@ impl Server {
 
     async fn route_to(
         self: &Arc<Self>,
-        session: &SessionHandle,
+        origin: Origin<'_>,
         kind: StanzaKind,
         el: Element,
         to: Jid,
@@ -251,7 +287,7 @@ impl Server {
     ) {
         match dest {
             Destination::Host(_) => match kind {
-                StanzaKind::Iq => self.handle_iq(session, el, &to, &[IqTarget::Host]).await,
+                StanzaKind::Iq => self.handle_iq(origin, el, &to, &[IqTarget::Host]).await,
                 // RFC 6120 §10.4: messages and presence to the server itself are handled by it;
                 // with no module that wants them they are dropped.
                 StanzaKind::Message | StanzaKind::Presence => {}
@@ -259,25 +295,23 @@ impl Server {
             Destination::HostResource => {
                 // Nothing is bound to a resource of the server.
                 if kind != StanzaKind::Presence {
-                    self.reply_error(
-                        session,
-                        &el,
-                        StanzaError::new(Condition::ServiceUnavailable),
-                    );
+                    self.reply_error(origin, &el, StanzaError::new(Condition::ServiceUnavailable));
                 }
             }
+            // Every stanza to a service's domain, of every kind, is the service's.
+            Destination::Service(domain) => self.deliver_to_service(&domain, el).await,
             Destination::Account(_) | Destination::Session(_) if kind == StanzaKind::Presence => {
-                self.route_presence(session, el, to).await
+                self.route_presence(origin, el, to).await
             }
-            Destination::Account(bare) => self.route_to_account(session, kind, el, bare).await,
-            Destination::Session(full) => self.route_to_session(session, kind, el, full).await,
+            Destination::Account(bare) => self.route_to_account(origin, kind, el, bare).await,
+            Destination::Session(full) => self.route_to_session(origin, kind, el, full).await,
             Destination::Remote(_) => {
                 // Federation does not exist yet: RFC 6120 §8.3.3.16.
                 if kind != StanzaKind::Presence
                     || PresenceType::of(&el) != Some(PresenceType::Unavailable)
                 {
                     self.reply_error(
-                        session,
+                        origin,
                         &el,
                         StanzaError::new(Condition::RemoteServerNotFound),
                     );
@@ -286,10 +320,42 @@ impl Server {
         }
     }
 
+    /// Hands a stanza to the hosted service at `domain`, in the sender's task, so stanzas from
+    /// one sender reach the service in the order sent.
+    async fn deliver_to_service(self: &Arc<Self>, domain: &str, el: Element) {
+        let Some(entry) = self.modules().service(domain) else {
+            return;
+        };
+        let service = entry.service.clone();
+        let ctx = ServiceCtx::new(self, domain);
+        service.handle(&ctx, el).await;
+    }
+
+    /// Hands a stanza to a hosted service from a path that cannot wait for it (an error reply,
+    /// a presence broadcast): the service gets it on a task of its own.
+    pub(crate) fn spawn_to_service(&self, domain: &str, el: Element) {
+        let (Some(server), Some(entry)) = (self.me(), self.modules().service(domain)) else {
+            return;
+        };
+        let service = entry.service.clone();
+        let ctx = ServiceCtx::new(&server, domain);
+        tokio::spawn(async move { service.handle(&ctx, el).await });
+    }
+
+    /// Sends a reply (an IQ result, an error) back where its request came from.
+    pub fn send_to_origin(&self, origin: Origin<'_>, reply: Element) {
+        match origin {
+            Origin::Session(session) => {
+                let _ = session.deliver(Arc::new(reply));
+            }
+            Origin::Service { domain, .. } => self.spawn_to_service(domain, reply),
+        }
+    }
+
     /// RFC 6121 §8.5.2: to a bare JID of a local account.
     async fn route_to_account(
         self: &Arc<Self>,
-        session: &SessionHandle,
+        origin: Origin<'_>,
         kind: StanzaKind,
         el: Element,
         bare: BareJid,
@@ -309,39 +375,33 @@ impl Server {
                 if let Some(node) = iq_payload(&el).and_then(|p| p.attr("node")) {
                     query.set_attr("node", node);
                 }
-                let mut reply = iq_result(&el, Some(query));
-                reply.set_attr("to", session.jid().to_string());
-                let _ = session.deliver(Arc::new(reply));
+                let reply = iq_result(&el, Some(query));
+                self.send_to_origin(origin, reply);
                 return;
             }
             // RFC 6121 §8.5.1: no such account.
             match kind {
                 StanzaKind::Presence => {}
                 StanzaKind::Message | StanzaKind::Iq => {
-                    self.reply_error(
-                        session,
-                        &el,
-                        StanzaError::new(Condition::ServiceUnavailable),
-                    );
+                    self.reply_error(origin, &el, StanzaError::new(Condition::ServiceUnavailable));
                 }
             }
             return;
         }
         match kind {
-            StanzaKind::Message => self.deliver_message_to_account(session, el, &bare).await,
+            StanzaKind::Message => self.deliver_message_to_account(origin, el, &bare).await,
             // Presence is routed by `route_presence`.
             StanzaKind::Presence => {}
             // RFC 6121 §8.5.2.1.3: the server answers IQs to a bare JID on the account's behalf.
             StanzaKind::Iq => {
                 let to = Jid::from(bare);
-                self.handle_iq(session, el, &to, &[IqTarget::Account]).await
+                self.handle_iq(origin, el, &to, &[IqTarget::Account]).await
             }
         }
     }
 
     /// Presence with a local `to` (RFC 6121 §3 subscriptions, §4.3 probes, §4.6 directed).
-    async fn route_presence(self: &Arc<Self>, session: &SessionHandle, el: Element, to: Jid) {
-        let user = session.jid().to_bare();
+    async fn route_presence(self: &Arc<Self>, origin: Origin<'_>, el: Element, to: Jid) {
         let sub = match PresenceType::of(&el) {
             Some(PresenceType::Subscribe) => Some(SubType::Subscribe),
             Some(PresenceType::Subscribed) => Some(SubType::Subscribed),
@@ -353,17 +413,41 @@ impl Server {
             // RFC 6121 §3.1.1: subscriptions are between bare JIDs; a user needs none to
             // themselves.
             let contact = to.to_bare();
-            if contact != user {
-                self.outbound_subscription(&user, &contact, t, el).await;
+            match origin {
+                Origin::Session(session) => {
+                    let user = session.jid().to_bare();
+                    if contact != user {
+                        self.outbound_subscription(&user, &contact, t, el).await;
+                    }
+                }
+                Origin::Service { from, .. } => {
+                    // Inbound processing only: a service keeps no roster here.
+                    let sender = from.to_bare();
+                    let mut el = el;
+                    el.set_attr("from", sender.to_string());
+                    el.set_attr("to", contact.to_string());
+                    self.inbound_subscription(&contact, &sender, t, el).await;
+                }
             }
             return;
         }
         match PresenceType::of(&el) {
-            Some(PresenceType::Probe) => self.answer_probe(session.jid(), &to.to_bare()).await,
+            Some(PresenceType::Probe) => {
+                let prober = match origin {
+                    Origin::Session(s) => Jid::from(s.jid().clone()),
+                    Origin::Service { from, .. } => from.clone(),
+                };
+                self.answer_probe(&prober, &to.to_bare()).await
+            }
             Some(PresenceType::Available | PresenceType::Unavailable) => {
                 // RFC 6121 §8.5.2.2.2: presence to a nonexistent account is dropped silently.
                 if self.account_exists(&to.to_bare()).await {
-                    self.directed_presence(session, &to, el).await;
+                    match origin {
+                        Origin::Session(session) => self.directed_presence(session, &to, el).await,
+                        // Directed presence from a service (RFC 6121 §4.6.2): delivered; the
+                        // service tracks what it sent.
+                        Origin::Service { .. } => self.deliver_presence_to(&to, el),
+                    }
                 }
             }
             // Presence errors go to the resource they name, if it is there.
@@ -380,12 +464,18 @@ impl Server {
     /// RFC 6121 §8.5.2.1.1 (available resources) and §8.5.2.2.1 (none: offline storage).
     async fn deliver_message_to_account(
         self: &Arc<Self>,
-        session: &SessionHandle,
+        origin: Origin<'_>,
         el: Element,
         bare: &BareJid,
     ) {
         let (el, private) = take_private(el);
         let mtype = MessageType::of(&el);
+        if mtype == MessageType::Groupchat {
+            // RFC 6121 §8.5.2.1.1 and §8.5.2.2.1: a groupchat message to a bare JID is never
+            // delivered, whether or not the account has available resources.
+            self.reply_error(origin, &el, StanzaError::new(Condition::ServiceUnavailable));
+            return;
+        }
         let resources = self.sessions.resources(bare);
         // Only available resources with non-negative priority receive bare-JID messages.
         let best = resources
@@ -415,22 +505,15 @@ impl Server {
         };
         if targets.is_empty() {
             match mtype {
-                // RFC 6121 §8.5.2.2.1: headline is dropped, groupchat gets an error, normal and
-                // chat are stored offline (XEP-0160) — committed before we go on.
-                MessageType::Headline | MessageType::Error => {}
+                // RFC 6121 §8.5.2.2.1: headline is dropped, normal and chat are stored offline
+                // (XEP-0160) — committed before we go on.
+                MessageType::Headline | MessageType::Error | MessageType::Groupchat => {}
                 MessageType::Normal | MessageType::Chat => {
                     if crate::offline::is_storable(&el)
                         && let Err(e) = self.store_offline(bare, &el).await
                     {
-                        self.reply_error(session, &el, e);
+                        self.reply_error(origin, &el, e);
                     }
-                }
-                MessageType::Groupchat => {
-                    self.reply_error(
-                        session,
-                        &el,
-                        StanzaError::new(Condition::ServiceUnavailable),
-                    );
                 }
             }
             return;
@@ -450,7 +533,7 @@ impl Server {
             }
         }
         if !delivered && let Some(t) = failed {
-            self.divert_undelivered(session, t, &shared).await;
+            self.divert_undelivered(origin, t, &shared).await;
         }
     }
 
@@ -460,7 +543,7 @@ impl Server {
     /// first, its own queue going to offline storage before this message, so order holds.
     async fn divert_undelivered(
         self: &Arc<Self>,
-        session: &SessionHandle,
+        origin: Origin<'_>,
         target: &SessionHandle,
         el: &Element,
     ) {
@@ -469,18 +552,19 @@ impl Server {
         {
             return;
         }
-        let _order = self.sm.reroute_lock().await;
+        let user = target.jid().to_bare();
+        let _order = self.sm.reroute_lock(&user).await;
         self.end_hibernating_session(target, "queue full while hibernating")
             .await;
-        if let Err(e) = self.store_offline(&target.jid().to_bare(), el).await {
-            self.reply_error(session, el, e);
+        if let Err(e) = self.store_offline(&user, el).await {
+            self.reply_error(origin, el, e);
         }
     }
 
     /// RFC 6121 §8.5.3: to a full JID of a local account.
     async fn route_to_session(
         self: &Arc<Self>,
-        session: &SessionHandle,
+        origin: Origin<'_>,
         kind: StanzaKind,
         el: Element,
         full: FullJid,
@@ -498,24 +582,21 @@ impl Server {
             }
             let el = Arc::new(el);
             if target.deliver(el.clone()).is_err() && kind == StanzaKind::Message {
-                self.divert_undelivered(session, &target, &el).await;
+                self.divert_undelivered(origin, &target, &el).await;
             }
             return;
         }
         let bare = full.to_bare();
         match kind {
             StanzaKind::Message => match MessageType::of(&el) {
-                // §8.5.3.2.1: normal and chat are handled as for the bare JID.
-                MessageType::Normal | MessageType::Chat => {
-                    self.route_to_account(session, kind, el, bare).await
+                // §8.5.3.2.1: chat is handled as for the bare JID.
+                MessageType::Chat => self.route_to_account(origin, kind, el, bare).await,
+                // §8.5.3.2.1: normal and groupchat are ignored or bounced; bounced, so the
+                // sender learns the resource is gone.
+                MessageType::Normal | MessageType::Groupchat => {
+                    self.reply_error(origin, &el, StanzaError::new(Condition::ServiceUnavailable));
                 }
-                MessageType::Groupchat => {
-                    self.reply_error(
-                        session,
-                        &el,
-                        StanzaError::new(Condition::ServiceUnavailable),
-                    );
-                }
+                // §8.5.3.2.1: headline is silently ignored, and an error is never answered.
                 MessageType::Headline | MessageType::Error => {}
             },
             // Presence goes through `route_presence`.
@@ -523,11 +604,7 @@ impl Server {
             // §8.5.3.2.2
             StanzaKind::Iq => {
                 if IqType::of(&el).is_some_and(IqType::is_request) {
-                    self.reply_error(
-                        session,
-                        &el,
-                        StanzaError::new(Condition::ServiceUnavailable),
-                    );
+                    self.reply_error(origin, &el, StanzaError::new(Condition::ServiceUnavailable));
                 }
             }
         }
@@ -537,7 +614,7 @@ impl Server {
     /// unhandled get/set is `service-unavailable`; results and errors are never answered.
     async fn handle_iq(
         self: &Arc<Self>,
-        session: &SessionHandle,
+        origin: Origin<'_>,
         el: Element,
         to: &Jid,
         targets: &[IqTarget],
@@ -553,16 +630,17 @@ impl Server {
             .iter()
             .find_map(|target| self.modules().iq_handler(*target, t, payload.ns()));
         let Some(handler) = handler else {
-            self.reply_error(
-                session,
-                &el,
-                StanzaError::new(Condition::ServiceUnavailable),
-            );
+            self.reply_error(origin, &el, StanzaError::new(Condition::ServiceUnavailable));
             return;
+        };
+        let from = match origin {
+            Origin::Session(s) => Jid::from(s.jid().clone()),
+            Origin::Service { from, .. } => from.clone(),
         };
         let req = IqRequest {
             server: self,
-            from: session.jid(),
+            origin,
+            from: &from,
             to,
             stanza: &el,
             payload,
@@ -575,7 +653,8 @@ impl Server {
             // The request had no `to`: the reply comes from the account (RFC 6120 §10.3.3).
             reply.set_attr("from", to.to_string());
         }
-        let _ = session.deliver(Arc::new(reply));
+        reply.set_attr("to", from.to_string());
+        self.send_to_origin(origin, reply);
     }
 
     /// Whether a local account exists: an online session proves it, else storage says.
@@ -593,17 +672,47 @@ impl Server {
             .unwrap_or(false)
     }
 
-    /// Sends an error reply for `el` back to the session, unless `el` is itself an error
+    /// Sends an error reply for `el` back to its origin, unless `el` is itself an error
     /// (RFC 6120 §8.3.1: never answer an error with an error) or an IQ result (RFC 6120 §8.2.3:
     /// a result or error is never answered with a further result or error, wherever it was
     /// addressed: an unknown account, a resource of the server, a remote domain).
-    pub fn reply_error(&self, session: &SessionHandle, el: &Element, err: StanzaError) {
+    pub fn reply_error(&self, origin: Origin<'_>, el: &Element, err: StanzaError) {
         if is_error(el) || (el.name() == "iq" && IqType::of(el) == Some(IqType::Result)) {
             return;
         }
         let mut reply = error_reply(el, &err);
-        reply.set_attr("to", session.jid().to_string());
-        let _ = session.deliver(Arc::new(reply));
+        let to = match origin {
+            Origin::Session(s) => s.jid().to_string(),
+            Origin::Service { from, .. } => from.to_string(),
+        };
+        reply.set_attr("to", to);
+        self.send_to_origin(origin, reply);
+    }
+}
+
+/// RFC 6120 §8.2.3 (an IQ has an id and a known type, a get or set exactly one payload) and
+/// §8.3.3.1 (a presence type we know); a message's type falls back to `normal` (RFC 6121
+/// §5.2.2).
+fn check_type_and_id(kind: StanzaKind, el: &Element) -> Result<(), StanzaError> {
+    match kind {
+        StanzaKind::Iq => {
+            let Some(t) = IqType::of(el) else {
+                return Err(StanzaError::new(Condition::BadRequest).with_text("invalid iq type"));
+            };
+            if el.attr("id").is_none() {
+                return Err(StanzaError::new(Condition::BadRequest).with_text("missing id"));
+            }
+            if t.is_request() && iq_payload(el).is_none() {
+                return Err(StanzaError::new(Condition::BadRequest)
+                    .with_text("iq get/set needs exactly one child"));
+            }
+            Ok(())
+        }
+        StanzaKind::Presence => match PresenceType::of(el) {
+            Some(_) => Ok(()),
+            None => Err(StanzaError::new(Condition::BadRequest).with_text("invalid presence type")),
+        },
+        StanzaKind::Message => Ok(()),
     }
 }
 
@@ -702,6 +811,18 @@ mod tests {
             (
                 "<message to='bob@example.test/gone' type='headline'/>",
                 None,
+                false,
+            ),
+            // RFC 6121 §8.5.3.2.1: only chat falls back to the bare JID; normal (the default
+            // type too) is bounced.
+            (
+                "<message to='bob@example.test/gone' type='normal'><body>x</body></message>",
+                Some(Condition::ServiceUnavailable),
+                false,
+            ),
+            (
+                "<message to='bob@example.test/gone'><body>x</body></message>",
+                Some(Condition::ServiceUnavailable),
                 false,
             ),
             (
@@ -881,9 +1002,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn groupchat_to_a_bare_jid_is_refused_even_with_available_resources() {
+        let s = server().await;
+        let (alice, mut a) = bind(&s, "alice@example.test/home");
+        let (b1, mut r1) = bind(&s, "bob@example.test/one");
+        s.route_from_client(&b1, stanza("<presence/>")).await.ok();
+        while recv(&mut r1).is_some() {}
+        // RFC 6121 §8.5.2.1.1: never delivered; the sender gets service-unavailable.
+        s.route_from_client(
+            &alice,
+            stanza("<message to='bob@example.test' type='groupchat'><body>x</body></message>"),
+        )
+        .await
+        .ok();
+        assert!(recv(&mut r1).is_none());
+        assert_eq!(
+            recv(&mut a).as_deref().and_then(condition),
+            Some(Condition::ServiceUnavailable)
+        );
+        // A chat message to the same bare JID is delivered (the rule is about groupchat).
+        s.route_from_client(
+            &alice,
+            stanza("<message to='bob@example.test' type='chat'><body>x</body></message>"),
+        )
+        .await
+        .ok();
+        assert!(recv(&mut r1).is_some());
+    }
+
+    #[tokio::test]
     async fn one_element_is_shared_by_every_delivery() {
-        // DESIGN.md, delivery: the element is allocated once, whatever the number of targets;
-        // each connection serializes it once into its own write buffer.
+        // One allocation per stanza (ARCHITECTURE.md, "Delivery and slow readers"): the element
+        // is allocated once, whatever the number of targets; each connection serializes it once
+        // into its own write buffer.
         let s = server().await;
         let (alice, _a) = bind(&s, "alice@example.test/home");
         let (b1, mut r1) = bind(&s, "bob@example.test/one");

@@ -31,8 +31,11 @@ pub struct Server {
     /// Rosters of online users (see `presence.rs`).
     pub(crate) roster_cache:
         std::sync::RwLock<HashMap<canto_stanza::BareJid, Arc<crate::presence::RosterMap>>>,
-    /// Serializes subscription state changes (each touches two rosters).
-    pub(crate) roster_lock: tokio::sync::Mutex<()>,
+    /// Per account: serializes read-modify-write of one account's roster and blocklist
+    /// (subscription changes, roster sets, blocking), without one user waiting for another.
+    account_locks: crate::locks::KeyedLocks<canto_stanza::BareJid>,
+    /// The `Arc` this server lives in, for paths that must spawn work holding it.
+    me: std::sync::Weak<Server>,
     /// Blocklists of online users (see `blocking.rs`).
     pub(crate) block_cache: crate::blocking::BlockCache,
     /// Recent in-band registrations per address (see `register.rs`).
@@ -50,7 +53,8 @@ impl Server {
     ) -> Result<Arc<Server>, String> {
         let modules = ModuleTable::load(&config, available)?;
         info!(modules = ?modules.loaded(), hosts = ?config.hosts, "server built");
-        Ok(Arc::new(Server {
+        Ok(Arc::new_cyclic(|me| Server {
+            me: me.clone(),
             config: ArcSwap::from_pointee(config),
             storage,
             sessions: SessionManager::new(),
@@ -60,11 +64,26 @@ impl Server {
             auth_failures: Mutex::new(FailureTable::default()),
             account_failures: Mutex::new(FailureTable::default()),
             roster_cache: Default::default(),
-            roster_lock: tokio::sync::Mutex::new(()),
+            account_locks: Default::default(),
             block_cache: Default::default(),
             registrations: Default::default(),
             sm: Default::default(),
         }))
+    }
+
+    /// The lock of one account's roster and blocklist: held across every read-modify-write of
+    /// them, so two changes at once (a roster set and a subscription, two block requests)
+    /// cannot lose one another. Never hold two accounts' locks at once.
+    pub async fn account_lock(
+        &self,
+        user: &canto_stanza::BareJid,
+    ) -> crate::locks::KeyedGuard<canto_stanza::BareJid> {
+        self.account_locks.lock(user).await
+    }
+
+    /// This server's `Arc` (None only while it is being dropped).
+    pub(crate) fn me(&self) -> Option<Arc<Server>> {
+        self.me.upgrade()
     }
 
     /// The configuration in force (replaced atomically on SIGHUP).

@@ -117,7 +117,8 @@ impl SessionHandle {
     }
 
     /// Queues a stanza. A full queue means the client stopped reading: rather than grow
-    /// memory, the session is closed with `policy-violation` (DESIGN.md, delivery).
+    /// memory, the session is closed with `policy-violation` (RFC 6120 §4.9.3.14; see
+    /// ARCHITECTURE.md, "Delivery and slow readers").
     pub fn deliver(&self, el: Arc<Element>) -> Result<(), DeliveryError> {
         let queued = self.0.tx.max_capacity() - self.0.tx.capacity();
         if queued >= self.0.live_max + self.0.stored.load(Ordering::Relaxed) {

@@ -83,9 +83,10 @@ pub enum ResumeLookup {
 #[derive(Debug)]
 pub struct SmRegistry {
     entries: Mutex<HashMap<String, Entry>>,
-    /// Held while a session's leftover messages go elsewhere, so a message diverted because
-    /// its hibernating session's queue was full is stored after that queue (order kept).
-    reroute: tokio::sync::Mutex<()>,
+    /// Held per account while a session's leftover messages go elsewhere, so a message
+    /// diverted because its hibernating session's queue was full is stored after that queue
+    /// (order kept). Per account: one user's full queue never stalls another's delivery.
+    reroute: crate::locks::KeyedLocks<BareJid>,
     /// Ended sessions by id, oldest first in `ended_order` (bounded, see [`SmRegistry::ended`]).
     ended: Mutex<(HashMap<String, Ended>, VecDeque<String>)>,
     next_token: AtomicU64,
@@ -95,7 +96,7 @@ impl Default for SmRegistry {
     fn default() -> Self {
         SmRegistry {
             entries: Mutex::new(HashMap::new()),
-            reroute: tokio::sync::Mutex::new(()),
+            reroute: Default::default(),
             ended: Mutex::new((HashMap::new(), VecDeque::new())),
             next_token: AtomicU64::new(1),
         }
@@ -241,9 +242,9 @@ impl SmRegistry {
         }
     }
 
-    /// See the `reroute` field.
-    pub async fn reroute_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.reroute.lock().await
+    /// See the `reroute` field: the lock of `owner`'s re-routing.
+    pub async fn reroute_lock(&self, owner: &BareJid) -> crate::locks::KeyedGuard<BareJid> {
+        self.reroute.lock(owner).await
     }
 
     /// Takes the hibernating entry of session `session`, if it is hibernating.
@@ -305,6 +306,7 @@ impl Server {
     pub fn hibernate(self: &Arc<Self>, id: &str, state: Hibernated) {
         let token = self.sm.next_token.fetch_add(1, Ordering::Relaxed);
         let owner = state.handle.jid().to_bare();
+        let lock_owner = owner.clone();
         let timeout = self.resume_timeout();
         let closer = state.closer.clone();
         let (resumed_tx, mut resumed_rx) = oneshot::channel();
@@ -329,7 +331,7 @@ impl Server {
                 // Resumed: the entry (and the sender) left the registry.
                 _ = &mut resumed_rx => return,
             };
-            let _order = server.sm.reroute_lock().await;
+            let _order = server.sm.reroute_lock(&lock_owner).await;
             match server.sm.expire(&id, token) {
                 Some(state) => server.end_hibernated(&id, *state, reason).await,
                 // Resumed at the same moment: the close request is the new connection's.
@@ -364,8 +366,8 @@ impl Server {
     /// Shutdown: every hibernating session ends now, its unacknowledged messages to offline
     /// storage, rather than being lost with the process.
     pub async fn end_all_hibernating(self: &Arc<Self>) {
-        let _order = self.sm.reroute_lock().await;
         for (id, state) in self.sm.take_all_hibernating() {
+            let _order = self.sm.reroute_lock(&state.handle.jid().to_bare()).await;
             self.end_hibernated(&id, *state, "server shutting down")
                 .await;
         }

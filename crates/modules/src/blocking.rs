@@ -101,7 +101,7 @@ impl IqHandler for BlockIq {
         match (IqType::of(req.stanza), req.payload.name()) {
             (Some(IqType::Get), "blocklist") => {
                 // §3.2: the resource now receives pushes.
-                if let Some(s) = server.sessions.get(req.from) {
+                if let Some(s) = req.origin.session().cloned() {
                     s.set_wants_blocklist();
                 }
                 let all: Vec<String> = current.into_iter().collect();

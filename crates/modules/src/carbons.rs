@@ -67,7 +67,7 @@ impl IqHandler for CarbonsIq {
         if req.to.node().is_some() && !from_owner(&req) {
             return Err(StanzaError::new(Condition::Forbidden));
         }
-        let Some(session) = req.server.sessions.get(req.from) else {
+        let Some(session) = req.origin.session().cloned() else {
             return Err(StanzaError::new(Condition::ItemNotFound));
         };
         session.set_carbons(on);

@@ -165,19 +165,29 @@ fn contact_form(c: &canto_core::config::ContactConfig) -> Option<Element> {
     Some(form)
 }
 
-/// Answers disco#items gets addressed to the server: no items yet (no components or rooms).
+/// Answers disco#items gets addressed to the server: its hosted services (XEP-0030 §4.1,
+/// Prosody lists its components the same way).
 struct HostItems;
 
 #[async_trait]
 impl IqHandler for HostItems {
     async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
         expect_payload(&req, "query")?;
-        // XEP-0030 §4.2 / §7: an unknown items node is `item-not-found`; there are none yet.
+        // XEP-0030 §4.2 / §7: an unknown items node is `item-not-found`; the server has none.
         if node(req.payload).is_some() {
             return Err(StanzaError::new(Condition::ItemNotFound));
         }
-        // XEP-0030 §4.1: with no items the result MUST be an empty <query/>, not an error.
-        Ok(Some(Element::new("query", ns::DISCO_ITEMS)))
+        // XEP-0030 §4.1: one <item/> per service of this host; with none the result MUST be an
+        // empty <query/>, not an error.
+        let mut query = Element::new("query", ns::DISCO_ITEMS);
+        for service in req.server.modules().services_of(req.to.domain().as_str()) {
+            let mut item = Element::new("item", ns::DISCO_ITEMS).with_attr("jid", &service.domain);
+            if !service.name.is_empty() {
+                item.set_attr("name", &service.name);
+            }
+            query.push_child(item);
+        }
+        Ok(Some(query))
     }
 }
 

@@ -620,7 +620,7 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
         items.reverse();
     }
     let queryid = req.payload.attr("queryid").map(str::to_string);
-    if let Some(session) = server.sessions.get(req.from) {
+    if let Some(session) = req.origin.session().cloned() {
         for item in &items {
             let Some(original) = decode_element(&item.data) else {
                 continue;

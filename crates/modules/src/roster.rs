@@ -76,7 +76,7 @@ impl IqHandler for RosterIq {
         let internal = |_| StanzaError::new(Condition::InternalServerError);
         if IqType::of(req.stanza) == Some(IqType::Get) {
             // The session becomes an interested resource (session.txt).
-            if let Some(s) = req.server.sessions.get(req.from) {
+            if let Some(s) = req.origin.session().cloned() {
                 s.set_interested();
             }
             let store = RosterStore::new(&req.server.storage, &host, &node);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use canto_core::{Config, IqRequest, IqTarget, Server};
+use canto_core::{Config, IqRequest, IqTarget, Origin, Server};
 use canto_stanza::{FullJid, IqType, Jid, StanzaError, ns, parse_jid};
 use canto_xml::Element;
 
@@ -74,8 +74,20 @@ pub(crate) async fn call(
         .next()
         .unwrap_or_else(|| panic!("no payload"));
     let handler = server.modules().iq_handler(target, kind, payload.ns())?;
+    // The session that sent it, as the router would name it; a test that bound none calls
+    // from outside any session (handlers must then not assume one).
+    let session = server.sessions.get(&from);
+    let from = Jid::from(from);
+    let origin = match &session {
+        Some(s) => Origin::Session(s),
+        None => Origin::Service {
+            domain: from.domain().as_str(),
+            from: &from,
+        },
+    };
     let req = IqRequest {
         server,
+        origin,
         from: &from,
         to: &to,
         stanza: &stanza,

@@ -585,13 +585,63 @@ async fn directed_presence_is_remembered_and_revoked_at_session_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probe_from_a_stranger_reveals_nothing() {
+async fn probe_from_a_stranger_is_answered_unsubscribed_and_reveals_nothing() {
     let (s, mut a, mut b) = online_pair().await;
-    // reliability.md §4.70
+    // RFC 6121 §4.3.2 step 1: bob may not see alice's presence, so the answer is
+    // `unsubscribed` from her bare JID — and none of her presence.
     b.send("<presence to='alice@localhost' type='probe'/>")
         .await;
+    let p = b
+        .wait_for(is_presence)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(p.attr("type"), Some("unsubscribed"), "{p}");
+    assert_eq!(p.attr("from"), Some("alice@localhost"), "{p}");
+    // The same for an account that does not exist.
+    b.send("<presence to='nobody@localhost' type='probe'/>")
+        .await;
+    let p = b
+        .wait_for(is_presence)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(p.attr("type"), Some("unsubscribed"), "{p}");
+    assert_eq!(p.attr("from"), Some("nobody@localhost"), "{p}");
     assert!(b.nothing_within(QUIET).await);
-    let _ = a.nothing_within(Duration::from_millis(50)).await;
+    // Alice is told nothing of the probes.
+    assert!(!drain(&mut a).await.iter().any(is_presence));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_from_a_subscriber_of_an_offline_contact_is_answered_unavailable() {
+    let (s, mut a, mut b) = online_pair().await;
+    subscribe_to(&mut b, &mut a).await;
+    // Alice goes offline; bob, entitled to her presence, probes: RFC 6121 §4.3.2 step 2.
+    a.send("<presence type='unavailable'/>").await;
+    b.wait_for(|e| is_presence(e) && e.attr("type") == Some("unavailable"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    b.send("<presence to='alice@localhost' type='probe'/>")
+        .await;
+    let p = b
+        .wait_for(is_presence)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(p.attr("type"), Some("unavailable"), "{p}");
+    assert_eq!(p.attr("from"), Some("alice@localhost"), "{p}");
+    // Available again: the probe gets her current presence (step 3).
+    a.send("<presence><show>away</show></presence>").await;
+    b.wait_for(|e| is_presence(e) && e.attr("type").is_none())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    b.send("<presence to='alice@localhost' type='probe'/>")
+        .await;
+    let p = b
+        .wait_for(is_presence)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(p.attr("type"), None, "{p}");
+    assert_eq!(p.attr("from"), Some("alice@localhost/a1"), "{p}");
     s.stop().await;
 }
 

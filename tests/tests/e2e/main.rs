@@ -21,6 +21,7 @@ mod mam;
 mod private;
 mod register;
 mod routing;
+mod services;
 mod sessions;
 mod slixmpp;
 mod sm;

@@ -234,7 +234,8 @@ async fn invalid_roster_sets_get_the_rfc_errors() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(error_condition(&r).as_deref(), Some("not-acceptable"));
-    // reliability.md §4.68: another account's roster is never shown.
+    // RFC 6121 §2.1.5 (a sender not authorized for a roster gets forbidden): another account's
+    // roster is never shown.
     let r = b
         .iq("<iq type='get' id='{id}' to='alice@localhost'><query xmlns='jabber:iq:roster'/></iq>")
         .await
@@ -432,7 +433,7 @@ async fn unsubscribe_and_unsubscribed_from_both_sides() {
         roster(&mut b).await,
         vec![("alice@localhost".into(), "none".into(), false)]
     );
-    // reliability.md §4.69: an unsolicited subscribed changes nothing.
+    // RFC 6121 §3.1.6: an unsolicited subscribed (no request pending) changes nothing.
     a.send("<presence to='bob@localhost' type='subscribed'/>")
         .await;
     assert!(b.nothing_within(QUIET).await);
@@ -587,7 +588,7 @@ async fn directed_presence_is_remembered_and_revoked_at_session_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_from_a_stranger_reveals_nothing() {
     let (s, mut a, mut b) = online_pair().await;
-    // reliability.md §4.70
+    // RFC 6121 §4.3.2: a probe from someone without a subscription reveals no presence.
     b.send("<presence to='alice@localhost' type='probe'/>")
         .await;
     assert!(b.nothing_within(QUIET).await);

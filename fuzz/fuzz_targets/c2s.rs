@@ -15,7 +15,7 @@
 //! * afterwards no session is left in the routing table (every bound session ends through
 //!   `Server::destroy_session`, ARCHITECTURE.md);
 //! * everything the server wrote is well-formed XML: each stream (from a `<?xml` header to the
-//!   next) parses without error (reliability.md §0.3: output is re-serialized, never echoed).
+//!   next) parses without error (output is re-serialized from the parsed tree, never echoed).
 #![no_main]
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

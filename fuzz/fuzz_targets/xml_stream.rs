@@ -5,8 +5,8 @@
 //! * the parser is incremental: feeding the input in 97-byte chunks or all at once yields the
 //!   same events (when one feeding stops at an error, its events are a prefix of the other's —
 //!   budgets are checked per consumed slice, so the exact stopping point may differ);
-//! * every stanza serializes and parses back to the same tree (reliability.md §0.3: stanzas
-//!   are always re-serialized from the tree, so the tree must survive it).
+//! * every stanza serializes and parses back to the same tree (stanzas are always
+//!   re-serialized from the tree, never forwarded as received, so the tree must survive it).
 //!
 //! The round trip parses each stanza back inside a wrapper that, like every stream header,
 //! declares a default namespace and the `stream:` prefix: a top-level element in the stream

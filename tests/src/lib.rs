@@ -705,7 +705,7 @@ pub fn header(host: &str) -> String {
 /// Everything the server sent until its stream ended, for asserting stream errors in full.
 #[derive(Debug)]
 pub struct StreamEnd {
-    /// The server's stream header, if one arrived on this (restarted) stream. RFC 6120 §4.9.1.1:
+    /// The server's stream header, if one arrived on this (restarted) stream. RFC 6120 §4.9.1.2:
     /// a server that has not sent one yet sends it before the stream error.
     pub header: Option<Element>,
     /// Every element before the end, the `<stream:error>` itself excluded (features included).

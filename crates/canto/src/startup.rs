@@ -1,4 +1,4 @@
-//! The startup sequence (DESIGN.md; the seed's lesson from Prosody's `util.startup`): every
+//! The startup sequence (ARCHITECTURE.md, "Startup"; the order is Prosody's `util.startup`): every
 //! step in a fixed order, recorded so a test can check it. Signal handlers are installed before
 //! any listener or background task exists, so no signal can arrive at a part of the process
 //! that would treat it with the default action (exit) or never see it.
@@ -216,7 +216,8 @@ pub async fn serve_until(
 ) -> Result<()> {
     trace.step(Step::Config);
     trace.step(Step::Logging);
-    // Before anything else runs: signals (the seed's lesson).
+    // Before anything else runs: signals (a task or thread started earlier could see a signal
+    // with the default action, exit, as Prosody found with its DNS thread).
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;

@@ -56,7 +56,8 @@ mod tests {
 
     #[test]
     fn case_and_width_fold_to_one_account() {
-        // reliability.md §4.62: these all name juliet@example.test
+        // RFC 7622 §3.3 (localpart case- and width-mapped), §3.2 (domainpart case-folded):
+        // these all name juliet@example.test
         let a = parse_jid("juliet@example.test").ok();
         assert_eq!(parse_jid("Juliet@Example.Test").ok(), a);
         assert_eq!(parse_jid("ＪＵＬＩＥＴ@example.test").ok(), a);

@@ -1,5 +1,7 @@
 //! Serializer: element tree → UTF-8 bytes. Stanzas are always re-serialized from the parsed
-//! tree, never forwarded as the bytes a peer sent (reliability.md §0.3).
+//! tree, never forwarded as the bytes a peer sent: a recipient whose parser reads odd input
+//! (invalid UTF-8, say) differently from ours could otherwise see stanzas we never saw, as in
+//! the 2022 Zoom stanza smuggling (ARCHITECTURE.md, "Bad input and limits").
 
 use crate::element::{Element, Node};
 

@@ -82,7 +82,7 @@ pub enum XmlError {
     /// `bad-format` (§4.9.3.1): well-formed but not a valid stream (text between stanzas).
     #[error("bad format: {0}")]
     BadFormat(&'static str),
-    /// `policy-violation` (§4.9.3.16): a budget was exceeded.
+    /// `policy-violation` (§4.9.3.14): a budget was exceeded.
     #[error("stanza over the {0:?} budget")]
     PolicyViolation(LimitKind),
 }
@@ -660,7 +660,7 @@ mod tests {
 
     #[test]
     fn namespace_declarations_count_as_attributes() {
-        // reliability.md §4.29: 10,000 xmlns:pN declarations are bounded like attributes,
+        // RFC 6120 §13.12: 10,000 xmlns:pN declarations are bounded like attributes,
         // although the tokenizer does not report them as attributes.
         let mut doc = format!("{HEADER}<message");
         for i in 0..10_000 {

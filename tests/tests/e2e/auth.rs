@@ -1,5 +1,6 @@
-//! STARTTLS, direct TLS and SASL over real sockets (RFC 6120 §5, §6; reliability.md §4 items
-//! 35–47). After every bad case a pair of already logged-in "witness" users must still work.
+//! STARTTLS, direct TLS and SASL over real sockets (RFC 6120 §5, §6; PLAIN RFC 4616, SCRAM
+//! RFC 5802 / RFC 7677, channel binding RFC 9266; XEP-0368). After every bad case a pair of
+//! already logged-in "witness" users must still work.
 
 use std::time::{Duration, Instant};
 
@@ -576,7 +577,9 @@ async fn failures_from_one_address_are_slowed_but_others_can_still_log_in() {
     let mut c = s.connect_tls().await;
     // First failure: within the allowance, answered at once.
     let first = timed_plain_failure(&mut c).await;
-    // Second: 200 ms added (reliability.md §4 item 42: back-off per address).
+    // Second: 200 ms added. The back-off is per address (XEP-0205 §3 prefers per-address limits
+    // to locking accounts), a milder form of ejabberd's mod_fail2ban (20 failures, then a 1 h
+    // ban) and of Prosody's community mod_limit_auth (a per-address tarpit).
     let second = timed_plain_failure(&mut c).await;
     assert!(
         second >= Duration::from_millis(150),

@@ -1,7 +1,8 @@
-//! Bad input over real sockets (reliability.md §4, the c2s items that apply today). Every case
-//! ends by checking that two bystanders, alice and bob, still work: each pings the server and a
-//! message goes from one to the other. Bad input is sent by a third account, mallory, or by an
-//! unauthenticated connection.
+//! Bad input over real sockets on the c2s port, each case with the rule (RFC 6120, RFC 6121,
+//! RFC 7622, XML 1.0) that fixes the expected answer. Every case ends by checking that two
+//! bystanders, alice and bob, still work: each pings the server and a message goes from one to
+//! the other. Bad input is sent by a third account, mallory, or by an unauthenticated
+//! connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,7 +48,7 @@ impl World {
         self.s.login(MALLORY.0, MALLORY.1, "lair").await
     }
 
-    /// The bystanders still work (reliability.md §4: other users' sessions are unchanged).
+    /// The bystanders still work: bad input on one stream never disturbs other users' sessions.
     async fn check(&mut self) {
         assert_alive(&mut self.alice).await;
         assert_alive(&mut self.bob).await;
@@ -85,7 +86,7 @@ async fn wait_session_gone(s: &TestServer, jid: &str) {
 
 /// A fresh connection sends `input` as its very first bytes; the stream must end with a stream
 /// error whose condition is one of `expected`, preceded by the server's header (RFC 6120
-/// §4.9.1.1). The bystanders must still work afterwards.
+/// §4.9.1.2). The bystanders must still work afterwards.
 async fn pre_auth_case(input: &[u8], expected: &[&str]) -> StreamEnd {
     let mut w = World::new().await;
     let mut c = w.s.connect().await;
@@ -133,12 +134,12 @@ async fn bound_case(input: &[u8], expected: &str) -> StreamEnd {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Stream level, before authentication (reliability.md §4.1–§4.34)
+// Stream level, before authentication (RFC 6120 §4.9, §11; budgets per §13.12)
 // ------------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctype_with_internal_entity_is_restricted_xml() {
-    // RFC 6120 §11.1: no DTD; §4.9.3.18 restricted-xml. reliability.md §4.1
+    // RFC 6120 §11.1: no DTD, so no entity is ever expanded; §4.9.3.18 restricted-xml.
     let mut input = b"<?xml version='1.0'?><!DOCTYPE s [<!ENTITY a 'x'>]>".to_vec();
     input.extend_from_slice(header(HOST).as_bytes());
     pre_auth_case(&input, &["restricted-xml"]).await;
@@ -146,7 +147,7 @@ async fn doctype_with_internal_entity_is_restricted_xml() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_entity_is_restricted_xml() {
-    // RFC 6120 §11.1; reliability.md §4.3 (no file access)
+    // RFC 6120 §11.1, §4.9.3.18: an external entity is refused unread (no file access).
     let mut input =
         b"<?xml version='1.0'?><!DOCTYPE s [<!ENTITY x SYSTEM 'file:///etc/passwd'>]>".to_vec();
     input.extend_from_slice(header(HOST).as_bytes());
@@ -155,8 +156,9 @@ async fn external_entity_is_restricted_xml() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeclared_entity_reference_is_refused() {
-    // RFC 6120 §11.1 (no entity other than the five predefined ones); reliability.md §4.2
-    // accepts restricted-xml or not-well-formed (an undefined entity). Nothing is delivered.
+    // RFC 6120 §11.1 (no entity other than the five predefined ones): restricted-xml, or
+    // not-well-formed for an undeclared entity (XML 1.0 §4.1, WFC: Entity Declared). Nothing is
+    // delivered.
     after_header_case(
         b"<message to='bob@localhost/phone'><body>&lol9;</body></message>",
         &["restricted-xml", "not-well-formed"],
@@ -166,20 +168,20 @@ async fn undeclared_entity_reference_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comment_is_restricted_xml() {
-    // RFC 6120 §11.1: no comments; reliability.md §4.4
+    // RFC 6120 §11.1: no comments; §4.9.3.18 restricted-xml.
     after_header_case(b"<!-- hi -->", &["restricted-xml"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processing_instruction_is_restricted_xml() {
-    // RFC 6120 §11.1: no processing instructions; reliability.md §4.5
+    // RFC 6120 §11.1: no processing instructions; §4.9.3.18 restricted-xml.
     after_header_case(b"<?pi data?>", &["restricted-xml"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xml_1_1_declaration_is_refused() {
-    // RFC 6120 §11.1 (XML 1.0 only); reliability.md §4.6 accepts unsupported-version or
-    // restricted-xml.
+    // RFC 6120 §11.1 (XML 1.0 only): unsupported-version (§4.9.3.25) or restricted-xml
+    // (§4.9.3.18) are both accepted.
     let input = header(HOST).replace("version='1.0'?>", "version='1.1'?>");
     assert!(input.starts_with("<?xml version='1.1'?>"));
     pre_auth_case(input.as_bytes(), &["unsupported-version", "restricted-xml"]).await;
@@ -187,7 +189,7 @@ async fn xml_1_1_declaration_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iso_8859_1_declaration_is_unsupported_encoding() {
-    // RFC 6120 §11.6 (UTF-8 only), §4.9.3.22; reliability.md §4.7
+    // RFC 6120 §11.6 (UTF-8 only), §4.9.3.22 unsupported-encoding.
     let input = header(HOST).replace(
         "<?xml version='1.0'?>",
         "<?xml version='1.0' encoding='ISO-8859-1'?>",
@@ -197,7 +199,7 @@ async fn iso_8859_1_declaration_is_unsupported_encoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn utf16_stream_is_unsupported_encoding() {
-    // RFC 6120 §11.6, §4.9.3.22; reliability.md §4.8: a UTF-16 BOM and a UTF-16 header.
+    // RFC 6120 §11.6, §4.9.3.22: a UTF-16 BOM and a UTF-16 header.
     let mut input = vec![0xFE, 0xFF];
     for u in header(HOST).encode_utf16() {
         input.extend_from_slice(&u.to_be_bytes());
@@ -207,8 +209,9 @@ async fn utf16_stream_is_unsupported_encoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_xml_declaration_is_refused() {
-    // XML 1.0 §2.8: the declaration only at the very start; reliability.md §4.9 accepts
-    // not-well-formed or restricted-xml.
+    // XML 1.0 §2.8: the declaration only at the very start, so a second one is not-well-formed
+    // (RFC 6120 §4.9.3.13); restricted-xml (§4.9.3.18: read as a processing instruction) is
+    // accepted too.
     after_header_case(
         b"<?xml version='1.0'?>",
         &["not-well-formed", "restricted-xml"],
@@ -219,7 +222,8 @@ async fn second_xml_declaration_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_in_text_is_unsupported_encoding() {
     // RFC 6120 §4.9.3.22: "improperly encoded" streams (violating UTF-8) are
-    // unsupported-encoding; reliability.md §4.10 (the Zoom smuggling class).
+    // unsupported-encoding. Invalid UTF-8 is how the 2022 Zoom stanza smuggling worked: a client
+    // that decoded it differently from the server saw stanzas the server never saw.
     after_header_case(
         b"<message to='bob@localhost/phone'><body>\xC0\xAF</body></message>",
         &["unsupported-encoding"],
@@ -229,13 +233,13 @@ async fn invalid_utf8_in_text_is_unsupported_encoding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_in_a_name_is_unsupported_encoding() {
-    // RFC 6120 §4.9.3.22; reliability.md §4.11 (invalid UTF-8 in an element name).
+    // RFC 6120 §4.9.3.22: invalid UTF-8 in an element name (the Expat CVE-2022-25235 class).
     after_header_case(b"<mess\xE0\x80age/>", &["unsupported-encoding"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_nul_byte_is_not_well_formed() {
-    // XML 1.0 §2.2: NUL is not a Char; RFC 6120 §4.9.3.13. reliability.md §4.12
+    // XML 1.0 §2.2: NUL is not a Char; RFC 6120 §4.9.3.13.
     after_header_case(
         b"<message to='bob@localhost/phone'><body>a\0b</body></message>",
         &["not-well-formed"],
@@ -245,7 +249,7 @@ async fn raw_nul_byte_is_not_well_formed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn char_ref_to_nul_is_not_well_formed() {
-    // XML 1.0 §4.1 (WFC: Legal Character); RFC 6120 §4.9.3.13. reliability.md §4.12
+    // XML 1.0 §4.1 (WFC: Legal Character); RFC 6120 §4.9.3.13.
     after_header_case(
         b"<message to='bob@localhost/phone'><body>&#0;</body></message>",
         &["not-well-formed"],
@@ -255,7 +259,7 @@ async fn char_ref_to_nul_is_not_well_formed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn char_ref_to_escape_is_not_well_formed() {
-    // XML 1.0 §2.2: U+001B is not a Char; RFC 6120 §4.9.3.13. reliability.md §4.12
+    // XML 1.0 §2.2: U+001B is not a Char; RFC 6120 §4.9.3.13.
     after_header_case(
         b"<message to='bob@localhost/phone'><body>&#x1B;</body></message>",
         &["not-well-formed"],
@@ -265,7 +269,7 @@ async fn char_ref_to_escape_is_not_well_formed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn char_ref_to_lone_surrogate_is_not_well_formed() {
-    // XML 1.0 §2.2: surrogates are not Chars; RFC 6120 §4.9.3.13. reliability.md §4.13
+    // XML 1.0 §2.2: surrogates are not Chars; RFC 6120 §4.9.3.13.
     after_header_case(
         b"<message to='bob@localhost/phone'><body>&#xD800;</body></message>",
         &["not-well-formed"],
@@ -275,8 +279,8 @@ async fn char_ref_to_lone_surrogate_is_not_well_formed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_request_gets_a_header_then_not_well_formed() {
-    // RFC 6120 §4.9.1.1: the server sends a header before the error (pre_auth_case asserts it),
-    // §4.9.3.13 not-well-formed. reliability.md §4.14
+    // RFC 6120 §4.9.1.2: the server sends a header before the error (pre_auth_case asserts it),
+    // §4.9.3.13 not-well-formed.
     let end = pre_auth_case(
         b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
         &["not-well-formed"],
@@ -288,28 +292,28 @@ async fn http_request_gets_a_header_then_not_well_formed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_stream_namespace_is_invalid_namespace() {
-    // RFC 6120 §4.9.3.10; reliability.md §4.15
+    // RFC 6120 §4.8.1: the stream namespace is fixed; §4.9.3.10 invalid-namespace.
     let input = header(HOST).replace("http://etherx.jabber.org/streams", "http://wrong");
     pre_auth_case(input.as_bytes(), &["invalid-namespace"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_content_namespace_on_c2s_is_invalid_namespace() {
-    // RFC 6120 §4.8.2, §4.9.3.10; reliability.md §4.16
+    // RFC 6120 §4.8.2, §4.9.3.10.
     let input = header(HOST).replace("xmlns='jabber:client'", "xmlns='jabber:server'");
     pre_auth_case(input.as_bytes(), &["invalid-namespace"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_content_namespace_is_invalid_namespace() {
-    // RFC 6120 §4.9.3.10; reliability.md §4.16
+    // RFC 6120 §4.9.3.10 (ejabberd answers invalid-xml here; the RFC names invalid-namespace).
     let input = header(HOST).replace("xmlns='jabber:client'", "xmlns='wrong'");
     pre_auth_case(input.as_bytes(), &["invalid-namespace"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_other_than_stream_is_invalid_namespace() {
-    // RFC 6120 §4.9.3.10; reliability.md §4.17
+    // RFC 6120 §4.9.3.10.
     pre_auth_case(
         b"<?xml version='1.0'?><foo xmlns='http://etherx.jabber.org/streams' to='localhost' version='1.0'>",
         &["invalid-namespace"],
@@ -319,27 +323,27 @@ async fn root_other_than_stream_is_invalid_namespace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_2_is_unsupported_version() {
-    // RFC 6120 §4.7.5, §4.9.3.25; reliability.md §4.18
+    // RFC 6120 §4.7.5, §4.9.3.25: only version 1.0 is spoken.
     let input = header(HOST).replace("version='1.0'>", "version='2.0'>");
     pre_auth_case(input.as_bytes(), &["unsupported-version"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_without_to_is_improper_addressing() {
-    // RFC 6120 §4.9.3.7 (Prosody and ejabberd require `to`); reliability.md §4.19
+    // RFC 6120 §4.9.3.7 (Prosody and ejabberd require `to`).
     let input = header(HOST).replace(" to='localhost'", "");
     pre_auth_case(input.as_bytes(), &["improper-addressing"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_host_is_host_unknown() {
-    // RFC 6120 §4.9.3.6; reliability.md §4.20
+    // RFC 6120 §4.9.3.6: the server does not serve that domain.
     pre_auth_case(header("unknown.test").as_bytes(), &["host-unknown"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_is_matched_case_insensitively() {
-    // RFC 7622 §3.2 (the domainpart is case-folded); reliability.md §4.21
+    // RFC 7622 §3.2 (the domainpart is case-folded).
     let w = World::new().await;
     let mut c = w.s.connect().await;
     let h = c
@@ -358,7 +362,7 @@ async fn host_is_matched_case_insensitively() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_xml_lang_is_invalid_xml() {
-    // RFC 6120 §4.7.4 (a language tag, BCP 47), §4.9.3.11; reliability.md §4.22
+    // RFC 6120 §4.7.4 (a language tag, BCP 47), §4.9.3.11 (ejabberd's suite has this case).
     let input = header(HOST).replace(
         " version='1.0'>",
         &format!(" version='1.0' xml:lang='{}'>", "x".repeat(36)),
@@ -368,7 +372,7 @@ async fn bad_xml_lang_is_invalid_xml() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_before_auth_is_not_authorized_and_not_delivered() {
-    // RFC 6120 §4.9.3.12 (not-authorized before authentication); reliability.md §4.23
+    // RFC 6120 §4.9.3.12 (not-authorized before authentication).
     let end = after_header_case(
         b"<message to='bob@localhost/phone' type='chat'><body>x</body></message>",
         &["not-authorized"],
@@ -380,7 +384,7 @@ async fn message_before_auth_is_not_authorized_and_not_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_before_auth_is_not_authorized_and_leaks_nothing() {
-    // RFC 6120 §4.9.3.12; reliability.md §4.24: no roster or other data may leak.
+    // RFC 6120 §4.9.3.12: no roster or other data may leak.
     let end = after_header_case(
         b"<iq type='get' id='1' to='bob@localhost'><query xmlns='jabber:iq:roster'/></iq>",
         &["not-authorized"],
@@ -396,14 +400,15 @@ async fn iq_before_auth_is_not_authorized_and_leaks_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_top_level_element_is_unsupported_stanza_type() {
-    // RFC 6120 §4.9.3.24; reliability.md §4.25
+    // RFC 6120 §4.9.3.24: a first-level element the stream does not know.
     after_header_case(b"<foo xmlns='urn:x'/>", &["unsupported-stanza-type"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_auth_element_budget_is_policy_violation() {
-    // RFC 6120 §4.9.3.14 (policy-violation), §13.12 (limits); reliability.md §4.26: ejabberd's
-    // pre-auth budget is 8 KiB or 32 elements.
+    // RFC 6120 §4.9.3.14 (policy-violation), §13.12 (limits). The pre-auth budget (10 KiB, 32
+    // elements) is close to ejabberd's (8 KiB, 32 elements, added in 2026 after unauthenticated
+    // memory-exhaustion reports against Prosody and Twisted).
     let mut tail = b"<iq>".to_vec();
     for _ in 0..100_000 {
         tail.extend_from_slice(b"<a/>");
@@ -413,8 +418,8 @@ async fn pre_auth_element_budget_is_policy_violation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_auth_byte_budget_is_policy_violation_with_stanza_too_big() {
-    // RFC 6120 §13.12; reliability.md §4.26: a buffer over ~8-10 KiB is never kept before
-    // authentication.
+    // RFC 6120 §13.12, §4.9.3.14: a buffer over the pre-auth budget (10 KiB) is never kept
+    // before authentication.
     let mut tail = b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>".to_vec();
     tail.extend(std::iter::repeat_n(b'A', 64 * 1024));
     let end = after_header_case(&tail, &["policy-violation"]).await;
@@ -428,13 +433,14 @@ async fn pre_auth_byte_budget_is_policy_violation_with_stanza_too_big() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pre_auth_deep_nesting_is_policy_violation() {
-    // RFC 6120 §4.9.3.14; reliability.md §4.28 (no stack overflow in parse or drop)
+    // RFC 6120 §4.9.3.14, §13.12: no stack overflow in parse or drop (a recursive Drop of a deep
+    // tree is the classic crash).
     after_header_case(&b"<a>".repeat(100_000), &["policy-violation"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_attribute_is_not_well_formed() {
-    // XML 1.0 §3.1 (WFC: Unique Att Spec); RFC 6120 §4.9.3.13. reliability.md §4.30
+    // XML 1.0 §3.1 (WFC: Unique Att Spec); RFC 6120 §4.9.3.13.
     after_header_case(
         b"<message to='bob@localhost/phone' to='alice@localhost/home'/>",
         &["not-well-formed"],
@@ -445,13 +451,13 @@ async fn duplicate_attribute_is_not_well_formed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbound_prefix_is_not_well_formed() {
     // Namespaces in XML 1.0 §5 (namespace constraint: prefix declared); RFC 6120 §4.9.3.13,
-    // §11.4. reliability.md §4.31
+    // §11.4.
     after_header_case(b"<foo:bar/>", &["not-well-formed"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mismatched_end_tag_is_not_well_formed() {
-    // XML 1.0 §3 (WFC: Element Type Match); RFC 6120 §4.9.3.13. reliability.md §4.32
+    // XML 1.0 §3 (WFC: Element Type Match); RFC 6120 §4.9.3.13.
     after_header_case(
         b"<message to='bob@localhost/phone'><body></message>",
         &["not-well-formed"],
@@ -461,8 +467,9 @@ async fn mismatched_end_tag_is_not_well_formed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_by_the_absolute_auth_deadline() {
-    // RFC 6120 §4.9.3.4 connection-timeout; reliability.md §4.34: the unauthenticated timer is
-    // an absolute deadline, not an idle timer, so trickled bytes do not extend it.
+    // RFC 6120 §4.9.3.4 connection-timeout; XEP-0205 §4.3 (unauthenticated connections). The
+    // timer is an absolute deadline, not an idle timer, so trickled bytes (slowloris) do not
+    // extend it.
     let mut config = test_config();
     config.c2s.auth_timeout = 2;
     let w = World::with_config(config).await;
@@ -506,8 +513,9 @@ async fn slowloris_is_cut_by_the_absolute_auth_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_stanza_is_refused_before_it_is_all_sent() {
-    // RFC 6120 §4.9.3.14, §13.12; reliability.md §4.27: policy-violation with
-    // <stanza-too-big xmlns='urn:xmpp:errors'/> as soon as 256 KiB pass, before the rest is read.
+    // RFC 6120 §4.9.3.14, §13.12; XEP-0205 §4.5: policy-violation with <stanza-too-big
+    // xmlns='urn:xmpp:errors'/> (XEP-0182) as soon as 256 KiB pass, before the rest is read, as
+    // Prosody does.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     let jid = m.full_jid();
@@ -558,7 +566,7 @@ async fn huge_stanza_is_refused_before_it_is_all_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_nesting_after_auth_is_policy_violation() {
-    // RFC 6120 §4.9.3.14; reliability.md §4.28
+    // RFC 6120 §4.9.3.14, §13.12: the depth budget.
     let mut input = b"<message to='bob@localhost/phone'>".to_vec();
     input.extend_from_slice(&b"<a>".repeat(100_000));
     bound_case(&input, "policy-violation").await;
@@ -566,7 +574,7 @@ async fn deep_nesting_after_auth_is_policy_violation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_attributes_is_policy_violation() {
-    // RFC 6120 §4.9.3.14; reliability.md §4.29
+    // RFC 6120 §4.9.3.14, §13.12: the attribute budget.
     let mut input = String::from("<message to='bob@localhost/phone'");
     for i in 0..10_000 {
         input.push_str(&format!(" a{i}='x'"));
@@ -577,7 +585,7 @@ async fn ten_thousand_attributes_is_policy_violation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_namespace_declarations_is_policy_violation() {
-    // RFC 6120 §4.9.3.14; reliability.md §4.29 (xmlns:pN declarations count too)
+    // RFC 6120 §4.9.3.14, §13.12: xmlns:pN declarations count against the attribute budget too.
     let mut input = String::from("<message to='bob@localhost/phone'");
     for i in 0..10_000 {
         input.push_str(&format!(" xmlns:p{i}='urn:p{i}'"));
@@ -588,7 +596,7 @@ async fn ten_thousand_namespace_declarations_is_policy_violation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_xml_after_auth_is_not_well_formed() {
-    // RFC 6120 §4.9.3.13; reliability.md §4.30–§4.32 on an authenticated stream.
+    // RFC 6120 §4.9.3.13 (XML 1.0 §3, WFC: Element Type Match) on an authenticated stream.
     bound_case(
         b"<message to='bob@localhost/phone'><body>x</message>",
         "not-well-formed",
@@ -598,9 +606,9 @@ async fn malformed_xml_after_auth_is_not_well_formed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_stanza_then_fin_delivers_nothing_and_destroys_the_session() {
-    // reliability.md §4.33: no delivery of the partial stanza, the session is destroyed, and
-    // unavailable presence goes out (RFC 6121 §4.5.2: to the account's other available
-    // resources; contacts once rosters exist).
+    // A stanza is routed only once it is complete, so nothing of the partial one is delivered;
+    // the connection's end destroys the session and unavailable presence goes out (RFC 6121
+    // §4.5.2: to the account's other available resources; contacts once rosters exist).
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     let mut m2 = w.s.login(MALLORY.0, MALLORY.1, "den").await;
@@ -630,7 +638,7 @@ async fn half_stanza_then_fin_delivers_nothing_and_destroys_the_session() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Stanza level, authenticated: the stream stays open (reliability.md §4.48–§4.64, §4.71)
+// Stanza level, authenticated: the stream stays open (RFC 6120 §8.3 stanza errors)
 // ------------------------------------------------------------------------------------------------
 
 /// Mallory sends `xml` and gets an error stanza back (the first stanza she receives);
@@ -652,7 +660,7 @@ async fn expect_stanza_error(m: &mut Client, xml: &str, condition: &str, kind: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_without_id_is_bad_request() {
-    // RFC 6120 §8.1.3 / §8.2.3: an IQ needs an id; §8.3.3.1 bad-request. reliability.md §4.48
+    // RFC 6120 §8.1.3 / §8.2.3: an IQ needs an id; §8.3.3.1 bad-request.
     let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
@@ -670,7 +678,7 @@ async fn iq_without_id_is_bad_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_with_bogus_type_is_bad_request() {
-    // RFC 6120 §8.2.3 (type is one of get/set/result/error); reliability.md §4.49
+    // RFC 6120 §8.2.3 (type is one of get/set/result/error); §8.3.3.1 bad-request.
     let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
@@ -687,7 +695,7 @@ async fn iq_with_bogus_type_is_bad_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_with_two_payloads_is_bad_request() {
-    // RFC 6120 §8.2.3: a get or set contains exactly one payload; reliability.md §4.50
+    // RFC 6120 §8.2.3: a get or set contains exactly one payload; §8.3.3.1 bad-request.
     let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
@@ -704,7 +712,7 @@ async fn iq_with_two_payloads_is_bad_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_without_payload_is_bad_request() {
-    // RFC 6120 §8.2.3; reliability.md §4.51
+    // RFC 6120 §8.2.3: a get with no payload; §8.3.3.1 bad-request.
     let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(&mut m, "<iq type='get' id='b3'/>", "bad-request", "modify").await;
@@ -715,7 +723,7 @@ async fn iq_without_payload_is_bad_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iq_with_unknown_payload_to_server_is_service_unavailable() {
-    // RFC 6120 §8.4: an unhandled namespace is service-unavailable; reliability.md §4.52
+    // RFC 6120 §8.4: an unhandled namespace is service-unavailable.
     let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
@@ -733,7 +741,7 @@ async fn iq_with_unknown_payload_to_server_is_service_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsolicited_iq_result_and_error_get_no_reply() {
-    // RFC 6120 §8.2.3: result and error are never answered; reliability.md §4.53
+    // RFC 6120 §8.2.3: result and error are never answered.
     let w = World::new().await;
     let mut m = w.mallory().await;
     for xml in [
@@ -756,7 +764,7 @@ async fn unsolicited_iq_result_and_error_get_no_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_with_bogus_type_is_bad_request() {
-    // RFC 6121 §4.7.1 (the presence types are fixed); reliability.md §4.54
+    // RFC 6121 §4.7.1 (the presence types are fixed); RFC 6120 §8.3.3.1 bad-request.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     expect_stanza_error(
@@ -773,7 +781,7 @@ async fn presence_with_bogus_type_is_bad_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_with_bogus_type_is_delivered_as_normal() {
-    // RFC 6121 §5.2.2: an unknown message type is handled as normal; reliability.md §4.55
+    // RFC 6121 §5.2.2: an unknown message type is handled as normal.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     m.send("<message type='bogus' to='bob@localhost/phone'><body>odd</body></message>")
@@ -800,8 +808,8 @@ async fn message_with_bogus_type_is_delivered_as_normal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_from_is_invalid_from_and_not_delivered() {
-    // RFC 6120 §8.1.2.1, §4.9.3.9 invalid-from; reliability.md §4.56: never delivered with
-    // bob's from.
+    // RFC 6120 §8.1.2.1, §4.9.3.9 invalid-from (as ejabberd; Prosody re-stamps `from`): never
+    // delivered with bob's from.
     let end = bound_case(
         b"<message from='bob@localhost/phone' to='alice@localhost/home' type='chat'><body>forged</body></message>",
         "invalid-from",
@@ -812,7 +820,7 @@ async fn forged_from_is_invalid_from_and_not_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_from_does_not_reach_the_addressee() {
-    // RFC 6120 §8.1.2.1; reliability.md §4.56: the addressee (alice here) receives nothing.
+    // RFC 6120 §8.1.2.1: the addressee (alice here) receives nothing.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     m.send("<message from='bob@localhost/phone' to='alice@localhost/home' type='chat'><body>forged</body></message>")
@@ -839,7 +847,7 @@ async fn forged_from_does_not_reach_the_addressee() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stanzas_to_a_nonexistent_account() {
     // RFC 6121 §8.5.1: no such user. Message and iq get service-unavailable, presence is
-    // silently dropped. reliability.md §4.57
+    // silently dropped.
     let w = World::new().await;
     let mut m = w.mallory().await;
     let r = expect_stanza_error(
@@ -882,7 +890,7 @@ async fn stanzas_to_a_nonexistent_account() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stanzas_to_an_offline_full_jid() {
-    // RFC 6121 §8.5.3.2: the resource is not connected. reliability.md §4.58
+    // RFC 6121 §8.5.3.2: the resource is not connected.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     // Bob's only resource has sent no presence: not available. Chat and normal are handled as
@@ -961,7 +969,7 @@ async fn stanzas_to_an_offline_full_jid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_stanzas_to_a_nonexistent_account_are_dropped() {
-    // RFC 6120 §8.3.1: an error is never answered with an error; reliability.md §4.59
+    // RFC 6120 §8.3.1: an error is never answered with an error.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     for xml in [
@@ -983,7 +991,7 @@ async fn error_stanzas_to_a_nonexistent_account_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_jid_parts_are_jid_malformed() {
     // RFC 7622 §3.1: each part is 1 to 1023 octets; RFC 1035 §2.3.4: a label is at most 63.
-    // RFC 6120 §8.3.3.8 jid-malformed. reliability.md §4.60
+    // RFC 6120 §8.3.3.8 jid-malformed.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     let long = "a".repeat(1024);
@@ -1019,7 +1027,7 @@ async fn oversized_jid_parts_are_jid_malformed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forbidden_or_empty_localparts_are_jid_malformed() {
     // RFC 7622 §3.3.1 (localpart: no " & ' / : < > @ or space), §3.1 (no empty part);
-    // RFC 6120 §8.3.3.8. reliability.md §4.61
+    // RFC 6120 §8.3.3.8.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     for to in [
@@ -1055,7 +1063,7 @@ async fn forbidden_or_empty_localparts_are_jid_malformed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bidi_rule_violation_is_jid_malformed() {
     // RFC 7622 §3.3.2 / RFC 5893 (Bidi Rule): mixed right-to-left and left-to-right;
-    // RFC 6120 §8.3.3.8. reliability.md §4.63
+    // RFC 6120 §8.3.3.8.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     expect_stanza_error(
@@ -1071,8 +1079,8 @@ async fn bidi_rule_violation_is_jid_malformed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_and_width_variants_reach_the_same_account() {
-    // RFC 7622 §3.3 (localpart: UsernameCaseMapped, width-mapped), §3.2 (domain case-folded);
-    // reliability.md §4.62
+    // RFC 7622 §3.3 (localpart: UsernameCaseMapped, width-mapped), §3.2 (domain case-folded):
+    // all these spellings name bob.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     for to in [
@@ -1104,8 +1112,7 @@ async fn case_and_width_variants_reach_the_same_account() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_case_is_preserved() {
-    // RFC 7622 §3.4 (resourcepart: OpaqueString, no case mapping); reliability.md §4.62:
-    // /Balcony is not /balcony.
+    // RFC 7622 §3.4 (resourcepart: OpaqueString, no case mapping): /Balcony is not /balcony.
     let w = World::new().await;
     let mut b = w.s.login(BOB.0, BOB.1, "Balcony").await;
     assert_eq!(b.jid.as_deref(), Some("bob@localhost/Balcony"));
@@ -1142,7 +1149,7 @@ async fn resource_case_is_preserved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_with_control_or_bidi_override_is_bad_request() {
     // RFC 6120 §7.7.2.1: a resource that fails the profile is bad-request (modify);
-    // RFC 7622 §3.4 (OpaqueString: no controls); reliability.md §4.64
+    // RFC 7622 §3.4 (OpaqueString: no controls).
     let w = World::new().await;
     for bad in ["a\u{202E}b", "a\u{85}b", "x\u{9}y"] {
         let mut c = w.s.login_unbound(HOST, MALLORY.0, MALLORY.1).await;
@@ -1166,8 +1173,9 @@ async fn bind_with_control_or_bidi_override_is_bad_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggled_markup_in_a_body_stays_text() {
-    // RFC 6120 §11.1 / reliability.md §4.71 and §0.3: the server re-serializes from the parsed
-    // tree, so escaped markup in text is delivered as exactly one message with the same text.
+    // RFC 6120 §11.1: the server re-serializes from the parsed tree (never forwards the bytes a
+    // client sent, ARCHITECTURE.md "Bad input and limits"), so escaped markup in text is
+    // delivered as exactly one message with the same text.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
     let text = "</body></message><iq type='set' id='x'><query xmlns='jabber:iq:roster'/></iq><message><body>";

@@ -547,7 +547,8 @@ async fn startup_runs_every_step_in_order() {
         .await
         .unwrap_or_else(|_| panic!("serve_until did not stop"));
     assert!(matches!(r, Ok(Ok(()))), "{r:?}");
-    // DESIGN.md startup order: signals before anything that could receive one; READY last.
+    // The startup order (ARCHITECTURE.md, "Startup"): signals before anything that could
+    // receive one; READY last.
     assert_eq!(
         trace.steps(),
         [

@@ -1,8 +1,8 @@
 //! Durability: a message acknowledged as stored offline survives SIGKILL of the server
-//! (issue 3, reliability.md §3 "our bar"). The real binary runs with SQLite; the sender learns
-//! that its messages were committed from the answer to a ping sent after them, because a
-//! session's stanzas are handled in order and an offline message is committed before the next
-//! stanza is read.
+//! (issue 3; ARCHITECTURE.md, "Storage durability": committed before acknowledged). The real
+//! binary runs with SQLite; the sender learns that its messages were committed from the answer
+//! to a ping sent after them, because a session's stanzas are handled in order and an offline
+//! message is committed before the next stanza is read.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

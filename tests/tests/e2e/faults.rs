@@ -1,6 +1,6 @@
-//! Fault tests (issue 4, item 7; reliability.md §3): the server killed with SIGKILL in the middle
-//! of a burst of offline messages, the disk filling up under it, and 5,000 clients reconnecting
-//! at once.
+//! Fault tests (issue 4, item 7; ARCHITECTURE.md, "Storage durability"): the server killed with
+//! SIGKILL in the middle of a burst of offline messages, the disk filling up under it, and 5,000
+//! clients reconnecting at once.
 //!
 //! The first two run the real binary (`canto-e2e`) on SQLite, as durability.rs does; the third
 //! runs the in-process server. Every client speaks plaintext with PLAIN
@@ -412,7 +412,7 @@ fn fill(path: &Path) -> u64 {
     total
 }
 
-/// reliability.md §3: a full disk gives clear errors, corrupts nothing, and storing works again
+/// A full disk gives clear errors, corrupts nothing, and storing works again
 /// when space returns. While full: a message to an offline user is bounced with
 /// `resource-constraint` (RFC 6120 §8.3.3.18, type `wait`; crates/core/src/offline.rs), never
 /// silently dropped; existing users still log in and chat; `canto user add` says the storage is
@@ -751,13 +751,13 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
-/// reliability.md §3 "reconnect storm": 5,000 authenticated sessions vanish at once (the
-/// clients' sockets close without a stream close, as after a network blip) and all reconnect
-/// at once with the same resources, before the server has noticed every old connection is
-/// gone. Every client must authenticate (SCRAM-SHA-256, and PLAIN for every fifth: one PBKDF2
-/// derivation each on the server) and bind; the old sessions must all be cleaned up without removing a new session that took over
-/// the same full JID (RFC 6120 §7.7.2.2; ARCHITECTURE.md: a session is removed by id); a sample
-/// must still exchange messages and pings.
+/// A reconnection storm: 5,000 authenticated sessions vanish at once (the clients' sockets close
+/// without a stream close, as after a network blip) and all reconnect at once with the same
+/// resources, before the server has noticed every old connection is gone. Every client must
+/// authenticate (SCRAM-SHA-256, and PLAIN for every fifth: one PBKDF2 derivation each on the
+/// server) and bind; the old sessions must all be cleaned up without removing a new session that
+/// took over the same full JID (RFC 6120 §7.7.2.2; ARCHITECTURE.md, "The session model": a
+/// session is removed by id); a sample must still exchange messages and pings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_clients_reconnecting_at_once_are_all_served() {
     let t0 = Instant::now();

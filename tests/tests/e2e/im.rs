@@ -234,7 +234,8 @@ async fn invalid_roster_sets_get_the_rfc_errors() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(error_condition(&r).as_deref(), Some("not-acceptable"));
-    // reliability.md §4.68: another account's roster is never shown.
+    // RFC 6121 §2.1.5 (a sender not authorized for a roster gets forbidden): another account's
+    // roster is never shown.
     let r = b
         .iq("<iq type='get' id='{id}' to='alice@localhost'><query xmlns='jabber:iq:roster'/></iq>")
         .await
@@ -432,7 +433,7 @@ async fn unsubscribe_and_unsubscribed_from_both_sides() {
         roster(&mut b).await,
         vec![("alice@localhost".into(), "none".into(), false)]
     );
-    // reliability.md §4.69: an unsolicited subscribed changes nothing.
+    // RFC 6121 §3.1.6: an unsolicited subscribed (no request pending) changes nothing.
     a.send("<presence to='bob@localhost' type='subscribed'/>")
         .await;
     assert!(b.nothing_within(QUIET).await);

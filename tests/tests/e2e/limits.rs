@@ -141,7 +141,7 @@ async fn try_open(s: &TestServer, source: IpAddr) -> Result<Client, String> {
             Ok(StreamEvent::Header(_)) => saw_header = true,
             Ok(StreamEvent::Stanza(e)) if e.is("features", ns::STREAMS) => return Ok(c),
             Ok(StreamEvent::Stanza(e)) if e.is("error", ns::STREAMS) => {
-                // RFC 6120 §4.9.1.1: a stream header precedes the error.
+                // RFC 6120 §4.9.1.2: a stream header precedes the error.
                 assert!(saw_header, "stream error without a header");
                 let cond = e
                     .children()
@@ -174,7 +174,7 @@ async fn connections_per_address_are_capped() {
                 .unwrap_or_else(|e| panic!("connection {i}: {e}")),
         );
     }
-    // The fourth from the same address: policy-violation (RFC 6120 §4.9.3.16).
+    // The fourth from the same address: policy-violation (RFC 6120 §4.9.3.14).
     assert_eq!(
         try_open(&s, a).await.err().as_deref(),
         Some("policy-violation")

@@ -506,8 +506,9 @@ async fn a_slow_reader_is_disconnected_and_the_sender_is_fine() {
             .unwrap_or_else(|e| panic!("bob's ping {batch}: {e:#}"));
         slowest_ping = slowest_ping.max(t.elapsed());
     }
-    // DESIGN.md (delivery): a full queue disconnects the slow reader, promptly — not after
-    // c2s.send_timeout (180 s by default).
+    // A full queue disconnects the slow reader, promptly — not after c2s.send_timeout (180 s by
+    // default) — so its memory stays bounded and senders never wait for it (ARCHITECTURE.md,
+    // "Delivery and slow readers").
     assert!(
         poll_until(WAIT, || !s.is_bound(slow_jid)).await,
         "slow reader still bound after {:?}",

@@ -124,7 +124,8 @@ pub async fn start_with_modules(
     };
     trace.step(Step::Listeners);
     let network = canto_net::start(server.clone(), certs, listeners, admin);
-    spawn_archive_expiry(&server);
+    // Background work (the seed's lesson: after signals and listeners): module timers.
+    server.start_timers();
     trace.step(Step::Background);
     Ok(Running {
         server,
@@ -132,40 +133,6 @@ pub async fn start_with_modules(
         starttls_addrs,
         direct_tls_addrs,
     })
-}
-
-/// XEP-0313 retention: once an hour, archived messages older than `mam.retention_days` are
-/// deleted (when module `mam` is loaded and retention is not 0).
-fn spawn_archive_expiry(server: &Arc<Server>) {
-    if !server.modules().loaded().contains(&"mam") {
-        return;
-    }
-    let server = server.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
-        loop {
-            tick.tick().await;
-            let days = server.config().mam.retention_days;
-            if days == 0 {
-                continue;
-            }
-            let cutoff = canto_stanza::datetime::now_millis().saturating_sub(
-                i64::try_from(days)
-                    .unwrap_or(i64::MAX / 86_400_000)
-                    .saturating_mul(86_400_000),
-            );
-            match server
-                .storage
-                .archive
-                .delete_older_than("archive", cutoff)
-                .await
-            {
-                Ok(n) if n > 0 => info!(deleted = n, "expired archived messages"),
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "archive expiry failed"),
-            }
-        }
-    });
 }
 
 /// Reloads what SIGHUP reloads: configuration (limits), certificates and the log level.

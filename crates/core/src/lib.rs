@@ -18,8 +18,9 @@ pub mod sm;
 
 pub use config::Config;
 pub use module::{
-    BoxFuture, Identity, IqHandler, IqRequest, IqTarget, MessageHook, Module, ModuleCtx,
-    ModuleTable, Origin, Service, ServiceCtx, ServiceEntry, Spec, UnavailableHook,
+    Addressed, BoxFuture, Direction, HookPoint, Hooked, Identity, IqHandler, IqRequest, IqTarget,
+    MessageHook, Module, ModuleCtx, ModuleTable, Origin, Service, ServiceCtx, ServiceEntry,
+    SessionEvent, SessionHook, Spec, StanzaEvent, StanzaHook, Timer, TimerEntry,
 };
 pub use server::Server;
 pub use session::{

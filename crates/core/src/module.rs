@@ -86,18 +86,117 @@ pub trait MessageHook: Send + Sync {
     );
 }
 
-/// Told when an available resource becomes unavailable — by unavailable presence, or by its
-/// session ending (Prosody's `resource-unbind` after `pre-presence/bare`): last activity
-/// (XEP-0012).
+/// Where in a stanza's path a [`StanzaHook`] runs (Prosody's `pre-message/bare`,
+/// `message/full`, `presence/host`…): the stanza kind, how its `to` is addressed, and whether it
+/// is on its way out of a local session (`Out`, before routing) or arriving at its destination
+/// (`In`, before the router's own delivery).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HookPoint {
+    /// Message, presence or IQ.
+    pub kind: canto_stanza::StanzaKind,
+    /// How `to` is addressed.
+    pub to: Addressed,
+    /// Leaving a local session, or arriving.
+    pub direction: Direction,
+}
+
+/// How a stanza's `to` is addressed, for [`HookPoint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Addressed {
+    /// A bare JID of an account (`user@host`), or no `to` for a message (RFC 6120 §10.3.1).
+    Bare,
+    /// A full JID (`user@host/resource`).
+    Full,
+    /// A served domain (`host`).
+    Host,
+}
+
+/// Which way a stanza is going, for [`HookPoint`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Sent by a local client session, before it is routed (Prosody's `pre-*` events).
+    Out,
+    /// Arriving at a local destination, before the router delivers it.
+    In,
+}
+
+/// What a [`StanzaHook`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooked {
+    /// The hook took care of the stanza: later hooks and the router's own handling are skipped.
+    Handled,
+    /// Go on with the next hook, then the router.
+    Pass,
+}
+
+/// A stanza as a [`StanzaHook`] sees it.
+pub struct StanzaEvent<'a> {
+    /// The server.
+    pub server: &'a Arc<Server>,
+    /// Where it came from (replies go there: [`Server::send_to_origin`]).
+    pub origin: Origin<'a>,
+    /// Its validated `to`.
+    pub to: &'a Jid,
+    /// The stanza, `from` stamped; a hook may change it.
+    pub stanza: &'a mut Element,
+}
+
+/// Sees stanzas at one [`HookPoint`], in priority order (higher first, as in Prosody), before
+/// the router's own handling; it may change, answer or swallow them.
 #[async_trait::async_trait]
-pub trait UnavailableHook: Send + Sync {
-    /// `status` is the `<status/>` text of the unavailable presence, if the client sent one.
-    async fn on_unavailable(
+pub trait StanzaHook: Send + Sync {
+    /// Runs for each stanza at the point the hook was registered for.
+    async fn on_stanza(&self, ev: StanzaEvent<'_>) -> Hooked;
+}
+
+/// A moment in a session's life (session.txt: connected, available, unavailable, gone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent<'a> {
+    /// Sent initial presence: an *available resource* now.
+    Available,
+    /// Stopped being available (unavailable presence or the session ending); the
+    /// `<status/>` of the unavailable presence, if any.
+    Unavailable {
+        /// The unavailable presence's status text.
+        status: Option<&'a str>,
+    },
+    /// Left the routing table (Prosody's `resource-unbind`): after `Unavailable` if it was
+    /// available.
+    Destroyed,
+}
+
+/// Told of session events, in priority order.
+#[async_trait::async_trait]
+pub trait SessionHook: Send + Sync {
+    /// `session` is the full JID the event is about.
+    async fn on_session(
         &self,
         server: &Arc<Server>,
-        resource: &canto_stanza::FullJid,
-        status: Option<String>,
+        session: &canto_stanza::FullJid,
+        event: SessionEvent<'_>,
     );
+}
+
+/// Work a module runs periodically (Prosody's `module:add_timer`): archive expiry, cleanup.
+#[async_trait::async_trait]
+pub trait Timer: Send + Sync {
+    /// One run. The first happens right after startup, then every period.
+    async fn tick(&self, server: &Arc<Server>);
+}
+
+/// A hook with its priority (higher runs first).
+pub type Prioritized<H> = (i32, Arc<H>);
+
+/// A registered timer.
+#[derive(Clone)]
+pub struct TimerEntry {
+    /// Who registered it, for logs.
+    pub module: &'static str,
+    /// Time between runs.
+    pub period: std::time::Duration,
+    /// What runs.
+    pub timer: Arc<dyn Timer>,
 }
 
 /// A disco#info identity (XEP-0030 §3.1).
@@ -138,8 +237,12 @@ pub struct ModuleTable {
     features: Vec<String>,
     identities: Vec<Identity>,
     iq: HashMap<(IqTarget, IqType, String), Arc<dyn IqHandler>>,
+    /// IQ handlers for one domain only, tried before those for every host.
+    iq_by_domain: HashMap<(String, IqTarget, IqType, String), Arc<dyn IqHandler>>,
+    stanza_hooks: HashMap<HookPoint, Vec<Prioritized<dyn StanzaHook>>>,
+    session_hooks: Vec<Prioritized<dyn SessionHook>>,
+    timers: Vec<TimerEntry>,
     message_hooks: Vec<Arc<dyn MessageHook>>,
-    unavailable_hooks: Vec<Arc<dyn UnavailableHook>>,
     account_features: Vec<String>,
     stream_features: Vec<Element>,
     services: HashMap<String, ServiceEntry>,
@@ -262,14 +365,49 @@ impl ModuleTable {
         self.iq.get(&(target, kind, ns.to_string())).cloned()
     }
 
+    /// The handler for an IQ payload addressed to `domain`: one hooked for that domain, else
+    /// one hooked for every host.
+    pub fn iq_handler_for(
+        &self,
+        domain: &str,
+        target: IqTarget,
+        kind: IqType,
+        ns: &str,
+    ) -> Option<Arc<dyn IqHandler>> {
+        if !self.iq_by_domain.is_empty()
+            && let Some(h) =
+                self.iq_by_domain
+                    .get(&(domain.to_string(), target, kind, ns.to_string()))
+        {
+            return Some(h.clone());
+        }
+        self.iq_handler(target, kind, ns)
+    }
+
+    /// Stanza hooks at `point`, highest priority first (empty when none: the router's cost
+    /// for a point nobody hooks is one lookup).
+    pub fn stanza_hooks(&self, point: HookPoint) -> &[Prioritized<dyn StanzaHook>] {
+        self.stanza_hooks.get(&point).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether any stanza hook is registered (so the router can skip looking).
+    pub fn has_stanza_hooks(&self) -> bool {
+        !self.stanza_hooks.is_empty()
+    }
+
+    /// Session hooks, highest priority first.
+    pub fn session_hooks(&self) -> &[Prioritized<dyn SessionHook>] {
+        &self.session_hooks
+    }
+
+    /// Registered timers.
+    pub fn timers(&self) -> &[TimerEntry] {
+        &self.timers
+    }
+
     /// Message hooks, in load order.
     pub fn message_hooks(&self) -> &[Arc<dyn MessageHook>] {
         &self.message_hooks
-    }
-
-    /// Unavailable hooks, in load order.
-    pub fn unavailable_hooks(&self) -> &[Arc<dyn UnavailableHook>] {
-        &self.unavailable_hooks
     }
 
     /// Features an account advertises in disco#info (XEP-0030 on a bare JID).
@@ -346,9 +484,63 @@ impl ModuleCtx<'_> {
         self.table.message_hooks.push(hook);
     }
 
-    /// Is told when an available resource becomes unavailable.
-    pub fn hook_unavailable(&mut self, hook: Arc<dyn UnavailableHook>) {
-        self.table.unavailable_hooks.push(hook);
+    /// Sees stanzas at `point` before the router handles them; hooks run highest `priority`
+    /// first (equal priorities in load order), and the first to answer [`Hooked::Handled`]
+    /// ends the stanza's handling.
+    pub fn hook_stanza(&mut self, point: HookPoint, priority: i32, hook: Arc<dyn StanzaHook>) {
+        let list = self.table.stanza_hooks.entry(point).or_default();
+        // Stable: after every hook of the same or higher priority.
+        let at = list.partition_point(|(p, _)| *p >= priority);
+        list.insert(at, (priority, hook));
+    }
+
+    /// Is told of session events; hooks run highest `priority` first.
+    pub fn hook_session(&mut self, priority: i32, hook: Arc<dyn SessionHook>) {
+        let list = &mut self.table.session_hooks;
+        let at = list.partition_point(|(p, _)| *p >= priority);
+        list.insert(at, (priority, hook));
+    }
+
+    /// Runs `timer` once right after startup and then every `period` (at least one second),
+    /// for as long as the server runs.
+    pub fn add_timer(
+        &mut self,
+        period: std::time::Duration,
+        timer: Arc<dyn Timer>,
+    ) -> Result<(), String> {
+        if period < std::time::Duration::from_secs(1) {
+            return Err(format!("{}: a timer period is at least 1 s", self.module));
+        }
+        self.table.timers.push(TimerEntry {
+            module: self.module,
+            period,
+            timer,
+        });
+        Ok(())
+    }
+
+    /// Like [`ModuleCtx::hook_iq`], for IQs addressed to `domain` only (a served host): they
+    /// are tried before handlers for every host.
+    pub fn hook_iq_for(
+        &mut self,
+        domain: &str,
+        target: IqTarget,
+        kind: IqType,
+        ns: &str,
+        handler: Arc<dyn IqHandler>,
+    ) -> Result<(), String> {
+        if !self.config.serves(domain) {
+            return Err(format!("{}: {domain} is not a served host", self.module));
+        }
+        let key = (domain.to_string(), target, kind, ns.to_string());
+        if self.table.iq_by_domain.contains_key(&key) {
+            return Err(format!(
+                "{} hooks {kind:?} {ns} on {domain} twice",
+                self.module
+            ));
+        }
+        self.table.iq_by_domain.insert(key, handler);
+        Ok(())
     }
 
     /// Advertises an identity.

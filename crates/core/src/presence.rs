@@ -276,6 +276,8 @@ impl Server {
                 if initial {
                     self.after_initial_presence(session, &roster, priority)
                         .await;
+                    self.session_event(session, crate::module::SessionEvent::Available)
+                        .await;
                 }
             }
             Some(PresenceType::Unavailable) if session.set_presence(None, 0) => {
@@ -289,10 +291,10 @@ impl Server {
                 let _ = session.deliver(Arc::new(own));
                 self.unavailable_to_directed(session, &el);
                 let status = el.get_child("status", ns::CLIENT).map(|s| s.text());
-                for hook in self.modules().unavailable_hooks() {
-                    hook.on_unavailable(self, session.jid(), status.clone())
-                        .await;
-                }
+                let ev = crate::module::SessionEvent::Unavailable {
+                    status: status.as_deref(),
+                };
+                self.session_event(session, ev).await;
             }
             _ => {}
         }

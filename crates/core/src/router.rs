@@ -19,7 +19,9 @@ use canto_stanza::{
 use canto_xml::Element;
 use tracing::{debug, warn};
 
-use crate::module::{IqRequest, IqTarget, Origin, ServiceCtx};
+use crate::module::{
+    Addressed, Direction, HookPoint, Hooked, IqRequest, IqTarget, Origin, ServiceCtx, StanzaEvent,
+};
 use crate::roster::SubType;
 use crate::server::Server;
 use crate::session::SessionHandle;
@@ -151,6 +153,14 @@ impl Server {
             return;
         }
         let mut el = el;
+        if let (Origin::Session(_), Some(addressed)) = (origin, dest.addressed())
+            && self
+                .run_hooks(point(kind, addressed, Direction::Out), origin, &to, &mut el)
+                .await
+                == Hooked::Handled
+        {
+            return;
+        }
         if let Origin::Session(session) = origin
             && kind == StanzaKind::Message
             && to.to_bare() != session.jid().to_bare()
@@ -259,9 +269,22 @@ impl Server {
 
     /// RFC 6120 §10.3: no `to` (only a client session sends these; a service always addresses
     /// its stanzas).
-    async fn route_no_to(self: &Arc<Self>, session: &SessionHandle, kind: StanzaKind, el: Element) {
+    async fn route_no_to(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        kind: StanzaKind,
+        mut el: Element,
+    ) {
         let own = session.jid().to_bare();
         let origin = Origin::Session(session);
+        // Prosody's `pre-*/bare`: a stanza without `to` is the sender's own bare JID's.
+        if self.modules().has_stanza_hooks() {
+            let to = Jid::from(own.clone());
+            let point = point(kind, Addressed::Bare, Direction::Out);
+            if self.run_hooks(point, origin, &to, &mut el).await == Hooked::Handled {
+                return;
+            }
+        }
         match kind {
             // RFC 6120 §10.3.1: as if addressed to the sender's bare JID.
             StanzaKind::Message => self.route_to_account(origin, kind, el, own).await,
@@ -281,10 +304,18 @@ impl Server {
         self: &Arc<Self>,
         origin: Origin<'_>,
         kind: StanzaKind,
-        el: Element,
+        mut el: Element,
         to: Jid,
         dest: Destination,
     ) {
+        if let Some(addressed) = dest.addressed()
+            && self
+                .run_hooks(point(kind, addressed, Direction::In), origin, &to, &mut el)
+                .await
+                == Hooked::Handled
+        {
+            return;
+        }
         match dest {
             Destination::Host(_) => match kind {
                 StanzaKind::Iq => self.handle_iq(origin, el, &to, &[IqTarget::Host]).await,
@@ -318,6 +349,31 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Runs the stanza hooks of `point` in priority order until one handles the stanza.
+    async fn run_hooks(
+        self: &Arc<Self>,
+        point: HookPoint,
+        origin: Origin<'_>,
+        to: &Jid,
+        el: &mut Element,
+    ) -> Hooked {
+        if !self.modules().has_stanza_hooks() {
+            return Hooked::Pass;
+        }
+        for (_, hook) in self.modules().stanza_hooks(point) {
+            let ev = StanzaEvent {
+                server: self,
+                origin,
+                to,
+                stanza: el,
+            };
+            if hook.on_stanza(ev).await == Hooked::Handled {
+                return Hooked::Handled;
+            }
+        }
+        Hooked::Pass
     }
 
     /// Hands a stanza to the hosted service at `domain`, in the sender's task, so stanzas from
@@ -626,9 +682,11 @@ impl Server {
         let Some(payload) = iq_payload(&el) else {
             return;
         };
-        let handler = targets
-            .iter()
-            .find_map(|target| self.modules().iq_handler(*target, t, payload.ns()));
+        let domain = to.domain().as_str();
+        let handler = targets.iter().find_map(|target| {
+            self.modules()
+                .iq_handler_for(domain, *target, t, payload.ns())
+        });
         let Some(handler) = handler else {
             self.reply_error(origin, &el, StanzaError::new(Condition::ServiceUnavailable));
             return;
@@ -713,6 +771,27 @@ fn check_type_and_id(kind: StanzaKind, el: &Element) -> Result<(), StanzaError> 
             None => Err(StanzaError::new(Condition::BadRequest).with_text("invalid presence type")),
         },
         StanzaKind::Message => Ok(()),
+    }
+}
+
+impl Destination {
+    /// The hook points a destination has: local ones only (a service gets its stanzas itself,
+    /// a remote domain is not ours to hook).
+    fn addressed(&self) -> Option<Addressed> {
+        match self {
+            Destination::Host(_) => Some(Addressed::Host),
+            Destination::Account(_) => Some(Addressed::Bare),
+            Destination::Session(_) => Some(Addressed::Full),
+            Destination::HostResource | Destination::Service(_) | Destination::Remote(_) => None,
+        }
+    }
+}
+
+fn point(kind: StanzaKind, to: Addressed, direction: Direction) -> HookPoint {
+    HookPoint {
+        kind,
+        to,
+        direction,
     }
 }
 
@@ -999,6 +1078,238 @@ mod tests {
         assert!(recv(&mut r1).is_none());
         assert!(recv(&mut r2).is_some());
         assert!(recv(&mut r3).is_none());
+    }
+
+    /// A module with hooks that record what they saw, for the module API's tests.
+    struct Probe {
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    struct Recording {
+        name: &'static str,
+        answer: crate::module::Hooked,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::module::StanzaHook for Recording {
+        async fn on_stanza(&self, ev: crate::module::StanzaEvent<'_>) -> crate::module::Hooked {
+            if let Ok(mut l) = self.log.lock() {
+                l.push(format!("{} {}", self.name, ev.to));
+            }
+            ev.stanza.set_attr("seen-by", self.name);
+            self.answer
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::module::SessionHook for Recording {
+        async fn on_session(
+            &self,
+            _server: &Arc<Server>,
+            session: &FullJid,
+            event: crate::module::SessionEvent<'_>,
+        ) {
+            if let Ok(mut l) = self.log.lock() {
+                l.push(format!("{} {session} {event:?}", self.name));
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::module::Timer for Recording {
+        async fn tick(&self, _server: &Arc<Server>) {
+            if let Ok(mut l) = self.log.lock() {
+                l.push(format!("{} tick", self.name));
+            }
+        }
+    }
+
+    struct Pong(&'static str);
+
+    #[async_trait::async_trait]
+    impl crate::module::IqHandler for Pong {
+        async fn handle(&self, _req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+            Ok(Some(Element::new("pong", self.0)))
+        }
+    }
+
+    impl crate::module::Module for Probe {
+        fn name(&self) -> &'static str {
+            "probe"
+        }
+        fn specs(&self) -> &'static [crate::module::Spec] {
+            &[]
+        }
+        fn load(&self, ctx: &mut crate::module::ModuleCtx<'_>) -> Result<(), String> {
+            use crate::module::{Hooked, StanzaHook};
+            let hook = |name, answer| {
+                Arc::new(Recording {
+                    name,
+                    answer,
+                    log: self.log.clone(),
+                })
+            };
+            let bare_in = point(StanzaKind::Message, Addressed::Bare, Direction::In);
+            // Registered out of order: priority decides, not load order.
+            ctx.hook_stanza(
+                bare_in,
+                1,
+                hook("low", Hooked::Handled) as Arc<dyn StanzaHook>,
+            );
+            ctx.hook_stanza(
+                bare_in,
+                10,
+                hook("high", Hooked::Pass) as Arc<dyn StanzaHook>,
+            );
+            ctx.hook_stanza(
+                bare_in,
+                -5,
+                hook("never", Hooked::Pass) as Arc<dyn StanzaHook>,
+            );
+            let full_out = point(StanzaKind::Message, Addressed::Full, Direction::Out);
+            ctx.hook_stanza(
+                full_out,
+                0,
+                hook("out", Hooked::Pass) as Arc<dyn StanzaHook>,
+            );
+            ctx.hook_session(0, hook("session", Hooked::Pass));
+            ctx.add_timer(
+                std::time::Duration::from_secs(60),
+                hook("timer", Hooked::Pass),
+            )?;
+            ctx.hook_iq(
+                IqTarget::Host,
+                IqType::Get,
+                "urn:t",
+                Arc::new(Pong("urn:any")),
+            )?;
+            ctx.hook_iq_for(
+                "example.test",
+                IqTarget::Host,
+                IqType::Get,
+                "urn:t",
+                Arc::new(Pong("urn:this-host")),
+            )?;
+            Ok(())
+        }
+    }
+
+    async fn probed_server() -> (Arc<Server>, Arc<std::sync::Mutex<Vec<String>>>) {
+        let storage = canto_storage::Storage::memory();
+        let creds = canto_proto::sasl::Credentials::from_password("pw", 4096);
+        for u in ["alice", "bob"] {
+            let _ = storage.accounts.create("example.test", u, &creds).await;
+        }
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let config = Config {
+            hosts: vec!["example.test".into(), "other.test".into()],
+            modules: vec!["probe".into()],
+            ..Config::default()
+        };
+        let module: Arc<dyn crate::module::Module> = Arc::new(Probe { log: log.clone() });
+        let s = Server::new(config, storage, &[module]).unwrap_or_else(|e| panic!("{e}"));
+        (s, log)
+    }
+
+    fn take(log: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
+        log.lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn stanza_hooks_run_by_priority_and_handled_stops_routing() {
+        let (s, log) = probed_server().await;
+        let (alice, _a) = bind(&s, "alice@example.test/home");
+        let (b1, mut r1) = bind(&s, "bob@example.test/one");
+        s.route_from_client(&b1, stanza("<presence/>")).await.ok();
+        while recv(&mut r1).is_some() {}
+        take(&log);
+        s.route_from_client(
+            &alice,
+            stanza("<message to='bob@example.test' type='chat'><body>x</body></message>"),
+        )
+        .await
+        .ok();
+        // high (10) passes, low (1) handles, never (-5) is not reached; the router delivers
+        // nothing after a hook handled the stanza.
+        assert_eq!(
+            take(&log),
+            vec!["high bob@example.test", "low bob@example.test"]
+        );
+        assert!(recv(&mut r1).is_none());
+        // To the full JID: the Out hook sees it (and may change it), nothing hooks Full/In.
+        s.route_from_client(
+            &alice,
+            stanza("<message to='bob@example.test/one' type='chat'><body>x</body></message>"),
+        )
+        .await
+        .ok();
+        assert_eq!(take(&log), vec!["out bob@example.test/one"]);
+        let got = recv(&mut r1);
+        assert_eq!(got.as_ref().and_then(|m| m.attr("seen-by")), Some("out"));
+    }
+
+    #[tokio::test]
+    async fn iq_handlers_for_one_domain_come_before_those_for_every_host() {
+        let (s, _log) = probed_server().await;
+        let (alice, mut a) = bind(&s, "alice@example.test/home");
+        for (host, want) in [("example.test", "urn:this-host"), ("other.test", "urn:any")] {
+            let iq = format!("<iq type='get' id='1' to='{host}'><q xmlns='urn:t'/></iq>");
+            s.route_from_client(&alice, stanza(&iq)).await.ok();
+            let r = recv(&mut a);
+            let ns = r
+                .as_ref()
+                .and_then(|r| r.children().next().map(|c| c.ns().to_string()));
+            assert_eq!(ns.as_deref(), Some(want), "{host}: {r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn session_hooks_hear_available_unavailable_and_destroyed() {
+        let (s, log) = probed_server().await;
+        let (b1, _r1) = bind(&s, "bob@example.test/one");
+        s.route_from_client(&b1, stanza("<presence/>")).await.ok();
+        s.route_from_client(
+            &b1,
+            stanza("<presence type='unavailable'><status>bye</status></presence>"),
+        )
+        .await
+        .ok();
+        s.route_from_client(&b1, stanza("<presence/>")).await.ok();
+        s.destroy_session(&b1, "test");
+        // Destroy's hooks run on a task of their own.
+        for _ in 0..100 {
+            if log.lock().map(|l| l.len() >= 5).unwrap_or(false) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let jid = "bob@example.test/one";
+        assert_eq!(
+            take(&log),
+            vec![
+                format!("session {jid} Available"),
+                format!("session {jid} Unavailable {{ status: Some(\"bye\") }}"),
+                format!("session {jid} Available"),
+                format!("session {jid} Unavailable {{ status: None }}"),
+                format!("session {jid} Destroyed"),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timers_run_at_start_and_every_period_until_the_server_goes() {
+        let (s, log) = probed_server().await;
+        s.start_timers();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert_eq!(take(&log), vec!["timer tick"]);
+        tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+        assert_eq!(take(&log), vec!["timer tick", "timer tick"]);
+        drop(s);
+        tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        assert!(take(&log).is_empty(), "a timer outlived its server");
     }
 
     #[tokio::test]

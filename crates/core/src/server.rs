@@ -86,6 +86,38 @@ impl Server {
         self.me.upgrade()
     }
 
+    /// Starts the modules' timers (Prosody's `module:add_timer`): each runs once now, then every
+    /// period, until the server is dropped. Called by startup with the other background work,
+    /// after the listeners are bound.
+    pub fn start_timers(self: &Arc<Self>) {
+        for entry in self.modules().timers().to_vec() {
+            let server = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(entry.period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(server) = server.upgrade() else {
+                        return;
+                    };
+                    tracing::debug!(module = entry.module, "timer");
+                    entry.timer.tick(&server).await;
+                }
+            });
+        }
+    }
+
+    /// Tells the session hooks of `event` for `session`, highest priority first.
+    pub(crate) async fn session_event(
+        self: &Arc<Self>,
+        session: &SessionHandle,
+        event: crate::module::SessionEvent<'_>,
+    ) {
+        for (_, hook) in self.modules().session_hooks() {
+            hook.on_session(self, session.jid(), event).await;
+        }
+    }
+
     /// The configuration in force (replaced atomically on SIGHUP).
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
@@ -156,24 +188,34 @@ impl Server {
     /// task on every way a session ends: client close, network loss, conflict, shutdown,
     /// stream error.
     pub fn destroy_session(self: &Arc<Self>, handle: &SessionHandle, reason: &str) {
-        if handle.set_presence(None, 0) {
+        let was_available = handle.set_presence(None, 0);
+        if was_available {
             // RFC 6121 §4.5.2: the server broadcasts unavailable presence on the user's
             // behalf, to contacts, own resources and directed-presence recipients.
             self.broadcast_unavailable_on_destroy(handle);
-            // Modules that keep track (XEP-0012 last activity), after the fact: this path
-            // must not wait for storage.
-            let hooks = self.modules().unavailable_hooks().to_vec();
-            if !hooks.is_empty() {
-                let server = self.clone();
-                let jid = handle.jid().clone();
-                tokio::spawn(async move {
-                    for hook in hooks {
-                        hook.on_unavailable(&server, &jid, None).await;
-                    }
-                });
-            }
         }
         let removed = self.sessions.remove(handle);
+        // Session hooks (XEP-0012 last activity…) hear of it after the fact, in order
+        // (Unavailable, then Destroyed): this path must not wait for storage. It may run while
+        // a panicking task unwinds, so only spawn when a runtime is there to take it.
+        let hooks = self.modules().session_hooks().to_vec();
+        if removed
+            && !hooks.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let server = self.clone();
+            let jid = handle.jid().clone();
+            rt.spawn(async move {
+                for (_, hook) in &hooks {
+                    if was_available {
+                        let ev = crate::module::SessionEvent::Unavailable { status: None };
+                        hook.on_session(&server, &jid, ev).await;
+                    }
+                    hook.on_session(&server, &jid, crate::module::SessionEvent::Destroyed)
+                        .await;
+                }
+            });
+        }
         let user = handle.jid().to_bare();
         if !self.sessions.is_online(&user) {
             self.forget_roster(&user);

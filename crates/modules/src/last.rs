@@ -1,14 +1,14 @@
 //! `last`: XEP-0012 Last Activity. For the server itself, its uptime (§4, as Prosody's
 //! `mod_uptime`); for an account, the time since its user last went unavailable and the status
 //! text left then (§3 "Offline User Query", as Prosody's `mod_lastactivity`), recorded by an
-//! `UnavailableHook` in the key-value store `lastactivity`. A query to a full JID goes to that
+//! session hook (`SessionEvent::Unavailable`) in the key-value store `lastactivity`. A query to a full JID goes to that
 //! client (§2), like every IQ to a full JID.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use canto_core::{
-    IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Server, Spec, UnavailableHook,
+    IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Server, SessionEvent, SessionHook, Spec,
 };
 use canto_stanza::{Condition, FullJid, IqType, StanzaError, datetime};
 use canto_xml::Element;
@@ -45,7 +45,7 @@ impl Module for Last {
         ctx.add_account_feature(NS);
         ctx.hook_iq(IqTarget::Host, IqType::Get, NS, Arc::new(Uptime))?;
         ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(UserLast))?;
-        ctx.hook_unavailable(Arc::new(Recorder));
+        ctx.hook_session(0, Arc::new(Recorder));
         Ok(())
     }
 }
@@ -68,13 +68,11 @@ impl IqHandler for Uptime {
 struct Recorder;
 
 #[async_trait]
-impl UnavailableHook for Recorder {
-    async fn on_unavailable(
-        &self,
-        server: &Arc<Server>,
-        resource: &FullJid,
-        status: Option<String>,
-    ) {
+impl SessionHook for Recorder {
+    async fn on_session(&self, server: &Arc<Server>, resource: &FullJid, event: SessionEvent<'_>) {
+        let SessionEvent::Unavailable { status } = event else {
+            return;
+        };
         let user = resource.to_bare();
         let Some(node) = user.node() else {
             return;

@@ -79,7 +79,37 @@ impl Module for Mam {
         ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(QueryIq))?;
         ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(QueryIq))?;
         ctx.hook_message(Arc::new(Archiver));
+        ctx.add_timer(std::time::Duration::from_secs(3600), Arc::new(Expiry))?;
         Ok(())
+    }
+}
+
+/// XEP-0313 retention: at startup and then once an hour, archived messages older than
+/// `mam.retention_days` are deleted (never when it is 0).
+struct Expiry;
+
+#[async_trait]
+impl canto_core::Timer for Expiry {
+    async fn tick(&self, server: &Arc<Server>) {
+        let days = server.config().mam.retention_days;
+        if days == 0 {
+            return;
+        }
+        let cutoff = datetime::now_millis().saturating_sub(
+            i64::try_from(days)
+                .unwrap_or(i64::MAX / 86_400_000)
+                .saturating_mul(86_400_000),
+        );
+        match server
+            .storage
+            .archive
+            .delete_older_than(STORE, cutoff)
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "expired archived messages"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "archive expiry failed"),
+        }
     }
 }
 

@@ -96,6 +96,9 @@ impl IqHandler for BlockIq {
         }
         let server = req.server;
         let user: BareJid = req.from.to_bare();
+        // One read-modify-write at a time per account: two block requests at once must not
+        // lose one of them.
+        let _guard = server.account_lock(&user).await;
         let current: Blocklist = (*server.blocklist(&user).await).clone();
         let internal = |_| StanzaError::new(Condition::InternalServerError);
         match (IqType::of(req.stanza), req.payload.name()) {
@@ -270,6 +273,44 @@ mod tests {
             .await,
         );
         assert_eq!(list, "<blocklist xmlns='urn:xmpp:blocking'/>");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_blocks_of_one_account_all_land() {
+        // Each request reads the list, adds to it and writes it back: without the account's
+        // lock, two at once would each write a list without the other's item.
+        let s = server(&["blocking"]).await;
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let jid = format!("user{i}@example.org");
+                    let r = call(
+                        &s,
+                        IqTarget::Account,
+                        IqType::Set,
+                        ALICE,
+                        BARE,
+                        block(&[&jid]),
+                    );
+                    result_xml(r.await)
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.ok().as_deref(), Some("empty result"));
+        }
+        let list = result_xml(
+            get(
+                &s,
+                IqTarget::Account,
+                ALICE,
+                BARE,
+                Element::new("blocklist", NS),
+            )
+            .await,
+        );
+        assert_eq!(list.matches("<item ").count(), 40, "{list}");
     }
 
     #[tokio::test]

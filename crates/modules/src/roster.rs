@@ -140,6 +140,7 @@ async fn set(req: &IqRequest<'_>, bare: &BareJid) -> Result<(), StanzaError> {
                 .outbound_subscription(bare, &jid, SubType::Unsubscribe, presence("unsubscribe"))
                 .await;
         }
+        let _guard = server.account_lock(bare).await;
         server.set_roster_item(bare, &jid, None).await;
         return Ok(());
     }
@@ -164,6 +165,10 @@ async fn set(req: &IqRequest<'_>, bare: &BareJid) -> Result<(), StanzaError> {
         }
         groups.push(text);
     }
+    // Read again under the account's lock, so a subscription change that landed since the
+    // read above is kept (the item's subscription state is the server's, §2.1.2.5).
+    let _guard = server.account_lock(bare).await;
+    let current = server.roster(bare).await.get(&jid).cloned();
     if current.is_none() {
         let max = server.config().roster.max_items;
         if server.roster(bare).await.len() >= max {
@@ -185,4 +190,72 @@ async fn existing_pending(server: &canto_core::Server, bare: &BareJid, contact: 
         .is_pending(contact)
         .await
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{call, result_xml};
+
+    fn item_set(jid: &str) -> Element {
+        Element::new("query", ns::ROSTER)
+            .with_child(Element::new("item", ns::ROSTER).with_attr("jid", jid))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_adds_never_exceed_the_roster_cap() {
+        // The cap check and the write are one step under the account's lock: forty adds at
+        // once on a roster capped at ten leave exactly ten items, the rest not-allowed.
+        let mut config = canto_core::Config {
+            hosts: vec![crate::test_support::HOST.into()],
+            modules: vec!["roster".into()],
+            ..Default::default()
+        };
+        config.roster.max_items = 10;
+        // SQLite, whose reads and writes really wait: the memory backend never yields, so it
+        // would hide the race this test is about.
+        let dir = std::env::temp_dir().join(format!("canto-roster-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let storage = canto_storage::Storage::open(&canto_storage::Backend::Sqlite {
+            path: dir.join("db.sqlite"),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let creds = canto_proto::sasl::Credentials::from_password("pw", 4096);
+        let _ = storage
+            .accounts
+            .create("example.test", "alice", &creds)
+            .await;
+        let s = canto_core::Server::new(config, storage, &crate::all())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let r = call(
+                        &s,
+                        IqTarget::Account,
+                        canto_stanza::IqType::Set,
+                        "alice@example.test/a",
+                        "alice@example.test",
+                        item_set(&format!("c{i}@example.org")),
+                    );
+                    result_xml(r.await)
+                })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.ok().as_deref() {
+                Some("empty result") => ok += 1,
+                Some("error not-allowed") => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        let alice = BareJid::new("alice@example.test").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok, 10);
+        assert_eq!(s.roster(&alice).await.len(), 10);
+        drop(s);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

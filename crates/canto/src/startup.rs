@@ -135,6 +135,32 @@ pub async fn start_with_modules(
     })
 }
 
+/// Puts back, in `new`, the keys a running server cannot change — what hosts it serves, which
+/// modules are loaded (their features, hooks and services are built once), where it listens and
+/// stores — and names each one that differed, so SIGHUP refuses those changes and says so
+/// instead of half-applying them. Everything else (limits, module sections, certificates, the
+/// log level) takes effect, and the entity-capabilities hash is computed again
+/// (`Server::reload_config`).
+pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut refused = Vec::new();
+    macro_rules! keep {
+        ($name:literal, $($field:ident).+) => {
+            if new.$($field).+ != running.$($field).+ {
+                refused.push($name);
+                new.$($field).+ = running.$($field).+.clone();
+            }
+        };
+    }
+    keep!("hosts", hosts);
+    keep!("modules", modules);
+    keep!("data_dir", data_dir);
+    keep!("admin_socket", admin_socket);
+    keep!("storage", storage);
+    keep!("c2s.listen", c2s.listen);
+    keep!("c2s.direct_tls_listen", c2s.direct_tls_listen);
+    refused
+}
+
 /// Reloads what SIGHUP reloads: configuration (limits), certificates and the log level.
 pub fn reload(running: &Running, path: Option<&PathBuf>, log: &crate::logging::LogHandle) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
@@ -148,11 +174,13 @@ pub fn reload(running: &Running, path: Option<&PathBuf>, log: &crate::logging::L
         },
         None => running.server.config().as_ref().clone(),
     };
-    if config.hosts != running.server.config().hosts {
-        warn!("changing `hosts` needs a restart; the new list is ignored");
-    }
     let mut config = config;
-    config.hosts = running.server.config().hosts.clone();
+    for key in keep_restart_only(&running.server.config(), &mut config) {
+        warn!(
+            key,
+            "changing this needs a restart; the running value is kept (the rest of the file is applied)"
+        );
+    }
     if let Err(e) = running.network.certs().reload(&config) {
         error!(error = %e, "certificate reload failed; keeping the old certificates");
     }
@@ -207,4 +235,55 @@ pub async fn serve_until(
     running.network.shutdown(Duration::from_secs(5)).await;
     info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_keeps_what_needs_a_restart_and_names_it() {
+        let running = Config::default();
+        let mut new = running.clone();
+        new.hosts = vec!["other.example".into()];
+        new.modules.retain(|m| m != "ping");
+        new.c2s.listen = vec!["127.0.0.1:1".into()];
+        new.offline.max_messages = 7;
+        let refused = keep_restart_only(&running, &mut new);
+        assert_eq!(refused, vec!["hosts", "modules", "c2s.listen"]);
+        assert_eq!(new.hosts, running.hosts);
+        assert_eq!(new.modules, running.modules);
+        assert_eq!(new.c2s.listen, running.c2s.listen);
+        // What can change is applied.
+        assert_eq!(new.offline.max_messages, 7);
+        // Nothing changed: nothing refused.
+        let mut same = running.clone();
+        assert!(keep_restart_only(&running, &mut same).is_empty());
+    }
+
+    #[tokio::test]
+    async fn reload_computes_the_caps_hash_again() {
+        let config = Config {
+            modules: vec!["disco".into()],
+            ..Config::default()
+        };
+        let server = Server::new(
+            config.clone(),
+            canto_storage::Storage::memory(),
+            &canto_modules::all(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ver = |s: &Server| s.caps().attr("ver").map(str::to_string);
+        let before = ver(&server);
+        // XEP-0157 addresses are in disco#info, so in the hash (XEP-0115 §5.4).
+        let mut changed = config.clone();
+        changed.contact.admin = vec!["xmpp:admin@localhost".into()];
+        server.reload_config(changed);
+        let after = ver(&server);
+        assert!(before.is_some() && after.is_some());
+        assert_ne!(before, after);
+        // Back to the old configuration: the old hash.
+        server.reload_config(config);
+        assert_eq!(ver(&server), before);
+    }
 }

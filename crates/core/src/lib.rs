@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod config;
 pub mod locks;

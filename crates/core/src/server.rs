@@ -18,6 +18,9 @@ use crate::session::{SessionHandle, SessionManager};
 /// Everything a connection needs, behind one `Arc`.
 pub struct Server {
     config: ArcSwap<Config>,
+    /// XEP-0115 `<c/>` for stream features, computed from the modules and the configuration
+    /// (again on every reload).
+    caps: ArcSwap<canto_xml::Element>,
     /// Persistent state.
     pub storage: Storage,
     /// Bound sessions (transient state).
@@ -53,8 +56,10 @@ impl Server {
     ) -> Result<Arc<Server>, String> {
         let modules = ModuleTable::load(&config, available)?;
         info!(modules = ?modules.loaded(), hosts = ?config.hosts, "server built");
+        let caps = crate::caps::caps_element(&modules, &config);
         Ok(Arc::new_cyclic(|me| Server {
             me: me.clone(),
+            caps: ArcSwap::from_pointee(caps),
             config: ArcSwap::from_pointee(config),
             storage,
             sessions: SessionManager::new(),
@@ -124,9 +129,17 @@ impl Server {
     }
 
     /// Replaces the configuration (SIGHUP). Hosts and listeners keep their startup values;
-    /// limits, log level and certificates take effect for new stanzas and handshakes.
+    /// limits, log level and certificates take effect for new stanzas and handshakes; the
+    /// entity capabilities are computed again (new streams advertise the new hash).
     pub fn reload_config(&self, config: Config) {
+        self.caps
+            .store(Arc::new(crate::caps::caps_element(&self.modules, &config)));
         self.config.store(Arc::new(config));
+    }
+
+    /// The XEP-0115 `<c/>` element for stream features.
+    pub fn caps(&self) -> Arc<canto_xml::Element> {
+        self.caps.load_full()
     }
 
     /// Loaded modules' registrations.

@@ -16,6 +16,7 @@ mod router;
 pub mod server;
 pub mod session;
 pub mod sm;
+pub mod stores;
 
 pub use config::Config;
 pub use module::{

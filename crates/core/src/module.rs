@@ -246,6 +246,8 @@ pub struct ModuleTable {
     account_features: Vec<String>,
     stream_features: Vec<Element>,
     services: HashMap<String, ServiceEntry>,
+    /// Which module opened which store (a name belongs to one module).
+    store_owners: HashMap<&'static str, &'static str>,
     loaded: Vec<&'static str>,
 }
 
@@ -323,7 +325,11 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 
 impl ModuleTable {
     /// Loads the modules named in `config.modules` from `available`, in config order.
-    pub fn load(config: &Config, available: &[Arc<dyn Module>]) -> Result<ModuleTable, String> {
+    pub fn load(
+        config: &Config,
+        storage: &canto_storage::Storage,
+        available: &[Arc<dyn Module>],
+    ) -> Result<ModuleTable, String> {
         let mut table = ModuleTable::default();
         for name in &config.modules {
             let m = available
@@ -336,6 +342,7 @@ impl ModuleTable {
             let mut ctx = ModuleCtx {
                 table: &mut table,
                 config,
+                storage,
                 module: m.name(),
             };
             m.load(&mut ctx)
@@ -453,6 +460,7 @@ impl ModuleTable {
 pub struct ModuleCtx<'a> {
     table: &'a mut ModuleTable,
     config: &'a Config,
+    storage: &'a canto_storage::Storage,
     module: &'static str,
 }
 
@@ -602,5 +610,44 @@ impl ModuleCtx<'_> {
     /// The configuration.
     pub fn config(&self) -> &Config {
         self.config
+    }
+
+    /// Claims the store `name` for this module: a second module (or a core store's name) is
+    /// refused, so modules cannot reach each other's data.
+    fn claim_store(&mut self, name: &'static str) -> Result<(), String> {
+        if crate::stores::CORE_STORES.contains(&name) {
+            return Err(format!("{}: store {name:?} is the core's", self.module));
+        }
+        match self.table.store_owners.get(name) {
+            Some(owner) if *owner != self.module => Err(format!(
+                "{}: store {name:?} belongs to module {owner}",
+                self.module
+            )),
+            _ => {
+                self.table.store_owners.insert(name, self.module);
+                Ok(())
+            }
+        }
+    }
+
+    /// Opens this module's per-user key-value store `name` (Prosody's `module:open_store`).
+    pub fn open_kv(&mut self, name: &'static str) -> Result<crate::stores::KvStore, String> {
+        self.claim_store(name)?;
+        Ok(crate::stores::KvStore::new(self.storage, name))
+    }
+
+    /// Opens this module's per-user map store `name`.
+    pub fn open_map(&mut self, name: &'static str) -> Result<crate::stores::MapStore, String> {
+        self.claim_store(name)?;
+        Ok(crate::stores::MapStore::new(self.storage, name))
+    }
+
+    /// Opens this module's per-user archive `name`.
+    pub fn open_archive(
+        &mut self,
+        name: &'static str,
+    ) -> Result<crate::stores::ArchiveStore, String> {
+        self.claim_store(name)?;
+        Ok(crate::stores::ArchiveStore::new(self.storage, name))
     }
 }

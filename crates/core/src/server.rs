@@ -54,7 +54,7 @@ impl Server {
         storage: Storage,
         available: &[Arc<dyn Module>],
     ) -> Result<Arc<Server>, String> {
-        let modules = ModuleTable::load(&config, available)?;
+        let modules = ModuleTable::load(&config, &storage, available)?;
         info!(modules = ?modules.loaded(), hosts = ?config.hosts, "server built");
         let caps = crate::caps::caps_element(&modules, &config);
         Ok(Arc::new_cyclic(|me| Server {

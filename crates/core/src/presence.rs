@@ -441,7 +441,18 @@ impl Server {
             .is_some_and(|i| i.subscription.has_from());
         match kind {
             Some(PresenceType::Available) if !subscribed && session.is_available() => {
-                session.add_directed(to.clone())
+                // RFC 6121 §4.6.3 owes every recipient unavailable at logout, so presence is
+                // only sent to a recipient that can be remembered: past the cap it would stay
+                // "available" there forever. Refused instead, with policy-violation (RFC 6120
+                // §8.3.3.12, type modify: directed unavailable to others frees room).
+                let max = self.config().limits.max_directed_presence;
+                if !session.add_directed(to.clone(), max) {
+                    let err =
+                        canto_stanza::StanzaError::new(canto_stanza::Condition::PolicyViolation)
+                            .with_text(format!("directed presence to at most {max} entities"));
+                    self.reply_error(session, &el, err);
+                    return;
+                }
             }
             Some(PresenceType::Unavailable) => session.remove_directed(to),
             _ => {}

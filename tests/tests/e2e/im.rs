@@ -846,3 +846,52 @@ async fn account_deletion_cleans_up_and_tells_contacts() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directed_presence_beyond_the_cap_is_refused_not_leaked() {
+    let mut cfg = test_config();
+    cfg.limits.max_directed_presence = 1;
+    let s = TestServer::with_config(cfg).await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    let mut a = s.login("alice", "pw", "a1").await;
+    let mut b = s.login("bob", "pw", "b").await;
+    let mut c = s.login("carol", "pw", "c").await;
+    for x in [&mut b, &mut c] {
+        x.send("<presence/>").await;
+    }
+    a.send("<presence/>").await;
+    drain(&mut a).await;
+    a.send("<presence to='bob@localhost'/>").await;
+    b.wait_for(|e| is_presence(e) && e.attr("from") == Some("alice@localhost/a1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // A second recipient could not be told unavailable at logout (RFC 6121 §4.6.3): refused.
+    a.send("<presence to='carol@localhost' id='p2'/>").await;
+    let err = a
+        .wait_for(|e| is_presence(e) && e.attr("type") == Some("error"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(err.attr("id"), Some("p2"), "{err}");
+    assert_eq!(
+        error_condition(&err).as_deref(),
+        Some("policy-violation"),
+        "{err}"
+    );
+    assert!(
+        drain(&mut c)
+            .await
+            .iter()
+            .all(|e| e.attr("from") != Some("alice@localhost/a1")),
+        "carol got alice's presence"
+    );
+    // Directed unavailable to bob frees the place.
+    a.send("<presence to='bob@localhost' type='unavailable'/>")
+        .await;
+    a.send("<presence to='carol@localhost'/>").await;
+    c.wait_for(|e| is_presence(e) && e.attr("from") == Some("alice@localhost/a1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    s.stop().await;
+}

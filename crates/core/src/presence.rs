@@ -553,9 +553,17 @@ impl Server {
             let store = RosterStore::new(&self.storage, &host, &node);
             let item = store.get(contact).await.ok().flatten();
             let pending_in = store.is_pending(contact).await.unwrap_or(false);
-            let r = inbound(item, contact, pending_in, t);
+            let mut r = inbound(item, contact, pending_in, t);
             if r.store_pending {
-                let _ = store.set_pending(contact, Some(&el)).await;
+                // `roster.max_pending`: beyond, a request from a new contact is dropped, neither
+                // stored nor delivered. RFC 6121 §3.1.3 never obliges the user to answer, so the
+                // sender sees what an unanswered request looks like (still pending); an error or
+                // `unsubscribed` would tell a flooder the account exists and is full, and the
+                // latter would be a refusal the user never gave.
+                let max = self.config().roster.max_pending;
+                if let Ok(false) = store.add_pending(contact, &el, max).await {
+                    r.transition.forward = false;
+                }
             }
             if r.clear_pending {
                 let _ = store.set_pending(contact, None).await;

@@ -895,3 +895,45 @@ async fn directed_presence_beyond_the_cap_is_refused_not_leaked() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_requests_beyond_the_cap_are_dropped() {
+    let mut cfg = test_config();
+    cfg.roster.max_pending = 1;
+    let s = TestServer::with_config(cfg).await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    let mut a = s.login("alice", "pw", "a").await;
+    let mut c = s.login("carol", "pw", "c").await;
+    a.send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    let _ = a.nothing_within(QUIET).await;
+    c.send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    // Carol's request finds bob's pending requests full: not stored, and nothing bounces.
+    assert!(c.nothing_within(QUIET).await, "carol got an answer");
+    let mut b = s.login("bob", "pw", "b").await;
+    b.send("<presence/>").await;
+    let got = drain(&mut b).await;
+    let requests: Vec<_> = got
+        .iter()
+        .filter(|e| is_presence(e) && e.attr("type") == Some("subscribe"))
+        .filter_map(|e| e.attr("from"))
+        .collect();
+    assert_eq!(requests, ["alice@localhost"], "{got:?}");
+    // Approving alice's request makes room: carol's next request is stored and delivered.
+    b.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
+    let _ = drain(&mut b).await;
+    c.send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    b.wait_for(|e| {
+        is_presence(e)
+            && e.attr("type") == Some("subscribe")
+            && e.attr("from") == Some("carol@localhost")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    s.stop().await;
+}

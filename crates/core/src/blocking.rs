@@ -55,8 +55,19 @@ pub fn matches(list: &Blocklist, jid: &Jid) -> bool {
 }
 
 impl Server {
-    /// The blocklist of a local account.
+    /// The blocklist of a local account; an empty one when it cannot be read (for presence
+    /// broadcasts, which consult the cache; routing uses [`Server::blocks`], which fails
+    /// closed).
     pub async fn blocklist(&self, user: &BareJid) -> Arc<Blocklist> {
+        self.try_blocklist(user).await.unwrap_or_default()
+    }
+
+    /// The blocklist of a local account, or the storage error that kept it from being read
+    /// (then nothing is cached, so the next stanza tries again).
+    pub async fn try_blocklist(
+        &self,
+        user: &BareJid,
+    ) -> Result<Arc<Blocklist>, canto_storage::StorageError> {
         if let Some(b) = self
             .block_cache
             .0
@@ -64,10 +75,10 @@ impl Server {
             .ok()
             .and_then(|c| c.get(user).cloned())
         {
-            return b;
+            return Ok(b);
         }
         let Some(node) = user.node() else {
-            return Arc::default();
+            return Ok(Arc::default());
         };
         let loaded = match self
             .storage
@@ -82,7 +93,7 @@ impl Server {
             Ok(None) => Blocklist::new(),
             Err(e) => {
                 warn!(error = %e, user = %user, "loading a blocklist failed");
-                Blocklist::new()
+                return Err(e);
             }
         };
         let list = Arc::new(loaded);
@@ -91,7 +102,7 @@ impl Server {
         {
             c.entry(user.clone()).or_insert_with(|| list.clone());
         }
-        list
+        Ok(list)
     }
 
     /// Stores a new blocklist and updates the cache.
@@ -135,13 +146,17 @@ impl Server {
         }
     }
 
-    /// Whether local account `user` blocks `other`.
+    /// Whether local account `user` blocks `other`. A blocklist that cannot be read counts as
+    /// blocking (fail closed): a stanza the user may have blocked is not delivered while
+    /// storage fails (XEP-0191 §3.3 leaves no room for "blocked unless the disk is down").
     pub async fn blocks(&self, user: &BareJid, other: &Jid) -> bool {
         if !self.serves(user.domain().as_str()) {
             return false;
         }
-        let list = self.blocklist(user).await;
-        matches(&list, other)
+        match self.try_blocklist(user).await {
+            Ok(list) => matches(&list, other),
+            Err(_) => true,
+        }
     }
 
     /// XEP-0191 §3.3, §3.4: pushes a block or unblock to the account's resources that asked

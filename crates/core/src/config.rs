@@ -56,6 +56,22 @@ pub struct Config {
     pub vcard: VcardConfig,
     /// Private XML storage (XEP-0049, module `private`).
     pub private: PrivateConfig,
+    /// Blocking command (XEP-0191, module `blocking`).
+    pub blocking: BlockingConfig,
+}
+
+/// `[blocking]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockingConfig {
+    /// Items per blocklist; a block that would go beyond is `not-acceptable`.
+    pub max_items: usize,
+}
+
+impl Default for BlockingConfig {
+    fn default() -> Self {
+        BlockingConfig { max_items: 1000 }
+    }
 }
 
 /// `[stream_management]`
@@ -126,12 +142,16 @@ impl Default for VcardConfig {
 pub struct PrivateConfig {
     /// Largest private XML fragment stored, serialized bytes.
     pub max_bytes: usize,
+    /// Namespaces (distinct fragments) stored per account; storing a new one beyond is
+    /// `not-acceptable`.
+    pub max_namespaces: usize,
 }
 
 impl Default for PrivateConfig {
     fn default() -> Self {
         PrivateConfig {
             max_bytes: 64 * 1024,
+            max_namespaces: 100,
         }
     }
 }
@@ -140,13 +160,23 @@ impl Default for PrivateConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegisterConfig {
-    /// Seconds between two registrations from one address.
+    /// Seconds between two registrations from one address (IPv6: one /64).
     pub min_interval: u64,
+    /// Registration attempts, successful or not, allowed from one address (IPv6: one /64) per
+    /// `attempt_period`; beyond, `resource-constraint` (Prosody's `registration_throttle_max`).
+    pub max_attempts: u32,
+    /// Seconds over which `max_attempts` are counted (Prosody's
+    /// `registration_throttle_period`).
+    pub attempt_period: u64,
 }
 
 impl Default for RegisterConfig {
     fn default() -> Self {
-        RegisterConfig { min_interval: 300 }
+        RegisterConfig {
+            min_interval: 300,
+            max_attempts: 10,
+            attempt_period: 600,
+        }
     }
 }
 
@@ -236,11 +266,17 @@ impl Default for DeliveryConfig {
 pub struct RosterConfig {
     /// Items per roster; adding beyond is `not-allowed` (RFC 6121 §2.3.3 lets servers limit).
     pub max_items: usize,
+    /// Inbound subscription requests kept pending per account (RFC 6121 §3.1.3); a request
+    /// from a new contact beyond is dropped, neither stored nor delivered.
+    pub max_pending: usize,
 }
 
 impl Default for RosterConfig {
     fn default() -> Self {
-        RosterConfig { max_items: 5000 }
+        RosterConfig {
+            max_items: 5000,
+            max_pending: 1000,
+        }
     }
 }
 
@@ -335,6 +371,10 @@ pub struct LimitsConfig {
     /// Address ranges (CIDR, or a plain address) that `max_connections_per_ip` does not apply
     /// to.
     pub connection_limit_exempt: Vec<String>,
+    /// Recipients of directed presence one session remembers (RFC 6121 §4.6.3: they get
+    /// unavailable at logout); directed presence to one more is refused with
+    /// `policy-violation`.
+    pub max_directed_presence: usize,
     /// Read rate limit for client connections.
     pub c2s: RateLimitConfig,
 }
@@ -573,6 +613,7 @@ impl Default for Config {
             csi: CsiConfig::default(),
             vcard: VcardConfig::default(),
             private: PrivateConfig::default(),
+            blocking: BlockingConfig::default(),
         }
     }
 }
@@ -628,6 +669,7 @@ impl Default for LimitsConfig {
             // Local proxies (a Tor onion service, a TLS terminator) and load tools on the box
             // itself connect from loopback: one address standing for many clients.
             connection_limit_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_directed_presence: 1000,
             c2s: RateLimitConfig::default(),
         }
     }
@@ -785,6 +827,11 @@ impl Config {
         if self.c2s.idle_timeout == 0 || self.c2s.ping_timeout == 0 {
             return Err(ConfigError::Invalid(
                 "`c2s.idle_timeout` and `c2s.ping_timeout` must be at least 1 second".into(),
+            ));
+        }
+        if self.register.max_attempts == 0 || self.register.attempt_period == 0 {
+            return Err(ConfigError::Invalid(
+                "`register.max_attempts` and `register.attempt_period` must be positive".into(),
             ));
         }
         parse_rate(&self.limits.c2s.rate)
@@ -993,6 +1040,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "Address ranges (CIDR) not subject to max_connections_per_ip: loopback by default,\nwhere local proxies and load tools connect from.",
     ),
     (
+        "limits.max_directed_presence",
+        "Recipients of directed presence a session remembers, to send them unavailable at\nlogout (RFC 6121 §4.6.3); directed presence to one more is refused with\npolicy-violation (MUC rooms joined count here).",
+    ),
+    (
         "limits.c2s",
         "Read rate limit per client connection, before and after authentication (a token\nbucket, as Prosody's mod_limits). Over it the connection is read more slowly;\nnothing is dropped.",
     ),
@@ -1035,7 +1086,15 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "register.min_interval",
-        "Seconds between two registrations from one address.",
+        "Seconds between two registrations from one address (IPv6: per /64).",
+    ),
+    (
+        "register.max_attempts",
+        "Registration attempts, successful or not, from one address (IPv6: per /64) per\nattempt_period; beyond, resource-constraint.",
+    ),
+    (
+        "register.attempt_period",
+        "Seconds over which register.max_attempts are counted.",
     ),
     (
         "stream_management",
@@ -1076,6 +1135,15 @@ pub const DOCS: &[(&str, &str)] = &[
         "private.max_bytes",
         "Largest private XML fragment stored, in bytes; larger is not-acceptable.",
     ),
+    (
+        "private.max_namespaces",
+        "Fragments (namespaces) stored per account; a new one beyond is not-acceptable.",
+    ),
+    ("blocking", "Blocking command (XEP-0191), module blocking."),
+    (
+        "blocking.max_items",
+        "Items per blocklist; a block that would go beyond is not-acceptable.",
+    ),
     ("delivery", "Message delivery (RFC 6121 §8.5)."),
     (
         "delivery.chat_to_all_highest_priority",
@@ -1085,6 +1153,10 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "roster.max_items",
         "Items per roster; adding more is refused with not-allowed.",
+    ),
+    (
+        "roster.max_pending",
+        "Inbound subscription requests kept pending per account; a request from a new\ncontact beyond is dropped (neither stored nor delivered).",
     ),
     ("offline", "Offline messages (XEP-0160)."),
     (
@@ -1146,6 +1218,8 @@ mod tests {
                 "request_ack_after",
             ),
             ("[stream_management]\nmax_unacked = 5", "max_unacked"),
+            ("[register]\nmax_attempts = 0", "register.max_attempts"),
+            ("[register]\nattempt_period = 0", "register.attempt_period"),
             (
                 "[stream_management]\nanswer_delay_ms = 1001",
                 "answer_delay_ms",

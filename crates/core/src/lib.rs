@@ -2,6 +2,7 @@
 //! touches sockets: connections live in `canto-net`, which hands it parsed stanzas.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod blocking;
 pub mod caps;
 pub mod carbons;

@@ -448,7 +448,18 @@ impl Server {
             .is_some_and(|i| i.subscription.has_from());
         match kind {
             Some(PresenceType::Available) if !subscribed && session.is_available() => {
-                session.add_directed(to.clone())
+                // RFC 6121 §4.6.3 owes every recipient unavailable at logout, so presence is
+                // only sent to a recipient that can be remembered: past the cap it would stay
+                // "available" there forever. Refused instead, with policy-violation (RFC 6120
+                // §8.3.3.12, type modify: directed unavailable to others frees room).
+                let max = self.config().limits.max_directed_presence;
+                if !session.add_directed(to.clone(), max) {
+                    let err =
+                        canto_stanza::StanzaError::new(canto_stanza::Condition::PolicyViolation)
+                            .with_text(format!("directed presence to at most {max} entities"));
+                    self.reply_error(crate::module::Origin::Session(session), &el, err);
+                    return;
+                }
             }
             Some(PresenceType::Unavailable) => session.remove_directed(to),
             _ => {}
@@ -551,9 +562,17 @@ impl Server {
             let store = RosterStore::new(&self.storage, &host, &node);
             let item = store.get(contact).await.ok().flatten();
             let pending_in = store.is_pending(contact).await.unwrap_or(false);
-            let r = inbound(item, contact, pending_in, t);
+            let mut r = inbound(item, contact, pending_in, t);
             if r.store_pending {
-                let _ = store.set_pending(contact, Some(&el)).await;
+                // `roster.max_pending`: beyond, a request from a new contact is dropped, neither
+                // stored nor delivered. RFC 6121 §3.1.3 never obliges the user to answer, so the
+                // sender sees what an unanswered request looks like (still pending); an error or
+                // `unsubscribed` would tell a flooder the account exists and is full, and the
+                // latter would be a refusal the user never gave.
+                let max = self.config().roster.max_pending;
+                if let Ok(false) = store.add_pending(contact, &el, max).await {
+                    r.transition.forward = false;
+                }
             }
             if r.clear_pending {
                 let _ = store.set_pending(contact, None).await;

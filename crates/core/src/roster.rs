@@ -447,6 +447,27 @@ impl<'a> RosterStore<'a> {
             .await
     }
 
+    /// Stores a pending inbound request from a contact that has none yet, unless `max` are
+    /// pending already; returns whether it was stored.
+    pub async fn add_pending(
+        &self,
+        contact: &BareJid,
+        request: &Element,
+        max: usize,
+    ) -> canto_storage::Result<bool> {
+        let pending = self
+            .storage
+            .map
+            .get_all(PENDING, self.host, self.user)
+            .await?
+            .len();
+        if pending >= max {
+            return Ok(false);
+        }
+        self.set_pending(contact, Some(request)).await?;
+        Ok(true)
+    }
+
     /// All pending inbound requests.
     pub async fn pending(&self) -> canto_storage::Result<Vec<Element>> {
         let all = self

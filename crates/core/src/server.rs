@@ -45,6 +45,8 @@ pub struct Server {
     pub(crate) registrations: crate::register::RegistrationTimes,
     /// XEP-0198 resumable and hibernating sessions (see `sm.rs`).
     pub sm: crate::sm::SmRegistry,
+    /// Secret for unknown accounts' SASL decoys (see `auth.rs`).
+    pub(crate) decoy_secret: crate::auth::DecoySecret,
 }
 
 impl Server {
@@ -73,6 +75,7 @@ impl Server {
             block_cache: Default::default(),
             registrations: Default::default(),
             sm: Default::default(),
+            decoy_secret: Default::default(),
         }))
     }
 

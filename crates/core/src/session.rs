@@ -211,13 +211,20 @@ impl SessionHandle {
         self.0.presence.lock().ok().and_then(|p| p.clone())
     }
 
-    /// Remembers a recipient of directed available presence.
-    pub fn add_directed(&self, to: canto_stanza::Jid) {
-        if let Ok(mut d) = self.0.directed.lock()
-            && !d.contains(&to)
-        {
-            d.push(to);
+    /// Remembers a recipient of directed available presence, unless `max` are remembered
+    /// already; returns whether `to` is remembered now (a known recipient always is).
+    pub fn add_directed(&self, to: canto_stanza::Jid, max: usize) -> bool {
+        let Ok(mut d) = self.0.directed.lock() else {
+            return false;
+        };
+        if d.contains(&to) {
+            return true;
         }
+        if d.len() >= max {
+            return false;
+        }
+        d.push(to);
+        true
     }
 
     /// Forgets a recipient (it got directed unavailable presence).
@@ -511,5 +518,31 @@ mod tests {
         assert!(h.set_presence(None, 0));
         assert!(!h.is_available());
         assert!(h.presence().is_none());
+    }
+}
+
+#[cfg(test)]
+mod directed_tests {
+    use super::*;
+
+    #[test]
+    fn directed_presence_recipients_are_capped() {
+        let m = SessionManager::new();
+        let (tx, _rx) = mpsc::channel(4);
+        let jid = FullJid::new("a@x/r").unwrap_or_else(|e| panic!("{e}"));
+        let h = m
+            .bind(m.next_id(), jid, (tx, 4), Closer::new(), 10)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .handle;
+        let j = |s: &str| canto_stanza::parse_jid(s).unwrap_or_else(|e| panic!("{e}"));
+        assert!(h.add_directed(j("b@x"), 2));
+        assert!(h.add_directed(j("c@x/r"), 2));
+        // Full: a new recipient is refused, a known one is still fine.
+        assert!(!h.add_directed(j("d@x"), 2));
+        assert!(h.add_directed(j("b@x"), 2));
+        // Directed unavailable frees room.
+        h.remove_directed(&j("b@x"));
+        assert!(h.add_directed(j("d@x"), 2));
+        assert_eq!(h.take_directed().len(), 2);
     }
 }

@@ -99,8 +99,9 @@ impl IqHandler for BlockIq {
         // One read-modify-write at a time per account: two block requests at once must not
         // lose one of them.
         let _guard = server.account_lock(&user).await;
-        let current: Blocklist = (*server.blocklist(&user).await).clone();
         let internal = |_| StanzaError::new(Condition::InternalServerError);
+        // A list that cannot be read is not answered (nor overwritten by a change to it).
+        let current: Blocklist = (*server.try_blocklist(&user).await.map_err(internal)?).clone();
         match (IqType::of(req.stanza), req.payload.name()) {
             (Some(IqType::Get), "blocklist") => {
                 // §3.2: the resource now receives pushes.
@@ -120,6 +121,15 @@ impl IqHandler for BlockIq {
                 }
                 let mut next = current.clone();
                 next.extend(jids.iter().cloned());
+                // `blocking.max_items`; XEP-0191 names no error for a full list: not-acceptable
+                // (RFC 6120 §8.3.3.9, type modify: unblocking makes room), not the transient
+                // resource-constraint (§8.3.3.18, type wait). A list already over a lowered cap
+                // may still be re-sent items it has.
+                let max = server.config().blocking.max_items;
+                if next.len() > max && next.len() > current.len() {
+                    return Err(StanzaError::new(Condition::NotAcceptable)
+                        .with_text(format!("a blocklist holds at most {max} items")));
+                }
                 server
                     .set_blocklist(&user, next.clone())
                     .await
@@ -311,6 +321,74 @@ mod tests {
             .await,
         );
         assert_eq!(list.matches("<item ").count(), 40, "{list}");
+    }
+
+    async fn blocklist(s: &Arc<canto_core::Server>) -> String {
+        let list = Element::new("blocklist", NS);
+        result_xml(get(s, IqTarget::Account, ALICE, BARE, list).await)
+    }
+
+    async fn set(s: &Arc<canto_core::Server>, jids: &[&str]) -> String {
+        result_xml(call(s, IqTarget::Account, IqType::Set, ALICE, BARE, block(jids)).await)
+    }
+
+    #[tokio::test]
+    async fn a_full_blocklist_refuses_new_items_with_not_acceptable() {
+        let mut config = canto_core::Config {
+            hosts: vec![crate::test_support::HOST.into()],
+            modules: vec!["blocking".into()],
+            ..Default::default()
+        };
+        config.blocking.max_items = 2;
+        let s = crate::test_support::server_with_config(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set(&s, &["a@x.lit", "b@x.lit"]).await, "empty result");
+        // One more would make three: refused, and nothing of it is stored.
+        assert_eq!(
+            set(&s, &["c@x.lit", "a@x.lit"]).await,
+            "error not-acceptable"
+        );
+        // Items already there may be sent again.
+        assert_eq!(set(&s, &["a@x.lit"]).await, "empty result");
+        assert_eq!(
+            blocklist(&s).await,
+            "<blocklist xmlns='urn:xmpp:blocking'><item jid='a@x.lit'/><item jid='b@x.lit'/></blocklist>"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_blocklist_fails_closed_and_is_not_overwritten() {
+        let mut storage = canto_storage::Storage::memory();
+        let kv = canto_storage::faults::FailingKv::new(storage.kv.clone());
+        storage.kv = kv.clone();
+        let config = canto_core::Config {
+            hosts: vec![crate::test_support::HOST.into()],
+            modules: vec!["blocking".into()],
+            ..Default::default()
+        };
+        let s = crate::test_support::server_with_storage(config, storage)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set(&s, &["romeo@montague.lit"]).await, "empty result");
+        let alice = canto_stanza::BareJid::new(BARE).unwrap_or_else(|e| panic!("{e}"));
+        let juliet = parse_jid("juliet@capulet.lit").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!s.blocks(&alice, &juliet).await);
+        kv.fail("blocklist", Some("alice"));
+        // Everyone counts as blocked while the list cannot be read …
+        assert!(s.blocks(&alice, &juliet).await);
+        // … and a change, which would have to start from the unread list, is refused.
+        assert_eq!(
+            set(&s, &["tybalt@capulet.lit"]).await,
+            "error internal-server-error"
+        );
+        assert_eq!(blocklist(&s).await, "error internal-server-error");
+        kv.heal();
+        assert!(!s.blocks(&alice, &juliet).await);
+        assert_eq!(
+            blocklist(&s).await,
+            "<blocklist xmlns='urn:xmpp:blocking'><item jid='romeo@montague.lit'/></blocklist>"
+        );
     }
 
     #[tokio::test]

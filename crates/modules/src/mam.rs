@@ -336,16 +336,29 @@ fn bad(text: &str) -> StanzaError {
     StanzaError::new(Condition::BadRequest).with_text(text.to_string())
 }
 
-/// Milliseconds since the epoch of an XEP-0082 DateTime (`…Z` or `±hh:mm`, fractions allowed).
+/// Milliseconds since the epoch of an XEP-0082 DateTime (`CCYY-MM-DDThh:mm:ss[.sss](Z|±hh:mm)`,
+/// any number of fraction digits). Every field has exactly its XEP-0082 width (Prosody's parser
+/// wants the same), so a year such as 99999999999 is refused rather than overflowing the
+/// arithmetic below: years 0000–9999 keep every intermediate value far inside `i64`.
 fn parse_time(s: &str) -> Option<i64> {
+    /// Exactly `width` ASCII digits (no sign, which `str::parse` would accept).
+    fn digits(s: &str, width: usize) -> Option<i64> {
+        if s.len() != width || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    }
     let s = s.trim();
     let (date, rest) = s.split_once('T')?;
     let mut d = date.split('-');
-    let (y, mo, da): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
+    let (y, mo, da) = (
+        digits(d.next()?, 4)?,
+        digits(d.next()?, 2)?,
+        digits(d.next()?, 2)?,
     );
+    if d.next().is_some() {
+        return None;
+    }
     let (time, offset_min) = if let Some(t) = rest.strip_suffix('Z') {
         (t, 0)
     } else {
@@ -353,14 +366,15 @@ fn parse_time(s: &str) -> Option<i64> {
         let (t, off) = rest.split_at(i);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (oh, om) = off[1..].split_once(':')?;
-        (
-            t,
-            sign * (oh.parse::<i64>().ok()? * 60 + om.parse::<i64>().ok()?),
-        )
+        let (oh, om) = (digits(oh, 2)?, digits(om, 2)?);
+        if oh > 23 || om > 59 {
+            return None;
+        }
+        (t, sign * (oh * 60 + om))
     };
     let mut tp = time.split(':');
-    let h: i64 = tp.next()?.parse().ok()?;
-    let mi: i64 = tp.next()?.parse().ok()?;
+    let h = digits(tp.next()?, 2)?;
+    let mi = digits(tp.next()?, 2)?;
     // Seconds and their fraction as integers (no float rounding: `.007` is 7 ms); digits
     // beyond milliseconds are dropped.
     let tok = tp.next()?;
@@ -368,8 +382,8 @@ fn parse_time(s: &str) -> Option<i64> {
         return None;
     }
     let (whole, frac) = tok.split_once('.').unwrap_or((tok, ""));
-    let sec: i64 = whole.parse().ok()?;
-    if !frac.bytes().all(|b| b.is_ascii_digit()) || whole.starts_with(['+', '-']) {
+    let sec = digits(whole, 2)?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let ms_frac = frac
@@ -581,6 +595,20 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
             .min(MAX_MAX),
         None => DEFAULT_MAX,
     };
+    // XEP-0059 §2.6: `<index/>` asks for a page out of order, which keyset paging cannot
+    // serve; 0 (the first page) is what a query without it returns. A value that is no
+    // non-negative integer (or too large for one) is bad-request.
+    if let Some(i) = set.and_then(|s| s.get_child("index", NS_RSM)) {
+        let index = i
+            .text()
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| bad("invalid index"))?;
+        if index != 0 {
+            return Err(StanzaError::new(Condition::FeatureNotImplemented)
+                .with_text("pages out of order (index) are not supported"));
+        }
+    }
     let after = set
         .and_then(|s| s.get_child("after", NS_RSM))
         .map(|a| a.text());
@@ -780,6 +808,33 @@ mod tests {
         assert_eq!(parse_time("2023-11-14T22:13:+2Z"), None);
         assert_eq!(parse_time("2023-11-14T22:13:20:01Z"), None);
         assert_eq!(parse_time("yesterday"), None);
+        // Widths are XEP-0082's: no overflow on huge years or offsets, no signs or short fields.
+        for bad in [
+            "99999999999-01-01T00:00:00Z",
+            "9223372036854775807-01-01T00:00:00Z",
+            "-0001-01-01T00:00:00Z",
+            "+2023-11-14T22:13:20Z",
+            "10000-01-01T00:00:00Z",
+            "2023-1-14T22:13:20Z",
+            "2023-11-14T2:13:20Z",
+            "2023-11-14T22:13:20+99999999999:00",
+            "2023-11-14T22:13:20+24:00",
+            "2023-11-14T22:13:20+02:60",
+            "2023-11-14T22:13:20+2:00",
+            "2023-11-14T22:13:999999999999999999999Z",
+            "2023-11-14-01T22:13:20Z",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_time("0000-01-01T00:00:00Z"),
+            Some(-62_167_219_200_000)
+        );
+        assert_eq!(
+            parse_time("9999-12-31T23:59:60.999-23:59"),
+            // 9999-12-31T00:00:00Z is 253402214400 s; plus 23:59:60, plus the 23:59 offset.
+            Some((253_402_214_400 + 86_400 + 86_340) * 1000 + 999)
+        );
         for ms in [0i64, 951_782_400_000, 1_700_000_000_000, 4_102_444_800_000] {
             assert_eq!(parse_time(&datetime::from_millis(ms)), Some(ms));
         }
@@ -791,6 +846,47 @@ mod tests {
             1_764_115_200_123,
         ] {
             assert_eq!(parse_time(&datetime::from_millis_exact(ms)), Some(ms));
+        }
+    }
+
+    /// Pseudo-random DateTime-like strings (xorshift64*, no extra dependency): parsing never
+    /// panics, and whatever parses lies within years 0000–9999.
+    #[test]
+    fn parse_time_never_panics_on_arbitrary_input() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        const ALPHABET: &[u8] = b"0123456789999-+:TZ.";
+        let (min, max) = (-62_167_305_600_000i64, 253_402_387_200_999 + 86_400_000);
+        for _ in 0..20_000 {
+            let mut s = String::from("2023-11-14T22:13:20Z");
+            // Mutate a template, sometimes with long digit runs (huge numbers).
+            let mut bytes: Vec<u8> = s.into_bytes();
+            for _ in 0..(next() % 6) {
+                let pos = (next() as usize) % (bytes.len() + 1);
+                match next() % 4 {
+                    0 => bytes.insert(pos, ALPHABET[(next() as usize) % ALPHABET.len()]),
+                    1 if pos < bytes.len() => {
+                        bytes[pos] = ALPHABET[(next() as usize) % ALPHABET.len()]
+                    }
+                    2 if pos < bytes.len() => {
+                        bytes.remove(pos);
+                    }
+                    _ => {
+                        for _ in 0..(next() % 24) {
+                            bytes.insert(pos.min(bytes.len()), b'9');
+                        }
+                    }
+                }
+            }
+            s = String::from_utf8(bytes).unwrap_or_default();
+            if let Some(ms) = parse_time(&s) {
+                assert!((min..=max).contains(&ms), "{s} gave {ms}");
+            }
         }
     }
 

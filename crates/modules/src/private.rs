@@ -103,6 +103,34 @@ impl IqHandler for PrivateIq {
                 );
             }
         }
+        // `private.max_namespaces`: a fragment under a namespace not stored yet needs room.
+        // XEP-0049 names no error for a quota; not-acceptable as for a fragment too large
+        // (RFC 6120 §8.3.3.9, type modify: storing fewer namespaces makes room).
+        let mut new_keys: Vec<String> = Vec::new();
+        for f in &fragments {
+            let k = key(f);
+            if !new_keys.contains(&k)
+                && map
+                    .get(STORE, host, node, &k)
+                    .await
+                    .map_err(internal)?
+                    .is_none()
+            {
+                new_keys.push(k);
+            }
+        }
+        if !new_keys.is_empty() {
+            let max = req.server.config().private.max_namespaces;
+            let stored = map
+                .get_all(STORE, host, node)
+                .await
+                .map_err(internal)?
+                .len();
+            if stored + new_keys.len() > max {
+                return Err(StanzaError::new(Condition::NotAcceptable)
+                    .with_text(format!("at most {max} namespaces are stored")));
+            }
+        }
         for f in fragments {
             map.set(STORE, host, node, &key(f), Some(&f.to_bytes()))
                 .await
@@ -200,5 +228,61 @@ mod tests {
             result_xml(get(&s, IqTarget::Account, ALICE, BARE, two).await),
             "error bad-request"
         );
+    }
+
+    #[tokio::test]
+    async fn namespaces_beyond_the_cap_are_not_acceptable() {
+        let mut config = canto_core::Config {
+            hosts: vec![crate::test_support::HOST.into()],
+            modules: vec!["private".into()],
+            ..Default::default()
+        };
+        config.private.max_namespaces = 2;
+        let s = crate::test_support::server_with_config(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let set = |frags: Vec<Element>| {
+            let s = s.clone();
+            async move {
+                result_xml(
+                    call(
+                        &s,
+                        IqTarget::Account,
+                        IqType::Set,
+                        ALICE,
+                        BARE,
+                        query(frags),
+                    )
+                    .await,
+                )
+            }
+        };
+        let el = |ns: &str| Element::new("x", ns);
+        assert_eq!(set(vec![el("urn:a")]).await, "empty result");
+        // Two new ones at once would make three: refused, neither stored.
+        assert_eq!(
+            set(vec![el("urn:b"), el("urn:c")]).await,
+            "error not-acceptable"
+        );
+        let stored = s
+            .storage
+            .map
+            .get_all(STORE, crate::test_support::HOST, "alice")
+            .await;
+        assert_eq!(stored.map(|v| v.len()).ok(), Some(1));
+        assert_eq!(set(vec![el("urn:b")]).await, "empty result");
+        assert_eq!(set(vec![el("urn:c")]).await, "error not-acceptable");
+        // Replacing a stored fragment needs no room; another user has room of their own.
+        assert_eq!(set(vec![el("urn:a"), el("urn:b")]).await, "empty result");
+        let bob = call(
+            &s,
+            IqTarget::Account,
+            IqType::Set,
+            "bob@example.test/b",
+            "bob@example.test",
+            query(vec![el("urn:c")]),
+        )
+        .await;
+        assert_eq!(result_xml(bob), "empty result");
     }
 }

@@ -98,3 +98,97 @@ impl IqHandler for AccountRegister {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use canto_core::Config;
+    use canto_stanza::Condition;
+
+    use crate::test_support::{HOST, server_with_config};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn config(max_attempts: u32) -> Config {
+        let mut c = Config {
+            hosts: vec![HOST.into()],
+            modules: vec!["register".into()],
+            ..Default::default()
+        };
+        c.register.max_attempts = max_attempts;
+        c
+    }
+
+    async fn register(s: &canto_core::Server, user: &str, from: &str) -> Result<String, Condition> {
+        s.register_account(HOST, user, "pw", ip(from))
+            .await
+            .map(|j| j.to_string())
+            .map_err(|e| e.condition)
+    }
+
+    #[tokio::test]
+    async fn a_taken_username_is_conflict_even_right_after_a_registration() {
+        let s = server_with_config(config(10))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            register(&s, "carol", "192.0.2.1").await,
+            Ok(format!("carol@{HOST}"))
+        );
+        // XEP-0077 §3.1: conflict, not the spacing limit's resource-constraint.
+        assert_eq!(
+            register(&s, "alice", "192.0.2.1").await,
+            Err(Condition::Conflict)
+        );
+        assert_eq!(
+            register(&s, "Carol", "192.0.2.1").await,
+            Err(Condition::Conflict)
+        );
+        // A free name from the same address still waits.
+        assert_eq!(
+            register(&s, "dave", "192.0.2.1").await,
+            Err(Condition::ResourceConstraint)
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_attempts_count_per_64() {
+        let s = server_with_config(config(3))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Three failures from one /64 (a taken name, an invalid one) use up its attempts …
+        assert_eq!(
+            register(&s, "alice", "2001:db8::1").await,
+            Err(Condition::Conflict)
+        );
+        assert_eq!(
+            register(&s, "a@b", "2001:db8::2").await,
+            Err(Condition::JidMalformed)
+        );
+        assert_eq!(
+            register(&s, "bob", "2001:db8::ffff:1").await,
+            Err(Condition::Conflict)
+        );
+        // … so a fourth, even for a free name, is refused …
+        assert_eq!(
+            register(&s, "carol", "2001:db8::3").await,
+            Err(Condition::ResourceConstraint)
+        );
+        // … while the next /64 may register, once: the spacing is per /64 too.
+        assert_eq!(
+            register(&s, "carol", "2001:db8:0:1::1").await,
+            Ok(format!("carol@{HOST}"))
+        );
+        assert_eq!(
+            register(&s, "dave", "2001:db8:0:1::2").await,
+            Err(Condition::ResourceConstraint)
+        );
+        assert_eq!(
+            s.storage.accounts.exists(HOST, "dave").await.ok(),
+            Some(false)
+        );
+    }
+}

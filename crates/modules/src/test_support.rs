@@ -22,7 +22,14 @@ pub(crate) async fn server_with_modules(modules: &[&str]) -> Result<Arc<Server>,
 
 /// A server built from `config`, with accounts alice and bob.
 pub(crate) async fn server_with_config(config: Config) -> Result<Arc<Server>, String> {
-    let storage = canto_storage::Storage::memory();
+    server_with_storage(config, canto_storage::Storage::memory()).await
+}
+
+/// A server built from `config` on `storage`, with accounts alice and bob.
+pub(crate) async fn server_with_storage(
+    config: Config,
+    storage: canto_storage::Storage,
+) -> Result<Arc<Server>, String> {
     let creds = canto_proto::sasl::Credentials::from_password("pw", 4096);
     for user in ["alice", "bob"] {
         storage

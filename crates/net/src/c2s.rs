@@ -1030,14 +1030,7 @@ impl Conn {
                 Step::NeedCredentials { username } => {
                     let host = self.host.clone().unwrap_or_default();
                     self.auth_user = Some(format!("{username}@{host}"));
-                    let creds = match self
-                        .ctx
-                        .server
-                        .storage
-                        .accounts
-                        .credentials(&host, &username)
-                        .await
-                    {
+                    let creds = match self.ctx.server.credentials_or_decoy(&host, &username).await {
                         Ok(c) => c,
                         Err(e) => {
                             warn!(error = %e, "credential lookup failed");

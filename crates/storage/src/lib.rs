@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 pub use canto_proto::sasl::{Credentials, HashAlgo, ScramKeys};
 
+pub mod faults;
 mod memory;
 mod sqlite;
 

@@ -639,3 +639,80 @@ async fn restarting_on_another_host_after_auth_is_not_authorized() {
     assert_session_works(&mut w1, &mut w2).await;
     s.stop().await;
 }
+
+/// A SCRAM exchange at `user` with `password` on a fresh connection: the salt and iteration
+/// count the server offered, and its answer to the client-final message.
+async fn scram_attempt(
+    s: &TestServer,
+    algo: HashAlgo,
+    user: &str,
+    password: &str,
+) -> (Vec<u8>, u32, Element) {
+    let mech = match algo {
+        HashAlgo::Sha1 => "SCRAM-SHA-1",
+        HashAlgo::Sha256 => "SCRAM-SHA-256",
+    };
+    let mut c = s.connect_tls().await;
+    let bare = format!("n={user},r=clientnonce");
+    let ch = c
+        .auth_raw(mech, Some(&B64.encode(format!("n,,{bare}"))))
+        .await
+        .unwrap_or_else(|e| panic!("{mech}: {e:#}"));
+    assert!(ch.is("challenge", ns::SASL), "{ch}");
+    let sf = String::from_utf8(B64.decode(ch.text().trim()).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut nonce, mut salt, mut iters) = ("", Vec::new(), 0);
+    for attr in sf.split(',') {
+        if let Some(v) = attr.strip_prefix("r=") {
+            nonce = v;
+        } else if let Some(v) = attr.strip_prefix("s=") {
+            salt = B64.decode(v).unwrap_or_default();
+        } else if let Some(v) = attr.strip_prefix("i=") {
+            iters = v.parse().unwrap_or_else(|e| panic!("{sf}: {e}"));
+        }
+    }
+    let without_proof = format!("c={},r={nonce}", B64.encode("n,,"));
+    let auth_message = format!("{bare},{sf},{without_proof}");
+    let (proof, _) = scram_client_proof(algo, password, &salt, iters, auth_message.as_bytes());
+    let client_final = format!("{without_proof},p={}", B64.encode(proof));
+    c.send(&format!(
+        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+        B64.encode(client_final)
+    ))
+    .await;
+    let answer = c.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+    (salt, iters, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_account_looks_like_a_real_one_with_a_wrong_password() {
+    let mut config = test_config();
+    config.limits.auth_failures_before_delay = 1000;
+    config.limits.scram_iterations = 5000;
+    let (s, mut w1, mut w2) = server_with(config).await;
+    let creds = canto_proto::sasl::Credentials::from_password("pc", 5000);
+    s.storage
+        .accounts
+        .create(HOST, "carol", &creds)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for algo in [HashAlgo::Sha1, HashAlgo::Sha256] {
+        let (real_salt, real_iters, wrong) = scram_attempt(&s, algo, "carol", "nope").await;
+        assert_eq!(real_salt, creds.keys(algo).salt);
+        let (salt, iters, unknown) = scram_attempt(&s, algo, "nobody", "pc").await;
+        // The iteration count real accounts get, a salt of the same length …
+        assert_eq!((iters, real_iters), (5000, 5000), "{algo:?}");
+        assert_eq!(salt.len(), real_salt.len(), "{algo:?}");
+        // … the same failure as a wrong password …
+        assert_eq!(
+            sasl_failure_condition(&wrong).as_deref(),
+            Some("not-authorized")
+        );
+        assert_eq!(unknown.to_string(), wrong.to_string(), "{algo:?}");
+        // … and the same salt on the next attempt, as a stored one would be.
+        let (again, _, _) = scram_attempt(&s, algo, "nobody", "other").await;
+        assert_eq!(again, salt, "{algo:?}");
+    }
+    assert_session_works(&mut w1, &mut w2).await;
+    s.stop().await;
+}

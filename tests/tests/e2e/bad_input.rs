@@ -893,19 +893,15 @@ async fn stanzas_to_an_offline_full_jid() {
     // RFC 6121 §8.5.3.2: the resource is not connected.
     let mut w = World::new().await;
     let mut m = w.mallory().await;
-    // Bob's only resource has sent no presence: not available. Chat and normal are handled as
-    // for the bare JID (§8.5.3.2.1): no available resource, so they are stored offline
-    // (§8.5.2.2.1, XEP-0160) and the sender gets no error.
-    for t in ["chat", "normal"] {
-        m.send(&format!(
-            "<message to='bob@localhost/ghost' type='{t}'><body>x</body></message>"
-        ))
+    // Bob's only resource has sent no presence: not available. Chat is handled as for the bare
+    // JID (§8.5.3.2.1): no available resource, so it is stored offline (§8.5.2.2.1, XEP-0160)
+    // and the sender gets no error.
+    m.send("<message to='bob@localhost/ghost' type='chat'><body>x</body></message>")
         .await;
-        assert!(
-            m.nothing_within(QUIET).await,
-            "{t} must be stored, not bounced"
-        );
-    }
+    assert!(
+        m.nothing_within(QUIET).await,
+        "chat must be stored, not bounced"
+    );
     let stored =
         w.s.running
             .server
@@ -913,7 +909,17 @@ async fn stanzas_to_an_offline_full_jid() {
                 &canto_stanza::BareJid::new("bob@localhost").unwrap_or_else(|e| panic!("{e}")),
             )
             .await;
-    assert_eq!(stored.len(), 2);
+    assert_eq!(stored.len(), 1);
+    // normal (also without a type) is bounced, not stored: only chat falls back (§8.5.3.2.1).
+    for t in [" type='normal'", ""] {
+        expect_stanza_error(
+            &mut m,
+            &format!("<message to='bob@localhost/ghost'{t}><body>x</body></message>"),
+            "service-unavailable",
+            "cancel",
+        )
+        .await;
+    }
     // groupchat: service-unavailable; headline: dropped (§8.5.3.2.1).
     expect_stanza_error(
         &mut m,

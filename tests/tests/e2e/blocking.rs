@@ -775,3 +775,50 @@ async fn a_blocked_recipient_of_directed_presence_is_sent_unavailable_once() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocklist_that_cannot_be_read_delivers_nothing() {
+    let mut cfg = test_config();
+    cfg.modules.push("blocking".into());
+    let mut storage = canto_storage::Storage::memory();
+    let kv = canto_storage::faults::FailingKv::new(storage.kv.clone());
+    storage.kv = kv.clone();
+    let s = TestServer::with_storage(cfg, storage).await;
+    s.add_user("alice", "pa").await;
+    s.add_user("bob", "pb").await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    let to = a.full_jid();
+    // Alice may have blocked Bob: while her list cannot be read, his message is not delivered
+    // (fail closed), and he is answered as a blocked sender is (XEP-0191 §3.3).
+    kv.fail("blocklist", Some("alice"));
+    b.send(&format!(
+        "<message to='{to}' type='chat' id='m1'><body>unseen</body></message>"
+    ))
+    .await;
+    let err = b
+        .wait_for(|e| e.attr("type") == Some("error") && e.attr("id") == Some("m1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(
+        error_condition(&err).as_deref(),
+        Some("service-unavailable"),
+        "{err}"
+    );
+    assert!(
+        a.nothing_within(QUIET).await,
+        "delivered despite the failure"
+    );
+    // Once storage is back, the same message goes through.
+    kv.heal();
+    b.send(&format!(
+        "<message to='{to}' type='chat' id='m2'><body>seen</body></message>"
+    ))
+    .await;
+    let m = a
+        .wait_for(|e| e.is("message", ns::CLIENT))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(m.attr("id"), Some("m2"), "{m}");
+    s.stop().await;
+}

@@ -708,8 +708,8 @@ async fn offline_messages_are_stored_and_delivered_in_order_with_delay() {
         ))
         .await;
     }
-    // Offline: to a full JID that is not connected, normal → as bare (RFC 6121 §8.5.3.2.1).
-    a.send("<message to='bob@localhost/gone'><body>m5</body></message>")
+    // Offline: to a full JID that is not connected, chat → as bare (RFC 6121 §8.5.3.2.1).
+    a.send("<message to='bob@localhost/gone' type='chat'><body>m5</body></message>")
         .await;
     // headline is dropped, groupchat bounced (§8.5.2.2.1).
     a.send("<message to='bob@localhost' type='headline'><body>h</body></message>")
@@ -895,5 +895,96 @@ async fn account_deletion_cleans_up_and_tells_contacts() {
         again.as_deref(),
         Some("error: alice@localhost does not exist")
     );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directed_presence_beyond_the_cap_is_refused_not_leaked() {
+    let mut cfg = test_config();
+    cfg.limits.max_directed_presence = 1;
+    let s = TestServer::with_config(cfg).await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    let mut a = s.login("alice", "pw", "a1").await;
+    let mut b = s.login("bob", "pw", "b").await;
+    let mut c = s.login("carol", "pw", "c").await;
+    for x in [&mut b, &mut c] {
+        x.send("<presence/>").await;
+    }
+    a.send("<presence/>").await;
+    drain(&mut a).await;
+    a.send("<presence to='bob@localhost'/>").await;
+    b.wait_for(|e| is_presence(e) && e.attr("from") == Some("alice@localhost/a1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // A second recipient could not be told unavailable at logout (RFC 6121 §4.6.3): refused.
+    a.send("<presence to='carol@localhost' id='p2'/>").await;
+    let err = a
+        .wait_for(|e| is_presence(e) && e.attr("type") == Some("error"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(err.attr("id"), Some("p2"), "{err}");
+    assert_eq!(
+        error_condition(&err).as_deref(),
+        Some("policy-violation"),
+        "{err}"
+    );
+    assert!(
+        drain(&mut c)
+            .await
+            .iter()
+            .all(|e| e.attr("from") != Some("alice@localhost/a1")),
+        "carol got alice's presence"
+    );
+    // Directed unavailable to bob frees the place.
+    a.send("<presence to='bob@localhost' type='unavailable'/>")
+        .await;
+    a.send("<presence to='carol@localhost'/>").await;
+    c.wait_for(|e| is_presence(e) && e.attr("from") == Some("alice@localhost/a1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_requests_beyond_the_cap_are_dropped() {
+    let mut cfg = test_config();
+    cfg.roster.max_pending = 1;
+    let s = TestServer::with_config(cfg).await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    let mut a = s.login("alice", "pw", "a").await;
+    let mut c = s.login("carol", "pw", "c").await;
+    a.send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    let _ = a.nothing_within(QUIET).await;
+    c.send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    // Carol's request finds bob's pending requests full: not stored, and nothing bounces.
+    assert!(c.nothing_within(QUIET).await, "carol got an answer");
+    let mut b = s.login("bob", "pw", "b").await;
+    b.send("<presence/>").await;
+    let got = drain(&mut b).await;
+    let requests: Vec<_> = got
+        .iter()
+        .filter(|e| is_presence(e) && e.attr("type") == Some("subscribe"))
+        .filter_map(|e| e.attr("from"))
+        .collect();
+    assert_eq!(requests, ["alice@localhost"], "{got:?}");
+    // Approving alice's request makes room: carol's next request is stored and delivered.
+    b.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
+    let _ = drain(&mut b).await;
+    c.send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    b.wait_for(|e| {
+        is_presence(e)
+            && e.attr("type") == Some("subscribe")
+            && e.attr("from") == Some("carol@localhost")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     s.stop().await;
 }

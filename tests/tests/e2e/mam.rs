@@ -996,3 +996,50 @@ async fn messages_older_than_the_retention_period_expire() {
     assert_eq!(bodies, ["recent"]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_values_are_bad_request_not_a_crash() {
+    let s = server().await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut b = s.login("bob", "pb", "b").await;
+    send_many(&mut a, &mut b, 2).await;
+    let huge = "99999999999999999999999999";
+    let cases: Vec<(String, &str)> = vec![
+        // XEP-0082 years have four digits; this one overflowed the millisecond arithmetic.
+        (
+            form("<field var='start'><value>99999999999-01-01T00:00:00Z</value></field>"),
+            "bad-request",
+        ),
+        (
+            form("<field var='end'><value>2024-01-01T00:00:00+99999999999:00</value></field>"),
+            "bad-request",
+        ),
+        // XEP-0059: a max or index beyond any integer is no valid value.
+        (
+            format!("<set xmlns='{RSM}'><max>{huge}</max></set>"),
+            "bad-request",
+        ),
+        (
+            format!("<set xmlns='{RSM}'><index>{huge}</index></set>"),
+            "bad-request",
+        ),
+        (page(1, "<index>-1</index>"), "bad-request"),
+        // XEP-0059 §2.6: a page out of order, which keyset paging does not serve.
+        (page(1, "<index>1</index>"), "feature-not-implemented"),
+    ];
+    for (inner, want) in cases {
+        let (got, _, e) = query(&mut b, &inner).await;
+        assert!(got.is_empty(), "{inner}: results before an error");
+        assert_eq!(error_condition(&e).as_deref(), Some(want), "{inner}: {e}");
+    }
+    // Index 0 is the first page; a max of any size is served up to the server's page cap.
+    let (got, _, _) = query(&mut b, &page(1, "<index>0</index>")).await;
+    assert_eq!(got.len(), 1);
+    let (got, _, _) = query(
+        &mut b,
+        &format!("<set xmlns='{RSM}'><max>4294967296</max></set>"),
+    )
+    .await;
+    assert_eq!(got.len(), 2);
+    s.stop().await;
+}

@@ -333,3 +333,28 @@ async fn the_rate_limit_is_per_address_and_counts_only_successes() {
     let _dave = s.login("dave", "pd", "d").await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_username_is_conflict_right_after_a_registration_from_the_same_address() {
+    let s = server().await;
+    let mut c = tls_from(&s, "127.0.0.3").await;
+    let r = ask(&mut c, &register("erin", "pe")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // XEP-0077 §3.1: a username that exists is conflict, also while this address must wait
+    // before registering another account.
+    for user in ["bob", "Erin"] {
+        let r = ask(&mut c, &register(user, "x")).await;
+        assert_eq!(
+            error_condition(&r).as_deref(),
+            Some("conflict"),
+            "{user}: {r}"
+        );
+    }
+    let r = ask(&mut c, &register("frank", "pf")).await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("resource-constraint"),
+        "{r}"
+    );
+    s.stop().await;
+}

@@ -123,6 +123,36 @@ impl Credentials {
         }
     }
 
+    /// Stand-in credentials for an account that does not exist, so that a login attempt at
+    /// one looks and costs the same as at a real account with a wrong password (no account
+    /// enumeration by timing or by the SCRAM server-first message): SCRAM is offered a salt
+    /// that is stable for `(host, username)` — an HMAC under `secret`, so it cannot be told
+    /// from a random one without the secret — 16 bytes like [`Credentials::from_password`]'s,
+    /// and `iterations`, the count real accounts get; PLAIN runs the same PBKDF2 against them.
+    /// The keys are empty, so no password and no SCRAM proof ever matches.
+    pub fn decoy(secret: &[u8], host: &str, username: &str, iterations: u32) -> Credentials {
+        let keys = |tag: &[u8]| {
+            let mut input = Vec::with_capacity(tag.len() + host.len() + username.len() + 2);
+            input.extend_from_slice(tag);
+            input.push(0);
+            input.extend_from_slice(host.as_bytes());
+            input.push(0);
+            input.extend_from_slice(username.as_bytes());
+            let mut salt = HashAlgo::Sha256.hmac(secret, &input);
+            salt.truncate(16);
+            ScramKeys {
+                salt,
+                iterations,
+                stored_key: Vec::new(),
+                server_key: Vec::new(),
+            }
+        };
+        Credentials {
+            sha1: keys(b"decoy-sha1"),
+            sha256: keys(b"decoy-sha256"),
+        }
+    }
+
     /// The keys for one hash.
     pub fn keys(&self, algo: HashAlgo) -> &ScramKeys {
         match algo {

@@ -103,6 +103,21 @@ mod tests {
     }
 
     #[test]
+    fn decoy_credentials_fail_like_a_wrong_password() {
+        let decoy = Credentials::decoy(&[1u8; 32], "example.org", "nobody", 64);
+        let (mut s, _) = start(Some(b"\0nobody\0pencil"));
+        assert_eq!(
+            s.credentials(Some(&decoy)),
+            Step::Failure(SaslFailure::NotAuthorized)
+        );
+        let (mut s, _) = start(Some(b"\0user\0wrong"));
+        assert_eq!(
+            s.credentials(Some(&creds())),
+            Step::Failure(SaslFailure::NotAuthorized)
+        );
+    }
+
+    #[test]
     fn success_after_empty_challenge() {
         let (mut s, step) = start(None);
         assert_eq!(step, Step::Challenge(vec![]));

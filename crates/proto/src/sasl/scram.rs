@@ -632,6 +632,49 @@ mod tests {
     }
 
     #[test]
+    fn decoy_credentials_look_like_a_real_account_with_a_wrong_password() {
+        let secret = [7u8; 32];
+        let real = Credentials::from_password("pencil", 5000);
+        let decoy = |user: &str| Credentials::decoy(&secret, HOST, user, 5000);
+        for algo_mech in [Mechanism::ScramSha1, Mechanism::ScramSha256] {
+            let algo = algo_mech.hash_algo().expect("SCRAM");
+            let run = |user: &str, creds: &Credentials, password: &str| {
+                let bare = format!("n={user},r=abcdef");
+                let (mut srv, sf) = begin(
+                    algo_mech,
+                    ChannelBindings::default(),
+                    false,
+                    &format!("n,,{bare}"),
+                    Some(creds),
+                );
+                let (cf, _) = client_final(algo, password, &bare, &sf, b"n,,", None);
+                (sf, srv.respond(cf.as_bytes()))
+            };
+            let (real_sf, wrong) = run("user", &real, "wrong");
+            let (decoy_sf, unknown) = run("nobody", &decoy("nobody"), "pencil");
+            // The same failure as a wrong password …
+            assert_eq!(wrong, Step::Failure(SaslFailure::NotAuthorized));
+            assert_eq!(unknown, wrong);
+            // … after a server-first of the same shape: the iteration count of real accounts
+            // and a salt of the same length.
+            let fields = |sf: &str| -> (usize, String) {
+                let parts: Vec<&str> = sf.split(',').collect();
+                let salt = b64(parts[1].strip_prefix("s=").expect("salt"));
+                (salt.len(), parts[2].to_string())
+            };
+            assert_eq!(fields(&decoy_sf), fields(&real_sf));
+            assert_eq!(fields(&decoy_sf).1, "i=5000");
+            // Stable across attempts, different per user, and keyed by the server secret.
+            let (again, _) = run("nobody", &decoy("nobody"), "x");
+            assert_eq!(again.split(',').nth(1), decoy_sf.split(',').nth(1));
+            let (other, _) = run("someone", &decoy("someone"), "x");
+            assert_ne!(other.split(',').nth(1), decoy_sf.split(',').nth(1));
+            let keyed = Credentials::decoy(&[8u8; 32], HOST, "nobody", 5000);
+            assert_ne!(keyed.keys(algo).salt, decoy("nobody").keys(algo).salt);
+        }
+    }
+
+    #[test]
     fn tampered_nonce() {
         let bare = "n=user,r=abcdef";
         let (mut srv, sf) = begin(

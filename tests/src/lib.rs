@@ -1226,3 +1226,91 @@ impl Client {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client over one end of a pipe whose server side has sent its stream header.
+    async fn piped() -> (Client, tokio::io::DuplexStream) {
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let mut c = Client::over_stream(Box::new(ours));
+        let _ = theirs.write_all(header(HOST).as_bytes()).await;
+        match c.next_event().await {
+            Ok(StreamEvent::Header(_)) => {}
+            other => panic!("expected the header, got {other:?}"),
+        }
+        (c, theirs)
+    }
+
+    #[tokio::test]
+    async fn nothing_within_waits_out_the_whole_window_when_nothing_comes() {
+        let (mut c, _theirs) = piped().await;
+        let t = std::time::Instant::now();
+        assert!(c.nothing_within(Duration::from_millis(50)).await);
+        assert!(
+            t.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_within_fails_on_any_byte_a_partial_stanza_or_whitespace() {
+        for arrives in ["<message to='a@localhost'><bo", " "] {
+            let (mut c, mut theirs) = piped().await;
+            let _ = theirs.write_all(arrives.as_bytes()).await;
+            assert!(
+                !c.nothing_within(Duration::from_millis(200)).await,
+                "{arrives:?} counted as nothing"
+            );
+        }
+        // Late in the window too; what arrived is kept for next().
+        let (mut c, mut theirs) = piped().await;
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = theirs.write_all(b"<message id='m'><body>x").await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = theirs.write_all(b"</body></message>").await;
+            theirs
+        });
+        assert!(!c.nothing_within(Duration::from_millis(500)).await);
+        let m = c.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(m.attr("id"), Some("m"), "{m}");
+        drop(late.await);
+    }
+
+    #[tokio::test]
+    async fn sync_keeps_what_arrived_before_the_answer_in_order() {
+        let (mut c, theirs) = piped().await;
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let server = tokio::spawn(async move {
+            // Read until the ping, then answer after two other stanzas.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            let id = loop {
+                let n = r.read(&mut buf).await.unwrap_or(0);
+                assert!(n > 0, "no ping");
+                got.extend_from_slice(&buf[..n]);
+                let s = String::from_utf8_lossy(&got).into_owned();
+                if let Some(rest) = s.split_once("id='").map(|(_, r)| r.to_string())
+                    && let Some((id, _)) = rest.split_once('\'')
+                    && s.contains("</iq>")
+                {
+                    break id.to_string();
+                }
+            };
+            let answer = format!(
+                "<message id='one'/><presence id='two'/><iq type='result' id='{id}'/><message id='three'/>"
+            );
+            let _ = w.write_all(answer.as_bytes()).await;
+            (r, w)
+        });
+        c.sync().await;
+        for want in ["one", "two", "three"] {
+            let e = c.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(e.attr("id"), Some(want), "{e}");
+        }
+        drop(server.await);
+    }
+}

@@ -28,6 +28,10 @@ pub const HOST2: &str = "example.test";
 /// How long a test waits for any expected answer before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The quiet window after a [`Client::sync`] round trip (see [`Client::quiet`]): only for
+/// deliveries made outside the sender's and receiver's sessions, so it can be short.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
 /// A running in-process server with its own data directory.
 pub struct TestServer {
     /// The running server.
@@ -398,7 +402,11 @@ impl Client {
         }
     }
 
-    /// Whether anything arrives within `d` (for asserting that nothing was delivered).
+    /// Whether nothing at all arrives within `d` (for asserting that nothing was delivered).
+    ///
+    /// The whole window is waited out when nothing comes. Any byte counts as something
+    /// arriving — a partial stanza, whitespace, the connection closing — and ends the wait at
+    /// once with `false`; what arrived stays queued for [`Client::next`].
     pub async fn nothing_within(&mut self, d: Duration) -> bool {
         if !self.pending.is_empty() {
             return false;
@@ -409,12 +417,85 @@ impl Client {
             Ok(Ok(0)) | Ok(Err(_)) => false,
             Ok(Ok(n)) => {
                 let mut out = Vec::new();
+                // A parse error shows again on the next read; here it is only something that
+                // arrived.
                 let _ = self.parser.feed(&buf[..n], &mut out);
-                let quiet = out.is_empty();
                 self.pending.extend(out);
-                quiet
+                false
             }
         }
+    }
+
+    /// A round trip to the server: sends a ping (XEP-0199 §4.2) to this client's domain and waits
+    /// for its answer. Elements that arrive before the answer stay queued for [`Client::next`],
+    /// in order. Panics if the answer does not come within [`WAIT`] or the stream ends.
+    ///
+    /// Why this replaces most waiting: the server handles one client's stanzas in the order they
+    /// were sent, and each session has one outbound queue that carries both its replies and the
+    /// stanzas routed to it. So once the answer to a ping sent after stanza X is back, X has been
+    /// handled and routed; and once a *receiver's* own ping is answered, everything routed to it
+    /// before then has been written to it ahead of the answer. See [`Client::quiet`].
+    pub async fn sync(&mut self) {
+        let id = format!("sync-{:08x}", rand::random::<u32>());
+        // The domain of the bound JID (`user@domain/resource`), else the first test host.
+        let to = match self.jid.as_deref() {
+            Some(j) => {
+                let bare = j.split('/').next().unwrap_or(j);
+                bare.rsplit('@').next().unwrap_or(bare).to_string()
+            }
+            None => HOST.to_string(),
+        };
+        self.send(&format!(
+            "<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        let mut before = Vec::new();
+        loop {
+            match self.next_event().await {
+                Ok(StreamEvent::Stanza(e))
+                    if e.is("iq", canto_stanza::ns::CLIENT)
+                        && e.attr("id") == Some(id.as_str()) =>
+                {
+                    break;
+                }
+                Ok(ev) => before.push(ev),
+                Err(e) => panic!("no answer to the sync ping after {before:?}: {e:#}"),
+            }
+        }
+        for ev in before.into_iter().rev() {
+            self.pending.push_front(ev);
+        }
+    }
+
+    /// Whether nothing is on its way to this client: after a [`Client::sync`] round trip (which
+    /// must bring nothing but its own answer), nothing arrives within [`SETTLE`].
+    ///
+    /// To assert that a stanza another client `a` sent is not delivered here, call `a.sync()`
+    /// first: then the stanza has been routed, and if it was routed here it is in this session's
+    /// queue ahead of this client's own ping answer, so `quiet` sees it without any long window.
+    /// The short window that follows only covers deliveries the server makes from another task
+    /// (none is expected); what arrived stays queued for [`Client::next`].
+    pub async fn quiet(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        self.sync().await;
+        self.pending.is_empty() && self.nothing_within(SETTLE).await
+    }
+
+    /// Everything that arrives until the stream is quiet: a [`Client::sync`] round trip, then
+    /// elements until none arrives within [`SETTLE`] (see [`Client::quiet`] for why that is
+    /// long enough). Not for a client that CSI or XEP-0198 tests watch: the ping is a stanza.
+    pub async fn drain(&mut self) -> Vec<Element> {
+        self.sync().await;
+        let mut v = Vec::new();
+        while !self.nothing_within(SETTLE).await {
+            match self.next().await {
+                Ok(e) => v.push(e),
+                Err(_) => break,
+            }
+        }
+        v
     }
 
     /// Reads until the stream ends and says how.
@@ -1013,6 +1094,15 @@ impl TestServer {
         self.running.server.sessions.get(&full_jid(jid)).is_some()
     }
 
+    /// Waits until no session is bound to `jid` (full JID): a dropped client's session ends in
+    /// its own task, a moment later. Panics after [`WAIT`].
+    pub async fn wait_unbound(&self, jid: &str) {
+        assert!(
+            poll_until(WAIT, || !self.is_bound(jid)).await,
+            "{jid} is still bound after {WAIT:?}"
+        );
+    }
+
     /// The id of the session bound to `jid`, if any.
     pub fn session_id(&self, jid: &str) -> Option<u64> {
         self.running
@@ -1143,5 +1233,93 @@ impl Client {
             exporter: None,
             ids: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client over one end of a pipe whose server side has sent its stream header.
+    async fn piped() -> (Client, tokio::io::DuplexStream) {
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let mut c = Client::over_stream(Box::new(ours));
+        let _ = theirs.write_all(header(HOST).as_bytes()).await;
+        match c.next_event().await {
+            Ok(StreamEvent::Header(_)) => {}
+            other => panic!("expected the header, got {other:?}"),
+        }
+        (c, theirs)
+    }
+
+    #[tokio::test]
+    async fn nothing_within_waits_out_the_whole_window_when_nothing_comes() {
+        let (mut c, _theirs) = piped().await;
+        let t = std::time::Instant::now();
+        assert!(c.nothing_within(Duration::from_millis(50)).await);
+        assert!(
+            t.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_within_fails_on_any_byte_a_partial_stanza_or_whitespace() {
+        for arrives in ["<message to='a@localhost'><bo", " "] {
+            let (mut c, mut theirs) = piped().await;
+            let _ = theirs.write_all(arrives.as_bytes()).await;
+            assert!(
+                !c.nothing_within(Duration::from_millis(200)).await,
+                "{arrives:?} counted as nothing"
+            );
+        }
+        // Late in the window too; what arrived is kept for next().
+        let (mut c, mut theirs) = piped().await;
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = theirs.write_all(b"<message id='m'><body>x").await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = theirs.write_all(b"</body></message>").await;
+            theirs
+        });
+        assert!(!c.nothing_within(Duration::from_millis(500)).await);
+        let m = c.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(m.attr("id"), Some("m"), "{m}");
+        drop(late.await);
+    }
+
+    #[tokio::test]
+    async fn sync_keeps_what_arrived_before_the_answer_in_order() {
+        let (mut c, theirs) = piped().await;
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let server = tokio::spawn(async move {
+            // Read until the ping, then answer after two other stanzas.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            let id = loop {
+                let n = r.read(&mut buf).await.unwrap_or(0);
+                assert!(n > 0, "no ping");
+                got.extend_from_slice(&buf[..n]);
+                let s = String::from_utf8_lossy(&got).into_owned();
+                if let Some(rest) = s.split_once("id='").map(|(_, r)| r.to_string())
+                    && let Some((id, _)) = rest.split_once('\'')
+                    && s.contains("</iq>")
+                {
+                    break id.to_string();
+                }
+            };
+            let answer = format!(
+                "<message id='one'/><presence id='two'/><iq type='result' id='{id}'/><message id='three'/>"
+            );
+            let _ = w.write_all(answer.as_bytes()).await;
+            (r, w)
+        });
+        c.sync().await;
+        for want in ["one", "two", "three"] {
+            let e = c.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(e.attr("id"), Some(want), "{e}");
+        }
+        drop(server.await);
     }
 }

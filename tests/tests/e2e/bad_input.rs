@@ -14,9 +14,6 @@ use canto_tests::*;
 use canto_xml::Element;
 use tokio::io::AsyncWriteExt;
 
-/// How long "nothing arrives" is watched for.
-const QUIET: Duration = Duration::from_millis(300);
-
 const ALICE: (&str, &str) = ("alice", "wonderland");
 const BOB: (&str, &str) = ("bob", "builder");
 const MALLORY: (&str, &str) = ("mallory", "mischief");
@@ -59,7 +56,7 @@ impl World {
     /// Bob received nothing (a bad stanza leaked nothing to its addressee).
     async fn bob_got_nothing(&mut self) {
         assert!(
-            self.bob.nothing_within(QUIET).await,
+            self.bob.quiet().await,
             "bob received {:?}",
             self.bob.next().await
         );
@@ -756,7 +753,7 @@ async fn unsolicited_iq_result_and_error_get_no_reply() {
         "<iq type='error' id='zz' to='someone@remote.example'/>",
     ] {
         m.send(xml).await;
-        assert!(m.nothing_within(QUIET).await, "{xml}: {:?}", m.next().await);
+        assert!(m.quiet().await, "{xml}: {:?}", m.next().await);
     }
     assert_alive(&mut m).await;
     w.stop().await;
@@ -798,11 +795,7 @@ async fn message_with_bogus_type_is_delivered_as_normal() {
             .as_deref(),
         Some("odd")
     );
-    assert!(
-        m.nothing_within(QUIET).await,
-        "no error: {:?}",
-        m.next().await
-    );
+    assert!(m.quiet().await, "no error: {:?}", m.next().await);
     w.stop().await;
 }
 
@@ -827,7 +820,7 @@ async fn forged_from_does_not_reach_the_addressee() {
         .await;
     assert_eq!(m.closed().await, Closed::Error("invalid-from".into()));
     assert!(
-        w.alice.nothing_within(QUIET).await,
+        w.alice.quiet().await,
         "alice got {:?}",
         w.alice.next().await
     );
@@ -882,7 +875,7 @@ async fn stanzas_to_a_nonexistent_account() {
         "<presence to='nobody@localhost/res'/>",
     ] {
         m.send(p).await;
-        assert!(m.nothing_within(QUIET).await, "{p}: {:?}", m.next().await);
+        assert!(m.quiet().await, "{p}: {:?}", m.next().await);
     }
     assert_alive(&mut m).await;
     w.stop().await;
@@ -898,10 +891,7 @@ async fn stanzas_to_an_offline_full_jid() {
     // and the sender gets no error.
     m.send("<message to='bob@localhost/ghost' type='chat'><body>x</body></message>")
         .await;
-    assert!(
-        m.nothing_within(QUIET).await,
-        "chat must be stored, not bounced"
-    );
+    assert!(m.quiet().await, "chat must be stored, not bounced");
     let stored =
         w.s.running
             .server
@@ -930,7 +920,7 @@ async fn stanzas_to_an_offline_full_jid() {
     .await;
     m.send("<message to='bob@localhost/ghost' type='headline'><body>x</body></message>")
         .await;
-    assert!(m.nothing_within(QUIET).await, "{:?}", m.next().await);
+    assert!(m.quiet().await, "{:?}", m.next().await);
     // iq: service-unavailable (§8.5.3.2.2).
     expect_stanza_error(
         &mut m,
@@ -987,7 +977,7 @@ async fn error_stanzas_to_a_nonexistent_account_are_dropped() {
         "<message to='nobody@remote.example' type='error'/>",
     ] {
         m.send(xml).await;
-        assert!(m.nothing_within(QUIET).await, "{xml}: {:?}", m.next().await);
+        assert!(m.quiet().await, "{xml}: {:?}", m.next().await);
     }
     w.bob_got_nothing().await;
     assert_alive(&mut m).await;
@@ -1112,7 +1102,7 @@ async fn case_and_width_variants_reach_the_same_account() {
         // Delivered with the normalized address.
         assert_eq!(got.attr("to"), Some("bob@localhost/phone"), "{to}");
     }
-    assert!(m.nothing_within(QUIET).await, "{:?}", m.next().await);
+    assert!(m.quiet().await, "{:?}", m.next().await);
     w.stop().await;
 }
 
@@ -1148,7 +1138,7 @@ async fn resource_case_is_preserved() {
         "cancel",
     )
     .await;
-    assert!(b.nothing_within(QUIET).await, "{:?}", b.next().await);
+    assert!(b.quiet().await, "{:?}", b.next().await);
     w.stop().await;
 }
 

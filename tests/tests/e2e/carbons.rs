@@ -1,23 +1,14 @@
 //! XEP-0280 Message Carbons end to end with several resources per account.
-use std::time::Duration;
 
 use canto_stanza::ns;
 use canto_tests::*;
 use canto_xml::Element;
 
-const QUIET: Duration = Duration::from_millis(300);
 const CARBONS: &str = "urn:xmpp:carbons:2";
 const FORWARD: &str = "urn:xmpp:forward:0";
 
 async fn drain(c: &mut Client) -> Vec<Element> {
-    let mut v = Vec::new();
-    while !c.nothing_within(QUIET).await {
-        match c.next().await {
-            Ok(e) => v.push(e),
-            Err(_) => break,
-        }
-    }
-    v
+    c.drain().await
 }
 
 /// The forwarded message inside a carbon of `direction`.
@@ -103,6 +94,7 @@ async fn sent_and_received_copies_go_to_enabled_resources_only() {
     }
     b.send("<message to='alice@localhost/a1' type='headline'><body>h</body></message>")
         .await;
+    b.sync().await;
     assert!(
         !drain(&mut a2).await.iter().any(|e| e.name() == "message"),
         "a2 got a copy it should not"
@@ -164,6 +156,7 @@ async fn bare_jid_messages_are_copied_only_to_resources_that_did_not_get_them() 
     // §8.5.2.1.1, as configured by default); XEP-0280 §6: none of them gets a carbon on top.
     b.send("<message to='alice@localhost' type='chat'><body>to all</body></message>")
         .await;
+    b.sync().await;
     for c in [&mut a1, &mut a2, &mut a3] {
         let got = messages(c).await;
         assert_eq!(got.len(), 1, "{got:?}");
@@ -173,6 +166,7 @@ async fn bare_jid_messages_are_copied_only_to_resources_that_did_not_get_them() 
     // did not get it gets a <received/> copy, a3 (carbons off) nothing unless it was chosen.
     b.send("<message to='alice@localhost'><body>to one</body></message>")
         .await;
+    b.sync().await;
     let mut originals = 0;
     for (i, c) in [&mut a1, &mut a2, &mut a3].into_iter().enumerate() {
         let got = messages(c).await;
@@ -208,6 +202,7 @@ async fn which_messages_are_copied() {
     ] {
         b.send(xml).await;
     }
+    b.sync().await;
     let got = messages(&mut a3).await;
     assert_eq!(got.len(), 2, "{got:?}");
     for c in [&mut a1, &mut a2] {

@@ -1,13 +1,10 @@
 //! XEP-0030 Service Discovery end to end: the server's own info and items, what it answers on an
 //! account's behalf (and to whom, §8), unknown nodes, and features that follow the modules a
 //! configuration enables.
-use std::time::Duration;
 
 use canto_stanza::ns;
 use canto_tests::*;
 use canto_xml::Element;
-
-const QUIET: Duration = Duration::from_millis(300);
 
 fn info_query(to: &str, node: Option<&str>) -> String {
     let node = node.map(|n| format!(" node='{n}'")).unwrap_or_default();
@@ -215,7 +212,7 @@ async fn account_info_is_for_those_who_may_see_its_presence() {
     b.wait_for(|e| e.name() == "iq" && e.to_string().contains("subscription='to'"))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let _ = a.nothing_within(QUIET).await;
+    a.sync().await;
 
     // XEP-0030 §8 rule 1: bob may receive alice's presence, so the server answers for her.
     let r = ask(&mut b, &info_query("alice@localhost", None)).await;
@@ -285,12 +282,5 @@ async fn account_info_is_for_those_who_may_see_its_presence() {
 }
 
 async fn drain(c: &mut Client) -> Vec<Element> {
-    let mut v = Vec::new();
-    while !c.nothing_within(QUIET).await {
-        match c.next().await {
-            Ok(e) => v.push(e),
-            Err(_) => break,
-        }
-    }
-    v
+    c.drain().await
 }

@@ -131,7 +131,8 @@ async fn offline_messages_acknowledged_before_sigkill_are_delivered_after_restar
     let want: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
     assert_eq!(bodies, want, "every acknowledged message, once, in order");
     // Nothing else but presence follows: no duplicates.
-    while !b.nothing_within(Duration::from_millis(300)).await {
+    b.sync().await;
+    while !b.nothing_within(SETTLE).await {
         let e = b.next().await.unwrap_or_else(|e| panic!("{e:#}"));
         assert_ne!(e.name(), "message", "duplicate delivery: {e}");
     }

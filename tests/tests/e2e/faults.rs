@@ -293,10 +293,7 @@ async fn sigkill_mid_burst_keeps_every_acknowledged_offline_message_exactly_once
         (0..n).collect::<Vec<_>>(),
         "each stored message once, in order, without gaps"
     );
-    assert!(
-        b.nothing_within(Duration::from_millis(300)).await,
-        "nothing after the ping result"
-    );
+    assert!(b.quiet().await, "nothing after the ping result");
     drop(b);
 
     // Delivered messages were deleted: a later login gets none of them again.

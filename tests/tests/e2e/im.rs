@@ -1,11 +1,8 @@
 //! RFC 6121 end to end: rosters, subscriptions, presence, delivery rules, offline messages.
-use std::time::Duration;
 
 use canto_stanza::ns;
 use canto_tests::*;
 use canto_xml::Element;
-
-const QUIET: Duration = Duration::from_millis(300);
 
 fn is_presence(e: &Element) -> bool {
     e.is("presence", ns::CLIENT)
@@ -68,14 +65,7 @@ fn is_push(e: &Element) -> bool {
 
 /// Everything that arrives until the stream is quiet.
 async fn drain(c: &mut Client) -> Vec<Element> {
-    let mut v = Vec::new();
-    while !c.nothing_within(QUIET).await {
-        match c.next().await {
-            Ok(e) => v.push(e),
-            Err(_) => break,
-        }
-    }
-    v
+    c.drain().await
 }
 
 /// Sends an IQ set and returns (its result, a roster push that arrived with it).
@@ -135,8 +125,8 @@ async fn subscribe_both(a: &mut Client, b: &mut Client) {
         .unwrap_or_else(|e| panic!("{e:#}"));
     a.send("<presence to='bob@localhost' type='subscribed'/>")
         .await;
-    let _ = a.nothing_within(QUIET).await;
-    let _ = b.nothing_within(QUIET).await;
+    a.sync().await;
+    b.sync().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,10 +163,7 @@ async fn roster_set_get_remove_and_pushes_go_to_interested_resources_only() {
         let id = p.attr("id").unwrap_or_default().to_string();
         c.send(&format!("<iq type='result' id='{id}'/>")).await;
     }
-    assert!(
-        a3.nothing_within(QUIET).await,
-        "a non-interested resource got a push"
-    );
+    assert!(a3.quiet().await, "a non-interested resource got a push");
     assert_eq!(
         roster(&mut a1).await,
         vec![("carol@localhost".into(), "none".into(), false)]
@@ -403,7 +390,7 @@ async fn unsubscribe_and_unsubscribed_from_both_sides() {
     b.wait_for(|e| is_presence(e) && e.attr("type") == Some("unsubscribe"))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let _ = a.nothing_within(QUIET).await;
+    a.sync().await;
     assert_eq!(
         roster(&mut a).await,
         vec![("bob@localhost".into(), "from".into(), false)]
@@ -436,7 +423,8 @@ async fn unsubscribe_and_unsubscribed_from_both_sides() {
     // RFC 6121 §3.1.6: an unsolicited subscribed (no request pending) changes nothing.
     a.send("<presence to='bob@localhost' type='subscribed'/>")
         .await;
-    assert!(b.nothing_within(QUIET).await);
+    a.sync().await;
+    assert!(b.quiet().await);
     assert_eq!(
         roster(&mut b).await,
         vec![("alice@localhost".into(), "none".into(), false)]
@@ -473,7 +461,7 @@ async fn pre_approval_and_denial() {
     b.wait_for(|e| is_presence(e) && e.attr("type") == Some("unsubscribed"))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let _ = b.nothing_within(QUIET).await;
+    b.sync().await;
     assert_eq!(
         roster(&mut b).await,
         vec![("alice@localhost".into(), "from".into(), false)]
@@ -491,13 +479,10 @@ async fn subscription_request_to_offline_user_is_redelivered_at_initial_presence
         "<presence to='bob@localhost' type='subscribe'><status>hi, it's alice</status></presence>",
     )
     .await;
-    let _ = a.nothing_within(QUIET).await;
+    a.sync().await;
     // RFC 6121 §3.1.3: stored, delivered when bob becomes available.
     let mut b = s.login("bob", "pb", "b1").await;
-    assert!(
-        b.nothing_within(QUIET).await,
-        "nothing before initial presence"
-    );
+    assert!(b.quiet().await, "nothing before initial presence");
     b.send("<presence/>").await;
     let req = b
         .wait_for(|e| is_presence(e) && e.attr("type") == Some("subscribe"))
@@ -511,10 +496,8 @@ async fn subscription_request_to_offline_user_is_redelivered_at_initial_presence
     // Asking again while pending is delivered once only.
     a.send("<presence to='bob@localhost' type='subscribe'/>")
         .await;
-    assert!(
-        b.nothing_within(QUIET).await,
-        "a duplicate request is delivered once"
-    );
+    a.sync().await;
+    assert!(b.quiet().await, "a duplicate request is delivered once");
     s.stop().await;
 }
 
@@ -607,7 +590,7 @@ async fn probe_from_a_stranger_is_answered_unsubscribed_and_reveals_nothing() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(p.attr("type"), Some("unsubscribed"), "{p}");
     assert_eq!(p.attr("from"), Some("nobody@localhost"), "{p}");
-    assert!(b.nothing_within(QUIET).await);
+    assert!(b.quiet().await);
     // Alice is told nothing of the probes.
     assert!(!drain(&mut a).await.iter().any(is_presence));
     s.stop().await;
@@ -678,6 +661,7 @@ async fn bare_jid_message_delivery_rules() {
     // normal: one of them.
     a.send("<message to='bob@localhost'><body>n</body></message>")
         .await;
+    a.sync().await;
     let got1 = has_message(&drain(&mut b1).await);
     let got2 = has_message(&drain(&mut b2).await);
     assert!(
@@ -721,14 +705,14 @@ async fn offline_messages_are_stored_and_delivered_in_order_with_delay() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
-    assert!(a.nothing_within(QUIET).await, "chat/normal must not bounce");
+    assert!(a.quiet().await, "chat/normal must not bounce");
     let mut b = s.login("bob", "pb", "b1").await;
     // Negative priority: not delivered (XEP-0160 §3).
     b.send("<presence><priority>-1</priority></presence>").await;
     let _ = b.wait_for(is_presence).await;
-    assert!(b.nothing_within(QUIET).await);
+    assert!(b.quiet().await);
     drop(b);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.wait_unbound("bob@localhost/b1").await;
     let mut b = s.login("bob", "pb", "b2").await;
     b.send("<presence/>").await;
     let mut bodies = Vec::new();
@@ -752,11 +736,11 @@ async fn offline_messages_are_stored_and_delivered_in_order_with_delay() {
     assert_eq!(bodies, ["m0", "m1", "m2", "m3", "m4", "m5"]);
     // Delivered once: a new session gets nothing more.
     drop(b);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.wait_unbound("bob@localhost/b2").await;
     let mut b = s.login("bob", "pb", "b3").await;
     b.send("<presence/>").await;
     let _ = b.wait_for(is_presence).await;
-    assert!(b.nothing_within(QUIET).await);
+    assert!(b.quiet().await);
     s.stop().await;
 }
 
@@ -818,7 +802,7 @@ async fn offline_quota_bounces_with_service_unavailable() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
-    assert!(a.nothing_within(QUIET).await, "only the fourth bounces");
+    assert!(a.quiet().await, "only the fourth bounces");
     s.stop().await;
 }
 
@@ -833,6 +817,7 @@ async fn account_deletion_cleans_up_and_tells_contacts() {
     // Carol has a pending request to alice and alice has an offline message waiting.
     c.send("<presence to='alice@localhost' type='subscribe'/>")
         .await;
+    c.sync().await;
     let _ = drain(&mut a).await;
     let _ = drain(&mut b).await;
     // Through the admin socket, as `canto user del` does while the server runs.
@@ -959,11 +944,11 @@ async fn subscription_requests_beyond_the_cap_are_dropped() {
     let mut c = s.login("carol", "pw", "c").await;
     a.send("<presence to='bob@localhost' type='subscribe'/>")
         .await;
-    let _ = a.nothing_within(QUIET).await;
+    a.sync().await;
     c.send("<presence to='bob@localhost' type='subscribe'/>")
         .await;
     // Carol's request finds bob's pending requests full: not stored, and nothing bounces.
-    assert!(c.nothing_within(QUIET).await, "carol got an answer");
+    assert!(c.quiet().await, "carol got an answer");
     let mut b = s.login("bob", "pw", "b").await;
     b.send("<presence/>").await;
     let got = drain(&mut b).await;

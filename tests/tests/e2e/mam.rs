@@ -269,8 +269,6 @@ async fn preferences_decide_what_is_archived() {
     s.stop().await;
 }
 
-const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
-
 fn form(fields: &str) -> String {
     format!(
         "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>{fields}</x>"
@@ -657,12 +655,8 @@ async fn each_message_is_archived_once_and_copies_carry_only_own_ids() {
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
     }
-    while !a1.nothing_within(QUIET).await {
-        let _ = a1.next().await;
-    }
-    while !a2.nothing_within(QUIET).await {
-        let _ = a2.next().await;
-    }
+    a1.drain().await;
+    a2.drain().await;
     // bob → alice's bare JID: both resources get it (chat to all of the highest priority);
     // XEP-0313 §5.1.1: stored once.
     b.send("<message to='alice@localhost' type='chat'><body>fork</body></message>")

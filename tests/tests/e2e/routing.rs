@@ -1,13 +1,8 @@
 //! Stanza routing over real sockets: RFC 6120 §8 and §10, RFC 6121 §8 (as far as they apply
 //! without rosters, offline storage or federation), and the server's own IQ handlers.
 
-use std::time::Duration;
-
 use canto_tests::*;
 use canto_xml::Element;
-
-/// How long "nothing arrives" is watched for.
-const QUIET: Duration = Duration::from_millis(300);
 
 const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 
@@ -49,7 +44,7 @@ async fn settle(clients: &mut [&mut Client]) {
 
 async fn assert_quiet(c: &mut Client) {
     assert!(
-        c.nothing_within(QUIET).await,
+        c.quiet().await,
         "{} received {:?}",
         c.full_jid(),
         c.next().await
@@ -322,6 +317,7 @@ async fn directed_presence_to_a_bare_jid_reaches_the_available_resources() {
     // Directed presence does not make the sender available for bare-JID messages: stored.
     one.send("<message to='alice@localhost' type='chat'><body>x</body></message>")
         .await;
+    one.sync().await;
     assert_quiet(&mut a).await;
     assert_quiet(&mut one).await;
     s.stop().await;
@@ -360,6 +356,7 @@ async fn broadcast_presence_reaches_the_accounts_other_available_resources() {
     assert_eq!(p.attr("type"), Some("unavailable"));
     // A second unavailable from a resource that is not available changes nothing.
     work.send("<presence type='unavailable'/>").await;
+    work.sync().await;
     assert_quiet(&mut home).await;
     assert_quiet(&mut idle).await;
     // Another account sees none of it (no roster, no subscription).

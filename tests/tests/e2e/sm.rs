@@ -261,16 +261,18 @@ async fn resumption_after_a_lost_connection_delivers_every_message_exactly_once(
         ["m4", "m5", "m6", "m7", "m8", "m9"],
         "unacknowledged ones replayed, then the gap's"
     );
-    // None twice.
+    // None twice (what was sent before the sync ping's answer is in front of it).
+    b.sync().await;
     loop {
-        if b.nothing_within(Duration::from_millis(500)).await {
+        if b.nothing_within(SETTLE).await {
             break;
         }
         let e = b.next().await.unwrap_or_else(|e| panic!("{e:#}"));
         assert!(e.is("r", SM), "unexpected after resumption: {e}");
     }
-    // The counters carried over: all nine acknowledged is exactly right.
-    b.send(&format!("<a xmlns='{SM}' h='9'/>")).await;
+    // The counters carried over: all nine and the sync ping's answer acknowledged is exactly
+    // right.
+    b.send(&format!("<a xmlns='{SM}' h='10'/>")).await;
     assert_alive(&mut b).await;
     // Same full JID, same session: messages still flow.
     assert_message_flows(&mut a, &mut b).await;
@@ -375,7 +377,8 @@ async fn hibernation_timeout_moves_unacked_messages_to_offline_storage() {
     }
     assert_eq!(got, ["m2", "m3", "m4"]);
     // Only presence may follow (own presence comes after the stored messages): no duplicates.
-    while !b.nothing_within(Duration::from_millis(300)).await {
+    b.sync().await;
+    while !b.nothing_within(SETTLE).await {
         let e = b.next().await.unwrap_or_else(|e| panic!("{e:#}"));
         assert_ne!(e.name(), "message", "duplicate delivery: {e}");
     }
@@ -454,7 +457,8 @@ async fn offline_bodies(c: &mut Client, n: usize) -> Vec<String> {
 
 /// Asserts nothing but presence follows: no message delivered twice.
 async fn no_more_messages(c: &mut Client) {
-    while !c.nothing_within(Duration::from_millis(300)).await {
+    c.sync().await;
+    while !c.nothing_within(SETTLE).await {
         let e = c.next().await.unwrap_or_else(|e| panic!("{e:#}"));
         assert_ne!(e.name(), "message", "duplicate delivery: {e}");
     }
@@ -609,7 +613,8 @@ async fn unacked_messages_are_not_rerouted_to_a_resource_that_got_their_carbons(
     // The phone ends without acknowledging: the laptop already has them, no second copy.
     phone.send("</stream:stream>").await;
     assert!(poll_until(WAIT, || !s.is_bound(&to)).await);
-    while !laptop.nothing_within(Duration::from_millis(400)).await {
+    laptop.sync().await;
+    while !laptop.nothing_within(SETTLE).await {
         let e = laptop.next().await.unwrap_or_else(|e| panic!("{e:#}"));
         assert!(
             !(e.is("message", ns::CLIENT) && e.has_child("body", ns::CLIENT)),
@@ -666,8 +671,9 @@ async fn deleting_an_account_ends_its_hibernating_session_and_keeps_nothing() {
     assert!(existed);
     assert_eq!(s.running.server.sm.hibernating(), 0);
     assert!(!s.is_bound(&to));
-    // Neither the unacknowledged nor the queued messages outlive the account.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Neither the unacknowledged nor the queued messages outlive the account. The deletion
+    // has returned and nothing hibernates: SETTLE only gives a wrong late write its chance.
+    tokio::time::sleep(SETTLE).await;
     let left = s
         .storage
         .archive

@@ -6,7 +6,9 @@
 //! ([`Phase::Unauthenticated`]), becomes `c2s` after SASL ([`Phase::Authenticated`]) and a
 //! connected resource after binding ([`Phase::Bound`]). However the connection ends — client
 //! close, network loss, conflict, shutdown, stream error — [`Conn::finish`] runs, and for a bound
-//! session that calls `Server::destroy_session`, the only way out of the routing table.
+//! session that calls `Server::destroy_session`, the only way out of the routing table. A task
+//! that never gets there (a panic, a cancelled future) is caught by `Conn`'s `Drop`, which
+//! destroys the session all the same.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -1208,6 +1210,10 @@ impl Conn {
             return Err(stream_error(StreamCondition::InternalServerError));
         };
         let handle = handle.clone();
+        #[cfg(test)]
+        if el.is("panic", tests::PANIC_NS) {
+            panic!("a handler panicked (test)");
+        }
         if let Some(sm) = &mut self.sm
             && is_stanza(&el)
         {
@@ -1478,5 +1484,191 @@ impl Conn {
             el.write_to(&mut self.out, ns::CLIENT);
         }
         Ok(())
+    }
+}
+
+/// The teardown guard: a connection task that never reached the end of [`Conn::finish`] — it
+/// panicked (a module's handler, say) or was dropped mid-await — still ends its session here,
+/// so no ghost stays in the routing table, available to its contacts forever. `finish` takes
+/// the bound phase out first, so after it this finds nothing to do. Everything here is
+/// synchronous (safe while unwinding); what needs storage (re-routing what the client never
+/// acknowledged, XEP-0198 §5) goes to a task of its own.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let phase = std::mem::replace(
+            &mut self.phase,
+            Phase::Unauthenticated {
+                sasl: None,
+                failures: 0,
+            },
+        );
+        let Phase::Bound { handle, rx } = phase else {
+            // Not bound: nothing is in the routing table. An `<enable/>` needs a bound session,
+            // so no XEP-0198 registry entry either. (The per-address connection slot and the
+            // shutdown `alive` sender are dropped with the task's other locals.)
+            return;
+        };
+        // destroy_session and the SM registry spawn tasks: only inside a runtime (a runtime
+        // being dropped drops its tasks without one).
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let reason = if std::thread::panicking() {
+            "connection task panicked"
+        } else {
+            "connection task ended early"
+        };
+        warn!(jid = %handle.jid(), reason, "session torn down by the guard");
+        let server = self.ctx.server.clone();
+        // As in `finish`: what CSI held back counts as sent and unacknowledged.
+        if let (Some(sm), Some(hold)) = (&mut self.sm, self.csi.take()) {
+            for el in hold.held {
+                sm.state.sent(el);
+            }
+        }
+        match self.sm.take() {
+            Some(SmConn {
+                state, resume_id, ..
+            }) => {
+                if let Some(id) = resume_id {
+                    server.sm_ended(&id, &handle, &state);
+                }
+                server.destroy_session(&handle, reason);
+                rt.spawn(async move { server.reroute_unacked(&handle, state, rx).await });
+            }
+            None => server.destroy_session(&handle, reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use canto_proto::sasl::Credentials;
+    use tokio::io::{ReadHalf, WriteHalf};
+
+    /// A top-level element that makes the connection task panic where a handler would run
+    /// (tests only).
+    pub(super) const PANIC_NS: &str = "urn:canto:test:panic";
+
+    /// A raw client over the in-memory transport.
+    struct Client {
+        rd: ReadHalf<DuplexStream>,
+        wr: WriteHalf<DuplexStream>,
+        seen: String,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+    impl Client {
+        fn connect(ctx: &Arc<C2sContext>) -> Client {
+            let (client, server_end) = tokio::io::duplex(64 * 1024);
+            let peer = "192.0.2.1:5222".parse().unwrap_or_else(|e| panic!("{e}"));
+            let task = tokio::spawn(serve_memory(ctx.clone(), server_end, peer));
+            let (rd, wr) = tokio::io::split(client);
+            Client {
+                rd,
+                wr,
+                seen: String::new(),
+                task,
+            }
+        }
+
+        async fn send(&mut self, s: &str) {
+            self.wr
+                .write_all(s.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("write: {e}"));
+        }
+
+        /// Reads until `pat` has arrived; returns everything up to its end and forgets it.
+        async fn until(&mut self, pat: &str) -> String {
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(i) = self.seen.find(pat) {
+                    let rest = self.seen.split_off(i + pat.len());
+                    return std::mem::replace(&mut self.seen, rest);
+                }
+                let n = timeout(Duration::from_secs(5), self.rd.read(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("no {pat:?} within 5 s; got {:?}", self.seen))
+                    .unwrap_or_else(|e| panic!("read: {e}"));
+                assert!(n > 0, "closed before {pat:?}; got {:?}", self.seen);
+                self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+
+        /// SASL PLAIN as user/pencil, binds `resource`, sends initial presence.
+        async fn login(ctx: &Arc<C2sContext>, resource: &str) -> Client {
+            let mut c = Client::connect(ctx);
+            c.send(HEADER).await;
+            c.until("features>").await;
+            let creds = encode_payload(b"\0user\0pencil");
+            c.send(&format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
+            ))
+            .await;
+            c.until("success").await;
+            c.send(HEADER).await;
+            c.until("features>").await;
+            c.send(&format!(
+                "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+                 <resource>{resource}</resource></bind></iq>"
+            ))
+            .await;
+            c.until("</iq>").await;
+            c.send("<presence/>").await;
+            c
+        }
+    }
+
+    async fn context() -> Arc<C2sContext> {
+        // No modules: presence broadcast and session destruction are core's.
+        let config = canto_core::Config {
+            modules: Vec::new(),
+            ..memory_config()
+        };
+        let ctx = fuzz_context(config, &[]).unwrap_or_else(|e| panic!("{e}"));
+        ctx.server
+            .storage
+            .accounts
+            .create(
+                "localhost",
+                "user",
+                &Credentials::from_password("pencil", 32),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("account: {e}"));
+        ctx
+    }
+
+    /// A panic in a connection task skips `finish`; the guard still destroys the session: it
+    /// leaves the routing table and the account's other resource gets its unavailable
+    /// presence (RFC 6121 §4.5.2).
+    #[tokio::test]
+    async fn a_panicking_connection_task_still_ends_its_session() {
+        let ctx = context().await;
+        let mut a = Client::login(&ctx, "a").await;
+        let mut b = Client::login(&ctx, "b").await;
+        // Both available: a sees b's initial presence (RFC 6121 §4.2.2: to the user's own
+        // available resources).
+        a.until("from='user@localhost/b'").await;
+        assert_eq!(ctx.server.sessions.count(), 2);
+        a.send(&format!("<panic xmlns='{PANIC_NS}'/>")).await;
+        let r = timeout(Duration::from_secs(5), &mut a.task)
+            .await
+            .unwrap_or_else(|_| panic!("the task did not end"));
+        assert!(r.is_err_and(|e| e.is_panic()), "the task panicked");
+        let got = b.until("from='user@localhost/a'").await;
+        let tail = b.until("/>").await;
+        assert!(
+            format!("{got}{tail}").contains("type='unavailable'"),
+            "unavailable from the panicked resource: {got}{tail}"
+        );
+        assert_eq!(ctx.server.sessions.count(), 1, "only b is left");
+        let jid = FullJid::new("user@localhost/a").unwrap_or_else(|e| panic!("{e}"));
+        assert!(ctx.server.sessions.get(&jid).is_none());
     }
 }

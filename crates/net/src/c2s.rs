@@ -163,6 +163,8 @@ struct Conn {
     closer: Arc<Closer>,
     id: u64,
     stream_id: String,
+    /// The `xml:lang` of the client's current stream header (RFC 6120 §4.7.4).
+    lang: Option<String>,
     /// The account the SASL exchange in progress names, once known (per-account throttling).
     auth_user: Option<String>,
     /// XEP-0198 stream management, once enabled (or resumed).
@@ -353,6 +355,7 @@ async fn serve_io(
             closer: Closer::new(),
             id,
             stream_id: String::new(),
+            lang: None,
             auth_user: None,
             sm: None,
             csi: None,
@@ -814,6 +817,7 @@ impl Conn {
             }
         }
         self.host = Some(header.host.clone());
+        self.lang = header.lang;
         self.stream_id = format!("{:016x}", rand::random::<u64>());
         self.out
             .extend_from_slice(&response_header(&header.host, &self.stream_id));
@@ -1205,7 +1209,7 @@ impl Conn {
     }
 
     /// A connected resource: everything in `jabber:client` goes to the router.
-    async fn bound(&mut self, el: Element) -> Result<(), End> {
+    async fn bound(&mut self, mut el: Element) -> Result<(), End> {
         let Phase::Bound { handle, .. } = &self.phase else {
             return Err(stream_error(StreamCondition::InternalServerError));
         };
@@ -1233,12 +1237,21 @@ impl Conn {
             }
         }
         match (el.ns(), el.name()) {
-            (ns::CLIENT, _) => self
-                .ctx
-                .server
-                .route_from_client(&handle, el)
-                .await
-                .map_err(End::Error),
+            (ns::CLIENT, _) => {
+                // RFC 6120 §4.7.4: a stanza without xml:lang is in the stream's default
+                // language, and the server adds it when routing one (and so archives it).
+                if let Some(lang) = &self.lang
+                    && is_stanza(&el)
+                    && el.attr("xml:lang").is_none()
+                {
+                    el.set_attr("xml:lang", lang.as_str());
+                }
+                self.ctx
+                    .server
+                    .route_from_client(&handle, el)
+                    .await
+                    .map_err(End::Error)
+            }
             (ns::TLS, _) | (ns::SASL, _) => Err(stream_error(StreamCondition::PolicyViolation)),
             _ => Err(stream_error(StreamCondition::UnsupportedStanzaType)),
         }

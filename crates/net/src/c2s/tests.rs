@@ -69,6 +69,19 @@ impl Client {
 
     /// SASL PLAIN as user/pencil, binds `resource`, sends initial presence.
     async fn login(ctx: &Arc<C2sContext>, resource: &str) -> Client {
+        let mut c = Client::authenticated(ctx).await;
+        c.send(&format!(
+            "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>{resource}</resource></bind></iq>"
+        ))
+        .await;
+        c.until("</iq>").await;
+        c.send("<presence/>").await;
+        c
+    }
+
+    /// SASL PLAIN as user/pencil and the restarted stream's features.
+    async fn authenticated(ctx: &Arc<C2sContext>) -> Client {
         let mut c = Client::connect(ctx);
         c.send(HEADER).await;
         c.until("features>").await;
@@ -80,24 +93,22 @@ impl Client {
         c.until("success").await;
         c.send(HEADER).await;
         c.until("features>").await;
-        c.send(&format!(
-            "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
-             <resource>{resource}</resource></bind></iq>"
-        ))
-        .await;
-        c.until("</iq>").await;
-        c.send("<presence/>").await;
         c
     }
 }
 
 async fn context() -> Arc<C2sContext> {
     // No modules: presence broadcast and session destruction are core's.
+    context_with(Vec::new()).await
+}
+
+/// A context with the named modules of `canto_modules` loaded and the account user/pencil.
+async fn context_with(modules: Vec<String>) -> Arc<C2sContext> {
     let config = canto_core::Config {
-        modules: Vec::new(),
+        modules,
         ..memory_config()
     };
-    let ctx = fuzz_context(config, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = fuzz_context(config, &canto_modules::all()).unwrap_or_else(|e| panic!("{e}"));
     ctx.server
         .storage
         .accounts
@@ -292,4 +303,43 @@ async fn the_engine_negotiates_over_a_message_framed_transport() {
         .unwrap_or_else(|_| panic!("the engine did not end"))
         .unwrap_or_else(|e| panic!("engine: {e}"));
     assert_eq!(ctx.server.sessions.count(), 0);
+}
+
+/// The guard also ends the session's XEP-0198 registration: a resumption of the panicked
+/// session is refused at once with the `h` it ended with (XEP-0198 §5), instead of waiting for
+/// a live connection that is gone to hand the session over, and the registry keeps nothing.
+#[tokio::test]
+async fn a_panic_also_ends_the_stream_management_registration() {
+    let ctx = context_with(vec!["smacks".into()]).await;
+    let mut a = Client::login(&ctx, "a").await;
+    a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    a.until("<enabled").await;
+    let attrs = a.until("/>").await;
+    let id = attrs
+        .split("id='")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("no resumption id in {attrs}"))
+        .to_string();
+    a.send(&format!("<panic xmlns='{PANIC_NS}'/>")).await;
+    let r = timeout(Duration::from_secs(5), &mut a.task)
+        .await
+        .unwrap_or_else(|_| panic!("the task did not end"));
+    assert!(r.is_err_and(|e| e.is_panic()), "the task panicked");
+    assert_eq!(ctx.server.sessions.count(), 0, "no ghost session");
+    let mut c = Client::authenticated(&ctx).await;
+    let asked = tokio::time::Instant::now();
+    c.send(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"
+    ))
+    .await;
+    c.until("<failed").await;
+    let failed = c.until("</failed>").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "answered at once, not after waiting for a takeover"
+    );
+    assert!(failed.contains("h='0'"), "the ended session's h: {failed}");
+    assert!(failed.contains("item-not-found"), "{failed}");
 }

@@ -151,9 +151,10 @@ async fn a_panicking_connection_task_still_ends_its_session() {
 }
 
 /// A message-framed transport shaped like WebSocket's (RFC 7395): the client's stream events
-/// arrive whole, one per message (no XML parser here); every write leaves as one message;
-/// the stream opens and closes with `<open/>` and `<close/>` (§3.4, §3.6); no STARTTLS, and
-/// secure by construction (as over `wss:`).
+/// arrive whole, one per message (no XML parser here); every write leaves as one message (a
+/// write can carry several elements; RFC 7395 §3.3.3 wants one per message, which a real
+/// adapter gets by splitting at element ends); the stream opens and closes with `<open/>` and
+/// `<close/>` (§3.4, §3.6); no STARTTLS, and secure by construction (as over `wss:`).
 struct Framed {
     inbound: mpsc::UnboundedReceiver<StreamEvent>,
     outbound: mpsc::UnboundedSender<Vec<u8>>,

@@ -15,6 +15,7 @@ mod durability;
 mod extdisco;
 mod faults;
 mod im;
+mod lang;
 mod last;
 mod limits;
 mod mam;

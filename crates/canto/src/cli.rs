@@ -111,7 +111,10 @@ fn run(cli: Cli) -> Result<()> {
     let command = cli.command.unwrap_or(Command::Serve);
     match command {
         Command::Config(ConfigCommand::Example) => {
-            print!("{}", Config::example());
+            print!(
+                "{}",
+                Config::example_with(&canto_modules::config_sections())
+            );
             Ok(())
         }
         Command::Config(ConfigCommand::Specs) => {
@@ -203,6 +206,9 @@ pub fn specs_table() -> String {
 
 /// `canto check`: the configuration already parsed; certificates and storage path next.
 pub fn check(config: &Config) -> Result<()> {
+    // Module sections: an unknown top-level key, or a section its module refuses.
+    canto_core::module::check_sections(config, &canto_modules::all())
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     canto_net::CertStore::check(config).map_err(|e| {
         anyhow::anyhow!(
             "{e} (configured certificates must exist; generated ones are created by `canto serve`)"

@@ -181,11 +181,19 @@ pub fn reload(running: &Running, path: Option<&PathBuf>, log: &crate::logging::L
             "changing this needs a restart; the running value is kept (the rest of the file is applied)"
         );
     }
+    // Module sections first: an unknown or invalid one refuses the whole reload, before
+    // anything (certificates, log level) has changed.
+    let checked = canto_core::module::check_sections(&config, &canto_modules::all())
+        .and_then(|()| running.server.reload_config(config.clone()));
+    if let Err(e) = checked {
+        error!(error = %e, "reload refused; keeping the old configuration");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        return;
+    }
     if let Err(e) = running.network.certs().reload(&config) {
         error!(error = %e, "certificate reload failed; keeping the old certificates");
     }
     log.set_level(&config.log.level);
-    running.server.reload_config(config);
     info!("configuration reloaded");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 }
@@ -277,13 +285,25 @@ mod tests {
         let before = ver(&server);
         // XEP-0157 addresses are in disco#info, so in the hash (XEP-0115 §5.4).
         let mut changed = config.clone();
-        changed.contact.admin = vec!["xmpp:admin@localhost".into()];
-        server.reload_config(changed);
+        changed
+            .set_section("contact", "admin = [\"xmpp:admin@localhost\"]")
+            .unwrap_or_else(|e| panic!("{e}"));
+        server
+            .reload_config(changed)
+            .unwrap_or_else(|e| panic!("{e}"));
         let after = ver(&server);
         assert!(before.is_some() && after.is_some());
         assert_ne!(before, after);
+        // An invalid section refuses the reload: nothing changes.
+        let mut bad = config.clone();
+        bad.set_section("contact", "admin = 3")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(server.reload_config(bad).is_err());
+        assert_eq!(ver(&server), after);
         // Back to the old configuration: the old hash.
-        server.reload_config(config);
+        server
+            .reload_config(config)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ver(&server), before);
     }
 }

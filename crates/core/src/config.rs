@@ -32,46 +32,23 @@ pub struct Config {
     /// Certificate and key per virtual host; a host without an entry gets a self-signed
     /// certificate generated on first run under `data_dir/certs/`.
     pub certificates: BTreeMap<String, CertificateConfig>,
-    /// Software version module (XEP-0092).
-    pub version: VersionConfig,
     /// Rosters (RFC 6121 §2).
     pub roster: RosterConfig,
     /// Offline messages (XEP-0160).
     pub offline: OfflineConfig,
     /// Message delivery rules (RFC 6121 §8.5).
     pub delivery: DeliveryConfig,
-    /// Message archive (XEP-0313, module `mam`).
-    pub mam: MamConfig,
-    /// Contact addresses published in disco#info (XEP-0157).
-    pub contact: ContactConfig,
-    /// STUN/TURN services announced to clients (XEP-0215, module `extdisco`).
-    pub external_services: Vec<ExternalService>,
     /// In-band registration (XEP-0077, module `register`).
     pub register: RegisterConfig,
     /// Stream management (XEP-0198).
     pub stream_management: StreamManagementConfig,
     /// Client state indication (XEP-0352).
     pub csi: CsiConfig,
-    /// vcard-temp (XEP-0054, module `vcard`).
-    pub vcard: VcardConfig,
-    /// Private XML storage (XEP-0049, module `private`).
-    pub private: PrivateConfig,
-    /// Blocking command (XEP-0191, module `blocking`).
-    pub blocking: BlockingConfig,
-}
-
-/// `[blocking]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BlockingConfig {
-    /// Items per blocklist; a block that would go beyond is `not-acceptable`.
-    pub max_items: usize,
-}
-
-impl Default for BlockingConfig {
-    fn default() -> Self {
-        BlockingConfig { max_items: 1000 }
-    }
+    /// The modules' own sections (`[vcard]`, `[mam]`…), by top-level key, as written: each
+    /// module parses and validates its own ([`crate::module::ModuleConfig`]); a key no module
+    /// claims is an unknown key ([`crate::module::check_sections`]).
+    #[serde(skip)]
+    pub sections: BTreeMap<String, toml::Value>,
 }
 
 /// `[stream_management]`
@@ -120,42 +97,6 @@ impl Default for CsiConfig {
     }
 }
 
-/// `[vcard]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VcardConfig {
-    /// Largest vCard stored, serialized bytes (photos included).
-    pub max_bytes: usize,
-}
-
-impl Default for VcardConfig {
-    fn default() -> Self {
-        VcardConfig {
-            max_bytes: 64 * 1024,
-        }
-    }
-}
-
-/// `[private]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PrivateConfig {
-    /// Largest private XML fragment stored, serialized bytes.
-    pub max_bytes: usize,
-    /// Namespaces (distinct fragments) stored per account; storing a new one beyond is
-    /// `not-acceptable`.
-    pub max_namespaces: usize,
-}
-
-impl Default for PrivateConfig {
-    fn default() -> Self {
-        PrivateConfig {
-            max_bytes: 64 * 1024,
-            max_namespaces: 100,
-        }
-    }
-}
-
 /// `[register]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -178,69 +119,6 @@ impl Default for RegisterConfig {
             attempt_period: 600,
         }
     }
-}
-
-/// `[mam]`
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MamConfig {
-    /// Days archived messages are kept; 0 keeps them forever.
-    pub retention_days: u64,
-}
-
-impl Default for MamConfig {
-    fn default() -> Self {
-        MamConfig {
-            retention_days: 365,
-        }
-    }
-}
-
-/// `[contact]`: XEP-0157 addresses, each a list of URIs (`mailto:`, `xmpp:`, `https:`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ContactConfig {
-    /// `abuse-addresses`
-    pub abuse: Vec<String>,
-    /// `admin-addresses`
-    pub admin: Vec<String>,
-    /// `feedback-addresses`
-    pub feedback: Vec<String>,
-    /// `sales-addresses`
-    pub sales: Vec<String>,
-    /// `security-addresses`
-    pub security: Vec<String>,
-    /// `status-addresses`
-    pub status: Vec<String>,
-    /// `support-addresses`
-    pub support: Vec<String>,
-}
-
-/// `[[external_services]]`: one STUN or TURN service (XEP-0215 §3).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExternalService {
-    /// `stun`, `turn`, `stuns` or `turns`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// `udp` or `tcp`.
-    #[serde(default)]
-    pub transport: Option<String>,
-    /// Shared secret for time-limited credentials (the TURN REST API scheme coturn's
-    /// `use-auth-secret` checks); none for services without credentials.
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// Lifetime of generated credentials, seconds.
-    #[serde(default = "default_ttl")]
-    pub ttl: u64,
-}
-
-fn default_ttl() -> u64 {
-    86_400
 }
 
 /// `[delivery]`
@@ -568,14 +446,6 @@ pub struct CertificateConfig {
     pub key: PathBuf,
 }
 
-/// `[version]`
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VersionConfig {
-    /// Whether to reveal the operating system in XEP-0092 answers.
-    pub show_os: bool,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -601,19 +471,13 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
             certificates: BTreeMap::new(),
-            version: VersionConfig::default(),
             roster: RosterConfig::default(),
             offline: OfflineConfig::default(),
             delivery: DeliveryConfig::default(),
-            mam: MamConfig::default(),
-            contact: ContactConfig::default(),
-            external_services: Vec::new(),
             register: RegisterConfig::default(),
             stream_management: StreamManagementConfig::default(),
             csi: CsiConfig::default(),
-            vcard: VcardConfig::default(),
-            private: PrivateConfig::default(),
-            blocking: BlockingConfig::default(),
+            sections: BTreeMap::new(),
         }
     }
 }
@@ -717,12 +581,50 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string(),
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        // Top-level keys that are not the core's are module sections, checked by the modules
+        // (an unknown one is refused there, by name).
+        let core = core_keys();
+        let theirs: Vec<String> = table
+            .keys()
+            .filter(|k| !core.contains(k))
+            .cloned()
+            .collect();
+        let mut sections = BTreeMap::new();
+        for k in theirs {
+            if let Some(v) = table.remove(&k) {
+                sections.insert(k, v);
+            }
+        }
+        let mut c: Config = toml::Value::Table(table).try_into().map_err(parse_error)?;
+        c.sections = sections;
         c.normalize()?;
         Ok(c)
+    }
+
+    /// Sets a module section to a value of its type (`config.set_section_value("mam",
+    /// &MamConfig { retention_days: 2 })`).
+    pub fn set_section_value<T: Serialize>(&mut self, name: &str, value: &T) -> Result<(), String> {
+        let v = toml::Value::try_from(value).map_err(|e| e.to_string())?;
+        self.sections.insert(name.to_string(), v);
+        Ok(())
+    }
+
+    /// Sets a module section from TOML text (the section's body), e.g.
+    /// `config.set_section("mam", "retention_days = 2")`; for an array of tables
+    /// (`[[external_services]]`), the text is `items = [...]` and the array is taken.
+    pub fn set_section(&mut self, name: &str, body: &str) -> Result<(), String> {
+        let table: toml::Table = toml::from_str(body).map_err(|e| e.to_string())?;
+        let value = match table.get("items") {
+            Some(toml::Value::Array(a)) if table.len() == 1 => toml::Value::Array(a.clone()),
+            _ => toml::Value::Table(table),
+        };
+        self.sections.insert(name.to_string(), value);
+        Ok(())
     }
 
     /// Normalizes host names and checks values.
@@ -796,22 +698,6 @@ impl Config {
                 "`c2s.max_send_queue` and `c2s.max_sessions_per_account` must be positive".into(),
             ));
         }
-        for (i, svc) in self.external_services.iter().enumerate() {
-            // XEP-0215 §4: the service types and transports clients understand.
-            if !matches!(svc.kind.as_str(), "stun" | "stuns" | "turn" | "turns") {
-                return Err(ConfigError::Invalid(format!(
-                    "`external_services[{i}].type` = {:?}: expected stun, stuns, turn or turns",
-                    svc.kind
-                )));
-            }
-            if let Some(t) = &svc.transport
-                && !matches!(t.as_str(), "udp" | "tcp")
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "`external_services[{i}].transport` = {t:?}: expected udp or tcp"
-                )));
-            }
-        }
         if self.limits.scram_iterations < 4096 {
             // RFC 7677 §4: at least 4096.
             return Err(ConfigError::Invalid(
@@ -871,16 +757,39 @@ impl Config {
         self.hosts.iter().any(|h| h == host)
     }
 
-    /// The full example configuration, generated from the defaults and [`DOCS`].
+    /// The example configuration of the core alone, generated from the defaults and [`DOCS`].
     pub fn example() -> String {
+        Config::example_with(&[])
+    }
+
+    /// The full example configuration: the core's keys and the given module sections, each
+    /// with its default and documentation.
+    pub fn example_with(sections: &[crate::module::SectionInfo]) -> String {
         let mut out = String::from(
             "# Canto example configuration, generated by `canto config example`.\n\
              # Every key is optional; the values shown are the defaults.\n\n",
         );
         let value = toml::Value::try_from(Config::default()).unwrap_or(toml::Value::Integer(0));
-        let Some(table) = value.as_table() else {
+        let Some(core) = value.as_table() else {
             return out;
         };
+        let mut table = core.clone();
+        let mut docs: Vec<(String, &str)> = DOCS.iter().map(|(k, d)| (k.to_string(), *d)).collect();
+        for info in sections {
+            if let Some(v) = (info.defaults)() {
+                table.insert(info.name.to_string(), v);
+            }
+            for (k, d) in info.docs {
+                let key = if k.is_empty() {
+                    info.name.to_string()
+                } else {
+                    format!("{}.{k}", info.name)
+                };
+                docs.push((key, d));
+            }
+        }
+        let push_doc = |out: &mut String, key: &str| push_doc_from(&docs, out, key);
+        let table = &table;
         // Top-level scalars first, then sections, as TOML requires.
         for (key, v) in table {
             if v.is_table() {
@@ -926,14 +835,22 @@ impl Config {
     }
 }
 
-fn push_doc(out: &mut String, key: &str) {
-    if let Some((_, doc)) = DOCS.iter().find(|(k, _)| *k == key) {
+fn push_doc_from(docs: &[(String, &str)], out: &mut String, key: &str) {
+    if let Some((_, doc)) = docs.iter().find(|(k, _)| k == key) {
         for line in doc.lines() {
             out.push_str("# ");
             out.push_str(line);
             out.push('\n');
         }
     }
+}
+
+/// The core's top-level keys (what is not among them is a module section).
+fn core_keys() -> Vec<String> {
+    toml::Value::try_from(Config::default())
+        .ok()
+        .and_then(|v| v.as_table().map(|t| t.keys().cloned().collect()))
+        .unwrap_or_default()
 }
 
 /// One line of documentation per configuration key, for the generated example.
@@ -1056,30 +973,6 @@ pub const DOCS: &[(&str, &str)] = &[
         "Seconds of rate a full bucket holds (\"2s\", \"500ms\"): a quiet client may send\nrate × burst bytes at once.",
     ),
     ("certificates", "Certificate and key per host, PEM files."),
-    ("version", "Software version (XEP-0092)."),
-    (
-        "mam",
-        "Message archive (XEP-0313), when module mam is enabled.",
-    ),
-    (
-        "mam.retention_days",
-        "Days archived messages are kept; 0 keeps them forever.",
-    ),
-    (
-        "contact",
-        "Contact addresses in the server's disco#info (XEP-0157); lists of URIs.",
-    ),
-    ("contact.abuse", "Where to report abuse."),
-    ("contact.admin", "The administrators."),
-    ("contact.feedback", "Where to send feedback."),
-    ("contact.sales", "Sales."),
-    ("contact.security", "Where to report security issues."),
-    ("contact.status", "Service status pages."),
-    ("contact.support", "User support."),
-    (
-        "external_services",
-        "STUN/TURN services for clients (XEP-0215, module extdisco), e.g.\n[[external_services]] type = \"turn\", host = \"turn.example.org\", port = 3478,\ntransport = \"udp\", secret = \"shared-with-coturn\", ttl = 86400",
-    ),
     (
         "register",
         "In-band registration (XEP-0077), when module register is enabled (off by default).",
@@ -1125,25 +1018,6 @@ pub const DOCS: &[(&str, &str)] = &[
         "csi.max_held",
         "Presence updates and chat states held back for an inactive client; one more\nflushes them all.",
     ),
-    ("vcard", "vcard-temp (XEP-0054), module vcard."),
-    (
-        "vcard.max_bytes",
-        "Largest vCard stored, in bytes (photos included); larger is not-acceptable.",
-    ),
-    ("private", "Private XML storage (XEP-0049), module private."),
-    (
-        "private.max_bytes",
-        "Largest private XML fragment stored, in bytes; larger is not-acceptable.",
-    ),
-    (
-        "private.max_namespaces",
-        "Fragments (namespaces) stored per account; a new one beyond is not-acceptable.",
-    ),
-    ("blocking", "Blocking command (XEP-0191), module blocking."),
-    (
-        "blocking.max_items",
-        "Items per blocklist; a block that would go beyond is not-acceptable.",
-    ),
     ("delivery", "Message delivery (RFC 6121 §8.5)."),
     (
         "delivery.chat_to_all_highest_priority",
@@ -1163,10 +1037,6 @@ pub const DOCS: &[(&str, &str)] = &[
         "offline.max_messages",
         "Messages kept per account while it is offline; beyond, the sender gets\nservice-unavailable.",
     ),
-    (
-        "version.show_os",
-        "Reveal the operating system in version answers.",
-    ),
 ];
 
 #[cfg(test)]
@@ -1183,11 +1053,14 @@ mod tests {
         let e = Config::parse("[c2s]\nlisten = []\nlisten_typo = 1\n").err();
         let msg = e.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("listen_typo"), "{msg}");
-        let e = Config::parse("bogus = 1\n")
+        // A top-level key that is not the core's is kept as a module section; the modules'
+        // check refuses it by name when no module claims it (crate::module::check_sections).
+        let c = Config::parse("bogus = 1\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.sections.contains_key("bogus"));
+        let e = crate::module::check_sections(&c, &[])
             .err()
-            .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("bogus"), "{e}");
+        assert!(e.contains("`bogus`"), "{e}");
     }
 
     #[test]

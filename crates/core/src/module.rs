@@ -229,6 +229,11 @@ pub trait Module: Send + Sync {
     fn specs(&self) -> &'static [Spec];
     /// Registers features and hooks.
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String>;
+    /// The configuration sections this module reads ([`ModuleConfig::info`] of each), whether
+    /// or not it is enabled: a configured section of a disabled module is not an unknown key.
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        Vec::new()
+    }
 }
 
 /// What modules registered: consulted by the router and by disco.
@@ -248,6 +253,10 @@ pub struct ModuleTable {
     services: HashMap<String, ServiceEntry>,
     /// Which module opened which store (a name belongs to one module).
     store_owners: HashMap<&'static str, &'static str>,
+    /// Module sections' reloaders.
+    reloaders: Vec<Reloader>,
+    /// XEP-0128 forms for the server's disco#info.
+    info_forms: Vec<Arc<dyn InfoForm>>,
     loaded: Vec<&'static str>,
 }
 
@@ -330,6 +339,7 @@ impl ModuleTable {
         storage: &canto_storage::Storage,
         available: &[Arc<dyn Module>],
     ) -> Result<ModuleTable, String> {
+        check_sections(config, available)?;
         let mut table = ModuleTable::default();
         for name in &config.modules {
             let m = available
@@ -437,6 +447,27 @@ impl ModuleTable {
     /// namespace's elements only then.
     pub fn offers_stream_feature(&self, ns: &str) -> bool {
         self.stream_features.iter().any(|f| f.ns() == ns)
+    }
+
+    /// Parses every module section of `config` and, only if all of them are valid, puts them
+    /// in force (SIGHUP). On an error nothing changes and the error says which section.
+    pub fn reload_sections(&self, config: &Config) -> Result<(), String> {
+        let commits = self
+            .reloaders
+            .iter()
+            .map(|r| r(config))
+            .collect::<Result<Vec<_>, String>>()?;
+        for commit in commits {
+            commit();
+        }
+        Ok(())
+    }
+
+    /// The XEP-0128 forms of the server's disco#info, as configured now, sorted by FORM_TYPE.
+    pub fn info_forms(&self) -> Vec<InfoFormData> {
+        let mut forms: Vec<_> = self.info_forms.iter().filter_map(|f| f.form()).collect();
+        forms.sort_by(|a, b| a.0.cmp(&b.0));
+        forms
     }
 
     /// The hosted service at `domain`, if one is registered.
@@ -612,6 +643,24 @@ impl ModuleCtx<'_> {
         self.config
     }
 
+    /// This module's configuration section, parsed and validated now and again on each reload.
+    pub fn section<T: ModuleConfig>(&mut self) -> Result<Section<T>, String> {
+        let value = T::parse(self.config.sections.get(T::SECTION))?;
+        let current = Arc::new(arc_swap::ArcSwap::from_pointee(value));
+        let slot = current.clone();
+        self.table.reloaders.push(Box::new(move |config: &Config| {
+            let next = T::parse(config.sections.get(T::SECTION))?;
+            let slot = slot.clone();
+            Ok(Box::new(move || slot.store(Arc::new(next))) as Box<dyn FnOnce() + Send>)
+        }));
+        Ok(Section { current })
+    }
+
+    /// Adds an extended-information form (XEP-0128) to the server's disco#info and caps.
+    pub fn add_info_form(&mut self, form: Arc<dyn InfoForm>) {
+        self.table.info_forms.push(form);
+    }
+
     /// Claims the store `name` for this module: a second module (or a core store's name) is
     /// refused, so modules cannot reach each other's data.
     fn claim_store(&mut self, name: &'static str) -> Result<(), String> {
@@ -650,4 +699,115 @@ impl ModuleCtx<'_> {
         self.claim_store(name)?;
         Ok(crate::stores::ArchiveStore::new(self.storage, name))
     }
+}
+
+/// A module's own configuration section (Prosody's `module:get_option_*`, typed): parsed and
+/// validated when the module loads, again on every reload, documented by the module and printed
+/// by `canto config example`. The section is the top-level TOML key [`ModuleConfig::SECTION`].
+pub trait ModuleConfig:
+    serde::de::DeserializeOwned + serde::Serialize + Default + Send + Sync + 'static
+{
+    /// The top-level key (`[vcard]`, `[[external_services]]`).
+    const SECTION: &'static str;
+    /// Documentation: `("", what the section is)` and `("key", what it does)` for each key.
+    const DOCS: &'static [(&'static str, &'static str)];
+
+    /// Checks values that parse but make no sense.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Parses the section (absent: the defaults) and validates it; errors name the section.
+    fn parse(value: Option<&toml::Value>) -> Result<Self, String> {
+        let c: Self = match value {
+            None => Self::default(),
+            Some(v) => v
+                .clone()
+                .try_into()
+                .map_err(|e| format!("`{}`: {e}", Self::SECTION))?,
+        };
+        c.validate()
+            .map_err(|e| format!("`{}`: {e}", Self::SECTION))?;
+        Ok(c)
+    }
+
+    /// What the registry needs to know of the section.
+    fn info() -> SectionInfo {
+        SectionInfo {
+            name: Self::SECTION,
+            docs: Self::DOCS,
+            defaults: || toml::Value::try_from(Self::default()).ok(),
+            check: |v| Self::parse(Some(v)).map(|_| ()),
+        }
+    }
+}
+
+/// A configuration section as the registry sees it, whatever its type.
+#[derive(Clone, Copy, Debug)]
+pub struct SectionInfo {
+    /// The top-level key.
+    pub name: &'static str,
+    /// Its documentation (see [`ModuleConfig::DOCS`]).
+    pub docs: &'static [(&'static str, &'static str)],
+    /// The defaults as TOML, for the example configuration.
+    pub defaults: fn() -> Option<toml::Value>,
+    /// Parses and validates a value of the section.
+    pub check: fn(&toml::Value) -> Result<(), String>,
+}
+
+/// Checks every module section in `config`: each top-level key that is not the core's must be
+/// the section of one of the `available` modules (else it is an unknown key, named), and must
+/// parse and validate. `canto check` and startup both call this.
+pub fn check_sections(config: &Config, available: &[Arc<dyn Module>]) -> Result<(), String> {
+    let infos: Vec<SectionInfo> = available.iter().flat_map(|m| m.config_sections()).collect();
+    for (key, value) in &config.sections {
+        let info = infos
+            .iter()
+            .find(|i| i.name == key)
+            .ok_or_else(|| format!("unknown configuration key `{key}`"))?;
+        (info.check)(value)?;
+    }
+    Ok(())
+}
+
+/// A module's view of its section: the values in force, replaced atomically when a reload
+/// brings new ones. Cheap to clone; read it where it is used, so a reload takes effect.
+pub struct Section<T> {
+    current: Arc<arc_swap::ArcSwap<T>>,
+}
+
+impl<T> Clone for Section<T> {
+    fn clone(&self) -> Self {
+        Section {
+            current: self.current.clone(),
+        }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Section<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.current.load().fmt(f)
+    }
+}
+
+impl<T> Section<T> {
+    /// The values in force.
+    pub fn get(&self) -> Arc<T> {
+        self.current.load_full()
+    }
+}
+
+/// Parses a section's new value from a reloaded configuration; the returned closure puts it in
+/// force. Two steps, so a reload either applies every section or none.
+type Reloader = Box<dyn Fn(&Config) -> Result<Box<dyn FnOnce() + Send>, String> + Send + Sync>;
+
+/// A XEP-0128 form's content: its FORM_TYPE and `(var, values)` fields, in order.
+pub type InfoFormData = (String, Vec<(String, Vec<String>)>);
+
+/// An extended-information form (XEP-0128) a module adds to the server's disco#info, e.g. the
+/// XEP-0157 contact addresses: `(FORM_TYPE, [(var, values)])`. It is part of the entity
+/// capabilities hash too (XEP-0115 §5.4), which is why the module table collects them.
+pub trait InfoForm: Send + Sync {
+    /// The form as configured now, if there is one to show.
+    fn form(&self) -> Option<InfoFormData>;
 }

@@ -58,7 +58,7 @@ impl Server {
     ) -> Result<Arc<Server>, String> {
         let modules = ModuleTable::load(&config, &storage, available)?;
         info!(modules = ?modules.loaded(), hosts = ?config.hosts, "server built");
-        let caps = crate::caps::caps_element(&modules, &config);
+        let caps = crate::caps::caps_element(&modules);
         Ok(Arc::new_cyclic(|me| Server {
             me: me.clone(),
             caps: ArcSwap::from_pointee(caps),
@@ -134,10 +134,15 @@ impl Server {
     /// Replaces the configuration (SIGHUP). Hosts and listeners keep their startup values;
     /// limits, log level and certificates take effect for new stanzas and handshakes; the
     /// entity capabilities are computed again (new streams advertise the new hash).
-    pub fn reload_config(&self, config: Config) {
-        self.caps
-            .store(Arc::new(crate::caps::caps_element(&self.modules, &config)));
+    ///
+    /// The modules' sections are parsed and validated first: if any is invalid, nothing
+    /// changes and the error names it (the reload is refused).
+    pub fn reload_config(&self, config: Config) -> Result<(), String> {
+        self.modules.reload_sections(&config)?;
         self.config.store(Arc::new(config));
+        self.caps
+            .store(Arc::new(crate::caps::caps_element(&self.modules)));
+        Ok(())
     }
 
     /// The XEP-0115 `<c/>` element for stream features.

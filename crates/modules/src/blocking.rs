@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use canto_core::blocking::{Blocklist, NS, matches};
+use canto_core::module::{ModuleConfig, Section, SectionInfo};
 use canto_core::presence::RosterMap;
 use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
 use canto_stanza::{BareJid, Condition, IqType, Jid, StanzaError, parse_jid};
 use canto_xml::Element;
+use serde::{Deserialize, Serialize};
 
 use crate::from_owner;
 
@@ -34,13 +36,47 @@ impl Module for Blocking {
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         // XEP-0191 §3.1: discovered as the `urn:xmpp:blocking` feature.
         ctx.add_feature(NS);
-        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(BlockIq))?;
-        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(BlockIq))?;
+        let iq = Arc::new(BlockIq {
+            config: ctx.section::<BlockingConfig>()?,
+        });
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, iq.clone())?;
+        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, iq)?;
         Ok(())
+    }
+
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        vec![BlockingConfig::info()]
     }
 }
 
-struct BlockIq;
+/// `[blocking]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockingConfig {
+    /// Items per blocklist; a block that would go beyond is `not-acceptable`.
+    pub max_items: usize,
+}
+
+impl Default for BlockingConfig {
+    fn default() -> Self {
+        BlockingConfig { max_items: 1000 }
+    }
+}
+
+impl ModuleConfig for BlockingConfig {
+    const SECTION: &'static str = "blocking";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("", "Blocking command (XEP-0191), module blocking."),
+        (
+            "max_items",
+            "Items per blocklist; a block that would go beyond is not-acceptable.",
+        ),
+    ];
+}
+
+struct BlockIq {
+    config: Section<BlockingConfig>,
+}
 
 fn items(payload: &Element) -> Result<Vec<String>, StanzaError> {
     payload
@@ -125,7 +161,7 @@ impl IqHandler for BlockIq {
                 // (RFC 6120 §8.3.3.9, type modify: unblocking makes room), not the transient
                 // resource-constraint (§8.3.3.18, type wait). A list already over a lowered cap
                 // may still be re-sent items it has.
-                let max = server.config().blocking.max_items;
+                let max = self.config.get().max_items;
                 if next.len() > max && next.len() > current.len() {
                     return Err(StanzaError::new(Condition::NotAcceptable)
                         .with_text(format!("a blocklist holds at most {max} items")));
@@ -339,7 +375,9 @@ mod tests {
             modules: vec!["blocking".into()],
             ..Default::default()
         };
-        config.blocking.max_items = 2;
+        config
+            .set_section("blocking", "max_items = 2")
+            .unwrap_or_else(|e| panic!("{e}"));
         let s = crate::test_support::server_with_config(config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));

@@ -6,9 +6,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use canto_core::module::{InfoForm, ModuleConfig, Section, SectionInfo};
 use canto_core::{Identity, IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
 use canto_stanza::{Condition, IqType, StanzaError, ns};
 use canto_xml::Element;
+use serde::{Deserialize, Serialize};
 
 use crate::{expect_payload, from_owner};
 
@@ -77,7 +79,76 @@ impl Module for Disco {
             ns::DISCO_ITEMS,
             Arc::new(AccountItems),
         )?;
+        // XEP-0157: the contact addresses, a XEP-0128 form in disco#info (and so in the caps
+        // hash, which the core computes from the module table's forms).
+        let contact = ctx.section::<ContactConfig>()?;
+        ctx.add_info_form(Arc::new(ContactForm(contact)));
         Ok(())
+    }
+
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        vec![ContactConfig::info()]
+    }
+}
+
+/// `[contact]`: XEP-0157 addresses, each a list of URIs (`mailto:`, `xmpp:`, `https:`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactConfig {
+    /// `abuse-addresses`
+    pub abuse: Vec<String>,
+    /// `admin-addresses`
+    pub admin: Vec<String>,
+    /// `feedback-addresses`
+    pub feedback: Vec<String>,
+    /// `sales-addresses`
+    pub sales: Vec<String>,
+    /// `security-addresses`
+    pub security: Vec<String>,
+    /// `status-addresses`
+    pub status: Vec<String>,
+    /// `support-addresses`
+    pub support: Vec<String>,
+}
+
+impl ModuleConfig for ContactConfig {
+    const SECTION: &'static str = "contact";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "",
+            "Contact addresses in the server's disco#info (XEP-0157); lists of URIs.",
+        ),
+        ("abuse", "Where to report abuse."),
+        ("admin", "The administrators."),
+        ("feedback", "Where to send feedback."),
+        ("sales", "Sales."),
+        ("security", "Where to report security issues."),
+        ("status", "Service status pages."),
+        ("support", "User support."),
+    ];
+}
+
+/// XEP-0157 §2: the configured addresses as the `http://jabber.org/network/serverinfo` form,
+/// only when some are configured.
+struct ContactForm(Section<ContactConfig>);
+
+impl InfoForm for ContactForm {
+    fn form(&self) -> Option<canto_core::module::InfoFormData> {
+        let c = self.0.get();
+        let fields: Vec<(String, Vec<String>)> = [
+            ("abuse-addresses", &c.abuse),
+            ("admin-addresses", &c.admin),
+            ("feedback-addresses", &c.feedback),
+            ("sales-addresses", &c.sales),
+            ("security-addresses", &c.security),
+            ("status-addresses", &c.status),
+            ("support-addresses", &c.support),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+        (!fields.is_empty()).then(|| ("http://jabber.org/network/serverinfo".to_string(), fields))
     }
 }
 
@@ -126,43 +197,31 @@ impl IqHandler for HostInfo {
         for var in modules.features() {
             query.push_child(feature_element(var));
         }
-        if let Some(form) = contact_form(&req.server.config().contact) {
-            query.push_child(form);
+        // XEP-0128: the modules' extended-information forms.
+        for (form_type, fields) in modules.info_forms() {
+            query.push_child(info_form(&form_type, &fields));
         }
         Ok(Some(query))
     }
 }
 
-/// XEP-0157 §2: contact addresses as a XEP-0128 extension form (FORM_TYPE
-/// `http://jabber.org/network/serverinfo`), only when some are configured.
-fn contact_form(c: &canto_core::config::ContactConfig) -> Option<Element> {
+/// XEP-0128 §2: an extended-information form (`type='result'`, a hidden FORM_TYPE first).
+fn info_form(form_type: &str, fields: &[(String, Vec<String>)]) -> Element {
     const X: &str = "jabber:x:data";
-    let fields = [
-        ("abuse-addresses", &c.abuse),
-        ("admin-addresses", &c.admin),
-        ("feedback-addresses", &c.feedback),
-        ("sales-addresses", &c.sales),
-        ("security-addresses", &c.security),
-        ("status-addresses", &c.status),
-        ("support-addresses", &c.support),
-    ];
-    if fields.iter().all(|(_, v)| v.is_empty()) {
-        return None;
-    }
     let mut form = Element::new("x", X).with_attr("type", "result").with_child(
         Element::new("field", X)
             .with_attr("var", "FORM_TYPE")
             .with_attr("type", "hidden")
-            .with_child(Element::new("value", X).with_text("http://jabber.org/network/serverinfo")),
+            .with_child(Element::new("value", X).with_text(form_type)),
     );
-    for (var, values) in fields.iter().filter(|(_, v)| !v.is_empty()) {
-        let mut f = Element::new("field", X).with_attr("var", *var);
-        for v in values.iter() {
+    for (var, values) in fields {
+        let mut f = Element::new("field", X).with_attr("var", var);
+        for v in values {
             f.push_child(Element::new("value", X).with_text(v.clone()));
         }
         form.push_child(f);
     }
-    Some(form)
+    form
 }
 
 /// Answers disco#items gets addressed to the server: its hosted services (XEP-0030 §4.1,
@@ -355,11 +414,13 @@ mod tests {
             modules: vec!["disco".into()],
             ..Default::default()
         };
-        config.contact.abuse = vec!["mailto:abuse@example.test".into()];
-        config.contact.admin = vec![
-            "xmpp:admin@example.test".into(),
-            "mailto:root@example.test".into(),
-        ];
+        config
+            .set_section(
+                "contact",
+                "abuse = [\"mailto:abuse@example.test\"]\n\
+                 admin = [\"xmpp:admin@example.test\", \"mailto:root@example.test\"]",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
         let s = crate::test_support::server_with_config(config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));

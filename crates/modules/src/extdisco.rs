@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::Engine;
-use canto_core::config::ExternalService;
+use canto_core::module::{ModuleConfig, Section, SectionInfo};
 use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
 use canto_stanza::{Condition, IqType, StanzaError, datetime};
 use canto_xml::Element;
 use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
 
 use crate::expect_payload;
 
@@ -39,7 +40,72 @@ impl Module for ExtDisco {
 
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         ctx.add_feature(NS);
-        ctx.hook_iq(IqTarget::Host, IqType::Get, NS, Arc::new(Services))?;
+        let services = Services {
+            config: ctx.section::<ExternalServices>()?,
+        };
+        ctx.hook_iq(IqTarget::Host, IqType::Get, NS, Arc::new(services))?;
+        Ok(())
+    }
+
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        vec![ExternalServices::info()]
+    }
+}
+
+/// `[[external_services]]`: one STUN or TURN service (XEP-0215 §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalService {
+    /// `stun`, `turn`, `stuns` or `turns`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `udp` or `tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// Shared secret for time-limited credentials (the TURN REST API scheme coturn's
+    /// `use-auth-secret` checks); none for services without credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Lifetime of generated credentials, seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+}
+
+fn default_ttl() -> u64 {
+    86_400
+}
+
+/// The whole `[[external_services]]` array.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ExternalServices(pub Vec<ExternalService>);
+
+impl ModuleConfig for ExternalServices {
+    const SECTION: &'static str = "external_services";
+    const DOCS: &'static [(&'static str, &'static str)] = &[(
+        "",
+        "STUN/TURN services for clients (XEP-0215, module extdisco), e.g.\n[[external_services]] type = \"turn\", host = \"turn.example.org\", port = 3478,\ntransport = \"udp\", secret = \"shared-with-coturn\", ttl = 86400",
+    )];
+
+    fn validate(&self) -> Result<(), String> {
+        for (i, svc) in self.0.iter().enumerate() {
+            // XEP-0215 §4: the service types and transports clients understand.
+            if !matches!(svc.kind.as_str(), "stun" | "stuns" | "turn" | "turns") {
+                return Err(format!(
+                    "[{i}].type = {:?}: expected stun, stuns, turn or turns",
+                    svc.kind
+                ));
+            }
+            if let Some(t) = &svc.transport
+                && !matches!(t.as_str(), "udp" | "tcp")
+            {
+                return Err(format!("[{i}].transport = {t:?}: expected udp or tcp"));
+            }
+        }
         Ok(())
     }
 }
@@ -74,13 +140,15 @@ fn service_element(s: &ExternalService, user: &str, now_secs: u64) -> Element {
     e
 }
 
-struct Services;
+struct Services {
+    config: Section<ExternalServices>,
+}
 
 #[async_trait]
 impl IqHandler for Services {
     /// XEP-0215 §3.1 (all services, or of one `type`) and §3.2 (credentials for one service).
     async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
-        let config = req.server.config();
+        let config = self.config.get();
         let user = req.from.to_bare().to_string();
         let now = u64::try_from(datetime::now_millis() / 1000).unwrap_or(0);
         match req.payload.name() {
@@ -91,7 +159,7 @@ impl IqHandler for Services {
                     out.set_attr("type", t);
                 }
                 for s in config
-                    .external_services
+                    .0
                     .iter()
                     .filter(|s| wanted.is_none_or(|t| t == s.kind))
                 {
@@ -104,7 +172,7 @@ impl IqHandler for Services {
                     .payload
                     .get_child("service", NS)
                     .ok_or_else(|| StanzaError::new(Condition::BadRequest))?;
-                let found = config.external_services.iter().find(|s| {
+                let found = config.0.iter().find(|s| {
                     Some(s.host.as_str()) == asked.attr("host")
                         && Some(s.kind.as_str()) == asked.attr("type")
                         && asked.attr("port").is_none_or(|p| p == s.port.to_string())
@@ -151,7 +219,7 @@ mod tests {
             modules: vec!["extdisco".into()],
             ..Default::default()
         };
-        config.external_services = vec![
+        let services = ExternalServices(vec![
             ExternalService {
                 kind: "stun".into(),
                 host: "stun.example.test".into(),
@@ -168,7 +236,10 @@ mod tests {
                 secret: Some("s3cret".into()),
                 ttl: 60,
             },
-        ];
+        ]);
+        config
+            .set_section_value("external_services", &services)
+            .unwrap_or_else(|e| panic!("{e}"));
         let s = server_with_config(config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));

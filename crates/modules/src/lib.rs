@@ -47,6 +47,11 @@ pub fn all() -> Vec<Arc<dyn Module>> {
     ]
 }
 
+/// Every module's configuration sections, in module order (for `canto config example`).
+pub fn config_sections() -> Vec<canto_core::module::SectionInfo> {
+    all().iter().flat_map(|m| m.config_sections()).collect()
+}
+
 /// `(module name, specification)` for every protocol a module implements: the README table and
 /// the DOAP file are generated from this.
 pub fn supported_specs() -> Vec<(&'static str, Spec)> {
@@ -91,6 +96,81 @@ mod tests {
         for configured in canto_core::Config::default().modules {
             assert!(names.contains(&configured.as_str()), "{configured}");
         }
+    }
+
+    #[test]
+    fn every_module_section_is_documented_key_by_key_and_its_defaults_parse() {
+        let sections = config_sections();
+        let names: Vec<&str> = sections.iter().map(|s| s.name).collect();
+        for want in [
+            "version",
+            "vcard",
+            "private",
+            "blocking",
+            "mam",
+            "contact",
+            "external_services",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        for info in &sections {
+            assert!(
+                info.docs.iter().any(|(k, _)| k.is_empty()),
+                "{} undocumented",
+                info.name
+            );
+            let defaults = (info.defaults)().unwrap_or_else(|| panic!("{} defaults", info.name));
+            assert_eq!((info.check)(&defaults), Ok(()), "{}", info.name);
+            for key in defaults.as_table().map(|t| t.keys()).into_iter().flatten() {
+                assert!(
+                    info.docs.iter().any(|(k, _)| k == key),
+                    "{}.{key} undocumented",
+                    info.name
+                );
+            }
+        }
+        // The example with every section parses back: the defaults of the core, and every
+        // section accepted by its module.
+        let ex = canto_core::Config::example_with(&sections);
+        let parsed = canto_core::Config::parse(&ex).unwrap_or_else(|e| panic!("{e}\n{ex}"));
+        assert_eq!(
+            canto_core::module::check_sections(&parsed, &all()),
+            Ok(()),
+            "{ex}"
+        );
+        assert!(
+            ex.contains("[vcard]\n") && ex.contains("max_bytes = 65536"),
+            "{ex}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_invalid_sections_are_refused_by_name() {
+        let c =
+            canto_core::Config::parse("[vcrad]\nmax_bytes = 1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            canto_core::module::check_sections(&c, &all()),
+            Err("unknown configuration key `vcrad`".to_string())
+        );
+        let c =
+            canto_core::Config::parse("[vcard]\nmax_byte = 1").unwrap_or_else(|e| panic!("{e}"));
+        let e = canto_core::module::check_sections(&c, &all())
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("`vcard`") && e.contains("max_byte"), "{e}");
+        let c = canto_core::Config::parse(
+            "[[external_services]]\ntype = \"ftp\"\nhost = \"h\"\nport = 1",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let e = canto_core::module::check_sections(&c, &all())
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("expected stun"), "{e}");
+        // A server refuses to start with them, naming the key.
+        let c =
+            canto_core::Config::parse("[vcrad]\nmax_bytes = 1").unwrap_or_else(|e| panic!("{e}"));
+        let e = canto_core::Server::new(c, canto_storage::Storage::memory(), &all()).err();
+        assert_eq!(e.as_deref(), Some("unknown configuration key `vcrad`"));
     }
 
     #[test]

@@ -10,11 +10,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use canto_core::module::{ModuleConfig, Section, SectionInfo};
 use canto_core::roster::decode_element;
+use canto_core::stores::{ArchiveStore, KvStore};
 use canto_core::{IqHandler, IqRequest, IqTarget, MessageHook, Module, ModuleCtx, Server, Spec};
 use canto_stanza::{BareJid, Condition, IqType, MessageType, StanzaError, datetime, ns, parse_jid};
 use canto_storage::{ArchiveItem, ArchiveQuery};
 use canto_xml::Element;
+use serde::{Deserialize, Serialize};
 
 use crate::from_owner;
 
@@ -76,22 +79,75 @@ impl Module for Mam {
         ctx.add_account_feature(NS);
         ctx.add_account_feature(NS_EXTENDED);
         ctx.add_account_feature(NS_SID);
-        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(QueryIq))?;
-        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(QueryIq))?;
-        ctx.hook_message(Arc::new(Archiver));
-        ctx.add_timer(std::time::Duration::from_secs(3600), Arc::new(Expiry))?;
+        let st = Arc::new(Stores {
+            archive: ctx.open_archive(STORE)?,
+            prefs: ctx.open_kv(PREFS)?,
+            config: ctx.section::<MamConfig>()?,
+        });
+        let iq = Arc::new(QueryIq { st: st.clone() });
+        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, iq.clone())?;
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, iq)?;
+        ctx.hook_message(Arc::new(Archiver { st: st.clone() }));
+        ctx.add_timer(
+            std::time::Duration::from_secs(3600),
+            Arc::new(Expiry { st }),
+        )?;
         Ok(())
     }
+
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        vec![MamConfig::info()]
+    }
+}
+
+/// `[mam]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamConfig {
+    /// Days archived messages are kept; 0 keeps them forever.
+    pub retention_days: u64,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig {
+            retention_days: 365,
+        }
+    }
+}
+
+impl ModuleConfig for MamConfig {
+    const SECTION: &'static str = "mam";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "",
+            "Message archive (XEP-0313), when module mam is enabled.",
+        ),
+        (
+            "retention_days",
+            "Days archived messages are kept; 0 keeps them forever.",
+        ),
+    ];
+}
+
+/// The module's stores and configuration, shared by its handlers.
+struct Stores {
+    archive: ArchiveStore,
+    prefs: KvStore,
+    config: Section<MamConfig>,
 }
 
 /// XEP-0313 retention: at startup and then once an hour, archived messages older than
 /// `mam.retention_days` are deleted (never when it is 0).
-struct Expiry;
+struct Expiry {
+    st: Arc<Stores>,
+}
 
 #[async_trait]
 impl canto_core::Timer for Expiry {
-    async fn tick(&self, server: &Arc<Server>) {
-        let days = server.config().mam.retention_days;
+    async fn tick(&self, _server: &Arc<Server>) {
+        let st = &self.st;
+        let days = st.config.get().retention_days;
         if days == 0 {
             return;
         }
@@ -100,12 +156,7 @@ impl canto_core::Timer for Expiry {
                 .unwrap_or(i64::MAX / 86_400_000)
                 .saturating_mul(86_400_000),
         );
-        match server
-            .storage
-            .archive
-            .delete_older_than(STORE, cutoff)
-            .await
-        {
+        match st.archive.delete_older_than(cutoff).await {
             Ok(n) if n > 0 => tracing::info!(deleted = n, "expired archived messages"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "archive expiry failed"),
@@ -175,18 +226,12 @@ impl Prefs {
     }
 }
 
-async fn prefs(server: &Server, user: &BareJid) -> Prefs {
+async fn prefs(st: &Stores, user: &BareJid) -> Prefs {
     let (host, node) = (
         user.domain().as_str(),
         user.node().map(|n| n.as_str()).unwrap_or_default(),
     );
-    let stored = server
-        .storage
-        .kv
-        .get(PREFS, host, node)
-        .await
-        .ok()
-        .flatten();
+    let stored = st.prefs.get(host, node).await.ok().flatten();
     stored
         .as_deref()
         .and_then(decode_element)
@@ -199,8 +244,8 @@ async fn prefs(server: &Server, user: &BareJid) -> Prefs {
 }
 
 /// Whether `user` archives messages with `with` (§6.1: never beats always beats default).
-async fn wants(server: &Server, user: &BareJid, with: &BareJid) -> bool {
-    let p = prefs(server, user).await;
+async fn wants(server: &Server, st: &Stores, user: &BareJid, with: &BareJid) -> bool {
+    let p = prefs(st, user).await;
     let w = with.to_string();
     if p.never.contains(&w) {
         return false;
@@ -215,15 +260,12 @@ async fn wants(server: &Server, user: &BareJid, with: &BareJid) -> bool {
     }
 }
 
-async fn store(server: &Server, user: &BareJid, with: &BareJid, el: &Element) -> Option<String> {
+async fn store(st: &Stores, user: &BareJid, with: &BareJid, el: &Element) -> Option<String> {
     let node = user.node()?;
     let now = datetime::now_millis();
     let bytes = el.to_bytes_in(ns::CLIENT);
-    server
-        .storage
-        .archive
+    st.archive
         .append(
-            STORE,
             user.domain().as_str(),
             node.as_str(),
             with.as_str(),
@@ -235,7 +277,9 @@ async fn store(server: &Server, user: &BareJid, with: &BareJid, el: &Element) ->
         .ok()
 }
 
-struct Archiver;
+struct Archiver {
+    st: Arc<Stores>,
+}
 
 #[async_trait]
 impl MessageHook for Archiver {
@@ -256,14 +300,14 @@ impl MessageHook for Archiver {
         }
         let mut sender_id = None;
         if let (Some(s), Some(r)) = (sender, recipient) {
-            if wants(server, s, r).await {
-                sender_id = store(server, s, r, el).await;
+            if wants(server, &self.st, s, r).await {
+                sender_id = store(&self.st, s, r, el).await;
             }
         } else if let Some(s) = sender
             && let Some(to) = el.attr("to").and_then(|t| parse_jid(t).ok())
-            && wants(server, s, &to.to_bare()).await
+            && wants(server, &self.st, s, &to.to_bare()).await
         {
-            sender_id = store(server, s, &to.to_bare(), el).await;
+            sender_id = store(&self.st, s, &to.to_bare(), el).await;
         }
         if let Some(r) = recipient {
             let from = el
@@ -272,8 +316,8 @@ impl MessageHook for Archiver {
                 .map(|f| f.to_bare());
             if let Some(from) = from
                 && server.account_exists(r).await
-                && wants(server, r, &from).await
-                && let Some(id) = store(server, r, &from, el).await
+                && wants(server, &self.st, r, &from).await
+                && let Some(id) = store(&self.st, r, &from, el).await
             {
                 // XEP-0359 §3.1 / XEP-0313 §5.2: the id the recipient's archive gave it.
                 el.push_child(
@@ -296,7 +340,9 @@ impl MessageHook for Archiver {
     }
 }
 
-struct QueryIq;
+struct QueryIq {
+    st: Arc<Stores>,
+}
 
 /// The query form's fields (XEP-0313 §5.1.1, §6.1.1 and the `#extended` fields).
 fn form() -> Element {
@@ -423,7 +469,7 @@ fn field_values(x: &Element, var: &str) -> Vec<String> {
         .collect()
 }
 
-async fn exists(server: &Server, user: &BareJid, id: &str) -> bool {
+async fn exists(st: &Stores, user: &BareJid, id: &str) -> bool {
     let (host, node) = (
         user.domain().as_str(),
         user.node().map(|n| n.as_str()).unwrap_or_default(),
@@ -432,13 +478,7 @@ async fn exists(server: &Server, user: &BareJid, id: &str) -> bool {
         ids: Some(vec![id.to_string()]),
         ..ArchiveQuery::default()
     };
-    server
-        .storage
-        .archive
-        .count(STORE, host, node, &q)
-        .await
-        .unwrap_or(0)
-        > 0
+    st.archive.count(host, node, &q).await.unwrap_or(0) > 0
 }
 
 #[async_trait]
@@ -453,39 +493,37 @@ impl IqHandler for QueryIq {
         let kind = IqType::of(req.stanza);
         match (kind, req.payload.name()) {
             (Some(IqType::Get), "query") => Ok(Some(form())),
-            (Some(IqType::Get), "prefs") => Ok(Some(prefs(req.server, &user).await.to_element())),
+            (Some(IqType::Get), "prefs") => Ok(Some(prefs(&self.st, &user).await.to_element())),
             (Some(IqType::Set), "prefs") => {
                 let p = Prefs::from_element(req.payload).ok_or_else(|| bad("invalid prefs"))?;
                 let (host, node) = (
                     user.domain().as_str(),
                     user.node().map(|n| n.as_str()).unwrap_or_default(),
                 );
-                req.server
-                    .storage
-                    .kv
-                    .set(PREFS, host, node, Some(&p.to_element().to_bytes()))
+                self.st
+                    .prefs
+                    .set(host, node, Some(&p.to_element().to_bytes()))
                     .await
                     .map_err(|_| StanzaError::new(Condition::InternalServerError))?;
                 Ok(Some(p.to_element()))
             }
-            (Some(IqType::Get), "metadata") => metadata(req.server, &user).await.map(Some),
-            (Some(IqType::Set), "query") => query(&req, &user).await.map(Some),
+            (Some(IqType::Get), "metadata") => metadata(&self.st, &user).await.map(Some),
+            (Some(IqType::Set), "query") => query(&self.st, &req, &user).await.map(Some),
             _ => Err(StanzaError::new(Condition::FeatureNotImplemented)),
         }
     }
 }
 
 /// XEP-0313 §7.1: the first and last items of the archive.
-async fn metadata(server: &Server, user: &BareJid) -> Result<Element, StanzaError> {
+async fn metadata(st: &Stores, user: &BareJid) -> Result<Element, StanzaError> {
     let (host, node) = (
         user.domain().as_str(),
         user.node().map(|n| n.as_str()).unwrap_or_default(),
     );
-    let a = &server.storage.archive;
+    let a = &st.archive;
     let internal = |_| StanzaError::new(Condition::InternalServerError);
     let first = a
         .query(
-            STORE,
             host,
             node,
             &ArchiveQuery {
@@ -497,7 +535,6 @@ async fn metadata(server: &Server, user: &BareJid) -> Result<Element, StanzaErro
         .map_err(internal)?;
     let last = a
         .query(
-            STORE,
             host,
             node,
             &ArchiveQuery {
@@ -522,8 +559,7 @@ async fn metadata(server: &Server, user: &BareJid) -> Result<Element, StanzaErro
 }
 
 /// XEP-0313 §4.1–§4.3 with XEP-0059 paging.
-async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaError> {
-    let server = req.server;
+async fn query(st: &Stores, req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaError> {
     let mut q = ArchiveQuery::default();
     // A full JID in `with` matches that resource only (XEP-0313 §4.1.1, "Filtering by JID");
     // the archive indexes the bare JID, so such results are filtered after reading.
@@ -579,7 +615,7 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
         // the server MUST return an item-not-found error".
         let listed = q.ids.iter().flatten();
         for id in q.after_id.iter().chain(q.before_id.iter()).chain(listed) {
-            if !exists(server, user, id).await {
+            if !exists(st, user, id).await {
                 return Err(StanzaError::new(Condition::ItemNotFound));
             }
         }
@@ -617,7 +653,7 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
         .map(|b| b.text());
     for id in after.iter().chain(before.iter()).filter(|i| !i.is_empty()) {
         // XEP-0059 §2.5 / XEP-0313 §4.3: paging from an unknown id is item-not-found.
-        if !exists(server, user, id).await {
+        if !exists(st, user, id).await {
             return Err(StanzaError::new(Condition::ItemNotFound));
         }
     }
@@ -625,18 +661,13 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
         user.domain().as_str(),
         user.node().map(|n| n.as_str()).unwrap_or_default(),
     );
-    let archive = &server.storage.archive;
+    let archive = &st.archive;
     let internal = |_| StanzaError::new(Condition::InternalServerError);
     // XEP-0059 §2.6: the count is optional; with a full-JID `with` it would mean reading the
     // whole conversation, so it is left out there.
     let count = match &with_full {
         Some(_) => None,
-        None => Some(
-            archive
-                .count(STORE, host, node, &q)
-                .await
-                .map_err(internal)?,
-        ),
+        None => Some(archive.count(host, node, &q).await.map_err(internal)?),
     };
     // Paging backwards (`<before/>`) reads newest first, then puts the page in order.
     let backwards = before.is_some();
@@ -651,13 +682,10 @@ async fn query(req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaErr
     page_q.limit = Some(max + 1);
     let mut items: Vec<ArchiveItem> = match (&with_full, max) {
         (None, 0) => Vec::new(),
-        (None, _) => archive
-            .query(STORE, host, node, &page_q)
-            .await
-            .map_err(internal)?,
+        (None, _) => archive.query(host, node, &page_q).await.map_err(internal)?,
         (Some(full), _) => {
             let wanted = |item: &ArchiveItem| with_resource(user, full, item);
-            read_filtered(server, host, node, page_q, max + 1, wanted)
+            read_filtered(st, host, node, page_q, max + 1, wanted)
                 .await
                 .map_err(internal)?
         }
@@ -741,7 +769,7 @@ fn with_resource(user: &BareJid, full: &str, item: &ArchiveItem) -> bool {
 /// Reads up to `want` items of `q` that pass `keep`, in `q`'s order, batch by batch from
 /// where the previous batch ended (keyset paging: no offsets).
 async fn read_filtered(
-    server: &Server,
+    st: &Stores,
     host: &str,
     node: &str,
     mut q: ArchiveQuery,
@@ -752,7 +780,7 @@ async fn read_filtered(
     let mut out = Vec::new();
     loop {
         q.limit = Some(batch);
-        let got = server.storage.archive.query(STORE, host, node, &q).await?;
+        let got = st.archive.query(host, node, &q).await?;
         let n = got.len();
         let last = got.last().map(|i| i.id.clone());
         for item in got {

@@ -4,9 +4,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use canto_core::module::{ModuleConfig, Section, SectionInfo};
+use canto_core::stores::MapStore;
 use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
 use canto_stanza::{Condition, IqType, StanzaError};
 use canto_xml::Element;
+use serde::{Deserialize, Serialize};
 
 use crate::{expect_payload, from_owner};
 
@@ -34,10 +37,53 @@ impl Module for Private {
 
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         ctx.add_feature(NS);
-        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(PrivateIq))?;
-        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(PrivateIq))?;
+        let iq = Arc::new(PrivateIq {
+            store: ctx.open_map(STORE)?,
+            config: ctx.section::<PrivateConfig>()?,
+        });
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, iq.clone())?;
+        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, iq)?;
         Ok(())
     }
+
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        vec![PrivateConfig::info()]
+    }
+}
+
+/// `[private]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivateConfig {
+    /// Largest private XML fragment stored, serialized bytes.
+    pub max_bytes: usize,
+    /// Namespaces (distinct fragments) stored per account; storing a new one beyond is
+    /// `not-acceptable`.
+    pub max_namespaces: usize,
+}
+
+impl Default for PrivateConfig {
+    fn default() -> Self {
+        PrivateConfig {
+            max_bytes: 64 * 1024,
+            max_namespaces: 100,
+        }
+    }
+}
+
+impl ModuleConfig for PrivateConfig {
+    const SECTION: &'static str = "private";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("", "Private XML storage (XEP-0049), module private."),
+        (
+            "max_bytes",
+            "Largest private XML fragment stored, in bytes; larger is not-acceptable.",
+        ),
+        (
+            "max_namespaces",
+            "Fragments (namespaces) stored per account; a new one beyond is not-acceptable.",
+        ),
+    ];
 }
 
 /// XEP-0049 §2.3: namespaces reserved by the XSF are refused with not-acceptable.
@@ -52,7 +98,10 @@ fn key(el: &Element) -> String {
     format!("{} {}", el.ns(), el.name())
 }
 
-struct PrivateIq;
+struct PrivateIq {
+    store: MapStore,
+    config: Section<PrivateConfig>,
+}
 
 #[async_trait]
 impl IqHandler for PrivateIq {
@@ -76,7 +125,8 @@ impl IqHandler for PrivateIq {
         if fragments.iter().any(|f| reserved(f.ns())) {
             return Err(StanzaError::new(Condition::NotAcceptable).with_text("reserved namespace"));
         }
-        let map = &req.server.storage.map;
+        let map = &self.store;
+        let config = self.config.get();
         let internal = |_| StanzaError::new(Condition::InternalServerError);
         if IqType::of(req.stanza) == Some(IqType::Get) {
             // §2.3: one namespace per get.
@@ -85,17 +135,17 @@ impl IqHandler for PrivateIq {
                     StanzaError::new(Condition::BadRequest).with_text("one fragment per get")
                 );
             };
-            let stored = map
-                .get(STORE, host, node, &key(wanted))
-                .await
-                .map_err(internal)?;
+            let stored = map.get(host, node, &key(wanted)).await.map_err(internal)?;
             let frag = stored
                 .as_deref()
                 .and_then(canto_core::roster::decode_element)
                 .unwrap_or_else(|| Element::new(wanted.name(), wanted.ns()));
             return Ok(Some(Element::new("query", NS).with_child(frag)));
         }
-        let max = req.server.config().private.max_bytes;
+        // The namespace count below and the writes are one step per account, so two sets at
+        // once cannot both pass the cap.
+        let _guard = req.server.account_lock(&user).await;
+        let max = config.max_bytes;
         for f in &fragments {
             if f.to_bytes().len() > max {
                 return Err(
@@ -109,30 +159,21 @@ impl IqHandler for PrivateIq {
         let mut new_keys: Vec<String> = Vec::new();
         for f in &fragments {
             let k = key(f);
-            if !new_keys.contains(&k)
-                && map
-                    .get(STORE, host, node, &k)
-                    .await
-                    .map_err(internal)?
-                    .is_none()
+            if !new_keys.contains(&k) && map.get(host, node, &k).await.map_err(internal)?.is_none()
             {
                 new_keys.push(k);
             }
         }
         if !new_keys.is_empty() {
-            let max = req.server.config().private.max_namespaces;
-            let stored = map
-                .get_all(STORE, host, node)
-                .await
-                .map_err(internal)?
-                .len();
+            let max = config.max_namespaces;
+            let stored = map.get_all(host, node).await.map_err(internal)?.len();
             if stored + new_keys.len() > max {
                 return Err(StanzaError::new(Condition::NotAcceptable)
                     .with_text(format!("at most {max} namespaces are stored")));
             }
         }
         for f in fragments {
-            map.set(STORE, host, node, &key(f), Some(&f.to_bytes()))
+            map.set(host, node, &key(f), Some(&f.to_bytes()))
                 .await
                 .map_err(|_| {
                     StanzaError::new(Condition::ResourceConstraint).with_text("storage unavailable")
@@ -237,7 +278,9 @@ mod tests {
             modules: vec!["private".into()],
             ..Default::default()
         };
-        config.private.max_namespaces = 2;
+        config
+            .set_section("private", "max_namespaces = 2")
+            .unwrap_or_else(|e| panic!("{e}"));
         let s = crate::test_support::server_with_config(config)
             .await
             .unwrap_or_else(|e| panic!("{e}"));

@@ -3,14 +3,18 @@
 //!
 //! Avatars: XEP-0153 needs nothing from the server beyond storing the vCard (clients put the
 //! photo hash in their presence). XEP-0398 (vCard ↔ PEP avatar conversion) hooks in here once
-//! PEP exists: `stored()` is the seam it will read from and `store()` the one it will call.
+//! PEP exists: `stored()` is the seam it will read from and `store()` the one it will call. The size limit
+//! is the module's own section `[vcard]`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Server, Spec};
+use canto_core::module::{ModuleConfig, Section, SectionInfo};
+use canto_core::stores::KvStore;
+use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
 use canto_stanza::{BareJid, Condition, IqType, StanzaError};
 use canto_xml::Element;
+use serde::{Deserialize, Serialize};
 
 use crate::{expect_payload, from_owner};
 
@@ -43,24 +47,57 @@ impl Module for Vcard {
         SPECS
     }
 
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        vec![VcardConfig::info()]
+    }
+
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         // XEP-0054 §3: support is advertised as the `vcard-temp` feature.
         ctx.add_feature(NS);
-        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(VcardIq))?;
-        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, Arc::new(VcardIq))?;
+        let iq = Arc::new(VcardIq {
+            store: ctx.open_kv(STORE)?,
+            config: ctx.section::<VcardConfig>()?,
+        });
+        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, iq.clone())?;
+        ctx.hook_iq(IqTarget::Account, IqType::Set, NS, iq)?;
         Ok(())
     }
 }
 
+/// `[vcard]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VcardConfig {
+    /// Largest vCard stored, serialized bytes (photos included).
+    pub max_bytes: usize,
+}
+
+impl Default for VcardConfig {
+    fn default() -> Self {
+        VcardConfig {
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl ModuleConfig for VcardConfig {
+    const SECTION: &'static str = "vcard";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("", "vcard-temp (XEP-0054), module vcard."),
+        (
+            "max_bytes",
+            "Largest vCard stored, in bytes (photos included); larger is not-acceptable.",
+        ),
+    ];
+}
+
 /// The stored vCard of an account.
-pub async fn stored(server: &Server, user: &BareJid) -> Result<Option<Element>, StanzaError> {
+pub async fn stored(store: &KvStore, user: &BareJid) -> Result<Option<Element>, StanzaError> {
     let Some(node) = user.node() else {
         return Ok(None);
     };
-    let bytes = server
-        .storage
-        .kv
-        .get(STORE, user.domain().as_str(), node.as_str())
+    let bytes = store
+        .get(user.domain().as_str(), node.as_str())
         .await
         .map_err(|_| StanzaError::new(Condition::InternalServerError))?;
     Ok(bytes
@@ -68,27 +105,33 @@ pub async fn stored(server: &Server, user: &BareJid) -> Result<Option<Element>, 
         .and_then(canto_core::roster::decode_element))
 }
 
-/// Replaces an account's vCard.
-pub async fn store(server: &Server, user: &BareJid, vcard: &Element) -> Result<(), StanzaError> {
+/// Replaces an account's vCard, refusing one over `max_bytes`.
+pub async fn store(
+    store: &KvStore,
+    max_bytes: usize,
+    user: &BareJid,
+    vcard: &Element,
+) -> Result<(), StanzaError> {
     let Some(node) = user.node() else {
         return Err(StanzaError::new(Condition::BadRequest));
     };
     let bytes = vcard.to_bytes();
     // `[vcard] max_bytes`; XEP-0054 sets no limit, a server may refuse (not-acceptable).
-    if bytes.len() > server.config().vcard.max_bytes {
+    if bytes.len() > max_bytes {
         return Err(StanzaError::new(Condition::NotAcceptable).with_text("vCard too large"));
     }
-    server
-        .storage
-        .kv
-        .set(STORE, user.domain().as_str(), node.as_str(), Some(&bytes))
+    store
+        .set(user.domain().as_str(), node.as_str(), Some(&bytes))
         .await
         .map_err(|_| {
             StanzaError::new(Condition::ResourceConstraint).with_text("storage unavailable")
         })
 }
 
-struct VcardIq;
+struct VcardIq {
+    store: KvStore,
+    config: Section<VcardConfig>,
+}
 
 #[async_trait]
 impl IqHandler for VcardIq {
@@ -101,13 +144,19 @@ impl IqHandler for VcardIq {
             if !from_owner(&req) {
                 return Err(StanzaError::new(Condition::Forbidden));
             }
-            store(req.server, &target, req.payload).await?;
+            store(
+                &self.store,
+                self.config.get().max_bytes,
+                &target,
+                req.payload,
+            )
+            .await?;
             return Ok(None);
         }
         // §3.1: the owner without a vCard gets an empty one.
         if from_owner(&req) {
             return Ok(Some(
-                stored(req.server, &target)
+                stored(&self.store, &target)
                     .await?
                     .unwrap_or_else(|| Element::new("vCard", NS)),
             ));
@@ -118,7 +167,7 @@ impl IqHandler for VcardIq {
         if !req.server.account_exists(&target).await {
             return Err(StanzaError::new(Condition::ServiceUnavailable));
         }
-        stored(req.server, &target)
+        stored(&self.store, &target)
             .await?
             .map(Some)
             .ok_or_else(|| StanzaError::new(Condition::ServiceUnavailable))
@@ -196,8 +245,7 @@ mod tests {
         .await;
         assert_eq!(result_xml(forged), "error forbidden");
         let huge = Element::new("vCard", NS).with_child(
-            Element::new("PHOTO", NS)
-                .with_text("A".repeat(canto_core::config::VcardConfig::default().max_bytes)),
+            Element::new("PHOTO", NS).with_text("A".repeat(VcardConfig::default().max_bytes)),
         );
         let r = call(
             &s,

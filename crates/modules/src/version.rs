@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use canto_core::module::{ModuleConfig, Section, SectionInfo};
 use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
 use canto_stanza::{IqType, StanzaError, ns};
 use canto_xml::Element;
+use serde::{Deserialize, Serialize};
 
 use crate::expect_payload;
 
@@ -38,18 +40,38 @@ impl Module for Version {
         ctx.add_feature(ns::VERSION);
         // XEP-0092 §2 defines only the get; a set has no handler and the router answers
         // service-unavailable.
-        ctx.hook_iq(
-            IqTarget::Host,
-            IqType::Get,
-            ns::VERSION,
-            Arc::new(VersionGet),
-        )?;
+        let get = VersionGet {
+            config: ctx.section::<VersionConfig>()?,
+        };
+        ctx.hook_iq(IqTarget::Host, IqType::Get, ns::VERSION, Arc::new(get))?;
         Ok(())
+    }
+
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        vec![VersionConfig::info()]
     }
 }
 
+/// `[version]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionConfig {
+    /// Whether to reveal the operating system in XEP-0092 answers.
+    pub show_os: bool,
+}
+
+impl ModuleConfig for VersionConfig {
+    const SECTION: &'static str = "version";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        ("", "Software version (XEP-0092)."),
+        ("show_os", "Reveal the operating system in version answers."),
+    ];
+}
+
 /// Answers `<query xmlns='jabber:iq:version'/>` gets addressed to the server.
-struct VersionGet;
+struct VersionGet {
+    config: Section<VersionConfig>,
+}
 
 #[async_trait]
 impl IqHandler for VersionGet {
@@ -62,7 +84,7 @@ impl IqHandler for VersionGet {
         // XEP-0092 §5: revealing the operating system MUST be something an administrator can
         // disable; here it is off unless `version.show_os` turns it on. Read per request so a
         // reload takes effect.
-        if req.server.config().version.show_os {
+        if self.config.get().show_os {
             query.push_child(Element::new("os", ns::VERSION).with_text(std::env::consts::OS));
         }
         Ok(Some(query))
@@ -85,7 +107,9 @@ mod tests {
             modules: vec!["version".into()],
             ..Default::default()
         };
-        config.version.show_os = show_os;
+        config
+            .set_section("version", &format!("show_os = {show_os}"))
+            .unwrap_or_else(|e| panic!("{e}"));
         server_with_config(config)
             .await
             .unwrap_or_else(|e| panic!("{e}"))
@@ -127,8 +151,10 @@ mod tests {
     async fn version_follows_a_config_reload() {
         let s = server_showing_os(false).await;
         let mut config = (*s.config()).clone();
-        config.version.show_os = true;
-        s.reload_config(config);
+        config
+            .set_section("version", "show_os = true")
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.reload_config(config).unwrap_or_else(|e| panic!("{e}"));
         let got = result_xml(get(&s, IqTarget::Host, "alice@example.test/a", HOST, query()).await);
         assert!(got.contains("<os>"), "{got}");
     }

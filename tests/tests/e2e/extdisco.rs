@@ -2,7 +2,7 @@
 //! and time-limited TURN credentials, checked against the TURN REST API scheme (username
 //! `expiry:user`, password base64(HMAC-SHA1(secret, username))) recomputed here.
 use base64::Engine;
-use canto_core::config::ExternalService;
+use canto_modules::extdisco::{ExternalService, ExternalServices};
 use canto_tests::*;
 use canto_xml::Element;
 use hmac::{KeyInit, Mac};
@@ -12,7 +12,7 @@ const EXTDISCO: &str = "urn:xmpp:extdisco:2";
 async fn server() -> TestServer {
     let mut cfg = test_config();
     cfg.modules.push("extdisco".into());
-    cfg.external_services = vec![
+    let services = ExternalServices(vec![
         ExternalService {
             kind: "stun".into(),
             host: "stun.example.net".into(),
@@ -37,7 +37,9 @@ async fn server() -> TestServer {
             secret: Some("other-secret".into()),
             ttl: 600,
         },
-    ];
+    ]);
+    cfg.set_section_value("external_services", &services)
+        .unwrap_or_else(|e| panic!("{e}"));
     let s = TestServer::with_config(cfg).await;
     s.add_user("alice", "pa").await;
     s.add_user("bob", "pb").await;

@@ -123,7 +123,10 @@ async fn reading_is_slowed_to_the_configured_rate_and_others_are_unaffected() {
 
     // "unlimited" turns it off (for connections made after a reload, as SIGHUP would).
     config.limits.c2s.rate = "unlimited".into();
-    s.running.server.reload_config(config);
+    s.running
+        .server
+        .reload_config(config)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut fast = s.login("alice", "wonderland", "fast").await;
     let (took, _) = send_100kb(&mut fast, Duration::from_secs(60)).await;
     assert!(took < Duration::from_secs(3), "unlimited took {took:?}");

@@ -969,7 +969,8 @@ async fn messages_older_than_the_retention_period_expire() {
     }
     let mut cfg = test_config();
     cfg.modules.push("mam".into());
-    cfg.mam.retention_days = 2;
+    cfg.set_section("mam", "retention_days = 2")
+        .unwrap_or_else(|e| panic!("{e}"));
     // XEP-0313 leaves retention to the server: expiry runs at startup and hourly.
     let s = TestServer::with_storage(cfg, storage.clone()).await;
     let count = || async {

@@ -83,7 +83,14 @@ pub enum ConfigCommand {
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
     match path {
-        Some(p) => Ok(Config::load(p)?),
+        Some(p) => {
+            let config = Config::load(p)?;
+            // Every command refuses a file with an unknown key or a bad module section, as it
+            // does an unknown core key (the core parses its own keys, modules theirs).
+            canto_core::module::check_sections(&config, &canto_modules::all())
+                .map_err(|e| anyhow::anyhow!("{}: invalid configuration: {e}", p.display()))?;
+            Ok(config)
+        }
         None => Ok(Config::default()),
     }
 }

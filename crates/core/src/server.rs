@@ -126,6 +126,24 @@ impl Server {
         }
     }
 
+    /// The stored roster of a local account (`host`, `user` = its domain and node): versions
+    /// and pending requests, for the roster protocol module.
+    pub fn roster_store<'a>(
+        &'a self,
+        host: &'a str,
+        user: &'a str,
+    ) -> crate::roster::RosterStore<'a> {
+        crate::roster::RosterStore::new(&self.storage, host, user)
+    }
+
+    /// Whether the account has an available resource (session.txt: an *available resource*).
+    pub fn is_available(&self, user: &canto_stanza::BareJid) -> bool {
+        self.sessions
+            .resources(user)
+            .iter()
+            .any(SessionHandle::is_available)
+    }
+
     /// The configuration in force (replaced atomically on SIGHUP).
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()

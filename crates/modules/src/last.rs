@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use canto_core::stores::KvStore;
 use canto_core::{
     IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Server, SessionEvent, SessionHook, Spec,
 };
@@ -44,8 +45,16 @@ impl Module for Last {
         ctx.add_feature(NS);
         ctx.add_account_feature(NS);
         ctx.hook_iq(IqTarget::Host, IqType::Get, NS, Arc::new(Uptime))?;
-        ctx.hook_iq(IqTarget::Account, IqType::Get, NS, Arc::new(UserLast))?;
-        ctx.hook_session(0, Arc::new(Recorder));
+        let store = ctx.open_kv(STORE)?;
+        ctx.hook_iq(
+            IqTarget::Account,
+            IqType::Get,
+            NS,
+            Arc::new(UserLast {
+                store: store.clone(),
+            }),
+        )?;
+        ctx.hook_session(0, Arc::new(Recorder { store }));
         Ok(())
     }
 }
@@ -65,7 +74,9 @@ impl IqHandler for Uptime {
 }
 
 /// Records when a resource went unavailable, and with which status.
-struct Recorder;
+struct Recorder {
+    store: KvStore,
+}
 
 #[async_trait]
 impl SessionHook for Recorder {
@@ -83,8 +94,8 @@ impl SessionHook for Recorder {
             record = record.with_text(s);
         }
         let (host, node) = (user.domain().as_str(), node.as_str());
-        let kv = &server.storage.kv;
-        if let Err(e) = kv.set(STORE, host, node, Some(&record.to_bytes())).await {
+        let kv = &self.store;
+        if let Err(e) = kv.set(host, node, Some(&record.to_bytes())).await {
             warn!(%user, error = %e, "last activity not stored");
             return;
         }
@@ -92,12 +103,14 @@ impl SessionHook for Recorder {
         // this write (then the account is gone now and the row is ours to remove) or after it
         // (then the row went with the rest).
         if !server.account_exists(&user).await {
-            let _ = kv.set(STORE, host, node, None).await;
+            let _ = kv.set(host, node, None).await;
         }
     }
 }
 
-struct UserLast;
+struct UserLast {
+    store: KvStore,
+}
 
 #[async_trait]
 impl IqHandler for UserLast {
@@ -112,23 +125,15 @@ impl IqHandler for UserLast {
         }
         let user = req.to.to_bare();
         // §3: a user with an available resource is active now.
-        if req
-            .server
-            .sessions
-            .resources(&user)
-            .iter()
-            .any(|s| s.is_available())
-        {
+        if req.server.is_available(&user) {
             return Ok(Some(Element::new("query", NS).with_attr("seconds", "0")));
         }
         let Some(node) = user.node() else {
             return Err(StanzaError::new(Condition::ItemNotFound));
         };
-        let record = req
-            .server
-            .storage
-            .kv
-            .get(STORE, user.domain().as_str(), node.as_str())
+        let record = self
+            .store
+            .get(user.domain().as_str(), node.as_str())
             .await
             .map_err(|_| StanzaError::new(Condition::InternalServerError))?
             .as_deref()

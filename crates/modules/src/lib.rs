@@ -173,6 +173,39 @@ mod tests {
         assert_eq!(e.as_deref(), Some("unknown configuration key `vcrad`"));
     }
 
+    /// The module API's boundary (Prosody's moduleapi): a module reaches storage only through
+    /// the stores it opened (`ctx.open_kv`…) and the core's own methods, never the server's
+    /// storage or session table directly. Rust cannot hide a public field from one crate only,
+    /// so this reads the module sources (test code excepted).
+    #[test]
+    fn modules_reach_neither_the_storage_nor_the_session_table_directly() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut offenders = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{e}")) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if name == "test_support.rs" || name == "lib.rs" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (i, line) in code.lines().enumerate() {
+                let l = line.trim_start();
+                if l.starts_with("//") {
+                    continue;
+                }
+                if l.contains(".storage") || l.contains(".sessions") {
+                    offenders.push(format!("{name}:{}: {l}", i + 1));
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "{offenders:#?}");
+    }
+
     #[test]
     fn supported_specs_lists_each_module_spec() {
         let specs = supported_specs();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use canto_core::roster::{RosterItem, RosterStore, SubType};
+use canto_core::roster::{RosterItem, SubType};
 use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
 use canto_stanza::{BareJid, Condition, IqType, StanzaError, ns, parse_jid};
 use canto_xml::Element;
@@ -79,7 +79,7 @@ impl IqHandler for RosterIq {
             if let Some(s) = req.origin.session().cloned() {
                 s.set_interested();
             }
-            let store = RosterStore::new(&req.server.storage, &host, &node);
+            let store = req.server.roster_store(&host, &node);
             let ver = store.version().await.map_err(internal)?;
             // §2.6.3: the client's version is current: an empty result, pushes follow.
             if req.payload.attr("ver") == Some(ver.to_string().as_str()) {
@@ -186,7 +186,8 @@ async fn existing_pending(server: &canto_core::Server, bare: &BareJid, contact: 
     let (Some(node), host) = (bare.node(), bare.domain().as_str()) else {
         return false;
     };
-    RosterStore::new(&server.storage, host, node.as_str())
+    server
+        .roster_store(host, node.as_str())
         .is_pending(contact)
         .await
         .unwrap_or(false)

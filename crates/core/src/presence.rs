@@ -251,7 +251,7 @@ impl Server {
                 el.remove_attr("to");
                 let initial = !session.is_available();
                 let roster = self.roster(&user).await;
-                self.load_blocklists(&user, &roster).await;
+                let unreadable = self.load_blocklists(&user, &roster).await;
                 // XEP-0160 §3: stored messages go out before anything delivered live. They are
                 // read before the session becomes available and queued right after, with no
                 // await in between, so a live message cannot overtake them.
@@ -269,7 +269,7 @@ impl Server {
                     }
                     delivered.push(id);
                 }
-                self.broadcast_to(session.jid(), &roster, &el);
+                self.broadcast_to(session.jid(), &roster, &el, &unreadable);
                 if !delivered.is_empty() {
                     self.delete_offline(&user, &delivered).await;
                 }
@@ -283,8 +283,10 @@ impl Server {
             Some(PresenceType::Unavailable) if session.set_presence(None, 0) => {
                 el.remove_attr("to");
                 let roster = self.roster(&user).await;
+                // Unavailable goes out even where a blocklist cannot be read: withholding it
+                // would leave a contact seeing the user online.
                 self.load_blocklists(&user, &roster).await;
-                self.broadcast_to(session.jid(), &roster, &el);
+                self.broadcast_to(session.jid(), &roster, &el, &[]);
                 // The sender is no longer available: tell it too (§4.5.2).
                 let mut own = el.clone();
                 own.set_attr("to", session.jid().to_string());
@@ -302,28 +304,46 @@ impl Server {
 
     /// Makes sure the blocklists a broadcast consults are cached: the user's and those of
     /// online contacts who receive it.
-    async fn load_blocklists(&self, user: &BareJid, roster: &RosterMap) {
-        self.blocklist(user).await;
+    /// Returns the accounts whose list could not be read (the user's own among them, if so):
+    /// an available broadcast leaves them out (XEP-0191 fails closed, as `blocks` does).
+    async fn load_blocklists(&self, user: &BareJid, roster: &RosterMap) -> Vec<BareJid> {
+        let mut unreadable = Vec::new();
+        if self.try_blocklist(user).await.is_err() {
+            unreadable.push(user.clone());
+        }
         for (contact, item) in roster.iter() {
             if item.subscription.has_from()
                 && self.sessions.is_online(contact)
                 && self.cached_blocklist(contact).is_none()
+                && self.try_blocklist(contact).await.is_err()
             {
-                self.blocklist(contact).await;
+                unreadable.push(contact.clone());
             }
         }
+        unreadable
     }
 
     /// Broadcast presence `el` from `sender`'s resource to subscribed contacts and own
     /// resources, leaving out contacts either side has blocked (XEP-0191 §3.2, §3.5) — the
     /// contact's block may name just the sending resource, the user's just one resource of
     /// the contact (full-JID items).
-    fn broadcast_to(&self, sender: &FullJid, roster: &RosterMap, el: &Element) {
+    /// Contacts in `unreadable` (or every contact, when the sender's own list is there) are
+    /// left out.
+    fn broadcast_to(
+        &self,
+        sender: &FullJid,
+        roster: &RosterMap,
+        el: &Element,
+        unreadable: &[BareJid],
+    ) {
         let user = sender.to_bare();
         let mine = self.cached_blocklist(&user).filter(|b| !b.is_empty());
         let me = Jid::from(sender.clone());
+        let own_unreadable = unreadable.contains(&user);
         for (contact, item) in roster.iter() {
             if item.subscription.has_from()
+                && !own_unreadable
+                && !unreadable.contains(contact)
                 && self.serves(contact.domain().as_str())
                 && !mine
                     .as_ref()
@@ -422,7 +442,7 @@ impl Server {
         let user = session.jid().to_bare();
         let el = presence(Some("unavailable"), &session.jid().to_string(), "");
         if let Some(roster) = self.cached_roster(&user) {
-            self.broadcast_to(session.jid(), &roster, &el);
+            self.broadcast_to(session.jid(), &roster, &el, &[]);
         } else {
             let mut own = el.clone();
             own.set_attr("to", user.to_string());

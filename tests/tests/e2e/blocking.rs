@@ -815,3 +815,46 @@ async fn a_blocklist_that_cannot_be_read_delivers_nothing() {
     assert_eq!(m.attr("id"), Some("m2"), "{m}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_not_broadcast_to_a_contact_whose_blocklist_cannot_be_read() {
+    let mut cfg = test_config();
+    cfg.modules.push("blocking".into());
+    let mut storage = canto_storage::Storage::memory();
+    let kv = canto_storage::faults::FailingKv::new(storage.kv.clone());
+    storage.kv = kv.clone();
+    let s = TestServer::with_storage(cfg, storage).await;
+    s.add_user("alice", "pa").await;
+    s.add_user("carol", "pc").await;
+    let mut a = s.login("alice", "pa", "a").await;
+    let mut c = s.login("carol", "pc", "c").await;
+    a.send("<presence/>").await;
+    c.send("<presence/>").await;
+    subscribe_to(&mut c, &mut a).await;
+    // Carol logs in again with her list unreadable: it is not cached, so every broadcast to
+    // her must read it, and cannot.
+    drop(c);
+    s.wait_unbound("carol@localhost/c").await;
+    kv.fail("blocklist", Some("carol"));
+    let mut c = s.login("carol", "pc", "c").await;
+    c.send("<presence/>").await;
+    c.sync().await;
+    c.drain().await;
+    a.send("<presence><status>one</status></presence>").await;
+    a.sync().await;
+    // Carol may have blocked alice: she gets nothing of alice's (XEP-0191 fails closed).
+    let got = c.drain().await;
+    assert!(
+        !got.iter()
+            .any(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/a")),
+        "{got:?}"
+    );
+    kv.heal();
+    a.send("<presence><status>two</status></presence>").await;
+    let p = c
+        .wait_for(|e| e.name() == "presence" && e.attr("from") == Some("alice@localhost/a"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(p.to_string().contains("two"), "{p}");
+    s.stop().await;
+}

@@ -153,6 +153,9 @@ pub trait StanzaHook: Send + Sync {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionEvent<'a> {
+    /// Bound a resource: a *connected resource* now (not told again when a XEP-0198
+    /// resumption takes the session over).
+    Bound,
     /// Sent initial presence: an *available resource* now.
     Available,
     /// Stopped being available (unavailable presence or the session ending); the

@@ -1267,9 +1267,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn session_hooks_hear_available_unavailable_and_destroyed() {
+    async fn session_hooks_hear_bound_available_unavailable_and_destroyed() {
         let (s, log) = probed_server().await;
         let (b1, _r1) = bind(&s, "bob@example.test/one");
+        s.resource_bound(&b1).await;
         s.route_from_client(&b1, stanza("<presence/>")).await.ok();
         s.route_from_client(
             &b1,
@@ -1281,7 +1282,7 @@ mod tests {
         s.destroy_session(&b1, "test");
         // Destroy's hooks run on a task of their own.
         for _ in 0..100 {
-            if log.lock().map(|l| l.len() >= 5).unwrap_or(false) {
+            if log.lock().map(|l| l.len() >= 6).unwrap_or(false) {
                 break;
             }
             tokio::task::yield_now().await;
@@ -1290,6 +1291,7 @@ mod tests {
         assert_eq!(
             take(&log),
             vec![
+                format!("session {jid} Bound"),
                 format!("session {jid} Available"),
                 format!("session {jid} Unavailable {{ status: Some(\"bye\") }}"),
                 format!("session {jid} Available"),

@@ -115,6 +115,13 @@ impl Server {
         }
     }
 
+    /// Tells the session hooks that `session` bound its resource (called by the c2s engine
+    /// once the bind result is queued).
+    pub async fn resource_bound(self: &Arc<Self>, session: &SessionHandle) {
+        self.session_event(session, crate::module::SessionEvent::Bound)
+            .await;
+    }
+
     /// Tells the session hooks of `event` for `session`, highest priority first.
     pub(crate) async fn session_event(
         self: &Arc<Self>,

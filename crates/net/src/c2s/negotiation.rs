@@ -316,6 +316,8 @@ impl<T: Transport> Conn<T> {
         tracing::Span::current().record("jid", tracing::field::display(&jid));
         info!("resource bound");
         self.send(&iq_result(&el, Some(bind_result(&jid.to_string()))));
+        // Session hooks: a connected resource now (session.txt).
+        self.ctx.server.resource_bound(&bound.handle).await;
         self.phase = Phase::Bound {
             handle: bound.handle,
             rx,

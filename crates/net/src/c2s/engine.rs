@@ -501,7 +501,7 @@ impl<T: Transport> Conn<T> {
         }
         match &self.phase {
             Phase::Unauthenticated { .. } => self.unauthenticated(el).await,
-            Phase::Authenticated { .. } => self.authenticated(el).map(|()| Flow::Continue),
+            Phase::Authenticated { .. } => self.authenticated(el).await.map(|()| Flow::Continue),
             Phase::Bound { .. } => self.bound(el).await.map(|()| Flow::Continue),
         }
     }

@@ -244,7 +244,7 @@ impl<T: Transport> Conn<T> {
     }
 
     /// Authenticated, not bound: resource binding (RFC 6120 §7) and the legacy session request.
-    pub(super) fn authenticated(&mut self, el: Element) -> Result<(), End> {
+    pub(super) async fn authenticated(&mut self, el: Element) -> Result<(), End> {
         if !el.is("iq", ns::CLIENT) {
             return Err(match (el.ns(), el.name()) {
                 (ns::CLIENT, _) => stream_error(StreamCondition::NotAuthorized),

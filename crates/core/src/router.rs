@@ -1173,6 +1173,13 @@ mod tests {
                 0,
                 hook("out", Hooked::Pass) as Arc<dyn StanzaHook>,
             );
+            // Messages and presence to the host itself: a module can claim them.
+            let host_in = point(StanzaKind::Presence, Addressed::Host, Direction::In);
+            ctx.hook_stanza(
+                host_in,
+                0,
+                hook("host", Hooked::Handled) as Arc<dyn StanzaHook>,
+            );
             ctx.hook_session(0, hook("session", Hooked::Pass));
             ctx.add_timer(
                 std::time::Duration::from_secs(60),
@@ -1249,6 +1256,11 @@ mod tests {
         assert_eq!(take(&log), vec!["out bob@example.test/one"]);
         let got = recv(&mut r1);
         assert_eq!(got.as_ref().and_then(|m| m.attr("seen-by")), Some("out"));
+        // Presence to the host reaches the module hooked there (the router alone drops it).
+        s.route_from_client(&alice, stanza("<presence to='example.test'/>"))
+            .await
+            .ok();
+        assert_eq!(take(&log), vec!["host example.test"]);
     }
 
     #[tokio::test]

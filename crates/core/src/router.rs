@@ -289,12 +289,15 @@ impl Server {
             // RFC 6120 §10.3.1: as if addressed to the sender's bare JID.
             StanzaKind::Message => self.route_to_account(origin, kind, el, own).await,
             // RFC 6120 §10.3.2 / RFC 6121 §4.2, §4.4, §4.5: broadcast presence.
-            StanzaKind::Presence => self.presence_broadcast(session, el).await,
+            // Boxed (here and for presence and IQs below): these futures are the largest in
+            // routing, and every connection task is sized for the largest; messages, the hot
+            // path, stay inline.
+            StanzaKind::Presence => Box::pin(self.presence_broadcast(session, el)).await,
             // RFC 6120 §10.3.3: handled by the server on behalf of the account; handlers for the
             // server itself also answer (a ping without `to` is a ping to the server).
             StanzaKind::Iq => {
                 let to = Jid::from(own);
-                self.handle_iq(origin, el, &to, &[IqTarget::Account, IqTarget::Host])
+                Box::pin(self.handle_iq(origin, el, &to, &[IqTarget::Account, IqTarget::Host]))
                     .await
             }
         }
@@ -318,7 +321,9 @@ impl Server {
         }
         match dest {
             Destination::Host(_) => match kind {
-                StanzaKind::Iq => self.handle_iq(origin, el, &to, &[IqTarget::Host]).await,
+                StanzaKind::Iq => {
+                    Box::pin(self.handle_iq(origin, el, &to, &[IqTarget::Host])).await
+                }
                 // RFC 6120 §10.4: messages and presence to the server itself are handled by it;
                 // with no module that wants them they are dropped.
                 StanzaKind::Message | StanzaKind::Presence => {}
@@ -330,9 +335,9 @@ impl Server {
                 }
             }
             // Every stanza to a service's domain, of every kind, is the service's.
-            Destination::Service(domain) => self.deliver_to_service(&domain, el).await,
+            Destination::Service(domain) => Box::pin(self.deliver_to_service(&domain, el)).await,
             Destination::Account(_) | Destination::Session(_) if kind == StanzaKind::Presence => {
-                self.route_presence(origin, el, to).await
+                Box::pin(self.route_presence(origin, el, to)).await
             }
             Destination::Account(bare) => self.route_to_account(origin, kind, el, bare).await,
             Destination::Session(full) => self.route_to_session(origin, kind, el, full).await,
@@ -451,7 +456,7 @@ impl Server {
             // RFC 6121 §8.5.2.1.3: the server answers IQs to a bare JID on the account's behalf.
             StanzaKind::Iq => {
                 let to = Jid::from(bare);
-                self.handle_iq(origin, el, &to, &[IqTarget::Account]).await
+                Box::pin(self.handle_iq(origin, el, &to, &[IqTarget::Account])).await
             }
         }
     }
@@ -589,7 +594,7 @@ impl Server {
             }
         }
         if !delivered && let Some(t) = failed {
-            self.divert_undelivered(origin, t, &shared).await;
+            Box::pin(self.divert_undelivered(origin, t, &shared)).await;
         }
     }
 
@@ -638,7 +643,7 @@ impl Server {
             }
             let el = Arc::new(el);
             if target.deliver(el.clone()).is_err() && kind == StanzaKind::Message {
-                self.divert_undelivered(origin, &target, &el).await;
+                Box::pin(self.divert_undelivered(origin, &target, &el)).await;
             }
             return;
         }

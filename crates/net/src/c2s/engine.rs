@@ -134,15 +134,17 @@ pub(super) async fn serve<T: Transport>(
         };
         let deadline = Instant::now() + Duration::from_secs(config.c2s.auth_timeout);
         drop(config);
+        // The TLS handshake and the teardown run once per connection: boxed, so the task's
+        // state (allocated for its whole life) is not sized by them.
         let end = if tls_first {
-            match conn.start_tls(deadline).await {
+            match Box::pin(conn.start_tls(deadline)).await {
                 Ok(()) => conn.run(deadline).await,
                 Err(e) => e,
             }
         } else {
             conn.run(deadline).await
         };
-        conn.finish(end).await;
+        Box::pin(conn.finish(end)).await;
     }
     .instrument(span)
     .await
@@ -494,14 +496,23 @@ impl<T: Transport> Conn<T> {
             && !matches!(self.phase, Phase::Unauthenticated { .. })
             && offered(smp::NS)
         {
-            return self.stream_management(el).await.map(|()| Flow::Continue);
+            // Boxed, like negotiation below: rare paths whose futures would otherwise make every
+            // connection's task as large as the largest of them, idle sessions included.
+            return Box::pin(self.stream_management(el))
+                .await
+                .map(|()| Flow::Continue);
         }
         if el.ns() == CSI_NS && matches!(self.phase, Phase::Bound { .. }) && offered(CSI_NS) {
             return self.csi_element(&el).map(|()| Flow::Continue);
         }
         match &self.phase {
-            Phase::Unauthenticated { .. } => self.unauthenticated(el).await,
-            Phase::Authenticated { .. } => self.authenticated(el).await.map(|()| Flow::Continue),
+            // Negotiation is boxed: a connection task's state is allocated for its whole life at
+            // the size of its largest branch. The bound path stays inline (messages are the hot
+            // path); the router boxes its own large, rarer branches (presence, IQ).
+            Phase::Unauthenticated { .. } => Box::pin(self.unauthenticated(el)).await,
+            Phase::Authenticated { .. } => Box::pin(self.authenticated(el))
+                .await
+                .map(|()| Flow::Continue),
             Phase::Bound { .. } => self.bound(el).await.map(|()| Flow::Continue),
         }
     }
@@ -544,6 +555,10 @@ impl<T: Transport> Conn<T> {
                 {
                     el.set_attr("xml:lang", lang.as_str());
                 }
+                // Inline, not boxed: boxing this future (the largest branch, which sizes every
+                // connection task for its whole life: 6.4 KB inline, 4.9 KB boxed) made idle
+                // sessions 1.3 KiB smaller but cost ~20 % of flood CPU per message in
+                // bench/compare.sh (docs/benchmarks.md, issue 10 measurements).
                 self.ctx
                     .server
                     .route_from_client(&handle, el)

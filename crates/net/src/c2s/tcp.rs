@@ -98,7 +98,10 @@ async fn refuse(ctx: &C2sContext, mut tcp: TcpStream, direct_tls: bool) {
 pub struct StreamTransport {
     io: Io,
     parser: StreamParser,
-    buf: [u8; 4096],
+    /// The read buffer, on the heap: the transport is moved into the engine, and a buffer held
+    /// inline would be copied into each async frame it passes through (the connection task's
+    /// future held three of them: 10 KiB more per idle session).
+    buf: Box<[u8; 4096]>,
     starttls_available: bool,
     acceptor: TlsAcceptor,
     certs: Arc<CertStore>,
@@ -110,7 +113,7 @@ impl StreamTransport {
         StreamTransport {
             io,
             parser: StreamParser::new(unauth_limits(&ctx.server.config())),
-            buf: [0u8; 4096],
+            buf: Box::new([0u8; 4096]),
             starttls_available,
             acceptor: ctx.acceptor.clone(),
             certs: ctx.certs.clone(),

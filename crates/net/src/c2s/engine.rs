@@ -102,40 +102,45 @@ pub(super) fn is_stanza(el: &Element) -> bool {
 
 /// Runs a connection's session over `t` to its end; `tls_first`: start TLS before anything
 /// else (a direct TLS listener, XEP-0368).
-pub(super) async fn serve<T: Transport>(
+///
+/// Not an `async fn`: the connection's state is built here and boxed, so the task's future —
+/// allocated for the connection's whole life, idle or not — holds a pointer to it rather than
+/// a copy of the transport in its arguments and another inside the state (that made every
+/// task 6.4 KB instead of 3.7 KB).
+pub(super) fn serve<T: Transport>(
     ctx: Arc<C2sContext>,
     t: T,
     peer: SocketAddr,
     tls_first: bool,
-) {
+) -> impl std::future::Future<Output = ()> {
     let id = ctx.server.sessions.next_id();
     let span = info_span!("c2s", id, %peer, jid = tracing::field::Empty);
+    let config = ctx.server.config();
+    let deadline = Instant::now() + Duration::from_secs(config.c2s.auth_timeout);
+    drop(config);
+    let mut conn = Box::new(Conn {
+        t,
+        peer,
+        phase: Phase::Unauthenticated {
+            sasl: None,
+            failures: 0,
+        },
+        host: None,
+        header_sent: false,
+        cb: ChannelBindings::default(),
+        out: Vec::new(),
+        closer: Closer::new(),
+        id,
+        stream_id: String::new(),
+        lang: None,
+        auth_user: None,
+        sm: None,
+        csi: None,
+        ctx,
+    });
     async move {
-        let config = ctx.server.config();
-        let mut conn = Conn {
-            t,
-            peer,
-            phase: Phase::Unauthenticated {
-                sasl: None,
-                failures: 0,
-            },
-            host: None,
-            header_sent: false,
-            cb: ChannelBindings::default(),
-            out: Vec::new(),
-            closer: Closer::new(),
-            id,
-            stream_id: String::new(),
-            lang: None,
-            auth_user: None,
-            sm: None,
-            csi: None,
-            ctx,
-        };
-        let deadline = Instant::now() + Duration::from_secs(config.c2s.auth_timeout);
-        drop(config);
         // The TLS handshake and the teardown run once per connection: boxed, so the task's
-        // state (allocated for its whole life) is not sized by them.
+        // state is not sized by them.
         let end = if tls_first {
             match Box::pin(conn.start_tls(deadline)).await {
                 Ok(()) => conn.run(deadline).await,
@@ -147,7 +152,6 @@ pub(super) async fn serve<T: Transport>(
         Box::pin(conn.finish(end)).await;
     }
     .instrument(span)
-    .await
 }
 
 /// The most a connection reads at once.

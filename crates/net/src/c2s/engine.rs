@@ -631,13 +631,7 @@ impl<T: Transport> Conn<T> {
             return;
         };
         let server = self.ctx.server.clone();
-        // XEP-0352: what an inactive client had held back counts as sent and unacknowledged,
-        // so a resumption replays it (and the counters stay right).
-        if let (Some(sm), Some(hold)) = (&mut self.sm, self.csi.take()) {
-            for el in hold.held {
-                sm.state.sent(el);
-            }
-        }
+        self.count_held_as_sent();
         match self.sm.take() {
             // XEP-0198 §5: a resumable session whose connection was lost (not closed by the
             // client, not ended by us) waits for its client; so does one a new connection is
@@ -657,18 +651,47 @@ impl<T: Transport> Conn<T> {
                     },
                 );
             }
-            Some(SmConn {
-                state, resume_id, ..
-            }) => {
-                if let Some(id) = resume_id {
-                    server.sm_ended(&id, &handle, &state);
+            sm => {
+                if let Some(state) = end_session(&server, &handle, sm, reason) {
+                    server.reroute_unacked(&handle, state, rx).await;
                 }
-                server.destroy_session(&handle, reason);
-                server.reroute_unacked(&handle, state, rx).await;
             }
-            None => server.destroy_session(&handle, reason),
         }
     }
+
+    /// XEP-0352: what an inactive client had held back counts as sent and unacknowledged, so
+    /// a resumption replays it, re-routing sends it on, and the counters stay right.
+    fn count_held_as_sent(&mut self) {
+        if let (Some(sm), Some(hold)) = (&mut self.sm, self.csi.take()) {
+            for el in hold.held {
+                sm.state.sent(el);
+            }
+        }
+    }
+}
+
+/// Ends a bound session that will not hibernate, for [`Conn::finish`] and the teardown guard:
+/// its XEP-0198 id is remembered as ended (a late `<resume/>` gets `<failed h/>`), then
+/// [`canto_core::Server::destroy_session`]. Returns the stream-management state whose
+/// unacknowledged stanzas the caller re-routes.
+fn end_session(
+    server: &Arc<canto_core::Server>,
+    handle: &canto_core::SessionHandle,
+    sm: Option<SmConn>,
+    reason: &str,
+) -> Option<canto_proto::sm::SmState> {
+    let state = sm.map(
+        |SmConn {
+             state, resume_id, ..
+         }| {
+            if let Some(id) = resume_id {
+                server.sm_ended(&id, handle, &state);
+            }
+            state
+        },
+    );
+    server.destroy_session(handle, reason);
+    state
 }
 
 /// The teardown guard: a connection task that never reached the end of [`Conn::finish`] — it
@@ -704,23 +727,9 @@ impl<T: Transport> Drop for Conn<T> {
         };
         warn!(jid = %handle.jid(), reason, "session torn down by the guard");
         let server = self.ctx.server.clone();
-        // As in `finish`: what CSI held back counts as sent and unacknowledged.
-        if let (Some(sm), Some(hold)) = (&mut self.sm, self.csi.take()) {
-            for el in hold.held {
-                sm.state.sent(el);
-            }
-        }
-        match self.sm.take() {
-            Some(SmConn {
-                state, resume_id, ..
-            }) => {
-                if let Some(id) = resume_id {
-                    server.sm_ended(&id, &handle, &state);
-                }
-                server.destroy_session(&handle, reason);
-                rt.spawn(async move { server.reroute_unacked(&handle, state, rx).await });
-            }
-            None => server.destroy_session(&handle, reason),
+        self.count_held_as_sent();
+        if let Some(state) = end_session(&server, &handle, self.sm.take(), reason) {
+            rt.spawn(async move { server.reroute_unacked(&handle, state, rx).await });
         }
     }
 }

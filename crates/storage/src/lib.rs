@@ -22,6 +22,7 @@ pub use canto_proto::sasl::{Credentials, HashAlgo, ScramKeys};
 pub mod faults;
 mod memory;
 mod sqlite;
+mod sqlite_pubsub;
 
 pub use memory::MemoryBackend;
 pub use sqlite::SqliteBackend;
@@ -67,8 +68,8 @@ pub trait AccountStore: Send + Sync {
     /// Whether the account exists.
     async fn exists(&self, host: &str, username: &str) -> Result<bool>;
     /// Deletes an account together with all of that user's key-value, map and archive data
-    /// (every store), atomically. Returns whether the account existed; the user's data is
-    /// removed either way.
+    /// (every store) and its PEP service (service key `user@host` of the pubsub store),
+    /// atomically. Returns whether the account existed; the user's data is removed either way.
     async fn delete(&self, host: &str, username: &str) -> Result<bool>;
     /// The usernames on `host`, sorted (bytewise).
     async fn list(&self, host: &str) -> Result<Vec<String>>;
@@ -212,6 +213,161 @@ pub trait ArchiveStore: Send + Sync {
     async fn delete_older_than(&self, store: &str, stamp_ms: i64) -> Result<usize>;
 }
 
+/// A publish-subscribe service's key: an account's bare JID (`user@host`) for its PEP service
+/// (XEP-0163), a domain (`pubsub.host`) for a hosted pubsub service (XEP-0060).
+pub type ServiceKey<'a> = &'a str;
+
+/// One published item (XEP-0060 §7.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PubsubItem {
+    /// The item id, unique within its node.
+    pub id: String,
+    /// Position in the node: strictly increasing in publish order, never reused (a
+    /// republished id gets a new, higher one).
+    pub seq: i64,
+    /// The publisher's JID as the service saw it.
+    pub publisher: String,
+    /// When it was published, milliseconds since the Unix epoch.
+    pub stamp_ms: i64,
+    /// The item's payload as serialized XML (the `<item/>`'s children), opaque here.
+    pub payload: Vec<u8>,
+}
+
+/// Which items of a node [`PubsubStore::items`] returns. Items come newest first (highest
+/// `seq` first) unless `oldest_first`; paging is by keyset on the item ids, never by OFFSET.
+#[derive(Clone, Debug, Default)]
+pub struct ItemQuery {
+    /// Only items with one of these ids (an empty list matches nothing).
+    pub ids: Option<Vec<String>>,
+    /// At most this many items.
+    pub limit: Option<usize>,
+    /// Only items that come after the item with this id in the query's order (newer than it
+    /// when `oldest_first`, older than it otherwise); an id that does not exist matches nothing.
+    pub after_id: Option<String>,
+    /// Only items that come before the item with this id in the query's order.
+    pub before_id: Option<String>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
+}
+
+/// A subscription to a node (XEP-0060 §6.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PubsubSubscription {
+    /// The node.
+    pub node: String,
+    /// The subscribed JID (bare or full, as subscribed).
+    pub jid: String,
+    /// The subscription id (XEP-0060 §6.1.6), unique per (node, jid).
+    pub subid: String,
+    /// `subscribed`, `pending` or `unconfigured`: opaque here.
+    pub state: String,
+    /// Subscription options, serialized by the caller; opaque here.
+    pub options: Vec<u8>,
+}
+
+/// Publish-subscribe nodes, their configuration, affiliations, subscriptions and items
+/// (XEP-0060, XEP-0163), per service. Node configurations and subscription options are opaque
+/// bytes the pubsub engine encodes.
+#[async_trait::async_trait]
+pub trait PubsubStore: Send + Sync {
+    /// The nodes of `service` with their configurations, sorted by name.
+    async fn nodes(&self, service: ServiceKey<'_>) -> Result<Vec<(String, Vec<u8>)>>;
+    /// One node's configuration, if the node exists.
+    async fn node(&self, service: ServiceKey<'_>, node: &str) -> Result<Option<Vec<u8>>>;
+    /// Creates a node; `Ok(false)` if it exists already (nothing changes). With
+    /// `max_nodes = Some(n)` and `n` nodes in the service already, [`StorageError::Limit`]
+    /// and nothing is created.
+    async fn create_node(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        config: &[u8],
+        max_nodes: Option<usize>,
+    ) -> Result<bool>;
+    /// Replaces a node's configuration; `Ok(false)` if there is no such node.
+    async fn set_node_config(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        config: &[u8],
+    ) -> Result<bool>;
+    /// Deletes a node with its items, affiliations and subscriptions, atomically; `Ok(false)`
+    /// if there was no such node.
+    async fn delete_node(&self, service: ServiceKey<'_>, node: &str) -> Result<bool>;
+    /// Deletes everything of `service` (an account's PEP data when the account goes).
+    async fn delete_service(&self, service: ServiceKey<'_>) -> Result<()>;
+
+    /// Sets (`Some`, e.g. `owner`, `publisher`, `member`, `outcast`) or removes (`None`) the
+    /// affiliation of `jid` (a bare JID) with `node`.
+    async fn set_affiliation(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        jid: &str,
+        affiliation: Option<&str>,
+    ) -> Result<()>;
+    /// Affiliations `(node, jid, affiliation)` of `service`, optionally only of one node and/or
+    /// one JID, sorted by node then JID.
+    async fn affiliations(
+        &self,
+        service: ServiceKey<'_>,
+        node: Option<&str>,
+        jid: Option<&str>,
+    ) -> Result<Vec<(String, String, String)>>;
+
+    /// Creates or replaces the subscription (`sub.node`, `sub.jid`, `sub.subid`).
+    async fn set_subscription(
+        &self,
+        service: ServiceKey<'_>,
+        sub: &PubsubSubscription,
+    ) -> Result<()>;
+    /// Removes subscriptions of `jid` to `node`: the one with `subid`, or all of them with
+    /// `None`; returns how many were removed.
+    async fn remove_subscription(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        jid: &str,
+        subid: Option<&str>,
+    ) -> Result<usize>;
+    /// Subscriptions of `service`, optionally only to one node and/or of one JID, sorted by
+    /// node, JID, subid.
+    async fn subscriptions(
+        &self,
+        service: ServiceKey<'_>,
+        node: Option<&str>,
+        jid: Option<&str>,
+    ) -> Result<Vec<PubsubSubscription>>;
+
+    /// Publishes `item` to `node`; `Ok(None)` and nothing stored if the node does not exist.
+    /// An item with the same id is replaced:
+    /// the node keeps one item per id, and the new one is the newest (gets a new `seq`;
+    /// `item.seq` is ignored). Then, with `max_items = Some(n)`, the oldest items beyond `n`
+    /// are deleted in the same transaction. Returns the ids of the items deleted that way.
+    async fn publish(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        item: &PubsubItem,
+        max_items: Option<usize>,
+    ) -> Result<Option<Vec<String>>>;
+    /// Items of a node per `q` (newest first unless `q.oldest_first`; keyset paging).
+    async fn items(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        q: &ItemQuery,
+    ) -> Result<Vec<PubsubItem>>;
+    /// How many items the node has.
+    async fn item_count(&self, service: ServiceKey<'_>, node: &str) -> Result<usize>;
+    /// Deletes the item `id`; whether it existed.
+    async fn retract(&self, service: ServiceKey<'_>, node: &str, id: &str) -> Result<bool>;
+    /// Deletes every item of the node; how many there were.
+    async fn purge(&self, service: ServiceKey<'_>, node: &str) -> Result<usize>;
+    /// Deletes the oldest items beyond the newest `keep`; the ids deleted.
+    async fn trim(&self, service: ServiceKey<'_>, node: &str, keep: usize) -> Result<Vec<String>>;
+}
+
 /// The backends, chosen in config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -235,6 +391,8 @@ pub struct Storage {
     pub map: Arc<dyn MapStore>,
     /// Per-user archives.
     pub archive: Arc<dyn ArchiveStore>,
+    /// Publish-subscribe services (PEP and hosted pubsub).
+    pub pubsub: Arc<dyn PubsubStore>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -262,12 +420,13 @@ impl Storage {
     /// Bundles one object implementing all four store traits.
     pub fn from_backend<B>(backend: Arc<B>) -> Storage
     where
-        B: AccountStore + KeyValueStore + MapStore + ArchiveStore + 'static,
+        B: AccountStore + KeyValueStore + MapStore + ArchiveStore + PubsubStore + 'static,
     {
         Storage {
             accounts: backend.clone(),
             kv: backend.clone(),
             map: backend.clone(),
+            pubsub: backend.clone(),
             archive: backend,
         }
     }

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::{
-    AccountStore, ArchiveItem, ArchiveQuery, ArchiveStore, Credentials, KeyValueStore, MapStore,
-    NewArchiveItem, Result, StorageError, new_item_id,
+    AccountStore, ArchiveItem, ArchiveQuery, ArchiveStore, Credentials, ItemQuery, KeyValueStore,
+    MapStore, NewArchiveItem, PubsubItem, PubsubStore, PubsubSubscription, Result, ServiceKey,
+    StorageError, new_item_id,
 };
 
 /// `(host, user)`.
@@ -56,6 +57,43 @@ struct Inner {
     archive: BTreeMap<StoreKey, Archive>,
     /// Last `seq` handed out; like SQLite's AUTOINCREMENT, never reused.
     last_seq: i64,
+    /// Pubsub nodes by `(service, node)`.
+    nodes: BTreeMap<(String, String), PsNode>,
+}
+
+/// One pubsub node.
+#[derive(Default)]
+struct PsNode {
+    config: Vec<u8>,
+    /// jid → affiliation.
+    affiliations: BTreeMap<String, String>,
+    /// (jid, subid) → subscription.
+    subscriptions: BTreeMap<(String, String), PubsubSubscription>,
+    /// Items by `seq`, ascending.
+    items: BTreeMap<i64, PubsubItem>,
+    /// `id` → `seq`.
+    ids: HashMap<String, i64>,
+}
+
+impl PsNode {
+    fn remove_item(&mut self, id: &str) -> bool {
+        match self.ids.remove(id) {
+            Some(seq) => self.items.remove(&seq).is_some(),
+            None => false,
+        }
+    }
+
+    fn trim(&mut self, keep: usize) -> Vec<String> {
+        let mut gone = Vec::new();
+        while self.items.len() > keep {
+            let Some((_, item)) = self.items.pop_first() else {
+                break;
+            };
+            self.ids.remove(&item.id);
+            gone.push(item.id);
+        }
+        gone
+    }
 }
 
 /// All four stores kept in process memory; nothing survives a restart.
@@ -135,6 +173,8 @@ impl AccountStore for MemoryBackend {
         inner.kv.retain(|k, _| !is_user(k));
         inner.map.retain(|k, _| !is_user(k));
         inner.archive.retain(|k, _| !is_user(k));
+        let pep = format!("{username}@{host}");
+        inner.nodes.retain(|k, _| k.0 != pep);
         Ok(existed)
     }
 
@@ -404,5 +444,311 @@ impl ArchiveStore for MemoryBackend {
             !items.is_empty()
         });
         Ok(deleted)
+    }
+}
+
+fn node_key(service: &str, node: &str) -> (String, String) {
+    (service.to_owned(), node.to_owned())
+}
+
+#[async_trait::async_trait]
+impl PubsubStore for MemoryBackend {
+    async fn nodes(&self, service: ServiceKey<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+        let inner = self.lock();
+        Ok(inner
+            .nodes
+            .range(node_key(service, "")..)
+            .take_while(|((s, _), _)| s == service)
+            .map(|((_, n), node)| (n.clone(), node.config.clone()))
+            .collect())
+    }
+
+    async fn node(&self, service: ServiceKey<'_>, node: &str) -> Result<Option<Vec<u8>>> {
+        let inner = self.lock();
+        Ok(inner
+            .nodes
+            .get(&node_key(service, node))
+            .map(|n| n.config.clone()))
+    }
+
+    async fn create_node(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        config: &[u8],
+        max_nodes: Option<usize>,
+    ) -> Result<bool> {
+        let mut inner = self.lock();
+        let key = node_key(service, node);
+        if inner.nodes.contains_key(&key) {
+            return Ok(false);
+        }
+        if let Some(max) = max_nodes {
+            let count = inner
+                .nodes
+                .range(node_key(service, "")..)
+                .take_while(|((s, _), _)| s == service)
+                .count();
+            if count >= max {
+                return Err(StorageError::Limit(format!("{max} nodes")));
+            }
+        }
+        inner.nodes.insert(
+            key,
+            PsNode {
+                config: config.to_vec(),
+                ..PsNode::default()
+            },
+        );
+        Ok(true)
+    }
+
+    async fn set_node_config(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        config: &[u8],
+    ) -> Result<bool> {
+        let mut inner = self.lock();
+        Ok(match inner.nodes.get_mut(&node_key(service, node)) {
+            Some(n) => {
+                n.config = config.to_vec();
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn delete_node(&self, service: ServiceKey<'_>, node: &str) -> Result<bool> {
+        Ok(self.lock().nodes.remove(&node_key(service, node)).is_some())
+    }
+
+    async fn delete_service(&self, service: ServiceKey<'_>) -> Result<()> {
+        self.lock().nodes.retain(|k, _| k.0 != service);
+        Ok(())
+    }
+
+    async fn set_affiliation(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        jid: &str,
+        affiliation: Option<&str>,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(n) = inner.nodes.get_mut(&node_key(service, node)) {
+            match affiliation {
+                Some(a) => {
+                    n.affiliations.insert(jid.to_owned(), a.to_owned());
+                }
+                None => {
+                    n.affiliations.remove(jid);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn affiliations(
+        &self,
+        service: ServiceKey<'_>,
+        node: Option<&str>,
+        jid: Option<&str>,
+    ) -> Result<Vec<(String, String, String)>> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for ((_, name), n) in inner
+            .nodes
+            .range(node_key(service, "")..)
+            .take_while(|((s, _), _)| s == service)
+        {
+            if node.is_some_and(|want| want != name) {
+                continue;
+            }
+            for (j, a) in &n.affiliations {
+                if jid.is_none_or(|want| want == j) {
+                    out.push((name.clone(), j.clone(), a.clone()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_subscription(
+        &self,
+        service: ServiceKey<'_>,
+        sub: &PubsubSubscription,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(n) = inner.nodes.get_mut(&node_key(service, &sub.node)) {
+            n.subscriptions
+                .insert((sub.jid.clone(), sub.subid.clone()), sub.clone());
+        }
+        Ok(())
+    }
+
+    async fn remove_subscription(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        jid: &str,
+        subid: Option<&str>,
+    ) -> Result<usize> {
+        let mut inner = self.lock();
+        let Some(n) = inner.nodes.get_mut(&node_key(service, node)) else {
+            return Ok(0);
+        };
+        let before = n.subscriptions.len();
+        n.subscriptions
+            .retain(|(j, s), _| !(j == jid && subid.is_none_or(|want| want == s)));
+        Ok(before - n.subscriptions.len())
+    }
+
+    async fn subscriptions(
+        &self,
+        service: ServiceKey<'_>,
+        node: Option<&str>,
+        jid: Option<&str>,
+    ) -> Result<Vec<PubsubSubscription>> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for ((_, name), n) in inner
+            .nodes
+            .range(node_key(service, "")..)
+            .take_while(|((s, _), _)| s == service)
+        {
+            if node.is_some_and(|want| want != name) {
+                continue;
+            }
+            out.extend(
+                n.subscriptions
+                    .values()
+                    .filter(|s| jid.is_none_or(|want| want == s.jid))
+                    .cloned(),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn publish(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        item: &PubsubItem,
+        max_items: Option<usize>,
+    ) -> Result<Option<Vec<String>>> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(n) = inner.nodes.get_mut(&node_key(service, node)) else {
+            return Ok(None);
+        };
+        n.remove_item(&item.id);
+        inner.last_seq += 1;
+        let seq = inner.last_seq;
+        n.ids.insert(item.id.clone(), seq);
+        n.items.insert(
+            seq,
+            PubsubItem {
+                seq,
+                ..item.clone()
+            },
+        );
+        Ok(Some(match max_items {
+            Some(keep) => n.trim(keep),
+            None => Vec::new(),
+        }))
+    }
+
+    async fn items(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        q: &ItemQuery,
+    ) -> Result<Vec<PubsubItem>> {
+        let inner = self.lock();
+        let Some(n) = inner.nodes.get(&node_key(service, node)) else {
+            return Ok(Vec::new());
+        };
+        // Keyset bounds on `seq`, in the query's order; an unknown id matches nothing.
+        let bound = |id: &Option<String>| match id {
+            None => Ok(None),
+            Some(id) => n.ids.get(id).copied().map(Some).ok_or(()),
+        };
+        let (Ok(after), Ok(before)) = (bound(&q.after_id), bound(&q.before_id)) else {
+            return Ok(Vec::new());
+        };
+        let wanted = |item: &&PubsubItem| {
+            q.ids.as_ref().is_none_or(|ids| ids.contains(&item.id))
+                && after.is_none_or(|a| {
+                    if q.oldest_first {
+                        item.seq > a
+                    } else {
+                        item.seq < a
+                    }
+                })
+                && before.is_none_or(|b| {
+                    if q.oldest_first {
+                        item.seq < b
+                    } else {
+                        item.seq > b
+                    }
+                })
+        };
+        let limit = q.limit.unwrap_or(usize::MAX);
+        let out: Vec<PubsubItem> = if q.oldest_first {
+            n.items
+                .values()
+                .filter(wanted)
+                .take(limit)
+                .cloned()
+                .collect()
+        } else {
+            n.items
+                .values()
+                .rev()
+                .filter(wanted)
+                .take(limit)
+                .cloned()
+                .collect()
+        };
+        Ok(out)
+    }
+
+    async fn item_count(&self, service: ServiceKey<'_>, node: &str) -> Result<usize> {
+        let inner = self.lock();
+        Ok(inner
+            .nodes
+            .get(&node_key(service, node))
+            .map_or(0, |n| n.items.len()))
+    }
+
+    async fn retract(&self, service: ServiceKey<'_>, node: &str, id: &str) -> Result<bool> {
+        let mut inner = self.lock();
+        Ok(inner
+            .nodes
+            .get_mut(&node_key(service, node))
+            .is_some_and(|n| n.remove_item(id)))
+    }
+
+    async fn purge(&self, service: ServiceKey<'_>, node: &str) -> Result<usize> {
+        let mut inner = self.lock();
+        Ok(match inner.nodes.get_mut(&node_key(service, node)) {
+            Some(n) => {
+                let count = n.items.len();
+                n.items.clear();
+                n.ids.clear();
+                count
+            }
+            None => 0,
+        })
+    }
+
+    async fn trim(&self, service: ServiceKey<'_>, node: &str, keep: usize) -> Result<Vec<String>> {
+        let mut inner = self.lock();
+        Ok(inner
+            .nodes
+            .get_mut(&node_key(service, node))
+            .map(|n| n.trim(keep))
+            .unwrap_or_default())
     }
 }

@@ -135,11 +135,50 @@ const MIGRATIONS: &[&[&str]] = &[
             ON CONFLICT (store, host, username, with_jid) DO UPDATE SET n = n + 1;
     END",
     ],
+    // 3: publish-subscribe services (XEP-0060, PEP). No foreign keys: a node's affiliations,
+    // subscriptions and items are deleted explicitly in the transaction deleting the node (or
+    // the service, or the account), like an account's rows.
+    &[
+        "CREATE TABLE pubsub_nodes (
+        service TEXT NOT NULL,
+        node TEXT NOT NULL,
+        config BLOB NOT NULL,
+        PRIMARY KEY (service, node)
+    ) WITHOUT ROWID",
+        "CREATE TABLE pubsub_affiliations (
+        service TEXT NOT NULL,
+        node TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        affiliation TEXT NOT NULL,
+        PRIMARY KEY (service, node, jid)
+    ) WITHOUT ROWID",
+        "CREATE TABLE pubsub_subscriptions (
+        service TEXT NOT NULL,
+        node TEXT NOT NULL,
+        jid TEXT NOT NULL,
+        subid TEXT NOT NULL,
+        state TEXT NOT NULL,
+        options BLOB NOT NULL,
+        PRIMARY KEY (service, node, jid, subid)
+    ) WITHOUT ROWID",
+        // `seq`: publish order, never reused (AUTOINCREMENT); a republished id gets a new one.
+        "CREATE TABLE pubsub_items (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL,
+        node TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        publisher TEXT NOT NULL,
+        stamp_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        UNIQUE (service, node, item_id)
+    )",
+        "CREATE INDEX pubsub_items_seq ON pubsub_items (service, node, seq)",
+    ],
 ];
 
 /// Maps a driver error onto [`StorageError`]: SQLITE_FULL (any extended code) becomes
 /// [`StorageError::Full`], decoding failures [`StorageError::Corrupt`].
-fn db_err(e: sqlx::Error) -> StorageError {
+pub(crate) fn db_err(e: sqlx::Error) -> StorageError {
     match &e {
         sqlx::Error::Database(d) => {
             let full = d
@@ -161,19 +200,19 @@ fn db_err(e: sqlx::Error) -> StorageError {
 }
 
 /// A `usize` as an SQLite integer (saturating; counts never get near `i64::MAX`).
-fn to_i64(n: usize) -> i64 {
+pub(crate) fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// An SQLite count as a `usize`.
-fn count_to_usize(n: i64) -> Result<usize> {
+pub(crate) fn count_to_usize(n: i64) -> Result<usize> {
     usize::try_from(n).map_err(|_| StorageError::Corrupt(format!("negative count {n}")))
 }
 
 /// All four stores in one SQLite database file.
 #[derive(Clone, Debug)]
 pub struct SqliteBackend {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteBackend {
@@ -427,6 +466,8 @@ impl AccountStore for SqliteBackend {
                 .await
                 .map_err(db_err)?;
         }
+        // The account's PEP service.
+        crate::sqlite_pubsub::delete_rows(&mut tx, &format!("{username}@{host}"), None).await?;
         tx.commit().await?;
         Ok(existed)
     }
@@ -561,7 +602,7 @@ impl MapStore for SqliteBackend {
 
 /// `ids` as a JSON array of strings, for `json_each(?)`: one bind parameter whatever the
 /// number of ids (SQLite caps the number of parameters per statement).
-fn json_string_array(ids: &[String]) -> String {
+pub(crate) fn json_string_array(ids: &[String]) -> String {
     let mut out = String::from("[");
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
@@ -977,13 +1018,13 @@ impl ArchiveStore for SqliteBackend {
 /// connection that refuses every later `BEGIN`. Here a failed or abandoned transaction closes
 /// its connection instead (SQLite rolls back what was not committed), so a full disk leaves no
 /// broken connection behind and writes work again once there is space.
-struct WriteTx {
+pub(crate) struct WriteTx {
     conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
     done: bool,
 }
 
 impl WriteTx {
-    async fn begin(pool: &sqlx::SqlitePool) -> Result<WriteTx> {
+    pub(crate) async fn begin(pool: &sqlx::SqlitePool) -> Result<WriteTx> {
         let mut conn = pool.acquire().await.map_err(db_err)?;
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
             conn.close_on_drop();
@@ -992,7 +1033,7 @@ impl WriteTx {
         Ok(WriteTx { conn, done: false })
     }
 
-    async fn commit(mut self) -> Result<()> {
+    pub(crate) async fn commit(mut self) -> Result<()> {
         let r = sqlx::query("COMMIT").execute(&mut *self.conn).await;
         self.done = true;
         match r {
@@ -1333,6 +1374,97 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// `pubsub_items` read only through `index` with exactly `terms`, never scanned; `sorts`:
+    /// whether a temporary B-tree (a sort) is allowed.
+    fn assert_item_plan(plan: &[String], index: &str, terms: &str, sorts: bool) {
+        let want = format!("SEARCH pubsub_items USING {index} ({terms})");
+        assert!(
+            plan.iter().any(|l| l == &want),
+            "expected `{want}` in {plan:#?}"
+        );
+        assert!(
+            !plan.iter().any(|l| l.starts_with("SCAN pubsub_items")),
+            "table scan in {plan:#?}"
+        );
+        if !sorts {
+            assert!(
+                !plan.iter().any(|l| l.contains("TEMP B-TREE")),
+                "sort in {plan:#?}"
+            );
+        }
+    }
+
+    /// Item pages of a node walk `pubsub_items_seq` from the keyset bound in either order:
+    /// no OFFSET, no table scan, no sort; after/before ids are found through the unique
+    /// (service, node, item_id) index. Requested ids are looked up there too (then sorted: as
+    /// many rows as ids), not found by walking the node.
+    #[tokio::test]
+    async fn pubsub_item_pages_use_the_seq_index() {
+        use crate::sqlite_pubsub::select_items;
+        use crate::{ItemQuery, PubsubItem, PubsubStore};
+        let (b, dir) = temp_backend("pubsub-plans").await;
+        assert!(b.create_node("s", "n", b"c", None).await.expect("create"));
+        for id in ["a", "b"] {
+            let item = PubsubItem {
+                id: id.to_owned(),
+                seq: 0,
+                publisher: "p@h".to_owned(),
+                stamp_ms: 1,
+                payload: b"x".to_vec(),
+            };
+            b.publish("s", "n", &item, None).await.expect("publish");
+        }
+        let id = || Some("a".to_owned());
+        let node = "service=? AND node=?";
+        let lower = "service=? AND node=? AND seq>?";
+        let upper = "service=? AND node=? AND seq<?";
+        let both = "service=? AND node=? AND seq>? AND seq<?";
+        let q = |oldest_first, after_id, before_id| ItemQuery {
+            oldest_first,
+            after_id,
+            before_id,
+            limit: Some(20),
+            ids: None,
+        };
+        let cases = [
+            // First pages.
+            (q(false, None, None), node),
+            (q(true, None, None), node),
+            // Newest first: after = older, before = newer.
+            (q(false, id(), None), upper),
+            (q(false, None, id()), lower),
+            (q(false, id(), id()), both),
+            // Oldest first: after = newer, before = older.
+            (q(true, id(), None), lower),
+            (q(true, None, id()), upper),
+            (q(true, id(), id()), both),
+        ];
+        let by_id = "service=? AND node=? AND item_id=?";
+        for (q, terms) in &cases {
+            let plan = plan_of(&b, select_items(EQP, "s", "n", q)).await;
+            assert_item_plan(&plan, "INDEX pubsub_items_seq", terms, false);
+            if q.after_id.is_some() || q.before_id.is_some() {
+                assert_item_plan(
+                    &plan,
+                    "COVERING INDEX sqlite_autoindex_pubsub_items_1",
+                    by_id,
+                    false,
+                );
+            }
+        }
+        for (mut q, _) in cases {
+            q.ids = Some(vec!["a".to_owned(), "b".to_owned()]);
+            let plan = plan_of(&b, select_items(EQP, "s", "n", &q)).await;
+            assert_item_plan(&plan, "INDEX sqlite_autoindex_pubsub_items_1", by_id, true);
+            assert!(
+                !plan.iter().any(|l| l.contains("pubsub_items_seq")),
+                "seq index walk in {plan:#?}"
+            );
+        }
+        b.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Both plans return the same items, also when stamps are not in append order; the probe
     /// picks the stamp plan only for small ranges.
     #[tokio::test]
@@ -1540,6 +1672,10 @@ mod tests {
         }
         // Back to schema version 1 (what an older build left behind).
         for undo in [
+            "DROP TABLE pubsub_items",
+            "DROP TABLE pubsub_subscriptions",
+            "DROP TABLE pubsub_affiliations",
+            "DROP TABLE pubsub_nodes",
             "DROP TRIGGER archive_count_insert",
             "DROP TRIGGER archive_count_delete",
             "DROP TRIGGER archive_count_move",

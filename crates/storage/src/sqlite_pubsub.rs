@@ -1,101 +1,483 @@
-//! TEMPORARY placeholder while the SQLite pubsub tables are written (replaced before landing).
+//! [`PubsubStore`] on SQLite: tables `pubsub_nodes`, `pubsub_affiliations`,
+//! `pubsub_subscriptions` and `pubsub_items` (migration 3 in `sqlite.rs`).
+//!
+//! Multi-statement writes run in one [`WriteTx`]; single statements commit on their own.
+//! A node's child rows are deleted explicitly with it (no foreign keys), and affiliations and
+//! subscriptions are only stored for an existing node, so no row outlives its node.
 
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use crate::sqlite::{WriteTx, count_to_usize, db_err, json_string_array, to_i64};
 use crate::{
     ItemQuery, PubsubItem, PubsubStore, PubsubSubscription, Result, ServiceKey, SqliteBackend,
     StorageError,
 };
 
-fn pending<T>() -> Result<T> {
-    Err(StorageError::Database(
-        "pubsub on SQLite: not written yet".to_owned(),
-    ))
+/// Deletes of one node's rows (service, node), the node row last.
+const DELETE_NODE: [&str; 4] = [
+    "DELETE FROM pubsub_items WHERE service = ? AND node = ?",
+    "DELETE FROM pubsub_subscriptions WHERE service = ? AND node = ?",
+    "DELETE FROM pubsub_affiliations WHERE service = ? AND node = ?",
+    "DELETE FROM pubsub_nodes WHERE service = ? AND node = ?",
+];
+
+/// Deletes of one service's rows (service), the node rows last.
+const DELETE_SERVICE: [&str; 4] = [
+    "DELETE FROM pubsub_items WHERE service = ?",
+    "DELETE FROM pubsub_subscriptions WHERE service = ?",
+    "DELETE FROM pubsub_affiliations WHERE service = ?",
+    "DELETE FROM pubsub_nodes WHERE service = ?",
+];
+
+/// A row count as a `usize`.
+fn affected(n: u64) -> Result<usize> {
+    usize::try_from(n).map_err(|_| StorageError::Database("row count overflow".to_owned()))
+}
+
+/// Deletes the rows of one node (`Some`) or of the whole service (`None`) inside a write
+/// transaction; returns how many node rows were deleted.
+pub(crate) async fn delete_rows(
+    conn: &mut SqliteConnection,
+    service: &str,
+    node: Option<&str>,
+) -> Result<u64> {
+    let mut nodes = 0;
+    let statements = if node.is_some() {
+        DELETE_NODE
+    } else {
+        DELETE_SERVICE
+    };
+    for sql in statements {
+        let mut query = sqlx::query(sql).bind(service);
+        if let Some(node) = node {
+            query = query.bind(node);
+        }
+        nodes = query
+            .execute(&mut *conn)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+    }
+    Ok(nodes)
+}
+
+/// Whether the node exists.
+async fn node_exists(conn: &mut SqliteConnection, service: &str, node: &str) -> Result<bool> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM pubsub_nodes WHERE service = ? AND node = ?")
+            .bind(service)
+            .bind(node)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    Ok(found.is_some())
+}
+
+/// Deletes the node's oldest items beyond the newest `keep` (inside a write transaction);
+/// returns their ids, oldest first.
+async fn trim_items(
+    conn: &mut SqliteConnection,
+    service: &str,
+    node: &str,
+    keep: usize,
+) -> Result<Vec<String>> {
+    let have: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM pubsub_items WHERE service = ? AND node = ?")
+            .bind(service)
+            .bind(node)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+    let excess = have.saturating_sub(to_i64(keep));
+    if excess <= 0 {
+        return Ok(Vec::new());
+    }
+    let oldest: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT item_id, seq FROM pubsub_items WHERE service = ? AND node = ?
+         ORDER BY seq ASC LIMIT ?",
+    )
+    .bind(service)
+    .bind(node)
+    .bind(excess)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    let Some(&(_, last)) = oldest.last() else {
+        return Ok(Vec::new());
+    };
+    sqlx::query("DELETE FROM pubsub_items WHERE service = ? AND node = ? AND seq <= ?")
+        .bind(service)
+        .bind(node)
+        .bind(last)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    Ok(oldest.into_iter().map(|(id, _)| id).collect())
+}
+
+/// The statement of [`PubsubStore::items`] for `q`, after `head` (the query-plan test puts
+/// `EXPLAIN QUERY PLAN` there). Keyset paging on `seq` through `pubsub_items_seq`; with `ids`,
+/// a lookup of each id through the unique (service, node, item_id) index and a sort of those
+/// few rows instead. An unknown `after_id` / `before_id` makes its sub-select NULL, which
+/// matches nothing.
+pub(crate) fn select_items(
+    head: &str,
+    service: &str,
+    node: &str,
+    q: &ItemQuery,
+) -> QueryBuilder<Sqlite> {
+    // Unary `+` keeps `seq` terms from steering the planner to the seq index.
+    let seq = if q.ids.is_some() { "+seq" } else { "seq" };
+    // "After" is newer when oldest first, older when newest first.
+    let (after, before, dir) = if q.oldest_first {
+        (">", "<", "ASC")
+    } else {
+        ("<", ">", "DESC")
+    };
+    let mut b = QueryBuilder::new(head);
+    b.push("SELECT item_id, seq, publisher, stamp_ms, payload FROM pubsub_items WHERE service = ")
+        .push_bind(service)
+        .push(" AND node = ")
+        .push_bind(node);
+    for (op, id) in [(after, &q.after_id), (before, &q.before_id)] {
+        if let Some(id) = id {
+            b.push(format_args!(" AND {seq} {op}"))
+                .push(" (SELECT seq FROM pubsub_items WHERE service = ")
+                .push_bind(service)
+                .push(" AND node = ")
+                .push_bind(node)
+                .push(" AND item_id = ")
+                .push_bind(id.as_str())
+                .push(")");
+        }
+    }
+    if let Some(ids) = &q.ids {
+        b.push(" AND item_id IN (SELECT value FROM json_each(")
+            .push_bind(json_string_array(ids))
+            .push("))");
+    }
+    b.push(format_args!(" ORDER BY {seq} {dir}"));
+    if let Some(limit) = q.limit {
+        b.push(" LIMIT ").push_bind(to_i64(limit));
+    }
+    b
+}
+
+fn item_from_row(row: &SqliteRow) -> Result<PubsubItem> {
+    Ok(PubsubItem {
+        id: row.try_get("item_id").map_err(db_err)?,
+        seq: row.try_get("seq").map_err(db_err)?,
+        publisher: row.try_get("publisher").map_err(db_err)?,
+        stamp_ms: row.try_get("stamp_ms").map_err(db_err)?,
+        payload: row.try_get("payload").map_err(db_err)?,
+    })
+}
+
+fn subscription_from_row(row: &SqliteRow) -> Result<PubsubSubscription> {
+    Ok(PubsubSubscription {
+        node: row.try_get("node").map_err(db_err)?,
+        jid: row.try_get("jid").map_err(db_err)?,
+        subid: row.try_get("subid").map_err(db_err)?,
+        state: row.try_get("state").map_err(db_err)?,
+        options: row.try_get("options").map_err(db_err)?,
+    })
+}
+
+/// Appends ` AND node = ?` / ` AND jid = ?` for the given filters.
+fn push_filters(b: &mut QueryBuilder<Sqlite>, node: Option<&str>, jid: Option<&str>) {
+    if let Some(node) = node {
+        b.push(" AND node = ").push_bind(node);
+    }
+    if let Some(jid) = jid {
+        b.push(" AND jid = ").push_bind(jid);
+    }
 }
 
 #[async_trait::async_trait]
 impl PubsubStore for SqliteBackend {
-    async fn nodes(&self, _: ServiceKey<'_>) -> Result<Vec<(String, Vec<u8>)>> {
-        pending()
+    async fn nodes(&self, service: ServiceKey<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+        sqlx::query_as("SELECT node, config FROM pubsub_nodes WHERE service = ? ORDER BY node")
+            .bind(service)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
     }
-    async fn node(&self, _: ServiceKey<'_>, _: &str) -> Result<Option<Vec<u8>>> {
-        pending()
+
+    async fn node(&self, service: ServiceKey<'_>, node: &str) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT config FROM pubsub_nodes WHERE service = ? AND node = ?")
+            .bind(service)
+            .bind(node)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)
     }
+
     async fn create_node(
         &self,
-        _: ServiceKey<'_>,
-        _: &str,
-        _: &[u8],
-        _: Option<usize>,
+        service: ServiceKey<'_>,
+        node: &str,
+        config: &[u8],
+        max_nodes: Option<usize>,
     ) -> Result<bool> {
-        pending()
+        let insert = sqlx::query(
+            "INSERT INTO pubsub_nodes (service, node, config) VALUES (?, ?, ?)
+             ON CONFLICT (service, node) DO NOTHING",
+        )
+        .bind(service)
+        .bind(node)
+        .bind(config);
+        let Some(max) = max_nodes else {
+            // A single statement commits on its own.
+            let done = insert.execute(&self.pool).await.map_err(db_err)?;
+            return Ok(done.rows_affected() > 0);
+        };
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        if node_exists(&mut tx, service, node).await? {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let have: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pubsub_nodes WHERE service = ?")
+            .bind(service)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if have >= to_i64(max) {
+            // Dropping `tx` rolls back.
+            return Err(StorageError::Limit(format!(
+                "pubsub service {service} holds {have} nodes (max {max})"
+            )));
+        }
+        let done = insert.execute(&mut *tx).await.map_err(db_err)?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
-    async fn set_node_config(&self, _: ServiceKey<'_>, _: &str, _: &[u8]) -> Result<bool> {
-        pending()
+
+    async fn set_node_config(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        config: &[u8],
+    ) -> Result<bool> {
+        let done = sqlx::query("UPDATE pubsub_nodes SET config = ? WHERE service = ? AND node = ?")
+            .bind(config)
+            .bind(service)
+            .bind(node)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
     }
-    async fn delete_node(&self, _: ServiceKey<'_>, _: &str) -> Result<bool> {
-        pending()
+
+    async fn delete_node(&self, service: ServiceKey<'_>, node: &str) -> Result<bool> {
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let deleted = delete_rows(&mut tx, service, Some(node)).await?;
+        tx.commit().await?;
+        Ok(deleted > 0)
     }
-    async fn delete_service(&self, _: ServiceKey<'_>) -> Result<()> {
-        pending()
+
+    async fn delete_service(&self, service: ServiceKey<'_>) -> Result<()> {
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        delete_rows(&mut tx, service, None).await?;
+        tx.commit().await
     }
+
     async fn set_affiliation(
         &self,
-        _: ServiceKey<'_>,
-        _: &str,
-        _: &str,
-        _: Option<&str>,
+        service: ServiceKey<'_>,
+        node: &str,
+        jid: &str,
+        affiliation: Option<&str>,
     ) -> Result<()> {
-        pending()
+        let query = match affiliation {
+            // Only for an existing node (one statement, so atomic with the check).
+            Some(affiliation) => sqlx::query(
+                "INSERT INTO pubsub_affiliations (service, node, jid, affiliation)
+                 SELECT ?1, ?2, ?3, ?4
+                 WHERE EXISTS (SELECT 1 FROM pubsub_nodes WHERE service = ?1 AND node = ?2)
+                 ON CONFLICT (service, node, jid) DO UPDATE SET affiliation = excluded.affiliation",
+            )
+            .bind(service)
+            .bind(node)
+            .bind(jid)
+            .bind(affiliation),
+            None => sqlx::query(
+                "DELETE FROM pubsub_affiliations WHERE service = ? AND node = ? AND jid = ?",
+            )
+            .bind(service)
+            .bind(node)
+            .bind(jid),
+        };
+        query.execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
     }
+
     async fn affiliations(
         &self,
-        _: ServiceKey<'_>,
-        _: Option<&str>,
-        _: Option<&str>,
+        service: ServiceKey<'_>,
+        node: Option<&str>,
+        jid: Option<&str>,
     ) -> Result<Vec<(String, String, String)>> {
-        pending()
+        let mut b = QueryBuilder::<Sqlite>::new(
+            "SELECT node, jid, affiliation FROM pubsub_affiliations WHERE service = ",
+        );
+        b.push_bind(service);
+        push_filters(&mut b, node, jid);
+        b.push(" ORDER BY node, jid");
+        b.build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)
     }
-    async fn set_subscription(&self, _: ServiceKey<'_>, _: &PubsubSubscription) -> Result<()> {
-        pending()
+
+    async fn set_subscription(
+        &self,
+        service: ServiceKey<'_>,
+        sub: &PubsubSubscription,
+    ) -> Result<()> {
+        // Only for an existing node (one statement, so atomic with the check).
+        sqlx::query(
+            "INSERT INTO pubsub_subscriptions (service, node, jid, subid, state, options)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6
+             WHERE EXISTS (SELECT 1 FROM pubsub_nodes WHERE service = ?1 AND node = ?2)
+             ON CONFLICT (service, node, jid, subid) DO UPDATE SET
+                 state = excluded.state, options = excluded.options",
+        )
+        .bind(service)
+        .bind(sub.node.as_str())
+        .bind(sub.jid.as_str())
+        .bind(sub.subid.as_str())
+        .bind(sub.state.as_str())
+        .bind(sub.options.as_slice())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
     }
+
     async fn remove_subscription(
         &self,
-        _: ServiceKey<'_>,
-        _: &str,
-        _: &str,
-        _: Option<&str>,
+        service: ServiceKey<'_>,
+        node: &str,
+        jid: &str,
+        subid: Option<&str>,
     ) -> Result<usize> {
-        pending()
+        let mut b =
+            QueryBuilder::<Sqlite>::new("DELETE FROM pubsub_subscriptions WHERE service = ");
+        b.push_bind(service);
+        push_filters(&mut b, Some(node), Some(jid));
+        if let Some(subid) = subid {
+            b.push(" AND subid = ").push_bind(subid);
+        }
+        let done = b.build().execute(&self.pool).await.map_err(db_err)?;
+        affected(done.rows_affected())
     }
+
     async fn subscriptions(
         &self,
-        _: ServiceKey<'_>,
-        _: Option<&str>,
-        _: Option<&str>,
+        service: ServiceKey<'_>,
+        node: Option<&str>,
+        jid: Option<&str>,
     ) -> Result<Vec<PubsubSubscription>> {
-        pending()
+        let mut b = QueryBuilder::<Sqlite>::new(
+            "SELECT node, jid, subid, state, options FROM pubsub_subscriptions WHERE service = ",
+        );
+        b.push_bind(service);
+        push_filters(&mut b, node, jid);
+        b.push(" ORDER BY node, jid, subid");
+        let rows = b.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(subscription_from_row).collect()
     }
+
     async fn publish(
         &self,
-        _: ServiceKey<'_>,
-        _: &str,
-        _: &PubsubItem,
-        _: Option<usize>,
+        service: ServiceKey<'_>,
+        node: &str,
+        item: &PubsubItem,
+        max_items: Option<usize>,
     ) -> Result<Option<Vec<String>>> {
-        pending()
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        if !node_exists(&mut tx, service, node).await? {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        // Replace: the old row goes, the new one gets the next (highest) seq.
+        sqlx::query("DELETE FROM pubsub_items WHERE service = ? AND node = ? AND item_id = ?")
+            .bind(service)
+            .bind(node)
+            .bind(item.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query(
+            "INSERT INTO pubsub_items (service, node, item_id, publisher, stamp_ms, payload)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(service)
+        .bind(node)
+        .bind(item.id.as_str())
+        .bind(item.publisher.as_str())
+        .bind(item.stamp_ms)
+        .bind(item.payload.as_slice())
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        let trimmed = match max_items {
+            Some(keep) => trim_items(&mut tx, service, node, keep).await?,
+            None => Vec::new(),
+        };
+        tx.commit().await?;
+        Ok(Some(trimmed))
     }
-    async fn items(&self, _: ServiceKey<'_>, _: &str, _: &ItemQuery) -> Result<Vec<PubsubItem>> {
-        pending()
+
+    async fn items(
+        &self,
+        service: ServiceKey<'_>,
+        node: &str,
+        q: &ItemQuery,
+    ) -> Result<Vec<PubsubItem>> {
+        let mut b = select_items("", service, node, q);
+        let rows = b.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter().map(item_from_row).collect()
     }
-    async fn item_count(&self, _: ServiceKey<'_>, _: &str) -> Result<usize> {
-        pending()
+
+    async fn item_count(&self, service: ServiceKey<'_>, node: &str) -> Result<usize> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pubsub_items WHERE service = ? AND node = ?")
+                .bind(service)
+                .bind(node)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err)?;
+        count_to_usize(n)
     }
-    async fn retract(&self, _: ServiceKey<'_>, _: &str, _: &str) -> Result<bool> {
-        pending()
+
+    async fn retract(&self, service: ServiceKey<'_>, node: &str, id: &str) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM pubsub_items WHERE service = ? AND node = ? AND item_id = ?")
+                .bind(service)
+                .bind(node)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
     }
-    async fn purge(&self, _: ServiceKey<'_>, _: &str) -> Result<usize> {
-        pending()
+
+    async fn purge(&self, service: ServiceKey<'_>, node: &str) -> Result<usize> {
+        let done = sqlx::query("DELETE FROM pubsub_items WHERE service = ? AND node = ?")
+            .bind(service)
+            .bind(node)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
+        affected(done.rows_affected())
     }
-    async fn trim(&self, _: ServiceKey<'_>, _: &str, _: usize) -> Result<Vec<String>> {
-        pending()
+
+    async fn trim(&self, service: ServiceKey<'_>, node: &str, keep: usize) -> Result<Vec<String>> {
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let trimmed = trim_items(&mut tx, service, node, keep).await?;
+        tx.commit().await?;
+        Ok(trimmed)
     }
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use canto_storage::{
-    ArchiveItem, ArchiveQuery, Backend, Credentials, HashAlgo, NewArchiveItem, ScramKeys,
-    SqliteBackend, Storage, StorageError,
+    ArchiveItem, ArchiveQuery, Backend, Credentials, HashAlgo, ItemQuery, NewArchiveItem,
+    PubsubItem, PubsubSubscription, ScramKeys, SqliteBackend, Storage, StorageError,
 };
 
 /// A unique, not yet existing path below the system temp dir (with a missing parent
@@ -78,6 +78,7 @@ async fn run_suite(s: Storage, label: &str) {
     archive_limit_and_delete(&s).await;
     archive_append_many(&s).await;
     delete_cascades(&s).await;
+    pubsub(&s).await;
 }
 
 async fn accounts(s: &Storage) {
@@ -982,6 +983,942 @@ async fn delete_cascades(s: &Storage) {
     );
 }
 
+/// A pubsub item; `seq` is ignored by `publish`.
+fn ps_item(id: &str, n: i64) -> PubsubItem {
+    PubsubItem {
+        id: id.to_owned(),
+        seq: -1,
+        publisher: format!("pub{n}@h.example/r"),
+        stamp_ms: 1_000 + n,
+        payload: format!("<entry n='{n}'/>").into_bytes(),
+    }
+}
+
+fn item_ids(items: &[PubsubItem]) -> Vec<String> {
+    items.iter().map(|i| i.id.clone()).collect()
+}
+
+fn sub(node: &str, jid: &str, subid: &str, state: &str) -> PubsubSubscription {
+    PubsubSubscription {
+        node: node.to_owned(),
+        jid: jid.to_owned(),
+        subid: subid.to_owned(),
+        state: state.to_owned(),
+        options: format!("<options {subid}/>").into_bytes(),
+    }
+}
+
+async fn pubsub(s: &Storage) {
+    pubsub_nodes(s).await;
+    pubsub_affiliations(s).await;
+    pubsub_subscriptions(s).await;
+    pubsub_items(s).await;
+    pubsub_paging(s).await;
+    pubsub_delete(s).await;
+    pubsub_account_delete(s).await;
+}
+
+async fn pubsub_nodes(s: &Storage) {
+    let p = &s.pubsub;
+    const SVC: &str = "pubsub.n.example";
+    assert!(p.nodes(SVC).await.expect("nodes").is_empty());
+    assert_eq!(p.node(SVC, "b").await.expect("node"), None);
+    assert!(p.create_node(SVC, "b", b"cb", None).await.expect("create"));
+    assert!(p.create_node(SVC, "a", b"ca", None).await.expect("create"));
+    // Exists already: nothing changes.
+    assert!(!p.create_node(SVC, "b", b"other", None).await.expect("dup"));
+    // A service whose key is a prefix of another's, and the same node name elsewhere.
+    assert!(
+        p.create_node("pubsub.n.exampl", "a", b"x", None)
+            .await
+            .expect("create")
+    );
+    assert_eq!(
+        p.nodes(SVC).await.expect("nodes"),
+        vec![
+            ("a".to_owned(), b"ca".to_vec()),
+            ("b".to_owned(), b"cb".to_vec())
+        ]
+    );
+    assert_eq!(p.node(SVC, "b").await.expect("node"), Some(b"cb".to_vec()));
+    assert!(p.set_node_config(SVC, "a", b"new").await.expect("config"));
+    assert_eq!(p.node(SVC, "a").await.expect("node"), Some(b"new".to_vec()));
+    assert_eq!(
+        p.node("pubsub.n.exampl", "a").await.expect("node"),
+        Some(b"x".to_vec())
+    );
+    // No such node: not created by set_node_config.
+    assert!(!p.set_node_config(SVC, "zz", b"c").await.expect("config"));
+    assert_eq!(p.node(SVC, "zz").await.expect("node"), None);
+    // An empty config is a config.
+    assert!(
+        p.create_node(SVC, "empty", b"", None)
+            .await
+            .expect("create")
+    );
+    assert_eq!(p.node(SVC, "empty").await.expect("node"), Some(Vec::new()));
+
+    // max_nodes counts the service's nodes only.
+    const LIM: &str = "lim@n.example";
+    for node in ["n1", "n2"] {
+        assert!(
+            p.create_node(LIM, node, b"c", Some(2))
+                .await
+                .expect("create")
+        );
+    }
+    match p.create_node(LIM, "n3", b"c", Some(2)).await {
+        Err(StorageError::Limit(_)) => {}
+        other => panic!("expected Limit, got {other:?}"),
+    }
+    assert_eq!(p.node(LIM, "n3").await.expect("node"), None);
+    assert_eq!(p.nodes(LIM).await.expect("nodes").len(), 2);
+    // An existing node is reported as such, limit or not.
+    assert!(!p.create_node(LIM, "n1", b"c", Some(2)).await.expect("dup"));
+    assert!(!p.create_node(LIM, "n1", b"c", Some(0)).await.expect("dup"));
+    assert!(p.create_node(LIM, "n3", b"c", Some(3)).await.expect("more"));
+    assert!(
+        p.create_node(LIM, "n4", b"c", None)
+            .await
+            .expect("no limit")
+    );
+    assert!(matches!(
+        p.create_node("lim2@n.example", "n1", b"c", Some(0)).await,
+        Err(StorageError::Limit(_))
+    ));
+    assert!(
+        p.create_node("lim2@n.example", "n1", b"c", Some(1))
+            .await
+            .expect("other service")
+    );
+    assert!(p.delete_node(LIM, "n4").await.expect("delete"));
+    assert!(p.delete_node(LIM, "n3").await.expect("delete"));
+    assert!(p.create_node(LIM, "n5", b"c", Some(3)).await.expect("room"));
+    assert_eq!(
+        p.nodes(LIM)
+            .await
+            .expect("nodes")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>(),
+        ["n1", "n2", "n5"]
+    );
+}
+
+async fn pubsub_affiliations(s: &Storage) {
+    let p = &s.pubsub;
+    const SVC: &str = "pubsub.a.example";
+    for node in ["n1", "n2"] {
+        assert!(p.create_node(SVC, node, b"c", None).await.expect("create"));
+    }
+    assert!(
+        p.affiliations(SVC, None, None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+    p.set_affiliation(SVC, "n2", "b@h", Some("owner"))
+        .await
+        .expect("set");
+    p.set_affiliation(SVC, "n1", "c@h", Some("publisher"))
+        .await
+        .expect("set");
+    p.set_affiliation(SVC, "n1", "a@h", Some("member"))
+        .await
+        .expect("set");
+    p.set_affiliation(SVC, "n2", "a@h", Some("owner"))
+        .await
+        .expect("set");
+    let t = |n: &str, j: &str, a: &str| (n.to_owned(), j.to_owned(), a.to_owned());
+    assert_eq!(
+        p.affiliations(SVC, None, None).await.expect("affs"),
+        vec![
+            t("n1", "a@h", "member"),
+            t("n1", "c@h", "publisher"),
+            t("n2", "a@h", "owner"),
+            t("n2", "b@h", "owner"),
+        ]
+    );
+    // Replaced, not duplicated.
+    p.set_affiliation(SVC, "n1", "a@h", Some("outcast"))
+        .await
+        .expect("replace");
+    assert_eq!(
+        p.affiliations(SVC, Some("n1"), None).await.expect("affs"),
+        vec![t("n1", "a@h", "outcast"), t("n1", "c@h", "publisher")]
+    );
+    assert_eq!(
+        p.affiliations(SVC, None, Some("a@h")).await.expect("affs"),
+        vec![t("n1", "a@h", "outcast"), t("n2", "a@h", "owner")]
+    );
+    assert_eq!(
+        p.affiliations(SVC, Some("n2"), Some("b@h"))
+            .await
+            .expect("affs"),
+        vec![t("n2", "b@h", "owner")]
+    );
+    assert!(
+        p.affiliations(SVC, Some("n2"), Some("c@h"))
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+    assert!(
+        p.affiliations(SVC, Some("nope"), None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+    // Removal, also of what is not there.
+    p.set_affiliation(SVC, "n1", "a@h", None)
+        .await
+        .expect("remove");
+    p.set_affiliation(SVC, "n1", "zz@h", None)
+        .await
+        .expect("remove absent");
+    assert_eq!(
+        p.affiliations(SVC, None, Some("a@h")).await.expect("affs"),
+        vec![t("n2", "a@h", "owner")]
+    );
+    // A node that does not exist keeps no affiliation.
+    p.set_affiliation(SVC, "nope", "a@h", Some("owner"))
+        .await
+        .expect("no node");
+    assert!(
+        p.affiliations(SVC, Some("nope"), None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+    assert!(
+        p.create_node(SVC, "nope", b"c", None)
+            .await
+            .expect("create")
+    );
+    assert!(
+        p.affiliations(SVC, Some("nope"), None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+    // Other services see none of it.
+    assert!(
+        p.affiliations("pubsub.a.example.org", None, None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+}
+
+async fn pubsub_subscriptions(s: &Storage) {
+    let p = &s.pubsub;
+    const SVC: &str = "pubsub.s.example";
+    for node in ["n1", "n2"] {
+        assert!(p.create_node(SVC, node, b"c", None).await.expect("create"));
+    }
+    for sb in [
+        sub("n2", "a@h", "s1", "subscribed"),
+        sub("n1", "b@h/r", "s1", "subscribed"),
+        sub("n1", "a@h", "s2", "subscribed"),
+        sub("n1", "a@h", "s1", "unconfigured"),
+    ] {
+        p.set_subscription(SVC, &sb).await.expect("subscribe");
+    }
+    assert_eq!(
+        p.subscriptions(SVC, None, None).await.expect("subs"),
+        vec![
+            sub("n1", "a@h", "s1", "unconfigured"),
+            sub("n1", "a@h", "s2", "subscribed"),
+            sub("n1", "b@h/r", "s1", "subscribed"),
+            sub("n2", "a@h", "s1", "subscribed"),
+        ]
+    );
+    // Replaced by (node, jid, subid), options included.
+    let mut changed = sub("n1", "a@h", "s1", "pending");
+    changed.options = b"<x/>".to_vec();
+    p.set_subscription(SVC, &changed).await.expect("replace");
+    assert_eq!(
+        p.subscriptions(SVC, Some("n1"), Some("a@h"))
+            .await
+            .expect("subs"),
+        vec![changed.clone(), sub("n1", "a@h", "s2", "subscribed")]
+    );
+    assert_eq!(
+        p.subscriptions(SVC, None, Some("a@h"))
+            .await
+            .expect("subs")
+            .len(),
+        3
+    );
+    assert_eq!(
+        p.subscriptions(SVC, Some("n2"), None).await.expect("subs"),
+        vec![sub("n2", "a@h", "s1", "subscribed")]
+    );
+    // A bare JID does not match its full JIDs: JIDs are opaque here.
+    assert!(
+        p.subscriptions(SVC, None, Some("b@h"))
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+    // Removal by subid, then all of a JID's.
+    assert_eq!(
+        p.remove_subscription(SVC, "n1", "a@h", Some("s2"))
+            .await
+            .expect("remove"),
+        1
+    );
+    assert_eq!(
+        p.remove_subscription(SVC, "n1", "a@h", Some("s2"))
+            .await
+            .expect("remove"),
+        0
+    );
+    assert_eq!(
+        p.remove_subscription(SVC, "n1", "a@h", Some("s9"))
+            .await
+            .expect("remove"),
+        0
+    );
+    p.set_subscription(SVC, &sub("n1", "a@h", "s3", "subscribed"))
+        .await
+        .expect("subscribe");
+    assert_eq!(
+        p.remove_subscription(SVC, "n1", "a@h", None)
+            .await
+            .expect("remove all"),
+        2
+    );
+    assert_eq!(
+        p.remove_subscription(SVC, "nope", "a@h", None)
+            .await
+            .expect("no node"),
+        0
+    );
+    assert_eq!(
+        p.subscriptions(SVC, None, None).await.expect("subs"),
+        vec![
+            sub("n1", "b@h/r", "s1", "subscribed"),
+            sub("n2", "a@h", "s1", "subscribed"),
+        ]
+    );
+    // A node that does not exist keeps no subscription.
+    p.set_subscription(SVC, &sub("nope", "a@h", "s1", "subscribed"))
+        .await
+        .expect("no node");
+    assert!(
+        p.subscriptions(SVC, Some("nope"), None)
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+    assert!(
+        p.subscriptions("other.s.example", None, None)
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+}
+
+async fn pubsub_items(s: &Storage) {
+    let p = &s.pubsub;
+    const SVC: &str = "items@i.example";
+    let all = ItemQuery::default();
+    let items = |node: &'static str, q: ItemQuery| async move {
+        s.pubsub.items(SVC, node, &q).await.expect("items")
+    };
+    // No node: nothing stored.
+    assert_eq!(
+        p.publish(SVC, "news", &ps_item("a", 0), None)
+            .await
+            .expect("publish"),
+        None
+    );
+    assert_eq!(p.item_count(SVC, "news").await.expect("count"), 0);
+    assert!(
+        p.create_node(SVC, "news", b"c", None)
+            .await
+            .expect("create")
+    );
+    assert!(items("news", all.clone()).await.is_empty());
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let i = i64::try_from(i).expect("small");
+        assert_eq!(
+            p.publish(SVC, "news", &ps_item(id, i), None)
+                .await
+                .expect("publish"),
+            Some(Vec::new())
+        );
+    }
+    let got = items("news", all.clone()).await;
+    assert_eq!(item_ids(&got), ["c", "b", "a"]);
+    assert!(got.windows(2).all(|w| w[0].seq > w[1].seq), "{got:?}");
+    // Everything but `seq` is stored as given.
+    assert_eq!(
+        PubsubItem {
+            seq: -1,
+            ..got[2].clone()
+        },
+        ps_item("a", 0)
+    );
+    assert_eq!(p.item_count(SVC, "news").await.expect("count"), 3);
+
+    // Republishing an id keeps one item with that id, now the newest with a higher seq.
+    let newest_seq = got[0].seq;
+    assert_eq!(
+        p.publish(SVC, "news", &ps_item("a", 10), None)
+            .await
+            .expect("republish"),
+        Some(Vec::new())
+    );
+    let got = items("news", all.clone()).await;
+    assert_eq!(item_ids(&got), ["a", "c", "b"]);
+    assert!(got[0].seq > newest_seq);
+    assert_eq!(got[0].payload, ps_item("a", 10).payload);
+    assert_eq!(got[0].stamp_ms, 1_010);
+    assert_eq!(p.item_count(SVC, "news").await.expect("count"), 3);
+    let oldest_first = ItemQuery {
+        oldest_first: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        item_ids(&items("news", oldest_first.clone()).await),
+        ["b", "c", "a"]
+    );
+
+    // The same id in another node, or another service, is another item.
+    assert!(
+        p.create_node(SVC, "other", b"c", None)
+            .await
+            .expect("create")
+    );
+    assert!(
+        p.create_node("items@i.example.org", "news", b"c", None)
+            .await
+            .expect("create")
+    );
+    p.publish(SVC, "other", &ps_item("b", 20), None)
+        .await
+        .expect("publish");
+    p.publish("items@i.example.org", "news", &ps_item("b", 21), None)
+        .await
+        .expect("publish");
+    assert_eq!(item_ids(&items("news", all.clone()).await), ["a", "c", "b"]);
+    assert_eq!(items("news", all.clone()).await[2].stamp_ms, 1_001);
+
+    // max_items trims the oldest beyond it, in the same call, and names them oldest first.
+    assert_eq!(
+        p.publish(SVC, "news", &ps_item("d", 3), Some(3))
+            .await
+            .expect("publish"),
+        Some(vec!["b".to_owned()])
+    );
+    assert_eq!(item_ids(&items("news", all.clone()).await), ["d", "a", "c"]);
+    assert_eq!(
+        p.publish(SVC, "news", &ps_item("e", 4), Some(1))
+            .await
+            .expect("publish"),
+        Some(vec!["c".to_owned(), "a".to_owned(), "d".to_owned()])
+    );
+    assert_eq!(item_ids(&items("news", all.clone()).await), ["e"]);
+    // Replacing at the limit trims nothing.
+    assert_eq!(
+        p.publish(SVC, "news", &ps_item("e", 5), Some(1))
+            .await
+            .expect("publish"),
+        Some(Vec::new())
+    );
+    assert_eq!(p.item_count(SVC, "news").await.expect("count"), 1);
+    // max_items 0 keeps nothing, not even the new item.
+    assert_eq!(
+        p.publish(SVC, "other", &ps_item("z", 6), Some(0))
+            .await
+            .expect("publish"),
+        Some(vec!["b".to_owned(), "z".to_owned()])
+    );
+    assert_eq!(p.item_count(SVC, "other").await.expect("count"), 0);
+    // The other service's node was not touched.
+    assert_eq!(
+        p.item_count("items@i.example.org", "news")
+            .await
+            .expect("count"),
+        1
+    );
+
+    // trim.
+    for (i, id) in ["f", "g", "h"].into_iter().enumerate() {
+        let i = i64::try_from(i).expect("small");
+        p.publish(SVC, "news", &ps_item(id, 30 + i), None)
+            .await
+            .expect("publish");
+    }
+    assert_eq!(
+        item_ids(&items("news", all.clone()).await),
+        ["h", "g", "f", "e"]
+    );
+    assert_eq!(p.trim(SVC, "news", 2).await.expect("trim"), ["e", "f"]);
+    assert!(p.trim(SVC, "news", 2).await.expect("trim").is_empty());
+    assert!(p.trim(SVC, "news", 5).await.expect("trim").is_empty());
+    assert_eq!(item_ids(&items("news", all.clone()).await), ["h", "g"]);
+    assert_eq!(p.trim(SVC, "news", 0).await.expect("trim"), ["g", "h"]);
+    assert_eq!(p.item_count(SVC, "news").await.expect("count"), 0);
+    assert!(p.trim(SVC, "nope", 0).await.expect("trim").is_empty());
+
+    // retract.
+    p.publish(SVC, "news", &ps_item("x", 40), None)
+        .await
+        .expect("publish");
+    p.publish(SVC, "news", &ps_item("y", 41), None)
+        .await
+        .expect("publish");
+    assert!(p.retract(SVC, "news", "x").await.expect("retract"));
+    assert!(!p.retract(SVC, "news", "x").await.expect("retract"));
+    assert!(!p.retract(SVC, "other", "y").await.expect("retract"));
+    assert!(!p.retract(SVC, "nope", "y").await.expect("retract"));
+    assert_eq!(item_ids(&items("news", all.clone()).await), ["y"]);
+
+    // purge; seqs are never reused afterwards.
+    let before_purge = items("news", all.clone()).await[0].seq;
+    p.publish(SVC, "news", &ps_item("w", 42), None)
+        .await
+        .expect("publish");
+    assert_eq!(p.purge(SVC, "news").await.expect("purge"), 2);
+    assert_eq!(p.purge(SVC, "news").await.expect("purge"), 0);
+    assert_eq!(p.purge(SVC, "nope").await.expect("purge"), 0);
+    assert!(items("news", all.clone()).await.is_empty());
+    assert_eq!(p.item_count(SVC, "news").await.expect("count"), 0);
+    // The node itself stays.
+    assert_eq!(
+        p.node(SVC, "news").await.expect("node"),
+        Some(b"c".to_vec())
+    );
+    p.publish(SVC, "news", &ps_item("w", 43), None)
+        .await
+        .expect("publish");
+    assert!(items("news", all.clone()).await[0].seq > before_purge + 1);
+    // Items of a node that does not exist.
+    assert!(items("nope", all).await.is_empty());
+    assert_eq!(p.item_count(SVC, "nope").await.expect("count"), 0);
+}
+
+async fn pubsub_paging(s: &Storage) {
+    const SVC: &str = "pubsub.p.example";
+    let p = &s.pubsub;
+    assert!(
+        p.create_node(SVC, "feed", b"c", None)
+            .await
+            .expect("create")
+    );
+    assert!(
+        p.create_node(SVC, "side", b"c", None)
+            .await
+            .expect("create")
+    );
+    let names: Vec<String> = (0..10).map(|i| format!("i{i:02}")).collect();
+    for (i, id) in names.iter().enumerate() {
+        let i = i64::try_from(i).expect("small");
+        p.publish(SVC, "feed", &ps_item(id, i), None)
+            .await
+            .expect("publish");
+    }
+    p.publish(SVC, "side", &ps_item("s0", 0), None)
+        .await
+        .expect("publish");
+    let page = |q: ItemQuery| async move {
+        item_ids(&s.pubsub.items(SVC, "feed", &q).await.expect("items"))
+    };
+    let id = |s: &str| Some(s.to_owned());
+    let newest = |after: Option<String>, before: Option<String>, limit: Option<usize>| ItemQuery {
+        after_id: after,
+        before_id: before,
+        limit,
+        ..Default::default()
+    };
+    let oldest = |after: Option<String>, before: Option<String>, limit: Option<usize>| ItemQuery {
+        after_id: after,
+        before_id: before,
+        limit,
+        oldest_first: true,
+        ids: None,
+    };
+
+    // Walk newest first, three at a time, from each page's last id.
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let got = page(newest(after.clone(), None, Some(3))).await;
+        if got.is_empty() {
+            break;
+        }
+        assert!(got.len() <= 3);
+        after = got.last().cloned();
+        walked.extend(got);
+    }
+    let mut reversed = names.clone();
+    reversed.reverse();
+    assert_eq!(walked, reversed);
+    assert_eq!(
+        page(newest(None, None, Some(3))).await,
+        ["i09", "i08", "i07"]
+    );
+    assert_eq!(
+        page(newest(id("i07"), None, Some(3))).await,
+        ["i06", "i05", "i04"]
+    );
+    assert_eq!(page(newest(id("i01"), None, Some(3))).await, ["i00"]);
+    assert!(page(newest(id("i00"), None, None)).await.is_empty());
+
+    // Oldest first.
+    let mut walked = Vec::new();
+    let mut after = None;
+    loop {
+        let got = page(oldest(after.clone(), None, Some(4))).await;
+        if got.is_empty() {
+            break;
+        }
+        after = got.last().cloned();
+        walked.extend(got);
+    }
+    assert_eq!(walked, names);
+    assert_eq!(
+        page(oldest(id("i03"), None, Some(4))).await,
+        ["i04", "i05", "i06", "i07"]
+    );
+    assert!(page(oldest(id("i09"), None, Some(4))).await.is_empty());
+
+    // before_id: the items before the named one in the query's order, from the start of that
+    // order (so with a limit, the ones farthest from it).
+    assert_eq!(
+        page(newest(None, id("i05"), None)).await,
+        ["i09", "i08", "i07", "i06"]
+    );
+    assert_eq!(page(newest(None, id("i05"), Some(2))).await, ["i09", "i08"]);
+    assert_eq!(
+        page(oldest(None, id("i03"), None)).await,
+        ["i00", "i01", "i02"]
+    );
+    assert_eq!(page(oldest(None, id("i03"), Some(2))).await, ["i00", "i01"]);
+    assert!(page(oldest(None, id("i00"), None)).await.is_empty());
+    assert!(page(newest(None, id("i09"), None)).await.is_empty());
+    // The page just before an id: the other order, after it.
+    assert_eq!(page(oldest(id("i05"), None, Some(2))).await, ["i06", "i07"]);
+
+    // Both bounds.
+    assert_eq!(
+        page(newest(id("i08"), id("i04"), None)).await,
+        ["i07", "i06", "i05"]
+    );
+    assert_eq!(
+        page(newest(id("i08"), id("i04"), Some(2))).await,
+        ["i07", "i06"]
+    );
+    assert_eq!(
+        page(oldest(id("i02"), id("i06"), None)).await,
+        ["i03", "i04", "i05"]
+    );
+    assert!(page(oldest(id("i06"), id("i02"), None)).await.is_empty());
+    assert!(page(newest(id("i02"), id("i06"), None)).await.is_empty());
+    assert!(page(oldest(id("i04"), id("i04"), None)).await.is_empty());
+    assert!(page(oldest(id("i04"), id("i05"), None)).await.is_empty());
+
+    // Unknown ids match nothing, also one of another node, also next to a known one.
+    for unknown in ["nope", "s0"] {
+        assert!(page(newest(id(unknown), None, None)).await.is_empty());
+        assert!(page(newest(None, id(unknown), None)).await.is_empty());
+        assert!(page(oldest(id(unknown), None, Some(3))).await.is_empty());
+        assert!(page(oldest(id("i01"), id(unknown), None)).await.is_empty());
+        assert!(page(newest(id(unknown), id("i01"), None)).await.is_empty());
+    }
+
+    // Limits.
+    assert!(page(newest(None, None, Some(0))).await.is_empty());
+    assert_eq!(page(newest(None, None, Some(100))).await.len(), 10);
+
+    // ids.
+    let with_ids = |ids: &[&str], oldest_first: bool, after: Option<String>, limit| ItemQuery {
+        ids: Some(ids.iter().map(|s| (*s).to_owned()).collect()),
+        oldest_first,
+        after_id: after,
+        limit,
+        before_id: None,
+    };
+    assert_eq!(
+        page(with_ids(&["i03", "i07", "nope", "s0"], false, None, None)).await,
+        ["i07", "i03"]
+    );
+    assert_eq!(
+        page(with_ids(&["i07", "i03"], true, None, None)).await,
+        ["i03", "i07"]
+    );
+    assert_eq!(
+        page(with_ids(&["i03", "i07"], false, None, Some(1))).await,
+        ["i07"]
+    );
+    assert_eq!(
+        page(with_ids(&["i03", "i07"], false, id("i07"), None)).await,
+        ["i03"]
+    );
+    assert_eq!(
+        page(with_ids(&["i03", "i03"], false, None, None)).await,
+        ["i03"]
+    );
+    assert!(page(with_ids(&[], false, None, None)).await.is_empty());
+    assert!(
+        page(with_ids(&["i03"], false, id("nope"), None))
+            .await
+            .is_empty()
+    );
+    // Quotes and backslashes in ids.
+    let odd = "it\"em\\1";
+    p.publish(SVC, "side", &ps_item(odd, 1), None)
+        .await
+        .expect("publish");
+    assert_eq!(
+        item_ids(
+            &p.items(SVC, "side", &with_ids(&[odd], false, None, None))
+                .await
+                .expect("items")
+        ),
+        [odd]
+    );
+
+    // A republished item moves to the newest end; keyset pages follow the new order.
+    p.publish(SVC, "feed", &ps_item("i00", 99), None)
+        .await
+        .expect("republish");
+    assert_eq!(page(newest(None, None, Some(2))).await, ["i00", "i09"]);
+    assert_eq!(page(newest(id("i00"), None, Some(1))).await, ["i09"]);
+    assert_eq!(page(oldest(None, None, Some(2))).await, ["i01", "i02"]);
+    assert!(page(oldest(id("i00"), None, None)).await.is_empty());
+    assert_eq!(p.item_count(SVC, "feed").await.expect("count"), 10);
+}
+
+async fn pubsub_delete(s: &Storage) {
+    let p = &s.pubsub;
+    const SVC: &str = "pubsub.d.example";
+    const KEEP: &str = "pubsub.d.example.net";
+    for (svc, node) in [(SVC, "gone"), (SVC, "kept"), (KEEP, "gone")] {
+        assert!(p.create_node(svc, node, b"c", None).await.expect("create"));
+        p.publish(svc, node, &ps_item("i1", 1), None)
+            .await
+            .expect("publish");
+        p.publish(svc, node, &ps_item("i2", 2), None)
+            .await
+            .expect("publish");
+        p.set_affiliation(svc, node, "o@h", Some("owner"))
+            .await
+            .expect("aff");
+        p.set_subscription(svc, &sub(node, "s@h", "1", "subscribed"))
+            .await
+            .expect("sub");
+    }
+    assert!(p.delete_node(SVC, "gone").await.expect("delete"));
+    assert!(!p.delete_node(SVC, "gone").await.expect("delete again"));
+    assert!(!p.delete_node(SVC, "never").await.expect("delete absent"));
+    assert_eq!(p.node(SVC, "gone").await.expect("node"), None);
+    assert_eq!(p.item_count(SVC, "gone").await.expect("count"), 0);
+    assert!(
+        p.items(SVC, "gone", &ItemQuery::default())
+            .await
+            .expect("items")
+            .is_empty()
+    );
+    assert!(
+        p.affiliations(SVC, Some("gone"), None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+    assert!(
+        p.subscriptions(SVC, Some("gone"), None)
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+    // The sibling and the other service's node of the same name keep everything.
+    for (svc, node) in [(SVC, "kept"), (KEEP, "gone")] {
+        assert_eq!(p.item_count(svc, node).await.expect("count"), 2);
+        assert_eq!(
+            p.affiliations(svc, Some(node), None)
+                .await
+                .expect("affs")
+                .len(),
+            1
+        );
+        assert_eq!(
+            p.subscriptions(svc, Some(node), None)
+                .await
+                .expect("subs")
+                .len(),
+            1
+        );
+    }
+    // A node created again under the same name starts empty.
+    assert!(
+        p.create_node(SVC, "gone", b"c2", None)
+            .await
+            .expect("again")
+    );
+    assert_eq!(
+        p.node(SVC, "gone").await.expect("node"),
+        Some(b"c2".to_vec())
+    );
+    assert_eq!(p.item_count(SVC, "gone").await.expect("count"), 0);
+    assert!(
+        p.affiliations(SVC, Some("gone"), None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+    assert!(
+        p.subscriptions(SVC, Some("gone"), None)
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+    assert_eq!(
+        p.publish(SVC, "gone", &ps_item("i1", 3), Some(5))
+            .await
+            .expect("publish"),
+        Some(Vec::new())
+    );
+    assert_eq!(p.item_count(SVC, "gone").await.expect("count"), 1);
+
+    // delete_service: everything of that service, nothing of another.
+    p.delete_service(SVC).await.expect("delete service");
+    p.delete_service("never.d.example")
+        .await
+        .expect("delete absent service");
+    assert!(p.nodes(SVC).await.expect("nodes").is_empty());
+    for node in ["gone", "kept"] {
+        assert_eq!(p.item_count(SVC, node).await.expect("count"), 0);
+    }
+    assert!(
+        p.affiliations(SVC, None, None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+    assert!(
+        p.subscriptions(SVC, None, None)
+            .await
+            .expect("subs")
+            .is_empty()
+    );
+    assert_eq!(p.nodes(KEEP).await.expect("nodes").len(), 1);
+    assert_eq!(p.item_count(KEEP, "gone").await.expect("count"), 2);
+    assert_eq!(
+        p.affiliations(KEEP, None, None).await.expect("affs").len(),
+        1
+    );
+    assert_eq!(
+        p.subscriptions(KEEP, None, None).await.expect("subs").len(),
+        1
+    );
+    // A service created again starts empty.
+    assert!(p.create_node(SVC, "kept", b"c", None).await.expect("again"));
+    assert_eq!(p.item_count(SVC, "kept").await.expect("count"), 0);
+    assert!(
+        p.affiliations(SVC, None, None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+}
+
+async fn pubsub_account_delete(s: &Storage) {
+    let (a, p) = (&s.accounts, &s.pubsub);
+    const HOST: &str = "pep.example";
+    let services = [
+        "doomed@pep.example",
+        "other@pep.example",
+        "doomed@pep.example.net",
+        "pubsub.pep.example",
+        "ghost@pep.example",
+    ];
+    for u in ["doomed", "other"] {
+        a.create(HOST, u, &creds(9)).await.expect("create");
+    }
+    for svc in services {
+        for node in ["urn:xmpp:microblog:0", "storage:bookmarks"] {
+            assert!(p.create_node(svc, node, b"c", None).await.expect("create"));
+            p.publish(svc, node, &ps_item("current", 1), None)
+                .await
+                .expect("publish");
+            p.set_affiliation(svc, node, "o@h", Some("owner"))
+                .await
+                .expect("aff");
+            p.set_subscription(svc, &sub(node, "s@h", "1", "subscribed"))
+                .await
+                .expect("sub");
+        }
+    }
+    assert!(a.delete(HOST, "doomed").await.expect("delete"));
+    // A user without an account loses the PEP data too.
+    assert!(!a.delete(HOST, "ghost").await.expect("delete ghost"));
+    for svc in ["doomed@pep.example", "ghost@pep.example"] {
+        assert!(p.nodes(svc).await.expect("nodes").is_empty());
+        assert!(
+            p.affiliations(svc, None, None)
+                .await
+                .expect("affs")
+                .is_empty()
+        );
+        assert!(
+            p.subscriptions(svc, None, None)
+                .await
+                .expect("subs")
+                .is_empty()
+        );
+        assert_eq!(
+            p.item_count(svc, "urn:xmpp:microblog:0")
+                .await
+                .expect("count"),
+            0
+        );
+    }
+    for svc in &services[1..4] {
+        assert_eq!(p.nodes(svc).await.expect("nodes").len(), 2, "{svc}");
+        assert_eq!(
+            p.affiliations(svc, None, None).await.expect("affs").len(),
+            2
+        );
+        assert_eq!(
+            p.subscriptions(svc, None, None).await.expect("subs").len(),
+            2
+        );
+        assert_eq!(
+            p.item_count(svc, "urn:xmpp:microblog:0")
+                .await
+                .expect("count"),
+            1
+        );
+    }
+    // The name registered again starts with an empty PEP service.
+    a.create(HOST, "doomed", &creds(10)).await.expect("again");
+    assert!(
+        p.create_node("doomed@pep.example", "storage:bookmarks", b"c", None)
+            .await
+            .expect("create")
+    );
+    assert!(
+        p.items(
+            "doomed@pep.example",
+            "storage:bookmarks",
+            &ItemQuery::default()
+        )
+        .await
+        .expect("items")
+        .is_empty()
+    );
+    assert!(
+        p.affiliations("doomed@pep.example", None, None)
+            .await
+            .expect("affs")
+            .is_empty()
+    );
+}
+
 #[tokio::test]
 async fn memory_backend() {
     run_suite(Storage::memory(), "memory").await;
@@ -1037,6 +1974,37 @@ async fn sqlite_persists_after_reopen() {
             .append("offline", "p.example", "alice", "bob@x", 43, b"<m2/>", None)
             .await
             .expect("append");
+        let pep = &s.pubsub;
+        assert!(
+            pep.create_node("alice@p.example", "urn:xmpp:avatar:data", b"cfg", Some(10))
+                .await
+                .expect("create node")
+        );
+        pep.set_affiliation(
+            "alice@p.example",
+            "urn:xmpp:avatar:data",
+            "alice@p.example",
+            Some("owner"),
+        )
+        .await
+        .expect("aff");
+        pep.set_subscription(
+            "alice@p.example",
+            &sub("urn:xmpp:avatar:data", "bob@x", "s1", "subscribed"),
+        )
+        .await
+        .expect("sub");
+        for (n, id) in ["old", "new"].into_iter().enumerate() {
+            let n = i64::try_from(n).expect("small");
+            pep.publish(
+                "alice@p.example",
+                "urn:xmpp:avatar:data",
+                &ps_item(id, n),
+                Some(5),
+            )
+            .await
+            .expect("publish");
+        }
         backend.close().await;
         assert!(
             s.accounts.exists("p.example", "alice").await.is_err(),
@@ -1073,7 +2041,69 @@ async fn sqlite_persists_after_reopen() {
         assert_eq!(items[0].stamp_ms, 42);
         assert_eq!(items[0].with, "bob@x");
         assert_eq!(items[0].data, b"<m/>");
+        let pep = &s.pubsub;
+        assert_eq!(
+            pep.nodes("alice@p.example").await.expect("nodes"),
+            vec![("urn:xmpp:avatar:data".to_owned(), b"cfg".to_vec())]
+        );
+        assert_eq!(
+            pep.affiliations("alice@p.example", None, None)
+                .await
+                .expect("affs"),
+            vec![(
+                "urn:xmpp:avatar:data".to_owned(),
+                "alice@p.example".to_owned(),
+                "owner".to_owned()
+            )]
+        );
+        assert_eq!(
+            pep.subscriptions("alice@p.example", None, None)
+                .await
+                .expect("subs"),
+            vec![sub("urn:xmpp:avatar:data", "bob@x", "s1", "subscribed")]
+        );
+        let items = pep
+            .items(
+                "alice@p.example",
+                "urn:xmpp:avatar:data",
+                &ItemQuery::default(),
+            )
+            .await
+            .expect("items");
+        assert_eq!(item_ids(&items), ["new", "old"]);
+        assert_eq!(items[1].payload, ps_item("old", 0).payload);
     }
+    // Seqs keep increasing across reopen: republishing the oldest makes it the newest.
+    let s = Storage::open(&db.backend()).await.expect("reopen");
+    let before = s
+        .pubsub
+        .items(
+            "alice@p.example",
+            "urn:xmpp:avatar:data",
+            &ItemQuery::default(),
+        )
+        .await
+        .expect("items");
+    s.pubsub
+        .publish(
+            "alice@p.example",
+            "urn:xmpp:avatar:data",
+            &ps_item("old", 2),
+            Some(5),
+        )
+        .await
+        .expect("publish");
+    let after = s
+        .pubsub
+        .items(
+            "alice@p.example",
+            "urn:xmpp:avatar:data",
+            &ItemQuery::default(),
+        )
+        .await
+        .expect("items");
+    assert_eq!(item_ids(&after), ["old", "new"]);
+    assert!(after[0].seq > before[0].seq);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -153,6 +153,7 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     }
     keep!("hosts", hosts);
     keep!("modules", modules);
+    keep!("services", services);
     keep!("data_dir", data_dir);
     keep!("admin_socket", admin_socket);
     keep!("storage", storage);

@@ -44,11 +44,56 @@ pub struct Config {
     pub stream_management: StreamManagementConfig,
     /// Client state indication (XEP-0352).
     pub csi: CsiConfig,
+    /// Hosted services by domain (`[services."pubsub.example.org"]`): added with a `kind`,
+    /// or a default one (`pubsub.HOST` for each host) switched off with `enabled = false`.
+    pub services: BTreeMap<String, ServiceConfig>,
     /// The modules' own sections (`[vcard]`, `[mam]`…), by top-level key, as written: each
     /// module parses and validates its own ([`crate::module::ModuleConfig`]); a key no module
     /// claims is an unknown key ([`crate::module::check_sections`]).
     #[serde(skip)]
     pub sections: BTreeMap<String, toml::Value>,
+}
+
+/// `[services."DOMAIN"]`: one hosted service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// What serves the domain: one of [`SERVICE_KINDS`]. May be left out only to switch off a
+    /// default service (`enabled = false`).
+    pub kind: Option<String>,
+    /// False switches the service off (also a default one such as `pubsub.HOST`).
+    pub enabled: bool,
+    /// The host whose disco#items lists it; by default the host the domain is a subdomain of,
+    /// else the first host.
+    pub parent: Option<String>,
+    /// A human-readable name for disco.
+    pub name: Option<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            kind: None,
+            enabled: true,
+            parent: None,
+            name: None,
+        }
+    }
+}
+
+/// Kinds of hosted service `[services."DOMAIN"] kind` may name, with the prefix of the default
+/// domain each host gets (ejabberd's default names).
+pub const SERVICE_KINDS: &[(&str, &str)] = &[("pubsub", "pubsub")];
+
+/// One hosted service as configured: its domain, parent host and display name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// The service's domain.
+    pub domain: String,
+    /// The host listing it in disco#items.
+    pub parent: String,
+    /// Display name, if configured.
+    pub name: Option<String>,
 }
 
 /// `[stream_management]`
@@ -461,6 +506,12 @@ impl Default for Config {
                 "private".into(),
                 "blocking".into(),
                 "carbons".into(),
+                // XEP-0313: modern clients sync history from the archive (ejabberd enables
+                // mod_mam by default).
+                "mam".into(),
+                // XEP-0163 and XEP-0060: OMEMO keys, avatars and bookmarks live in PEP.
+                "pep".into(),
+                "pubsub".into(),
                 "last".into(),
                 "smacks".into(),
                 "csi".into(),
@@ -471,6 +522,7 @@ impl Default for Config {
             log: LogConfig::default(),
             limits: LimitsConfig::default(),
             certificates: BTreeMap::new(),
+            services: BTreeMap::new(),
             roster: RosterConfig::default(),
             offline: OfflineConfig::default(),
             delivery: DeliveryConfig::default(),
@@ -720,6 +772,7 @@ impl Config {
                 "`register.max_attempts` and `register.attempt_period` must be positive".into(),
             ));
         }
+        self.normalize_services()?;
         parse_rate(&self.limits.c2s.rate)
             .map_err(|e| ConfigError::Invalid(format!("`limits.c2s.rate` = {e}")))?;
         parse_burst(&self.limits.c2s.burst)
@@ -730,6 +783,104 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    /// Normalizes the domains of `[services]` and checks each entry.
+    fn normalize_services(&mut self) -> Result<(), ConfigError> {
+        let mut services = BTreeMap::new();
+        for (domain, svc) in std::mem::take(&mut self.services) {
+            let d = canto_stanza::jid::normalize_domain(&domain).ok_or_else(|| {
+                ConfigError::Invalid(format!("`services`: {domain:?} is not a valid domain"))
+            })?;
+            if self.serves(&d) {
+                return Err(ConfigError::Invalid(format!(
+                    "`services.\"{d}\"` is a host; a service needs a domain of its own"
+                )));
+            }
+            match svc.kind.as_deref() {
+                Some(k) if !SERVICE_KINDS.iter().any(|(kind, _)| *kind == k) => {
+                    let known: Vec<&str> = SERVICE_KINDS.iter().map(|(k, _)| *k).collect();
+                    return Err(ConfigError::Invalid(format!(
+                        "`services.\"{d}\".kind` = {k:?}: expected one of {known:?}"
+                    )));
+                }
+                None if svc.enabled && self.default_service_kind(&d).is_none() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "`services.\"{d}\"` needs a `kind` (it is no default service)"
+                    )));
+                }
+                _ => {}
+            }
+            if let Some(parent) = &svc.parent
+                && !self.serves(parent)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "`services.\"{d}\".parent` = {parent:?} is not in `hosts`"
+                )));
+            }
+            if services.insert(d.clone(), svc).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "`services`: {d} is configured twice"
+                )));
+            }
+        }
+        self.services = services;
+        Ok(())
+    }
+
+    /// The kind of the default service at `domain` (`pubsub.HOST` is `pubsub`), if it is one.
+    fn default_service_kind(&self, domain: &str) -> Option<&'static str> {
+        SERVICE_KINDS.iter().find_map(|(kind, prefix)| {
+            let host = domain.strip_prefix(prefix)?.strip_prefix('.')?;
+            self.serves(host).then_some(*kind)
+        })
+    }
+
+    /// The hosted services of `kind` to run: each host's default `PREFIX.HOST` (unless
+    /// configured otherwise), then the `[services]` entries of that kind, sorted by domain.
+    pub fn services_of_kind(&self, kind: &str) -> Vec<ServiceSpec> {
+        let mut out: BTreeMap<String, ServiceSpec> = BTreeMap::new();
+        if let Some((_, prefix)) = SERVICE_KINDS.iter().find(|(k, _)| *k == kind) {
+            for host in &self.hosts {
+                let domain = format!("{prefix}.{host}");
+                if !self.services.contains_key(&domain) {
+                    out.insert(
+                        domain.clone(),
+                        ServiceSpec {
+                            domain,
+                            parent: host.clone(),
+                            name: None,
+                        },
+                    );
+                }
+            }
+        }
+        for (domain, svc) in &self.services {
+            let this_kind = svc
+                .kind
+                .as_deref()
+                .or_else(|| self.default_service_kind(domain));
+            if !svc.enabled || this_kind != Some(kind) {
+                continue;
+            }
+            let parent = svc.parent.clone().unwrap_or_else(|| {
+                self.hosts
+                    .iter()
+                    .find(|h| domain.ends_with(&format!(".{h}")))
+                    .or_else(|| self.hosts.first())
+                    .cloned()
+                    .unwrap_or_default()
+            });
+            out.insert(
+                domain.clone(),
+                ServiceSpec {
+                    domain: domain.clone(),
+                    parent,
+                    name: svc.name.clone(),
+                },
+            );
+        }
+        out.into_values().collect()
     }
 
     /// The SQLite file path, resolved against `data_dir`.
@@ -812,7 +963,7 @@ impl Config {
             }
             for (sub, v) in t {
                 let Some(st) = v.as_table() else { continue };
-                if section == "certificates" {
+                if section == "certificates" || section == "services" {
                     continue;
                 }
                 out.push('\n');
@@ -822,6 +973,16 @@ impl Config {
                     push_doc(&mut out, &format!("{section}.{sub}.{key}"));
                     out.push_str(&format!("{key} = {v}\n"));
                 }
+            }
+            if section == "services" {
+                out.push_str(
+                    "# [services.\"pubsub.example.org\"]   # the default for each host; this switches it off\n\
+                     # enabled = false\n\
+                     # [services.\"news.example.org\"]     # one more publish-subscribe service\n\
+                     # kind = \"pubsub\"\n\
+                     # parent = \"example.org\"              # whose disco#items lists it\n\
+                     # name = \"News\"\n",
+                );
             }
             if section == "certificates" {
                 out.push_str(
@@ -862,7 +1023,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ("hosts", "Virtual hosts served."),
     (
         "modules",
-        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, last, smacks (XEP-0198), csi (XEP-0352), mam (archiving;\noff by default), extdisco, register (off by default).",
+        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, mam (XEP-0313 archiving), pep (XEP-0163), pubsub (XEP-0060\nservices), last, smacks (XEP-0198), csi (XEP-0352), extdisco, register (off by default).",
     ),
     (
         "admin_socket",
@@ -973,6 +1134,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "Seconds of rate a full bucket holds (\"2s\", \"500ms\"): a quiet client may send\nrate × burst bytes at once.",
     ),
     ("certificates", "Certificate and key per host, PEM files."),
+    (
+        "services",
+        "Hosted services, by domain. Each host gets pubsub.HOST (module pubsub) unless switched\noff here; kind = \"pubsub\" adds another. Keys per service: kind, enabled (false\nswitches one off), parent (the host whose disco#items lists it), name.",
+    ),
     (
         "register",
         "In-band registration (XEP-0077), when module register is enabled (off by default).",

@@ -181,6 +181,20 @@ pub trait SessionHook: Send + Sync {
     );
 }
 
+/// Told when a local account approves a presence subscription (RFC 6121 §3.1.5: `user` sent
+/// `subscribed` to `contact`, or pre-approval answered the request), after the contact has the
+/// user's current presence: PEP sends the new subscriber the last items (XEP-0163 §4.3.1).
+#[async_trait::async_trait]
+pub trait SubscriptionHook: Send + Sync {
+    /// `contact` may now see `user`'s presence.
+    async fn subscribed(
+        &self,
+        server: &Arc<Server>,
+        user: &canto_stanza::BareJid,
+        contact: &canto_stanza::BareJid,
+    );
+}
+
 /// Work a module runs periodically (Prosody's `module:add_timer`): archive expiry, cleanup.
 #[async_trait::async_trait]
 pub trait Timer: Send + Sync {
@@ -249,9 +263,12 @@ pub struct ModuleTable {
     iq_by_domain: HashMap<(String, IqTarget, IqType, String), Arc<dyn IqHandler>>,
     stanza_hooks: HashMap<HookPoint, Vec<Prioritized<dyn StanzaHook>>>,
     session_hooks: Vec<Prioritized<dyn SessionHook>>,
+    subscription_hooks: Vec<Arc<dyn SubscriptionHook>>,
     timers: Vec<TimerEntry>,
     message_hooks: Vec<Arc<dyn MessageHook>>,
     account_features: Vec<String>,
+    account_identities: Vec<Identity>,
+    account_disco: Vec<Arc<dyn AccountDisco>>,
     stream_features: Vec<Element>,
     services: HashMap<String, ServiceEntry>,
     /// Which module opened which store (a name belongs to one module).
@@ -260,7 +277,39 @@ pub struct ModuleTable {
     reloaders: Vec<Reloader>,
     /// XEP-0128 forms for the server's disco#info.
     info_forms: Vec<Arc<dyn InfoForm>>,
+    /// What modules offer other modules (Prosody's `module:depends` + shared API), by type.
+    provided: HashMap<std::any::TypeId, (&'static str, Arc<dyn std::any::Any + Send + Sync>)>,
     loaded: Vec<&'static str>,
+}
+
+/// Adds to the disco answers the server gives on an account's behalf (XEP-0030 §3, §4): a
+/// module that keeps nodes for accounts (PEP, XEP-0163 §6) lists them and describes them.
+#[async_trait::async_trait]
+pub trait AccountDisco: Send + Sync {
+    /// The `<item/>`s for disco#items (no node) on `account`, as `from` may see them.
+    async fn items(
+        &self,
+        server: &Arc<Server>,
+        from: &Jid,
+        account: &canto_stanza::BareJid,
+    ) -> Vec<Element>;
+    /// disco#info on `node` of `account`: `None` if the node is not this module's, else the
+    /// `<query/>`'s children or the error (e.g. `item-not-found`).
+    async fn node_info(
+        &self,
+        server: &Arc<Server>,
+        from: &Jid,
+        account: &canto_stanza::BareJid,
+        node: &str,
+    ) -> Option<Result<Vec<Element>, StanzaError>>;
+    /// disco#items on `node` of `account`: `None` if the node is not this module's.
+    async fn node_items(
+        &self,
+        server: &Arc<Server>,
+        from: &Jid,
+        account: &canto_stanza::BareJid,
+        node: &str,
+    ) -> Option<Result<Vec<Element>, StanzaError>>;
 }
 
 /// A hosted service as registered: its domain, the host it belongs to, and the module behind it.
@@ -318,6 +367,20 @@ impl ServiceCtx {
         &self.domain
     }
 
+    /// The item `owner` (a local account) has for `contact` in its roster, if any: for access
+    /// models that follow an owner's roster (XEP-0060 §4.5 `presence`, `roster`).
+    pub async fn roster_item(
+        &self,
+        owner: &canto_stanza::BareJid,
+        contact: &canto_stanza::BareJid,
+    ) -> Option<crate::roster::RosterItem> {
+        let server = self.server.upgrade()?;
+        if !server.serves(owner.domain().as_str()) {
+            return None;
+        }
+        server.roster(owner).await.get(contact).cloned()
+    }
+
     /// Routes a stanza from the service. Its `from` must be the service's domain or a JID at
     /// it (anything else is dropped and logged: a service cannot speak for others); its `to`
     /// may be anything — a local session or account, a host, another service, a remote domain.
@@ -336,20 +399,26 @@ impl ServiceCtx {
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 impl ModuleTable {
-    /// Loads the modules named in `config.modules` from `available`, in config order.
+    /// Loads the modules named in `config.modules` from `available`, in the order of
+    /// `available` (so a module that builds on another, as bookmarks on pep, finds it loaded
+    /// whatever order the configuration lists them in).
     pub fn load(
         config: &Config,
         storage: &canto_storage::Storage,
         available: &[Arc<dyn Module>],
     ) -> Result<ModuleTable, String> {
         check_sections(config, available)?;
+        if let Some(name) = config
+            .modules
+            .iter()
+            .find(|name| !available.iter().any(|m| m.name() == name.as_str()))
+        {
+            return Err(format!("`modules`: no module named {name:?}"));
+        }
         let mut table = ModuleTable::default();
-        for name in &config.modules {
-            let m = available
-                .iter()
-                .find(|m| m.name() == name)
-                .ok_or_else(|| format!("`modules`: no module named {name:?}"))?;
-            if table.loaded.contains(&m.name()) {
+        for m in available {
+            let name = m.name();
+            if !config.modules.iter().any(|n| n == name) || table.loaded.contains(&name) {
                 continue;
             }
             let mut ctx = ModuleCtx {
@@ -420,6 +489,11 @@ impl ModuleTable {
         &self.session_hooks
     }
 
+    /// Subscription hooks, in load order.
+    pub fn subscription_hooks(&self) -> &[Arc<dyn SubscriptionHook>] {
+        &self.subscription_hooks
+    }
+
     /// Registered timers.
     pub fn timers(&self) -> &[TimerEntry] {
         &self.timers
@@ -433,6 +507,17 @@ impl ModuleTable {
     /// Features an account advertises in disco#info (XEP-0030 on a bare JID).
     pub fn account_features(&self) -> &[String] {
         &self.account_features
+    }
+
+    /// Identities an account shows in disco#info besides `account/registered` (XEP-0163 §6.1:
+    /// `pubsub/pep`).
+    pub fn account_identities(&self) -> &[Identity] {
+        &self.account_identities
+    }
+
+    /// What modules add to disco on accounts (PEP nodes), in load order.
+    pub fn account_disco(&self) -> &[Arc<dyn AccountDisco>] {
+        &self.account_disco
     }
 
     /// Names of loaded modules.
@@ -515,6 +600,17 @@ impl ModuleCtx<'_> {
         }
     }
 
+    /// Adds an identity to accounts' disco#info (XEP-0163 §6.1: `pubsub/pep`).
+    pub fn add_account_identity(&mut self, identity: Identity) {
+        self.table.account_identities.push(identity);
+    }
+
+    /// Adds items and info nodes to disco on accounts (XEP-0030 answered by the server on the
+    /// account's behalf): PEP lists its nodes there.
+    pub fn add_account_disco(&mut self, disco: Arc<dyn AccountDisco>) {
+        self.table.account_disco.push(disco);
+    }
+
     /// Offers a stream feature after authentication; the connection task implements the
     /// protocol behind it (it lives on the connection's read and write paths).
     pub fn add_stream_feature(&mut self, feature: Element) {
@@ -541,6 +637,11 @@ impl ModuleCtx<'_> {
         let list = &mut self.table.session_hooks;
         let at = list.partition_point(|(p, _)| *p >= priority);
         list.insert(at, (priority, hook));
+    }
+
+    /// Is told when a local account approves a presence subscription.
+    pub fn hook_subscription(&mut self, hook: Arc<dyn SubscriptionHook>) {
+        self.table.subscription_hooks.push(hook);
     }
 
     /// Runs `timer` once right after startup and then every `period` (at least one second),
@@ -659,6 +760,24 @@ impl ModuleCtx<'_> {
         Ok(Section { current })
     }
 
+    /// Offers `value` to modules loaded later (`ctx.depend::<T>()`), as Prosody modules share
+    /// an API with `module:depends`.
+    pub fn provide<T: Send + Sync + 'static>(&mut self, value: Arc<T>) {
+        self.table
+            .provided
+            .insert(std::any::TypeId::of::<T>(), (self.module, value));
+    }
+
+    /// What a module loaded earlier offered as a `T`; an error naming `module` if it is not
+    /// loaded.
+    pub fn depend<T: Send + Sync + 'static>(&mut self, module: &str) -> Result<Arc<T>, String> {
+        self.table
+            .provided
+            .get(&std::any::TypeId::of::<T>())
+            .and_then(|(_, v)| v.clone().downcast::<T>().ok())
+            .ok_or_else(|| format!("{} needs module {module} (add it to `modules`)", self.module))
+    }
+
     /// Adds an extended-information form (XEP-0128) to the server's disco#info and caps.
     pub fn add_info_form(&mut self, form: Arc<dyn InfoForm>) {
         self.table.info_forms.push(form);
@@ -692,6 +811,16 @@ impl ModuleCtx<'_> {
     pub fn open_map(&mut self, name: &'static str) -> Result<crate::stores::MapStore, String> {
         self.claim_store(name)?;
         Ok(crate::stores::MapStore::new(self.storage, name))
+    }
+
+    /// Opens this module's publish-subscribe store `name` (PEP, a pubsub service): nodes,
+    /// affiliations, subscriptions and items, keyed by service.
+    pub fn open_pubsub(
+        &mut self,
+        name: &'static str,
+    ) -> Result<crate::stores::PubsubStore, String> {
+        self.claim_store(name)?;
+        Ok(crate::stores::PubsubStore::new(self.storage, name))
     }
 
     /// Opens this module's per-user archive `name`.

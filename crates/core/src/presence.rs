@@ -528,6 +528,7 @@ impl Server {
             SubType::Subscribed => {
                 self.inbound_subscription(contact, user, t, out).await;
                 self.send_current_presence(user, &contact_jid);
+                self.subscription_approved(user, contact).await;
             }
             // §3.2.2: a cancelled subscriber gets unavailable from each resource.
             SubType::Unsubscribed => {
@@ -610,8 +611,16 @@ impl Server {
                 self.inbound_subscription(contact, user, SubType::Subscribed, reply)
                     .await;
                 self.send_current_presence(user, &Jid::from(contact.clone()));
+                self.subscription_approved(user, contact).await;
             }
         })
+    }
+
+    /// Tells the modules' subscription hooks that `contact` may now see `user`'s presence.
+    async fn subscription_approved(self: &Arc<Self>, user: &BareJid, contact: &BareJid) {
+        for hook in self.modules().subscription_hooks() {
+            hook.subscribed(self, user, contact).await;
+        }
     }
 
     /// A probe to a local account (RFC 6121 §4.3.2), from a local session or a service.

@@ -151,6 +151,28 @@ impl Server {
             .any(SessionHandle::is_available)
     }
 
+    /// The available resources of a local account and their priorities (for modules that
+    /// deliver on the account's behalf, such as PEP notifications, XEP-0163 §4.3).
+    pub fn available_resources(
+        &self,
+        user: &canto_stanza::BareJid,
+    ) -> Vec<(canto_stanza::FullJid, i32)> {
+        self.sessions
+            .resources(user)
+            .iter()
+            .filter(|s| s.is_available())
+            .map(|s| (s.jid().clone(), s.priority()))
+            .collect()
+    }
+
+    /// Queues `el` for the local session `to`, if it is bound; whether it was queued. The
+    /// caller has applied the routing rules (blocking, who may see what): this is delivery only.
+    pub fn deliver_to_session(&self, to: &canto_stanza::FullJid, el: Arc<canto_xml::Element>) -> bool {
+        self.sessions
+            .get(to)
+            .is_some_and(|s| s.deliver(el).is_ok())
+    }
+
     /// The configuration in force (replaced atomically on SIGHUP).
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()

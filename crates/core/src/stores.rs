@@ -50,6 +50,35 @@ macro_rules! debug_store {
 debug_store!(KvStore);
 debug_store!(MapStore);
 debug_store!(ArchiveStore);
+debug_store!(PubsubStore);
+
+/// The publish-subscribe store of one module (PEP, a pubsub service): every method of
+/// [`canto_storage::PubsubStore`], keyed by service (an account's bare JID for PEP, a domain
+/// for a service).
+#[derive(Clone)]
+pub struct PubsubStore {
+    storage: Storage,
+    name: &'static str,
+}
+
+impl PubsubStore {
+    pub(crate) fn new(storage: &Storage, name: &'static str) -> PubsubStore {
+        PubsubStore {
+            storage: storage.clone(),
+            name,
+        }
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The backend's pubsub store.
+    pub fn get(&self) -> &dyn canto_storage::PubsubStore {
+        &*self.storage.pubsub
+    }
+}
 
 impl KvStore {
     pub(crate) fn new(storage: &Storage, name: &'static str) -> KvStore {

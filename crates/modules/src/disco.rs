@@ -265,19 +265,34 @@ impl IqHandler for AccountInfo {
         if !may_see_presence(&req).await {
             return Err(StanzaError::new(Condition::ServiceUnavailable));
         }
-        // XEP-0030 §3.2 / §7: the account has no info nodes.
-        if node(req.payload).is_some() {
+        let account = req.to.to_bare();
+        let modules = req.server.modules();
+        // XEP-0030 §3.2: a node is a module's (PEP nodes, XEP-0163 §6); one nobody has is
+        // `item-not-found` (§7).
+        if let Some(n) = node(req.payload) {
+            for disco in modules.account_disco() {
+                if let Some(answer) = disco.node_info(req.server, req.from, &account, n).await {
+                    let mut query = Element::new("query", ns::DISCO_INFO).with_attr("node", n);
+                    for child in answer? {
+                        query.push_child(child);
+                    }
+                    return Ok(Some(query));
+                }
+            }
             return Err(StanzaError::new(Condition::ItemNotFound));
         }
         // XEP-0030 §3.1: the primary identity of a bare JID is category `account`, here type
-        // `registered` (disco categories registry); features: the disco protocols the server
-        // answers for it.
-        // Modules add account features (e.g. XEP-0313 §7: the archive is the account's).
+        // `registered` (disco categories registry); modules add theirs (XEP-0163 §6.1:
+        // `pubsub/pep`); features: the disco protocols the server answers for it, and the
+        // modules' account features (e.g. XEP-0313 §7: the archive is the account's).
         let mut query = Element::new("query", ns::DISCO_INFO)
-            .with_child(identity_element("account", "registered", None))
-            .with_child(feature_element(ns::DISCO_INFO))
-            .with_child(feature_element(ns::DISCO_ITEMS));
-        for var in req.server.modules().account_features() {
+            .with_child(identity_element("account", "registered", None));
+        for id in modules.account_identities() {
+            query.push_child(identity_element(id.category, id.kind, None));
+        }
+        query.push_child(feature_element(ns::DISCO_INFO));
+        query.push_child(feature_element(ns::DISCO_ITEMS));
+        for var in modules.account_features() {
             query.push_child(feature_element(var));
         }
         Ok(Some(query))
@@ -312,18 +327,35 @@ impl IqHandler for AccountItems {
     async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
         expect_payload(&req, "query")?;
         // XEP-0030 §8 rule 2: to a requester not authorized to receive the account's presence
-        // (until rosters: anyone but the account itself) the server MUST return an empty result
-        // set, whatever the node and whether or not the account exists.
-        if !from_owner(&req) {
+        // the server MUST return an empty result set, whatever the node and whether or not the
+        // account exists.
+        if !may_see_presence(&req).await {
             return Ok(Some(Element::new("query", ns::DISCO_ITEMS)));
         }
-        // XEP-0030 §4.2 / §7: the account has no items nodes.
-        if node(req.payload).is_some() {
+        let account = req.to.to_bare();
+        let modules = req.server.modules();
+        // XEP-0030 §4.2: an items node is a module's; one nobody has is `item-not-found` (§7).
+        if let Some(n) = node(req.payload) {
+            for disco in modules.account_disco() {
+                if let Some(answer) = disco.node_items(req.server, req.from, &account, n).await {
+                    let mut query = Element::new("query", ns::DISCO_ITEMS).with_attr("node", n);
+                    for child in answer? {
+                        query.push_child(child);
+                    }
+                    return Ok(Some(query));
+                }
+            }
             return Err(StanzaError::new(Condition::ItemNotFound));
         }
-        // XEP-0030 §4.1: no items are published for accounts yet (available resources would
-        // be listed here); an empty <query/>.
-        Ok(Some(Element::new("query", ns::DISCO_ITEMS)))
+        // XEP-0030 §4.1: what modules list for the account (XEP-0163 §6.2: its PEP nodes),
+        // possibly nothing: an empty <query/>.
+        let mut query = Element::new("query", ns::DISCO_ITEMS);
+        for disco in modules.account_disco() {
+            for item in disco.items(req.server, req.from, &account).await {
+                query.push_child(item);
+            }
+        }
+        Ok(Some(query))
     }
 }
 

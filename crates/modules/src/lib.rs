@@ -16,6 +16,7 @@ pub mod last;
 pub mod mam;
 pub mod ping;
 pub mod private;
+pub mod pubsub;
 pub mod register;
 pub mod roster;
 pub mod smacks;
@@ -39,6 +40,8 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(blocking::Blocking),
         Arc::new(carbons::Carbons),
         Arc::new(mam::Mam),
+        Arc::new(pubsub::pep::Pep),
+        Arc::new(pubsub::service::Pubsub),
         Arc::new(last::Last),
         Arc::new(extdisco::ExtDisco),
         Arc::new(register::Register),

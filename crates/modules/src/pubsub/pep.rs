@@ -1,0 +1,900 @@
+//! `pep`: Personal Eventing Protocol (XEP-0163, Prosody's mod_pep): a pubsub service on every
+//! account's bare JID, run by the engine with PEP's defaults (presence access, one item, the
+//! last item on presence), notifications to the owner's and contacts' resources that asked
+//! for the node with `+notify` in their entity capabilities (XEP-0115), and to explicit
+//! subscribers; private nodes (XEP-0223) are whitelist nodes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use canto_core::module::{
+    AccountDisco, Addressed, Direction, HookPoint, ModuleConfig, Section, SectionInfo,
+    SessionEvent, SessionHook, SubscriptionHook,
+};
+use canto_core::roster::RosterItem;
+use canto_core::{
+    Hooked, Identity, IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Origin, Server, Spec,
+    StanzaEvent, StanzaHook,
+};
+use canto_stanza::{
+    BareJid, Condition, FullJid, IqType, Jid, StanzaError, StanzaKind, ns, parse_jid,
+};
+use canto_storage::{ItemQuery, PubsubSubscription};
+use canto_xml::Element;
+use serde::{Deserialize, Serialize};
+
+use super::caps::{Answers, Caps, CapsCache};
+use super::config::{AccessModel, NodeConfig, SendLast};
+use super::engine::{Affiliation, Ctx, Engine, Event, ServerEnv, delivers, item_element};
+use super::{Limits, NS_EVENT, NS_OWNER, NS_PUBSUB, event_child, event_message, meta_data, request};
+
+/// The module.
+pub struct Pep;
+
+const SPECS: &[Spec] = &[
+    Spec {
+        id: "XEP-0163",
+        version: "1.2.2",
+        title: "Personal Eventing Protocol",
+    },
+    Spec {
+        id: "XEP-0223",
+        version: "1.1.1",
+        title: "Persistent Storage of Private Data via PubSub",
+    },
+    Spec {
+        id: "XEP-0172",
+        version: "1.1",
+        title: "User Nickname",
+    },
+    Spec {
+        id: "XEP-0384",
+        version: "0.8.3",
+        title: "OMEMO Encryption (PEP storage of device lists and bundles)",
+    },
+];
+
+/// `[pep]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepConfig {
+    /// Nodes per account.
+    pub max_nodes: usize,
+    /// The largest `pubsub#max_items` (`max` means this).
+    pub max_items: u64,
+    /// Largest item payload, bytes serialized.
+    pub max_item_bytes: usize,
+    /// Explicit subscriptions per node.
+    pub max_subscriptions: usize,
+    /// Longest node name and item id, bytes.
+    pub max_id_bytes: usize,
+    /// Entity capabilities hashes remembered (XEP-0115), most recent kept.
+    pub caps_cache_size: usize,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        let l = Limits::pep();
+        PepConfig {
+            max_nodes: l.max_nodes,
+            max_items: l.max_items,
+            max_item_bytes: l.max_item_bytes,
+            max_subscriptions: l.max_subscriptions,
+            max_id_bytes: l.max_id_bytes,
+            caps_cache_size: 10_000,
+        }
+    }
+}
+
+impl PepConfig {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_nodes: self.max_nodes,
+            max_items: self.max_items,
+            max_item_bytes: self.max_item_bytes,
+            max_subscriptions: self.max_subscriptions,
+            max_id_bytes: self.max_id_bytes,
+        }
+    }
+}
+
+impl ModuleConfig for PepConfig {
+    const SECTION: &'static str = "pep";
+    const DOCS: &'static [(&'static str, &'static str)] = &[
+        (
+            "",
+            "Personal eventing (XEP-0163), module pep: a pubsub service on every account\n(OMEMO keys, avatars, bookmarks, nicknames).",
+        ),
+        (
+            "max_nodes",
+            "Nodes per account; creating one more is not-allowed (max-nodes-exceeded).",
+        ),
+        (
+            "max_items",
+            "The largest pubsub#max_items a node may be configured with (\"max\" means this).",
+        ),
+        (
+            "max_item_bytes",
+            "Largest item payload in bytes; larger is not-acceptable (payload-too-big).",
+        ),
+        (
+            "max_subscriptions",
+            "Explicit subscriptions per node; beyond, not-allowed (too-many-subscriptions).",
+        ),
+        (
+            "max_id_bytes",
+            "Longest node name or item id in bytes; longer is not-acceptable.",
+        ),
+        (
+            "caps_cache_size",
+            "Client capability hashes (XEP-0115) remembered for +notify filtering.",
+        ),
+    ];
+
+    fn validate(&self) -> Result<(), String> {
+        if self.caps_cache_size == 0 {
+            return Err("caps_cache_size must be positive".into());
+        }
+        self.limits().validate()
+    }
+}
+
+/// Which nodes each available resource asked for with `+notify` (XEP-0163 §4.3.3), in memory.
+#[derive(Default)]
+pub struct Interest {
+    by_jid: RwLock<HashMap<FullJid, Arc<HashSet<String>>>>,
+}
+
+impl Interest {
+    /// Whether `jid` wants notifications of `node`.
+    pub fn wants(&self, jid: &FullJid, node: &str) -> bool {
+        self.by_jid
+            .read()
+            .ok()
+            .and_then(|m| m.get(jid).map(|s| s.contains(node)))
+            .unwrap_or(false)
+    }
+
+    fn set(&self, jid: &FullJid, nodes: Arc<HashSet<String>>) -> Arc<HashSet<String>> {
+        self.by_jid
+            .write()
+            .ok()
+            .and_then(|mut m| m.insert(jid.clone(), nodes))
+            .unwrap_or_default()
+    }
+
+    fn forget(&self, jid: &FullJid) {
+        if let Ok(mut m) = self.by_jid.write() {
+            m.remove(jid);
+        }
+    }
+
+    /// Resources tracked (tests, metrics).
+    pub fn len(&self) -> usize {
+        self.by_jid.read().map_or(0, |m| m.len())
+    }
+
+    /// Whether none is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything the module's hooks share.
+pub struct PepState {
+    engine: Engine,
+    config: Section<PepConfig>,
+    interest: Interest,
+    caps: Arc<CapsCache>,
+    defaults: NodeConfig,
+}
+
+impl Module for Pep {
+    fn name(&self) -> &'static str {
+        "pep"
+    }
+
+    fn specs(&self) -> &'static [Spec] {
+        SPECS
+    }
+
+    fn config_sections(&self) -> Vec<SectionInfo> {
+        vec![PepConfig::info()]
+    }
+
+    fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
+        let config = ctx.section::<PepConfig>()?;
+        let caps = Arc::new(CapsCache::new(config.get().caps_cache_size));
+        let state = Arc::new(PepState {
+            engine: Engine::new(ctx.open_pubsub("pep")?),
+            config,
+            interest: Interest::default(),
+            caps: caps.clone(),
+            defaults: NodeConfig::pep(),
+        });
+        // XEP-0163 §6.1: an account is a PEP service: identity pubsub/pep, the pubsub
+        // features (§9 of XEP-0060) on the account's disco#info.
+        ctx.add_account_identity(Identity {
+            category: "pubsub",
+            kind: "pep",
+            name: String::new(),
+        });
+        ctx.add_account_feature(NS_PUBSUB);
+        for f in super::FEATURES {
+            if *f != "access-authorize" {
+                ctx.add_account_feature(&format!("{NS_PUBSUB}#{f}"));
+            }
+        }
+        for (kind, namespace) in [
+            (IqType::Get, NS_PUBSUB),
+            (IqType::Set, NS_PUBSUB),
+            (IqType::Get, NS_OWNER),
+            (IqType::Set, NS_OWNER),
+        ] {
+            ctx.hook_iq(IqTarget::Account, kind, namespace, state.clone())?;
+        }
+        ctx.hook_stanza(
+            HookPoint {
+                kind: StanzaKind::Presence,
+                to: Addressed::Bare,
+                direction: Direction::Out,
+            },
+            0,
+            Arc::new(PresenceWatch(state.clone())),
+        );
+        // Clients answer the caps queries to the host.
+        ctx.hook_stanza(
+            HookPoint {
+                kind: StanzaKind::Iq,
+                to: Addressed::Host,
+                direction: Direction::In,
+            },
+            100,
+            Arc::new(Answers(caps)),
+        );
+        ctx.hook_session(0, Arc::new(Forget(state.clone())));
+        ctx.hook_subscription(Arc::new(NewSubscriber(state.clone())));
+        ctx.add_account_disco(Arc::new(PepDisco(state.clone())));
+        // Bookmarks and avatar conversion publish through it.
+        ctx.provide(state);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl IqHandler for PepState {
+    async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        let owner = req.to.to_bare();
+        if owner.node().is_none() {
+            return Err(StanzaError::new(Condition::ServiceUnavailable));
+        }
+        let limits = self.config.get().limits().engine();
+        let set = IqType::of(req.stanza) == Some(IqType::Set);
+        let parsed = request::parse(set, req.payload, limits.parse)?;
+        let is_owner = req.from.to_bare() == owner;
+        let env = ServerEnv(req.server);
+        let service = owner.to_string();
+        let ctx = Ctx {
+            env: &env,
+            service: &service,
+            pep_owner: Some(&owner),
+            from: req.from,
+            admin: is_owner,
+            may_create: is_owner,
+            limits,
+            defaults: &self.defaults,
+        };
+        let outcome = self.engine.handle(&ctx, parsed).await?;
+        // Notifications go out before the result, as Prosody's do.
+        for ev in outcome.events {
+            self.notify(req.server, &owner, ev).await;
+        }
+        Ok(outcome.reply)
+    }
+}
+
+/// Whether a contact, by the owner's roster item for it and its affiliation, may see a node
+/// (XEP-0060 §4.5 as PEP applies it: presence and roster follow the owner's roster).
+fn contact_allowed(config: &NodeConfig, item: Option<&RosterItem>, aff: Affiliation) -> bool {
+    match aff {
+        Affiliation::Owner | Affiliation::Publisher | Affiliation::Member => return true,
+        Affiliation::Outcast => return false,
+        _ => {}
+    }
+    match config.access_model {
+        AccessModel::Open => true,
+        AccessModel::Presence => item.is_some_and(|i| i.subscription.has_from()),
+        AccessModel::Roster => item.is_some_and(|i| {
+            i.groups
+                .iter()
+                .any(|g| config.roster_groups_allowed.contains(g))
+        }),
+        AccessModel::Whitelist | AccessModel::Authorize => false,
+    }
+}
+
+impl PepState {
+    fn affiliations_of(list: &[(String, String, String)]) -> HashMap<String, Affiliation> {
+        list.iter()
+            .filter_map(|(_, j, a)| Affiliation::parse(a).map(|a| (j.clone(), a)))
+            .collect()
+    }
+
+    /// Sends an event of `owner`'s node to everyone entitled: the owner's and contacts'
+    /// resources interested in the node (`+notify`), and explicit subscribers; never to
+    /// anyone blocked either way (XEP-0191).
+    async fn notify(&self, server: &Arc<Server>, owner: &BareJid, ev: Event) {
+        if let Event::Subscribed {
+            node,
+            config,
+            jid,
+            state,
+            ..
+        } = &ev
+        {
+            // XEP-0060 §6.1.7: the last item to a new subscriber.
+            if state == "subscribed" && config.send_last_published_item != SendLast::Never {
+                self.send_last_to(server, owner, node, config, &jid_targets(server, jid))
+                    .await;
+            }
+            return;
+        }
+        let Some((node, child)) = event_child(&ev) else {
+            return;
+        };
+        let (config, explicit) = match &ev {
+            Event::Deleted {
+                config,
+                subscribers,
+                ..
+            } => (config.clone(), subscribers.clone()),
+            Event::Published { config, .. }
+            | Event::Retracted { config, .. }
+            | Event::Purged { config, .. }
+            | Event::Configured { config, .. } => (
+                config.clone(),
+                self.engine
+                    .store()
+                    .subscriptions(&owner.to_string(), Some(&node), None)
+                    .await
+                    .unwrap_or_default(),
+            ),
+            Event::Subscribed { .. } => return,
+        };
+        let targets = self
+            .recipients(server, owner, &node, &config, &explicit)
+            .await;
+        let from = owner.to_string();
+        for to in targets {
+            // XEP-0163 §4.3: headline notifications from the account's bare JID.
+            let msg = event_message(&from, &to.to_string(), "headline", child.clone());
+            server.deliver_to_session(&to, Arc::new(msg));
+        }
+    }
+
+    /// The local resources a notification of `node` goes to.
+    async fn recipients(
+        &self,
+        server: &Arc<Server>,
+        owner: &BareJid,
+        node: &str,
+        config: &NodeConfig,
+        explicit: &[PubsubSubscription],
+    ) -> Vec<FullJid> {
+        let service = owner.to_string();
+        let affs = if config.access_model == AccessModel::Whitelist || !explicit.is_empty() {
+            Self::affiliations_of(
+                &self
+                    .engine
+                    .store()
+                    .affiliations(&service, Some(node), None)
+                    .await
+                    .unwrap_or_default(),
+            )
+        } else {
+            HashMap::new()
+        };
+        let aff_of = |b: &BareJid| {
+            affs.get(&b.to_string())
+                .copied()
+                .unwrap_or(Affiliation::None)
+        };
+        let mut out: Vec<FullJid> = Vec::new();
+        let mut seen: HashSet<FullJid> = HashSet::new();
+        // The owner's own interested resources.
+        for (full, _) in server.available_resources(owner) {
+            if self.interest.wants(&full, node) && seen.insert(full.clone()) {
+                out.push(full);
+            }
+        }
+        // Contacts allowed to see the owner's presence (XEP-0163 §4.3.2: implicit
+        // subscriptions follow the roster), their interested resources.
+        let roster = server.roster(owner).await;
+        for (contact, item) in roster.iter() {
+            if !item.subscription.has_from()
+                || !server.serves(contact.domain().as_str())
+                || !contact_allowed(config, Some(item), aff_of(contact))
+            {
+                continue;
+            }
+            for (full, _) in server.available_resources(contact) {
+                if self.interest.wants(&full, node) && seen.insert(full.clone()) {
+                    out.push(full);
+                }
+            }
+        }
+        // Explicit subscribers (XEP-0060 §6.1), still entitled.
+        for sub in explicit.iter().filter(|s| delivers(s)) {
+            let Ok(jid) = parse_jid(&sub.jid) else {
+                continue;
+            };
+            let bare = jid.to_bare();
+            if bare != *owner && !contact_allowed(config, roster.get(&bare), aff_of(&bare)) {
+                continue;
+            }
+            for full in jid_targets(server, &jid) {
+                if seen.insert(full.clone()) {
+                    out.push(full);
+                }
+            }
+        }
+        // XEP-0191: nothing to or from a blocked entity.
+        let owner_jid = Jid::from(owner.clone());
+        let mut allowed = Vec::with_capacity(out.len());
+        for full in out {
+            let bare = full.to_bare();
+            if bare != *owner
+                && (server.blocks(owner, &Jid::from(full.clone())).await
+                    || server.blocks(&bare, &owner_jid).await)
+            {
+                continue;
+            }
+            allowed.push(full);
+        }
+        allowed
+    }
+
+    /// The newest item of `owner`'s `node` to each of `targets` (XEP-0060 §6.1.7, XEP-0163
+    /// §4.3.1), if the node has one.
+    async fn send_last_to(
+        &self,
+        server: &Arc<Server>,
+        owner: &BareJid,
+        node: &str,
+        config: &NodeConfig,
+        targets: &[FullJid],
+    ) {
+        if targets.is_empty() || !config.persist_items {
+            return;
+        }
+        let service = owner.to_string();
+        let Ok(items) = self
+            .engine
+            .store()
+            .items(
+                &service,
+                node,
+                &ItemQuery {
+                    limit: Some(1),
+                    ..ItemQuery::default()
+                },
+            )
+            .await
+        else {
+            return;
+        };
+        let Some(item) = items.first() else {
+            return;
+        };
+        let item_el = item_element(
+            NS_EVENT,
+            item,
+            config,
+            Some(&service),
+            config.deliver_payloads,
+        );
+        let child = Element::new("items", NS_EVENT)
+            .with_attr("node", node)
+            .with_child(item_el);
+        let owner_jid = Jid::from(owner.clone());
+        for to in targets {
+            let bare = to.to_bare();
+            if bare != *owner
+                && (server.blocks(owner, &Jid::from(to.clone())).await
+                    || server.blocks(&bare, &owner_jid).await)
+            {
+                continue;
+            }
+            let msg = event_message(&service, &to.to_string(), "headline", child.clone());
+            server.deliver_to_session(to, Arc::new(msg));
+        }
+    }
+
+    /// A resource's interest changed to `nodes`: it gets the last item of each node it newly
+    /// asked for, from its own account and from every contact whose presence it may see
+    /// (XEP-0163 §4.3.1, `on_sub_and_presence`).
+    async fn interest_changed(&self, server: &Arc<Server>, full: &FullJid, new: &HashSet<String>) {
+        if new.is_empty() {
+            return;
+        }
+        let user = full.to_bare();
+        let mut services = vec![(user.clone(), None)];
+        let roster = server.roster(&user).await;
+        for (contact, item) in roster.iter() {
+            if item.subscription.has_to() && server.serves(contact.domain().as_str()) {
+                services.push((contact.clone(), Some(())));
+            }
+        }
+        for (owner, is_contact) in services {
+            let Ok(nodes) = self.engine.store().nodes(&owner.to_string()).await else {
+                continue;
+            };
+            let mut entitlement: Option<(Option<RosterItem>, HashMap<String, Affiliation>)> =
+                None;
+            for (node, raw) in nodes {
+                if !new.contains(&node) {
+                    continue;
+                }
+                let config =
+                    NodeConfig::decode(&raw, &self.defaults).unwrap_or_else(|| self.defaults.clone());
+                if config.send_last_published_item != SendLast::OnSubAndPresence {
+                    continue;
+                }
+                if is_contact.is_some() {
+                    if entitlement.is_none() {
+                        let item = server.roster(&owner).await.get(&user).cloned();
+                        let affs = Self::affiliations_of(
+                            &self
+                                .engine
+                                .store()
+                                .affiliations(&owner.to_string(), None, Some(&user.to_string()))
+                                .await
+                                .unwrap_or_default(),
+                        );
+                        entitlement = Some((item, affs));
+                    }
+                    let Some((item, affs)) = &entitlement else {
+                        continue;
+                    };
+                    let aff = affs
+                        .get(&user.to_string())
+                        .copied()
+                        .unwrap_or(Affiliation::None);
+                    if !item.as_ref().is_some_and(|i| i.subscription.has_from())
+                        || !contact_allowed(&config, item.as_ref(), aff)
+                    {
+                        continue;
+                    }
+                }
+                self.send_last_to(server, &owner, &node, &config, std::slice::from_ref(full))
+                    .await;
+            }
+        }
+    }
+}
+
+/// The local resources a JID stands for: itself if it is a bound full JID; for a bare JID,
+/// its available resources of non-negative priority (RFC 6121 §8.5.2.1.1 for headlines).
+fn jid_targets(server: &Arc<Server>, jid: &Jid) -> Vec<FullJid> {
+    if !server.serves(jid.domain().as_str()) {
+        return Vec::new();
+    }
+    match jid.clone().try_into_full() {
+        Ok(full) => server
+            .available_resources(&full.to_bare())
+            .into_iter()
+            .filter(|(f, _)| *f == full)
+            .map(|(f, _)| f)
+            .collect(),
+        Err(bare) => server
+            .available_resources(&bare)
+            .into_iter()
+            .filter(|(_, p)| *p >= 0)
+            .map(|(f, _)| f)
+            .collect(),
+    }
+}
+
+/// Watches the user's broadcast presence: its caps decide the resource's `+notify` interest.
+struct PresenceWatch(Arc<PepState>);
+
+#[async_trait]
+impl StanzaHook for PresenceWatch {
+    async fn on_stanza(&self, ev: StanzaEvent<'_>) -> Hooked {
+        let Origin::Session(session) = ev.origin else {
+            return Hooked::Pass;
+        };
+        // Broadcast presence only (no `to`); directed presence says nothing of interest.
+        if ev.stanza.attr("to").is_some() {
+            return Hooked::Pass;
+        }
+        let full = session.jid().clone();
+        match ev.stanza.attr("type") {
+            None => {
+                let caps = Caps::of(ev.stanza);
+                let state = self.0.clone();
+                let server = ev.server.clone();
+                tokio::spawn(async move {
+                    // XEP-0163 §4.3.3: presence without caps means no interest (as Prosody).
+                    let features = match &caps {
+                        Some(c) => state.caps.resolve(&server, &full, c).await,
+                        None => Arc::default(),
+                    };
+                    let nodes: HashSet<String> = features
+                        .iter()
+                        .filter_map(|f| f.strip_suffix("+notify").map(str::to_string))
+                        .collect();
+                    // The session may have gone while the caps were fetched.
+                    if !server
+                        .available_resources(&full.to_bare())
+                        .iter()
+                        .any(|(f, _)| *f == full)
+                    {
+                        state.interest.forget(&full);
+                        return;
+                    }
+                    let old = state.interest.set(&full, Arc::new(nodes.clone()));
+                    let new: HashSet<String> = nodes.difference(&old).cloned().collect();
+                    state.interest_changed(&server, &full, &new).await;
+                });
+            }
+            Some("unavailable") => self.0.interest.forget(&full),
+            _ => {}
+        }
+        Hooked::Pass
+    }
+}
+
+/// Forgets a resource's interest when it stops being available.
+struct Forget(Arc<PepState>);
+
+#[async_trait]
+impl SessionHook for Forget {
+    async fn on_session(&self, _server: &Arc<Server>, session: &FullJid, event: SessionEvent<'_>) {
+        if matches!(
+            event,
+            SessionEvent::Unavailable { .. } | SessionEvent::Destroyed
+        ) {
+            self.0.interest.forget(session);
+        }
+    }
+}
+
+/// A new presence subscriber gets the last items its resources are interested in (XEP-0163
+/// §4.3.1).
+struct NewSubscriber(Arc<PepState>);
+
+#[async_trait]
+impl SubscriptionHook for NewSubscriber {
+    async fn subscribed(&self, server: &Arc<Server>, user: &BareJid, contact: &BareJid) {
+        let state = &self.0;
+        let Ok(nodes) = state.engine.store().nodes(&user.to_string()).await else {
+            return;
+        };
+        if nodes.is_empty() {
+            return;
+        }
+        let roster = server.roster(user).await;
+        let item = roster.get(contact);
+        let affs = PepState::affiliations_of(
+            &state
+                .engine
+                .store()
+                .affiliations(&user.to_string(), None, Some(&contact.to_string()))
+                .await
+                .unwrap_or_default(),
+        );
+        let aff = affs
+            .get(&contact.to_string())
+            .copied()
+            .unwrap_or(Affiliation::None);
+        let resources: Vec<FullJid> = server
+            .available_resources(contact)
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        for (node, raw) in nodes {
+            let config =
+                NodeConfig::decode(&raw, &state.defaults).unwrap_or_else(|| state.defaults.clone());
+            if config.send_last_published_item == SendLast::Never
+                || !contact_allowed(&config, item, aff)
+            {
+                continue;
+            }
+            let targets: Vec<FullJid> = resources
+                .iter()
+                .filter(|f| state.interest.wants(f, &node))
+                .cloned()
+                .collect();
+            state
+                .send_last_to(server, user, &node, &config, &targets)
+                .await;
+        }
+    }
+}
+
+/// XEP-0163 §6.2 / XEP-0030 on an account: its nodes as disco items, a node's meta-data.
+struct PepDisco(Arc<PepState>);
+
+impl PepDisco {
+    /// A node's configuration if `from` may see it (hidden otherwise: XEP-0223 private data
+    /// does not show).
+    async fn visible(
+        &self,
+        server: &Arc<Server>,
+        from: &Jid,
+        account: &BareJid,
+        node: &str,
+    ) -> Option<NodeConfig> {
+        let state = &self.0;
+        let config = state
+            .engine
+            .config(&account.to_string(), node, &state.defaults)
+            .await
+            .ok()??;
+        let who = from.to_bare();
+        if who == *account {
+            return Some(config);
+        }
+        let item = server.roster(account).await.get(&who).cloned();
+        let affs = PepState::affiliations_of(
+            &state
+                .engine
+                .store()
+                .affiliations(&account.to_string(), Some(node), Some(&who.to_string()))
+                .await
+                .unwrap_or_default(),
+        );
+        let aff = affs
+            .get(&who.to_string())
+            .copied()
+            .unwrap_or(Affiliation::None);
+        contact_allowed(&config, item.as_ref(), aff).then_some(config)
+    }
+}
+
+#[async_trait]
+impl AccountDisco for PepDisco {
+    async fn items(&self, server: &Arc<Server>, from: &Jid, account: &BareJid) -> Vec<Element> {
+        let Ok(nodes) = self.0.engine.store().nodes(&account.to_string()).await else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (node, _) in nodes {
+            if let Some(config) = self.visible(server, from, account, &node).await {
+                let mut item = Element::new("item", ns::DISCO_ITEMS)
+                    .with_attr("jid", account.to_string())
+                    .with_attr("node", &node);
+                if !config.title.is_empty() {
+                    item.set_attr("name", &config.title);
+                }
+                out.push(item);
+            }
+        }
+        out
+    }
+
+    async fn node_info(
+        &self,
+        server: &Arc<Server>,
+        from: &Jid,
+        account: &BareJid,
+        node: &str,
+    ) -> Option<Result<Vec<Element>, StanzaError>> {
+        let Some(config) = self.visible(server, from, account, node).await else {
+            return Some(Err(StanzaError::new(Condition::ItemNotFound)));
+        };
+        // XEP-0060 §5.3, §5.4: a leaf node, and its meta-data.
+        Some(Ok(vec![
+            Element::new("identity", ns::DISCO_INFO)
+                .with_attr("category", "pubsub")
+                .with_attr("type", "leaf"),
+            Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
+            meta_data(&config, &[account.to_string()]),
+        ]))
+    }
+
+    async fn node_items(
+        &self,
+        server: &Arc<Server>,
+        from: &Jid,
+        account: &BareJid,
+        node: &str,
+    ) -> Option<Result<Vec<Element>, StanzaError>> {
+        if self.visible(server, from, account, node).await.is_none() {
+            return Some(Err(StanzaError::new(Condition::ItemNotFound)));
+        }
+        let items = self
+            .0
+            .engine
+            .store()
+            .items(&account.to_string(), node, &ItemQuery::default())
+            .await
+            .unwrap_or_default();
+        // XEP-0060 §5.5: one item per published item, named by its id.
+        Some(Ok(items
+            .iter()
+            .map(|i| {
+                Element::new("item", ns::DISCO_ITEMS)
+                    .with_attr("jid", account.to_string())
+                    .with_attr("name", &i.id)
+            })
+            .collect()))
+    }
+}
+
+/// Publishes on an account's behalf (bookmarks, avatars converted from vCards): the module
+/// calling it owns the data it converts. Creates the node with `config` when it is missing.
+pub async fn publish_as_owner(
+    state: &PepState,
+    server: &Arc<Server>,
+    owner: &BareJid,
+    node: &str,
+    id: &str,
+    payload: Element,
+    fields: &[(String, Vec<String>)],
+) -> Result<(), StanzaError> {
+    let limits = state.config.get().limits().engine();
+    let env = ServerEnv(server);
+    let service = owner.to_string();
+    let from = Jid::from(owner.clone());
+    let ctx = Ctx {
+        env: &env,
+        service: &service,
+        pep_owner: Some(owner),
+        from: &from,
+        admin: true,
+        may_create: true,
+        limits,
+        defaults: &state.defaults,
+    };
+    if state.engine.config(&service, node, &state.defaults).await?.is_none() {
+        let mut config = state.defaults.clone();
+        config.apply(fields, limits.max_items)?;
+        state
+            .engine
+            .store()
+            .create_node(&service, node, &config.encode(), Some(limits.max_nodes))
+            .await
+            .map_err(super::engine::storage_error)?;
+    }
+    let outcome = state
+        .engine
+        .handle(
+            &ctx,
+            request::Request::Publish {
+                node: node.to_string(),
+                item: Some(request::PublishItem {
+                    id: Some(id.to_string()),
+                    payload: Some(payload),
+                }),
+                options: None,
+            },
+        )
+        .await?;
+    for ev in outcome.events {
+        state.notify(server, owner, ev).await;
+    }
+    Ok(())
+}
+
+/// The newest item's payload of an account's node, if any (for conversions).
+pub async fn latest(state: &PepState, owner: &BareJid, node: &str) -> Option<(String, Element)> {
+    let items = state
+        .engine
+        .store()
+        .items(
+            &owner.to_string(),
+            node,
+            &ItemQuery {
+                limit: Some(1),
+                ..ItemQuery::default()
+            },
+        )
+        .await
+        .ok()?;
+    let item = items.into_iter().next()?;
+    let payload = canto_core::roster::decode_element(&item.payload)?;
+    Some((item.id, payload))
+}

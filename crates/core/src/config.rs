@@ -512,6 +512,9 @@ impl Default for Config {
                 // XEP-0163 and XEP-0060: OMEMO keys, avatars and bookmarks live in PEP.
                 "pep".into(),
                 "pubsub".into(),
+                // XEP-0402 with XEP-0048 conversion (Conversations, Gajim, Dino and Monal sync
+                // group-chat bookmarks through it).
+                "bookmarks".into(),
                 "last".into(),
                 "smacks".into(),
                 "csi".into(),
@@ -1023,7 +1026,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ("hosts", "Virtual hosts served."),
     (
         "modules",
-        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, mam (XEP-0313 archiving), pep (XEP-0163), pubsub (XEP-0060\nservices), last, smacks (XEP-0198), csi (XEP-0352), extdisco, register (off by default).",
+        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, mam (XEP-0313 archiving), pep (XEP-0163), pubsub (XEP-0060\nservices), bookmarks (XEP-0402), last, smacks (XEP-0198), csi (XEP-0352),\nextdisco, register (off by default).",
     ),
     (
         "admin_socket",

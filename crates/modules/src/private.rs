@@ -37,8 +37,11 @@ impl Module for Private {
 
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         ctx.add_feature(NS);
+        let store = ctx.open_map(STORE)?;
+        // Bookmarks (XEP-0402 §4) move old clients' XEP-0048 storage out of here.
+        ctx.provide(Arc::new(PrivateData(store.clone())));
         let iq = Arc::new(PrivateIq {
-            store: ctx.open_map(STORE)?,
+            store,
             config: ctx.section::<PrivateConfig>()?,
         });
         ctx.hook_iq(IqTarget::Account, IqType::Get, NS, iq.clone())?;
@@ -95,7 +98,44 @@ fn reserved(ns: &str) -> bool {
 }
 
 fn key(el: &Element) -> String {
-    format!("{} {}", el.ns(), el.name())
+    key_of(el.name(), el.ns())
+}
+
+fn key_of(name: &str, ns: &str) -> String {
+    format!("{ns} {name}")
+}
+
+/// What other modules may do with private storage: read and remove one fragment of an
+/// account (bookmarks converts XEP-0048 storage to XEP-0402).
+pub struct PrivateData(MapStore);
+
+impl PrivateData {
+    /// The stored fragment `<name xmlns=ns/>` of `user`, if any.
+    pub async fn get(&self, user: &canto_stanza::BareJid, name: &str, ns: &str) -> Option<Element> {
+        let node = user.node()?;
+        self.0
+            .get(user.domain().as_str(), node.as_str(), &key_of(name, ns))
+            .await
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(canto_core::roster::decode_element)
+    }
+
+    /// Removes that fragment.
+    pub async fn remove(&self, user: &canto_stanza::BareJid, name: &str, ns: &str) {
+        if let Some(node) = user.node() {
+            let _ = self
+                .0
+                .set(
+                    user.domain().as_str(),
+                    node.as_str(),
+                    &key_of(name, ns),
+                    None,
+                )
+                .await;
+        }
+    }
 }
 
 struct PrivateIq {

@@ -1,18 +1,18 @@
 //! `vcard`: XEP-0054 vcard-temp (Prosody's `mod_vcard`), one vCard per account in the
 //! key-value store `vcard`.
 //!
-//! Avatars: XEP-0153 needs nothing from the server beyond storing the vCard (clients put the
-//! photo hash in their presence). XEP-0398 (vCard ↔ PEP avatar conversion) hooks in here once
-//! PEP exists: `stored()` is the seam it will read from and `store()` the one it will call. The size limit
-//! is the module's own section `[vcard]`.
+//! With module `pep` loaded the vCard is kept in step with PEP (`vcard_pep.rs`): XEP-0398
+//! converts between the PHOTO and the XEP-0084 avatar and puts the XEP-0153 hash in presence;
+//! XEP-0292 keeps the vCard4 node `urn:xmpp:vcard4` and vcard-temp saying the same. The size
+//! limit is the module's own section `[vcard]`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use canto_core::module::{ModuleConfig, Section, SectionInfo};
+use canto_core::module::{Addressed, Direction, HookPoint, ModuleConfig, Section, SectionInfo};
 use canto_core::stores::KvStore;
 use canto_core::{IqHandler, IqRequest, IqTarget, Module, ModuleCtx, Spec};
-use canto_stanza::{BareJid, Condition, IqType, StanzaError};
+use canto_stanza::{BareJid, Condition, IqType, StanzaError, StanzaKind};
 use canto_xml::Element;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,21 @@ const SPECS: &[Spec] = &[
         version: "1.1",
         title: "vCard-Based Avatars",
     },
+    Spec {
+        id: "XEP-0398",
+        version: "1.0.0",
+        title: "User Avatar to vCard-Based Avatars Conversion",
+    },
+    Spec {
+        id: "XEP-0084",
+        version: "1.1.4",
+        title: "User Avatar (converted to and from the vCard)",
+    },
+    Spec {
+        id: "XEP-0292",
+        version: "0.12.0",
+        title: "vCard4 Over XMPP (the PEP node, kept in step with vcard-temp)",
+    },
 ];
 
 impl Module for Vcard {
@@ -54,9 +69,41 @@ impl Module for Vcard {
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         // XEP-0054 §3: support is advertised as the `vcard-temp` feature.
         ctx.add_feature(NS);
+        let store = ctx.open_kv(STORE)?;
+        let config = ctx.section::<VcardConfig>()?;
+        let sync = match ctx.depend::<crate::pubsub::pep::PepState>("pep") {
+            Ok(pep) => {
+                let sync = Arc::new(crate::vcard_pep::Sync::new(
+                    pep.clone(),
+                    store.clone(),
+                    config.clone(),
+                ));
+                // XEP-0398 §2 and XEP-0292 §? on the account.
+                ctx.add_account_feature("urn:xmpp:pep-vcard-conversion:0");
+                ctx.add_account_feature(crate::vcard_pep::NS_VCARD4);
+                pep.listen(Arc::new(crate::vcard_pep::Follow(sync.clone())));
+                // XEP-0398 §4: broadcast and directed available presence alike.
+                for to in [Addressed::Bare, Addressed::Full, Addressed::Host] {
+                    ctx.hook_stanza(
+                        HookPoint {
+                            kind: StanzaKind::Presence,
+                            to,
+                            direction: Direction::Out,
+                        },
+                        5,
+                        Arc::new(crate::vcard_pep::InjectHash(sync.clone())),
+                    );
+                }
+                ctx.hook_session(0, Arc::new(crate::vcard_pep::Forget(sync.clone())));
+                Some(sync)
+            }
+            // Without PEP: vcard-temp alone.
+            Err(_) => None,
+        };
         let iq = Arc::new(VcardIq {
-            store: ctx.open_kv(STORE)?,
-            config: ctx.section::<VcardConfig>()?,
+            store,
+            config,
+            sync,
         });
         ctx.hook_iq(IqTarget::Account, IqType::Get, NS, iq.clone())?;
         ctx.hook_iq(IqTarget::Account, IqType::Set, NS, iq)?;
@@ -131,6 +178,7 @@ pub async fn store(
 struct VcardIq {
     store: KvStore,
     config: Section<VcardConfig>,
+    sync: Option<Arc<crate::vcard_pep::Sync>>,
 }
 
 #[async_trait]
@@ -151,6 +199,9 @@ impl IqHandler for VcardIq {
                 req.payload,
             )
             .await?;
+            if let Some(sync) = &self.sync {
+                sync.from_vcard_temp(req.server, &target, req.payload).await;
+            }
             return Ok(None);
         }
         // §3.1: the owner without a vCard gets an empty one.

@@ -101,13 +101,15 @@ async fn server_info_and_items_with_the_default_modules() {
     let r2 = ask(&mut a, &info_query(HOST2, None)).await;
     assert_eq!(features(&r2), f, "{r2}");
 
-    // §4.1: no items is an empty <query/>, not an error.
+    // §4.1: the host's items are its hosted services: by default the publish-subscribe
+    // service (module pubsub).
     let r = ask(&mut a, &items_query(HOST, None)).await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     let q = r
         .get_child("query", ns::DISCO_ITEMS)
         .unwrap_or_else(|| panic!("{r}"));
-    assert_eq!(q.children().count(), 0, "{r}");
+    let jids: Vec<&str> = q.children().filter_map(|i| i.attr("jid")).collect();
+    assert_eq!(jids, vec![format!("pubsub.{HOST}")], "{r}");
 
     // §7: a node the server does not have is item-not-found, for info and for items.
     for xml in [
@@ -218,9 +220,13 @@ async fn account_info_is_for_those_who_may_see_its_presence() {
     let r = ask(&mut b, &info_query("alice@localhost", None)).await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     assert_eq!(r.attr("from"), Some("alice@localhost"), "{r}");
+    // XEP-0163 §6.1: with module pep the account is also a PEP service.
     assert_eq!(
         identities(&r),
-        vec![("account".to_string(), "registered".to_string())]
+        vec![
+            ("account".to_string(), "registered".to_string()),
+            ("pubsub".to_string(), "pep".to_string())
+        ]
     );
     // The other direction is not authorized: bob's roster gives alice only `to`.
     let r = ask(&mut a, &info_query("bob@localhost", None)).await;

@@ -217,7 +217,12 @@ async fn a_service_domain_answers_iq_and_is_listed_on_its_host() {
                 .collect()
         })
         .unwrap_or_default();
-    assert_eq!(jids, vec![echo.clone()], "{items}");
+    // The default publish-subscribe service is listed beside it (XEP-0030 §4.1, sorted).
+    assert_eq!(
+        jids,
+        vec![echo.clone(), format!("pubsub.{HOST}")],
+        "{items}"
+    );
     // A sub-domain nobody serves is still remote.
     a.send(&format!(
         "<message to='x@nothing.{HOST}' id='n1'><body>x</body></message>"

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use super::caps::{Answers, Caps, CapsCache};
 use super::config::{AccessModel, NodeConfig, SendLast};
 use super::engine::{Affiliation, Ctx, Engine, Event, ServerEnv, delivers, item_element};
-use super::{Limits, NS_EVENT, NS_OWNER, NS_PUBSUB, event_child, event_message, meta_data, request};
+use super::{
+    Limits, NS_EVENT, NS_OWNER, NS_PUBSUB, event_child, event_message, meta_data, request,
+};
 
 /// The module.
 pub struct Pep;
@@ -188,6 +190,25 @@ pub struct PepState {
     interest: Interest,
     caps: Arc<CapsCache>,
     defaults: NodeConfig,
+    listeners: RwLock<Vec<Arc<dyn PepListener>>>,
+}
+
+/// Told of changes clients make to an account's PEP nodes (not of those modules make through
+/// [`as_owner`]): conversions (XEP-0398 avatars, XEP-0402 bookmarks, XEP-0292 vCards) follow
+/// them.
+#[async_trait]
+pub trait PepListener: Send + Sync {
+    /// A node of `owner` changed as `event` says.
+    async fn changed(&self, server: &Arc<Server>, owner: &BareJid, event: &Event);
+}
+
+impl PepState {
+    /// Adds a listener (at load, by a module that depends on pep).
+    pub fn listen(&self, listener: Arc<dyn PepListener>) {
+        if let Ok(mut l) = self.listeners.write() {
+            l.push(listener);
+        }
+    }
 }
 
 impl Module for Pep {
@@ -212,6 +233,7 @@ impl Module for Pep {
             interest: Interest::default(),
             caps: caps.clone(),
             defaults: NodeConfig::pep(),
+            listeners: RwLock::default(),
         });
         // XEP-0163 §6.1: an account is a PEP service: identity pubsub/pep, the pubsub
         // features (§9 of XEP-0060) on the account's disco#info.
@@ -287,8 +309,17 @@ impl IqHandler for PepState {
         };
         let outcome = self.engine.handle(&ctx, parsed).await?;
         // Notifications go out before the result, as Prosody's do.
-        for ev in outcome.events {
-            self.notify(req.server, &owner, ev).await;
+        for ev in &outcome.events {
+            self.notify(req.server, &owner, ev.clone()).await;
+        }
+        if is_owner {
+            let listeners: Vec<Arc<dyn PepListener>> =
+                self.listeners.read().map(|l| l.clone()).unwrap_or_default();
+            for ev in &outcome.events {
+                for l in &listeners {
+                    l.changed(req.server, &owner, ev).await;
+                }
+            }
         }
         Ok(outcome.reply)
     }
@@ -530,14 +561,13 @@ impl PepState {
             let Ok(nodes) = self.engine.store().nodes(&owner.to_string()).await else {
                 continue;
             };
-            let mut entitlement: Option<(Option<RosterItem>, HashMap<String, Affiliation>)> =
-                None;
+            let mut entitlement: Option<(Option<RosterItem>, HashMap<String, Affiliation>)> = None;
             for (node, raw) in nodes {
                 if !new.contains(&node) {
                     continue;
                 }
-                let config =
-                    NodeConfig::decode(&raw, &self.defaults).unwrap_or_else(|| self.defaults.clone());
+                let config = NodeConfig::decode(&raw, &self.defaults)
+                    .unwrap_or_else(|| self.defaults.clone());
                 if config.send_last_published_item != SendLast::OnSubAndPresence {
                     continue;
                 }
@@ -824,8 +854,41 @@ impl AccountDisco for PepDisco {
     }
 }
 
-/// Publishes on an account's behalf (bookmarks, avatars converted from vCards): the module
-/// calling it owns the data it converts. Creates the node with `config` when it is missing.
+/// Runs `request` on `owner`'s PEP service as the owner would (bookmarks, avatars and vCards
+/// converted by other modules), notifications included; listeners are not told (the module
+/// calling it made the change). A publish to a missing node creates it with `fields` applied
+/// to PEP's defaults.
+pub async fn as_owner(
+    state: &PepState,
+    server: &Arc<Server>,
+    owner: &BareJid,
+    request: request::Request,
+    fields: &[(String, Vec<String>)],
+) -> Result<Option<Element>, StanzaError> {
+    let limits = state.config.get().limits().engine();
+    let env = ServerEnv(server);
+    let service = owner.to_string();
+    let from = Jid::from(owner.clone());
+    let mut defaults = state.defaults.clone();
+    defaults.apply(fields, limits.max_items)?;
+    let ctx = Ctx {
+        env: &env,
+        service: &service,
+        pep_owner: Some(owner),
+        from: &from,
+        admin: true,
+        may_create: true,
+        limits,
+        defaults: &defaults,
+    };
+    let outcome = state.engine.handle(&ctx, request).await?;
+    for ev in outcome.events {
+        state.notify(server, owner, ev).await;
+    }
+    Ok(outcome.reply)
+}
+
+/// Publishes one item as the owner (see [`as_owner`]).
 pub async fn publish_as_owner(
     state: &PepState,
     server: &Arc<Server>,
@@ -835,48 +898,61 @@ pub async fn publish_as_owner(
     payload: Element,
     fields: &[(String, Vec<String>)],
 ) -> Result<(), StanzaError> {
-    let limits = state.config.get().limits().engine();
-    let env = ServerEnv(server);
-    let service = owner.to_string();
-    let from = Jid::from(owner.clone());
-    let ctx = Ctx {
-        env: &env,
-        service: &service,
-        pep_owner: Some(owner),
-        from: &from,
-        admin: true,
-        may_create: true,
-        limits,
-        defaults: &state.defaults,
-    };
-    if state.engine.config(&service, node, &state.defaults).await?.is_none() {
-        let mut config = state.defaults.clone();
-        config.apply(fields, limits.max_items)?;
-        state
-            .engine
-            .store()
-            .create_node(&service, node, &config.encode(), Some(limits.max_nodes))
-            .await
-            .map_err(super::engine::storage_error)?;
-    }
-    let outcome = state
+    as_owner(
+        state,
+        server,
+        owner,
+        request::Request::Publish {
+            node: node.to_string(),
+            item: Some(request::PublishItem {
+                id: Some(id.to_string()),
+                payload: Some(payload),
+            }),
+            options: None,
+        },
+        fields,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Every item of an account's node, oldest first, with its id (for conversions); empty when
+/// the node does not exist.
+pub async fn all_items(state: &PepState, owner: &BareJid, node: &str) -> Vec<(String, Element)> {
+    state
         .engine
-        .handle(
-            &ctx,
-            request::Request::Publish {
-                node: node.to_string(),
-                item: Some(request::PublishItem {
-                    id: Some(id.to_string()),
-                    payload: Some(payload),
-                }),
-                options: None,
+        .store()
+        .items(
+            &owner.to_string(),
+            node,
+            &ItemQuery {
+                oldest_first: true,
+                ..ItemQuery::default()
             },
         )
-        .await?;
-    for ev in outcome.events {
-        state.notify(server, owner, ev).await;
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| canto_core::roster::decode_element(&i.payload).map(|p| (i.id, p)))
+        .collect()
+}
+
+/// Sends `child` (an `<event/>` child) about `node` to the owner's own resources that asked for
+/// it with `+notify` (a compatibility view such as XEP-0048's `storage:bookmarks`).
+pub fn notify_own_resources(
+    state: &PepState,
+    server: &Arc<Server>,
+    owner: &BareJid,
+    node: &str,
+    child: &Element,
+) {
+    let from = owner.to_string();
+    for (full, _) in server.available_resources(owner) {
+        if state.interest.wants(&full, node) {
+            let msg = event_message(&from, &full.to_string(), "headline", child.clone());
+            server.deliver_to_session(&full, Arc::new(msg));
+        }
     }
-    Ok(())
 }
 
 /// The newest item's payload of an account's node, if any (for conversions).

@@ -7,6 +7,7 @@
 mod auth;
 mod bad_input;
 mod blocking;
+mod bookmarks;
 mod carbons;
 mod cli;
 mod csi;

@@ -178,7 +178,8 @@ async fn errors_the_xep_lists() {
 
 /// XEP-0153 §4: the avatar hash a client puts in its presence reaches its contacts and its
 /// other resources untouched (also the empty `<photo/>` of §4.2), and the vCard it points at
-/// can be fetched; the server adds no hash of its own.
+/// can be fetched; a presence without one gets the hash of the stored photo from the server
+/// (XEP-0398 §4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avatar_hashes_in_presence_reach_contacts_with_the_vcard_behind_them() {
     const UPDATE: &str = "vcard-temp:x:update";
@@ -236,12 +237,22 @@ async fn avatar_hashes_in_presence_reach_contacts_with_the_vcard_behind_them() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(photo_of(&p).as_deref(), Some(""), "{p}");
-    // A presence without the element carries none: the server adds no hash of its own.
+    // XEP-0398 §4: a presence without the element gets the hash of the stored photo: the
+    // SHA-1 of the decoded image, lower-case hex (XEP-0153 §4.3).
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let image = base64::engine::general_purpose::STANDARD
+        .decode("iVBORw0KGgo=")
+        .unwrap_or_default();
+    let expected: String = sha1::Sha1::digest(&image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     a1.send("<presence><show>away</show></presence>").await;
     let p = b
         .wait_for(|e| e.name() == "presence" && e.get_child("show", "jabber:client").is_some())
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(p.get_child("x", UPDATE).is_none(), "{p}");
+    assert_eq!(photo_of(&p).as_deref(), Some(expected.as_str()), "{p}");
     s.stop().await;
 }

@@ -2,9 +2,15 @@
 //! - tests/python/im_flow.py: subscription handshake, presence and a message;
 //! - tests/python/modern_flow.py: XEP-0280 carbons, XEP-0313 MAM with XEP-0059 paging and
 //!   XEP-0359 stanza ids, XEP-0191 blocking and XEP-0198 resumption, each through slixmpp's own
-//!   plugin.
+//!   plugin;
+//! - tests/python/pubsub_flow.py: XEP-0163 personal eventing (XEP-0172 nickname, XEP-0084 avatar,
+//!   `+notify` through XEP-0115 caps) and XEP-0060 on the hosted service pubsub.localhost
+//!   (create, subscribe, publish, retract, items, node configuration, delete), through
+//!   slixmpp's plugins;
+//! - tests/python/omemo_flow.py: XEP-0384 OMEMO through slixmpp-omemo: device lists and bundles
+//!   in PEP, an encrypted message each way, decrypted.
 //!
-//! `.ci/run` installs slixmpp; without it these tests fail and say so. To leave them out, run
+//! `.ci/run` installs slixmpp and slixmpp-omemo; without them these tests fail and say so. To leave them out, run
 //! nextest with `--profile no-python` (.config/nextest.toml): they are then counted as skipped.
 use canto_tests::*;
 
@@ -17,6 +23,19 @@ fn require_slixmpp() {
     assert!(
         has_slixmpp,
         "slixmpp is not installed (pip install slixmpp); to skip these tests run \
+         `cargo nextest run --profile no-python`"
+    );
+}
+
+/// Panics when slixmpp-omemo is missing, as [`require_slixmpp`] does.
+fn require_slixmpp_omemo() {
+    let has_omemo = std::process::Command::new("python3")
+        .args(["-c", "import slixmpp_omemo"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_omemo,
+        "slixmpp-omemo is not installed (pip install slixmpp-omemo); to skip these tests run \
          `cargo nextest run --profile no-python`"
     );
 }
@@ -77,4 +96,37 @@ async fn slixmpp_carbons_mam_blocking_and_stream_resumption() {
     // One line per check; shown with --nocapture.
     println!("{stdout}");
     s.stop().await;
+}
+
+/// Runs a flow that prints one line per check and ends with "N passed, M failed"; asserts that
+/// it exited 0 with N > 0 and M = 0, with alice, bob and carol as accounts on a default server.
+async fn run_counted_flow(script: &str) {
+    let s = TestServer::start().await;
+    for (user, pw) in [("alice", "alicepw"), ("bob", "bobpw"), ("carol", "carolpw")] {
+        s.add_user(user, pw).await;
+    }
+    let (ok, stdout, stderr) = run_script(&s, script).await;
+    let summary = stdout.lines().last().unwrap_or_default();
+    let passed: u32 = summary
+        .strip_suffix(" passed, 0 failed")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ok && passed > 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // One line per check; shown with --nocapture.
+    println!("{stdout}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_pep_nickname_avatar_and_hosted_pubsub() {
+    require_slixmpp();
+    // pep and pubsub are on by default; the hosted service is pubsub.localhost.
+    run_counted_flow("pubsub_flow.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_omemo_keys_in_pep_and_encrypted_messages() {
+    require_slixmpp();
+    require_slixmpp_omemo();
+    run_counted_flow("omemo_flow.py").await;
 }

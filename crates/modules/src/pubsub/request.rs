@@ -37,6 +37,9 @@ pub struct Rsm {
     pub before: Option<String>,
 }
 
+/// Submitted form fields: `(var, values)` in order.
+pub type Fields = Vec<(String, Vec<String>)>;
+
 /// One request, by XEP-0060 section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -118,7 +121,7 @@ pub enum Request {
         /// The node.
         node: String,
         /// For a set: the submitted fields, or None for `type='cancel'`.
-        fields: Option<Option<Vec<(String, Vec<String>)>>>,
+        fields: Option<Option<Fields>>,
     },
     /// §8.3 the default node configuration.
     DefaultConfig,

@@ -183,12 +183,22 @@ impl IqHandler for HostInfo {
     async fn handle(&self, req: IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
         expect_payload(&req, "query")?;
         // XEP-0030 §3.2 / §7: a query to a node the entity does not have is `item-not-found`.
-        // The server has no info nodes yet.
-        if node(req.payload).is_some() {
-            return Err(StanzaError::new(Condition::ItemNotFound));
+        // The one info node the server has is its caps node (XEP-0115 §6.2: `node#ver` of the
+        // `<c/>` it advertises), answered with the same info, node included.
+        let mut query = Element::new("query", ns::DISCO_INFO);
+        if let Some(n) = node(req.payload) {
+            let caps = req.server.caps();
+            let ours = format!(
+                "{}#{}",
+                caps.attr("node").unwrap_or_default(),
+                caps.attr("ver").unwrap_or_default()
+            );
+            if n != ours {
+                return Err(StanzaError::new(Condition::ItemNotFound));
+            }
+            query.set_attr("node", n);
         }
         let modules = req.server.modules();
-        let mut query = Element::new("query", ns::DISCO_INFO);
         // XEP-0030 §3.1: one or more identities, then the features (already sorted and
         // deduplicated by the module table).
         for id in modules.identities() {
@@ -416,6 +426,33 @@ mod tests {
     async fn host_info_node_is_item_not_found() {
         let s = server(&["disco"]).await;
         let q = info().with_attr("node", "http://jabber.org/protocol/commands");
+        let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, q).await);
+        assert_eq!(got, "error item-not-found");
+    }
+
+    /// XEP-0115 §6.2: the caps node the server advertises (`node#ver`) is answered with the
+    /// same info, and the answer hashes to that ver (§5.4).
+    #[tokio::test]
+    async fn the_advertised_caps_node_is_answered_and_verifies() {
+        let s = server(&["disco", "ping", "version"]).await;
+        let caps = s.caps();
+        let (node, ver) = (
+            caps.attr("node").unwrap_or_default().to_string(),
+            caps.attr("ver").unwrap_or_default().to_string(),
+        );
+        let q = info().with_attr("node", format!("{node}#{ver}"));
+        let got = get(&s, IqTarget::Host, ALICE, HOST, q)
+            .await
+            .and_then(Result::ok)
+            .flatten()
+            .unwrap_or_else(|| panic!("no result"));
+        assert_eq!(got.attr("node"), Some(format!("{node}#{ver}").as_str()));
+        assert_eq!(
+            crate::pubsub::caps::verification(&got).as_deref(),
+            Some(ver.as_str())
+        );
+        // Another ver of the same node is not ours.
+        let q = info().with_attr("node", format!("{node}#stale"));
         let got = result_xml(get(&s, IqTarget::Host, ALICE, HOST, q).await);
         assert_eq!(got, "error item-not-found");
     }

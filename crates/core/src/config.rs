@@ -1360,6 +1360,54 @@ mod tests {
     }
 
     #[test]
+    fn services_default_per_host_are_switched_off_added_and_checked() {
+        let c = Config::parse("hosts = [\"a.example\", \"b.example\"]")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let domains = |c: &Config| -> Vec<(String, String)> {
+            c.services_of_kind("pubsub")
+                .into_iter()
+                .map(|s| (s.domain, s.parent))
+                .collect()
+        };
+        assert_eq!(
+            domains(&c),
+            vec![
+                ("pubsub.a.example".into(), "a.example".into()),
+                ("pubsub.b.example".into(), "b.example".into())
+            ]
+        );
+        let c = Config::parse(
+            "hosts = [\"a.example\", \"b.example\"]\n\
+             [services.\"pubsub.b.example\"]\nenabled = false\n\
+             [services.\"News.B.Example\"]\nkind = \"pubsub\"\nname = \"News\"\n\
+             [services.\"feeds.elsewhere.org\"]\nkind = \"pubsub\"\nparent = \"b.example\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            domains(&c),
+            vec![
+                ("feeds.elsewhere.org".into(), "b.example".into()),
+                ("news.b.example".into(), "b.example".into()),
+                ("pubsub.a.example".into(), "a.example".into()),
+            ]
+        );
+        assert_eq!(c.services_of_kind("muc"), Vec::new());
+        for (bad, key) in [
+            ("[services.\"x.localhost\"]\nkind = \"chat\"", "kind"),
+            ("[services.\"x.localhost\"]\nname = \"X\"", "needs a `kind`"),
+            ("[services.\"localhost\"]\nkind = \"pubsub\"", "is a host"),
+            (
+                "[services.\"x.localhost\"]\nkind = \"pubsub\"\nparent = \"nowhere\"",
+                "parent",
+            ),
+            ("[services.\"x.localhost\"]\nkind = \"pubsub\"\nport = 1", "port"),
+        ] {
+            let e = Config::parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn limits_c2s_table_parses_and_errors_name_the_key() {
         let c = Config::parse("[limits.c2s]\nrate = \"20KB/s\"\nburst = \"1s\"\n")
             .unwrap_or_else(|e| panic!("{e}"));

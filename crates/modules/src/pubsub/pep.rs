@@ -537,7 +537,9 @@ impl PepState {
             {
                 continue;
             }
-            let msg = event_message(&service, &to.to_string(), "headline", child.clone());
+            let mut msg = event_message(&service, &to.to_string(), "headline", child.clone());
+            // XEP-0163 §4.3.4: a last item is old news; XEP-0203 says when it was published.
+            msg.push_child(delay(&service, item.stamp_ms));
             server.deliver_to_session(to, Arc::new(msg));
         }
     }
@@ -602,6 +604,13 @@ impl PepState {
             }
         }
     }
+}
+
+/// XEP-0203 `<delay/>` for an item published at `stamp_ms` by `from`.
+pub fn delay(from: &str, stamp_ms: i64) -> Element {
+    Element::new("delay", ns::DELAY)
+        .with_attr("from", from)
+        .with_attr("stamp", canto_stanza::datetime::from_millis_exact(stamp_ms))
 }
 
 /// The local resources a JID stands for: itself if it is a bound full JID; for a bare JID,

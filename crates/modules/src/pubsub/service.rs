@@ -541,7 +541,9 @@ impl PubsubService {
                 None,
                 config.deliver_payloads,
             ));
-        let msg = event_message(&domain, &to.to_string(), &config.notification_type, child);
+        let mut msg = event_message(&domain, &to.to_string(), &config.notification_type, child);
+        // XEP-0060 §6.1.7: the last item is old news; XEP-0203 says when it was published.
+        msg.push_child(super::pep::delay(&domain, item.stamp_ms));
         ctx.send(msg).await;
     }
 

@@ -1,15 +1,17 @@
 //! Persistent storage for Canto, modelled on Prosody's storage manager.
 //!
-//! Three kinds of per-user stores plus the account table:
+//! Three kinds of per-user stores, the publish-subscribe store and the account table:
 //!
 //! * [`AccountStore`]: accounts and their SCRAM credentials (never a password);
 //! * [`KeyValueStore`]: one opaque document per user and store name (roster, vCard, …);
 //! * [`MapStore`]: one user's items keyed by a string (roster items, pending subscriptions);
-//! * [`ArchiveStore`]: append-only, time-stamped item logs (offline messages, MAM).
+//! * [`ArchiveStore`]: append-only, time-stamped item logs (offline messages, MAM);
+//! * [`PubsubStore`]: publish-subscribe nodes with their configurations, affiliations,
+//!   subscriptions and items, per service (PEP per account, hosted services per domain).
 //!
 //! Two backends implement all of them: [`Backend::Memory`] (tests, ephemeral servers) and
 //! [`Backend::Sqlite`] (WAL, `synchronous=FULL`, shared safely between the server and the CLI).
-//! [`Storage`] bundles the four stores of one backend.
+//! [`Storage`] bundles the five stores of one backend.
 //!
 //! Hosts and usernames are stored exactly as given: callers normalize them (nodeprep /
 //! PRECIS) before calling in.
@@ -417,7 +419,7 @@ impl Storage {
         Storage::from_backend(Arc::new(MemoryBackend::new()))
     }
 
-    /// Bundles one object implementing all four store traits.
+    /// Bundles one object implementing all five store traits.
     pub fn from_backend<B>(backend: Arc<B>) -> Storage
     where
         B: AccountStore + KeyValueStore + MapStore + ArchiveStore + PubsubStore + 'static,

@@ -1400,9 +1400,15 @@ mod tests {
                 "[services.\"x.localhost\"]\nkind = \"pubsub\"\nparent = \"nowhere\"",
                 "parent",
             ),
-            ("[services.\"x.localhost\"]\nkind = \"pubsub\"\nport = 1", "port"),
+            (
+                "[services.\"x.localhost\"]\nkind = \"pubsub\"\nport = 1",
+                "port",
+            ),
         ] {
-            let e = Config::parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            let e = Config::parse(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains(key), "{bad}: {e}");
         }
     }

@@ -288,7 +288,8 @@ impl State {
             _ => return None,
         };
         let payload = iq_payload(el)?;
-        // XEP-0049 with XEP-0048 storage.
+        // XEP-0049 with XEP-0048 storage (alone: a set with other fragments too is split by
+        // the hook, see `Intercept`).
         if payload.is("query", crate::private::NS) {
             let mut children = payload.children();
             let (Some(storage), None) = (children.next(), children.next()) else {
@@ -382,6 +383,23 @@ impl StanzaHook for Intercept {
         };
         let owner = session.jid().to_bare();
         if ev.to.to_bare() != owner {
+            return Hooked::Pass;
+        }
+        // A XEP-0049 set of several fragments, bookmarks among them: the bookmarks go to PEP,
+        // the rest on to private storage.
+        if IqType::of(ev.stanza) == Some(IqType::Set)
+            && let Some(query) = ev.stanza.get_child_mut("query", crate::private::NS)
+            && query.children().count() > 1
+            && let Some(storage) = query.get_child("storage", NS_LEGACY).cloned()
+        {
+            if let Err(e) = self.0.set_legacy(ev.server, &owner, &storage).await {
+                let mut reply = error_reply(ev.stanza, &e);
+                reply.set_attr("from", owner.to_string());
+                reply.set_attr("to", session.jid().to_string());
+                ev.server.send_to_origin(ev.origin, reply);
+                return Hooked::Handled;
+            }
+            query.remove_children(|c| c.is("storage", NS_LEGACY));
             return Hooked::Pass;
         }
         let Some(answer) = self.0.answer(ev.server, &owner, ev.stanza).await else {

@@ -89,7 +89,8 @@ async fn server_info_and_items_with_the_default_modules() {
     dedup.sort();
     dedup.dedup();
     assert_eq!(dedup.len(), f.len(), "a feature is listed twice: {r}");
-    // Modules that are off by default advertise nothing.
+    // Modules that are off by default advertise nothing; the archive (on by default) is the
+    // account's, not the server's (XEP-0313 §7).
     for absent in [
         "urn:xmpp:mam:2",
         "urn:xmpp:extdisco:2",
@@ -125,19 +126,19 @@ async fn server_info_and_items_with_the_default_modules() {
         assert_eq!(error_type(&r).as_deref(), Some("cancel"), "{r}");
     }
 
-    // §3.1 on the account's bare JID: answered by the server, identity account/registered,
-    // and without the archive (mam is off).
+    // §3.1 on the account's bare JID: answered by the server, identity account/registered and
+    // (XEP-0163 §6.1, module pep) pubsub/pep, with the archive (XEP-0313 §7, mam is on).
     let r = ask(&mut a, &info_query("alice@localhost", None)).await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     assert_eq!(r.attr("from"), Some("alice@localhost"), "{r}");
     assert_eq!(
         identities(&r),
-        vec![("account".to_string(), "registered".to_string())]
+        vec![
+            ("account".to_string(), "registered".to_string()),
+            ("pubsub".to_string(), "pep".to_string())
+        ]
     );
-    assert!(
-        !features(&r).iter().any(|x| x.starts_with("urn:xmpp:mam")),
-        "{r}"
-    );
+    assert!(features(&r).iter().any(|x| x == "urn:xmpp:mam:2"), "{r}");
     let r = ask(&mut a, &info_query("alice@localhost", Some("x"))).await;
     assert_eq!(
         error_condition(&r).as_deref(),

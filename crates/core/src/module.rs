@@ -775,7 +775,12 @@ impl ModuleCtx<'_> {
             .provided
             .get(&std::any::TypeId::of::<T>())
             .and_then(|(_, v)| v.clone().downcast::<T>().ok())
-            .ok_or_else(|| format!("{} needs module {module} (add it to `modules`)", self.module))
+            .ok_or_else(|| {
+                format!(
+                    "{} needs module {module} (add it to `modules`)",
+                    self.module
+                )
+            })
     }
 
     /// Adds an extended-information form (XEP-0128) to the server's disco#info and caps.

@@ -167,10 +167,12 @@ impl Server {
 
     /// Queues `el` for the local session `to`, if it is bound; whether it was queued. The
     /// caller has applied the routing rules (blocking, who may see what): this is delivery only.
-    pub fn deliver_to_session(&self, to: &canto_stanza::FullJid, el: Arc<canto_xml::Element>) -> bool {
-        self.sessions
-            .get(to)
-            .is_some_and(|s| s.deliver(el).is_ok())
+    pub fn deliver_to_session(
+        &self,
+        to: &canto_stanza::FullJid,
+        el: Arc<canto_xml::Element>,
+    ) -> bool {
+        self.sessions.get(to).is_some_and(|s| s.deliver(el).is_ok())
     }
 
     /// The configuration in force (replaced atomically on SIGHUP).

@@ -285,8 +285,11 @@ impl IqHandler for AccountInfo {
         // `registered` (disco categories registry); modules add theirs (XEP-0163 §6.1:
         // `pubsub/pep`); features: the disco protocols the server answers for it, and the
         // modules' account features (e.g. XEP-0313 §7: the archive is the account's).
-        let mut query = Element::new("query", ns::DISCO_INFO)
-            .with_child(identity_element("account", "registered", None));
+        let mut query = Element::new("query", ns::DISCO_INFO).with_child(identity_element(
+            "account",
+            "registered",
+            None,
+        ));
         for id in modules.account_identities() {
             query.push_child(identity_element(id.category, id.kind, None));
         }

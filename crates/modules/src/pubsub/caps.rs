@@ -133,7 +133,10 @@ impl CapsCache {
                     .with_attr("node", format!("{}#{}", caps.node, caps.ver)),
             );
         let answer = if server.deliver_to_session(from, Arc::new(query)) {
-            tokio::time::timeout(TIMEOUT, rx).await.ok().and_then(Result::ok)
+            tokio::time::timeout(TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
         } else {
             None
         };
@@ -280,7 +283,8 @@ mod tests {
     #[test]
     fn the_xep_0115_complex_example_verifies() {
         // XEP-0115 §5.3: Psi 0.11 with a software version form.
-        let q = el("<query xmlns='http://jabber.org/protocol/disco#info' node='http://psi-im.org#q07IKJEyjvHSyhy//CH0CxmKi8w='>\
+        let q = el(
+            "<query xmlns='http://jabber.org/protocol/disco#info' node='http://psi-im.org#q07IKJEyjvHSyhy//CH0CxmKi8w='>\
             <identity xml:lang='en' category='client' name='Psi 0.11' type='pc'/>\
             <identity xml:lang='el' category='client' name='Ψ 0.11' type='pc'/>\
             <feature var='http://jabber.org/protocol/caps'/>\
@@ -294,7 +298,8 @@ mod tests {
               <field var='os_version'><value>10.5.1</value></field>\
               <field var='software'><value>Psi</value></field>\
               <field var='software_version'><value>0.11</value></field>\
-            </x></query>");
+            </x></query>",
+        );
         assert_eq!(
             verification(&q).as_deref(),
             Some("q07IKJEyjvHSyhy//CH0CxmKi8w=")

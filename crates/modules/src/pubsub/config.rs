@@ -527,6 +527,9 @@ mod tests {
         assert_eq!(NodeConfig::decode(&c.encode(), &NodeConfig::pep()), Some(c));
         let old = b"title = \"x\"\n";
         let d = NodeConfig::decode(old, &NodeConfig::pep());
-        assert_eq!(d.map(|d| (d.title, d.max_items)), Some(("x".into(), Some(1))));
+        assert_eq!(
+            d.map(|d| (d.title, d.max_items)),
+            Some(("x".into(), Some(1)))
+        );
     }
 }

@@ -321,7 +321,12 @@ impl Engine {
     }
 
     /// The node's owners: the PEP account, or its `owner` affiliations.
-    pub async fn owners(&self, c_service: &str, pep_owner: Option<&BareJid>, node: &str) -> Vec<BareJid> {
+    pub async fn owners(
+        &self,
+        c_service: &str,
+        pep_owner: Option<&BareJid>,
+        node: &str,
+    ) -> Vec<BareJid> {
         if let Some(o) = pep_owner {
             return vec![o.clone()];
         }
@@ -359,9 +364,10 @@ impl Engine {
             Request::Subscriptions { node } => self.own_subscriptions(c, node).await,
             Request::Affiliations { node } => self.own_affiliations(c, node).await,
             // XEP-0060 §6.4: optional; the subscription options are one boolean.
-            Request::DefaultSubscriptionOptions => Ok(Outcome::reply(Some(ps(
-                Element::new("default", NS_PUBSUB).with_child(subscribe_options_form(true)),
-            )))),
+            Request::DefaultSubscriptionOptions => Ok(Outcome::reply(Some(ps(Element::new(
+                "default", NS_PUBSUB,
+            )
+            .with_child(subscribe_options_form(true)))))),
             Request::Configure { node, fields } => self.configure(c, node, fields).await,
             Request::DefaultConfig => Ok(Outcome::reply(Some(owner_ps(
                 Element::new("default", NS_OWNER)
@@ -665,7 +671,12 @@ impl Engine {
     }
 
     /// §6.1 subscribe.
-    async fn subscribe(&self, c: &Ctx<'_>, node: String, jid: &str) -> Result<Outcome, StanzaError> {
+    async fn subscribe(
+        &self,
+        c: &Ctx<'_>,
+        node: String,
+        jid: &str,
+    ) -> Result<Outcome, StanzaError> {
         let jid = parse_jid(jid).map_err(|_| app_error(Condition::BadRequest, "invalid-jid"))?;
         let config = self.existing(c, &node).await?;
         // §6.1.3.1: the JID must be the requester's (bare or full).
@@ -683,8 +694,7 @@ impl Engine {
             Ok(()) => "subscribed",
             // §6.1.3.? authorize: the owner decides (§8.6).
             Err(_)
-                if config.access_model == AccessModel::Authorize
-                    && aff != Affiliation::Outcast =>
+                if config.access_model == AccessModel::Authorize && aff != Affiliation::Outcast =>
             {
                 "pending"
             }
@@ -806,20 +816,27 @@ impl Engine {
             None => Ok(Outcome::reply(Some(ps(Element::new("options", NS_PUBSUB)
                 .with_attr("node", &node)
                 .with_attr("jid", &jid_s)
-                .with_child(subscribe_options_form(deliver_option(&sub.options))))))),
+                .with_child(subscribe_options_form(deliver_option(
+                    &sub.options,
+                ))))))),
             Some(fields) => {
                 let mut deliver = deliver_option(&sub.options);
                 for (var, values) in &fields {
                     match var.as_str() {
                         "pubsub#deliver" => {
-                            deliver = form::boolean(values)
-                                .ok_or_else(|| app_error(Condition::BadRequest, "invalid-options"))?
+                            deliver = form::boolean(values).ok_or_else(|| {
+                                app_error(Condition::BadRequest, "invalid-options")
+                            })?
                         }
                         // §6.3.6: options the service does not know.
                         _ => return Err(app_error(Condition::BadRequest, "invalid-options")),
                     }
                 }
-                sub.options = if deliver { b"deliver=1".to_vec() } else { b"deliver=0".to_vec() };
+                sub.options = if deliver {
+                    b"deliver=1".to_vec()
+                } else {
+                    b"deliver=0".to_vec()
+                };
                 self.store()
                     .set_subscription(c.service, &sub)
                     .await
@@ -878,20 +895,29 @@ impl Engine {
                 (Some(before), _) => {
                     q.oldest_first = false;
                     q.after_id = (!before.is_empty()).then_some(before);
-                    let mut l = store.items(c.service, &node, &q).await.map_err(storage_error)?;
+                    let mut l = store
+                        .items(c.service, &node, &q)
+                        .await
+                        .map_err(storage_error)?;
                     l.reverse();
                     l
                 }
                 (None, after) => {
                     q.oldest_first = true;
                     q.after_id = after;
-                    store.items(c.service, &node, &q).await.map_err(storage_error)?
+                    store
+                        .items(c.service, &node, &q)
+                        .await
+                        .map_err(storage_error)?
                 }
             };
             if let Some(n) = max_items {
                 list.truncate(n);
             }
-            let count = store.item_count(c.service, &node).await.map_err(storage_error)?;
+            let count = store
+                .item_count(c.service, &node)
+                .await
+                .map_err(storage_error)?;
             set = Some(rsm_result(&list, count));
             list
         } else {
@@ -909,7 +935,10 @@ impl Engine {
                 .map_err(storage_error)?;
             list.reverse();
             if max_items.is_none() {
-                let count = store.item_count(c.service, &node).await.map_err(storage_error)?;
+                let count = store
+                    .item_count(c.service, &node)
+                    .await
+                    .map_err(storage_error)?;
                 if count > list.len() {
                     // More than one page: say so, the client pages on with RSM.
                     set = Some(rsm_result(&list, count));
@@ -1029,7 +1058,8 @@ impl Engine {
                     .map_err(storage_error)?;
                 if config.persist_items {
                     // A smaller max_items takes effect at once.
-                    let keep = usize::try_from(config.keep(c.limits.max_items)).unwrap_or(usize::MAX);
+                    let keep =
+                        usize::try_from(config.keep(c.limits.max_items)).unwrap_or(usize::MAX);
                     self.store()
                         .trim(c.service, &node, keep)
                         .await
@@ -1360,13 +1390,15 @@ where
                 }
             }
             // §6.1.3.2
-            Err(app_error(Condition::NotAuthorized, "presence-subscription-required"))
+            Err(app_error(
+                Condition::NotAuthorized,
+                "presence-subscription-required",
+            ))
         }
         AccessModel::Roster => {
             for o in owners {
                 if let Some(i) = env.roster_item(o, who).await
-                    && i
-                        .groups
+                    && i.groups
                         .iter()
                         .any(|g| config.roster_groups_allowed.contains(g))
                 {

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use super::caps::{Answers, Caps, CapsCache};
 use super::config::{AccessModel, NodeConfig, SendLast};
 use super::engine::{Affiliation, Ctx, Engine, Event, ServerEnv, delivers, item_element};
-use super::{Limits, NS_EVENT, NS_OWNER, NS_PUBSUB, event_child, event_message, meta_data, request};
+use super::{
+    Limits, NS_EVENT, NS_OWNER, NS_PUBSUB, event_child, event_message, meta_data, request,
+};
 
 /// The module.
 pub struct Pep;
@@ -530,14 +532,13 @@ impl PepState {
             let Ok(nodes) = self.engine.store().nodes(&owner.to_string()).await else {
                 continue;
             };
-            let mut entitlement: Option<(Option<RosterItem>, HashMap<String, Affiliation>)> =
-                None;
+            let mut entitlement: Option<(Option<RosterItem>, HashMap<String, Affiliation>)> = None;
             for (node, raw) in nodes {
                 if !new.contains(&node) {
                     continue;
                 }
-                let config =
-                    NodeConfig::decode(&raw, &self.defaults).unwrap_or_else(|| self.defaults.clone());
+                let config = NodeConfig::decode(&raw, &self.defaults)
+                    .unwrap_or_else(|| self.defaults.clone());
                 if config.send_last_published_item != SendLast::OnSubAndPresence {
                     continue;
                 }
@@ -849,7 +850,12 @@ pub async fn publish_as_owner(
         limits,
         defaults: &state.defaults,
     };
-    if state.engine.config(&service, node, &state.defaults).await?.is_none() {
+    if state
+        .engine
+        .config(&service, node, &state.defaults)
+        .await?
+        .is_none()
+    {
         let mut config = state.defaults.clone();
         config.apply(fields, limits.max_items)?;
         state

@@ -341,9 +341,10 @@ pub fn parse(set: bool, payload: &Element, limits: ParseLimits) -> Result<Reques
             };
             let mut ids = Vec::new();
             for i in action.children().filter(|c| c.is("item", NS_PUBSUB)) {
-                ids.push(item_id(i, limits)?.ok_or_else(|| {
-                    app_error(Condition::BadRequest, "item-required")
-                })?);
+                ids.push(
+                    item_id(i, limits)?
+                        .ok_or_else(|| app_error(Condition::BadRequest, "item-required"))?,
+                );
             }
             if ids.is_empty() {
                 // §7.2.3.4
@@ -481,11 +482,7 @@ fn jid_attr(el: &Element) -> Result<String, StanzaError> {
 
 /// `<subscription jid subscription/>` or `<affiliation jid affiliation/>` children of an owner
 /// set, as `(jid, value)`.
-fn owner_list(
-    el: &Element,
-    child: &str,
-    attr: &str,
-) -> Result<Vec<(String, String)>, StanzaError> {
+fn owner_list(el: &Element, child: &str, attr: &str) -> Result<Vec<(String, String)>, StanzaError> {
     // An owner list change names a few entities at a time; this bounds the work per request.
     const MAX: usize = 256;
     let mut out = Vec::new();
@@ -574,7 +571,10 @@ mod tests {
         };
         assert_eq!(node, "n");
         assert_eq!(item.id.as_deref(), Some("i"));
-        assert_eq!(item.payload.map(|p| p.ns().to_string()), Some("urn:x".into()));
+        assert_eq!(
+            item.payload.map(|p| p.ns().to_string()),
+            Some("urn:x".into())
+        );
         assert_eq!(
             options,
             vec![("pubsub#access_model".into(), vec!["open".into()])]
@@ -593,7 +593,9 @@ mod tests {
             ),
             (
                 true,
-                format!("<pubsub xmlns='{ps}'><publish node='n'><item><a xmlns='x'/><b xmlns='x'/></item></publish></pubsub>"),
+                format!(
+                    "<pubsub xmlns='{ps}'><publish node='n'><item><a xmlns='x'/><b xmlns='x'/></item></publish></pubsub>"
+                ),
                 Condition::BadRequest,
                 Some("invalid-payload"),
             ),
@@ -641,25 +643,35 @@ mod tests {
             ),
             (
                 true,
-                format!("<pubsub xmlns='{ps}#owner'><affiliations node='n'><affiliation jid='a@b' affiliation='king'/></affiliations></pubsub>"),
+                format!(
+                    "<pubsub xmlns='{ps}#owner'><affiliations node='n'><affiliation jid='a@b' affiliation='king'/></affiliations></pubsub>"
+                ),
                 Condition::BadRequest,
                 None,
             ),
             (
                 true,
-                format!("<pubsub xmlns='{ps}'><publish node='{}'/></pubsub>", "n".repeat(2000)),
+                format!(
+                    "<pubsub xmlns='{ps}'><publish node='{}'/></pubsub>",
+                    "n".repeat(2000)
+                ),
                 Condition::NotAcceptable,
                 None,
             ),
             (
                 true,
-                format!("<pubsub xmlns='{ps}'><publish node='n'><item id='{}'/></publish></pubsub>", "i".repeat(2000)),
+                format!(
+                    "<pubsub xmlns='{ps}'><publish node='n'><item id='{}'/></publish></pubsub>",
+                    "i".repeat(2000)
+                ),
                 Condition::NotAcceptable,
                 None,
             ),
         ];
         for (set, xml, cond, app_name) in cases {
-            let e = p(*set, xml).err().unwrap_or_else(|| panic!("accepted: {xml}"));
+            let e = p(*set, xml)
+                .err()
+                .unwrap_or_else(|| panic!("accepted: {xml}"));
             assert_eq!(e.condition, *cond, "{xml}");
             assert_eq!(app(&e).as_deref(), *app_name, "{xml}");
         }
@@ -692,21 +704,34 @@ mod tests {
     fn owner_requests() {
         let o = "http://jabber.org/protocol/pubsub#owner";
         assert_eq!(
-            p(true, &format!("<pubsub xmlns='{o}'><delete node='n'><redirect uri='xmpp:x?;node=m'/></delete></pubsub>")),
+            p(
+                true,
+                &format!(
+                    "<pubsub xmlns='{o}'><delete node='n'><redirect uri='xmpp:x?;node=m'/></delete></pubsub>"
+                )
+            ),
             Ok(Request::Delete {
                 node: "n".into(),
                 redirect: Some("xmpp:x?;node=m".into())
             })
         );
         assert_eq!(
-            p(true, &format!("<pubsub xmlns='{o}'><configure node='n'><x xmlns='jabber:x:data' type='cancel'/></configure></pubsub>")),
+            p(
+                true,
+                &format!(
+                    "<pubsub xmlns='{o}'><configure node='n'><x xmlns='jabber:x:data' type='cancel'/></configure></pubsub>"
+                )
+            ),
             Ok(Request::Configure {
                 node: "n".into(),
                 fields: Some(None)
             })
         );
         assert_eq!(
-            p(false, &format!("<pubsub xmlns='{o}'><configure node='n'/></pubsub>")),
+            p(
+                false,
+                &format!("<pubsub xmlns='{o}'><configure node='n'/></pubsub>")
+            ),
             Ok(Request::Configure {
                 node: "n".into(),
                 fields: None

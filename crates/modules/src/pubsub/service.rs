@@ -249,7 +249,9 @@ impl PubsubService {
                 let may_create = admin
                     || match cfg.node_creation {
                         NodeCreation::Anyone => true,
-                        NodeCreation::Local => self.hosts.iter().any(|h| h == bare.domain().as_str()),
+                        NodeCreation::Local => {
+                            self.hosts.iter().any(|h| h == bare.domain().as_str())
+                        }
                         NodeCreation::Admins => false,
                     };
                 let env = CtxEnv(ctx);
@@ -309,7 +311,9 @@ impl PubsubService {
                         .with_attr("category", "pubsub")
                         .with_attr("type", "leaf"),
                 );
-                q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO));
+                q.push_child(
+                    Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
+                );
                 let owners: Vec<String> = self
                     .engine
                     .owners(ctx.domain(), None, node)
@@ -617,14 +621,24 @@ impl PubsubService {
 }
 
 /// XEP-0060 §8.6.1: the form asking an owner to approve a subscription.
-fn authorization_request(service: &str, owner: &str, node: &str, jid: &Jid, subid: &str) -> Element {
+fn authorization_request(
+    service: &str,
+    owner: &str,
+    node: &str,
+    jid: &Jid,
+    subid: &str,
+) -> Element {
     let mut x = form::new_form("form", NS_SUBSCRIBE_AUTH);
     let text = |var: &str, label: &str, v: &str| {
         form::field(var, label, form::Kind::Text, &[v.to_string()])
     };
     x.push_child(text("pubsub#subid", "Subscription id", subid));
     x.push_child(text("pubsub#node", "Node", node));
-    x.push_child(text("pubsub#subscriber_jid", "Subscriber", &jid.to_string()));
+    x.push_child(text(
+        "pubsub#subscriber_jid",
+        "Subscriber",
+        &jid.to_string(),
+    ));
     x.push_child(form::field(
         "pubsub#allow",
         "Allow this subscription?",

@@ -514,7 +514,7 @@ mod tests {
             f("pubsub#max_items", "max"),
             f("pubsub#whatever", "1"),
         ] {
-            let e = c.check_preconditions(&[bad.clone()], 256).err();
+            let e = c.check_preconditions(std::slice::from_ref(&bad), 256).err();
             assert_eq!(e.map(|e| e.condition), Some(Condition::Conflict), "{bad:?}");
         }
     }

@@ -1038,7 +1038,7 @@ impl Engine {
         &self,
         c: &Ctx<'_>,
         node: String,
-        fields: Option<Option<Vec<(String, Vec<String>)>>>,
+        fields: Option<Option<super::request::Fields>>,
     ) -> Result<Outcome, StanzaError> {
         let mut config = self.require_owner(c, &node).await?;
         match fields {

@@ -26,6 +26,9 @@ impl Default for ParseLimits {
     }
 }
 
+/// Submitted data form fields: `(var, values)` in order.
+pub type Fields = Vec<(String, Vec<String>)>;
+
 /// XEP-0059 paging of an items request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rsm {
@@ -118,7 +121,7 @@ pub enum Request {
         /// The node.
         node: String,
         /// For a set: the submitted fields, or None for `type='cancel'`.
-        fields: Option<Option<Vec<(String, Vec<String>)>>>,
+        fields: Option<Option<Fields>>,
     },
     /// §8.3 the default node configuration.
     DefaultConfig,

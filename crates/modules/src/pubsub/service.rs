@@ -215,7 +215,7 @@ impl Service for PubsubService {
 impl PubsubService {
     fn is_admin(&self, who: &BareJid) -> bool {
         let who = who.to_string();
-        self.config.get().admins.iter().any(|a| *a == who)
+        self.config.get().admins.contains(&who)
     }
 
     async fn iq(

@@ -19,6 +19,7 @@ mod lang;
 mod last;
 mod limits;
 mod mam;
+mod pep;
 mod private;
 mod register;
 mod routing;

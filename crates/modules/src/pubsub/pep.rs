@@ -353,12 +353,18 @@ impl PepState {
         let Some((node, child)) = event_child(&ev) else {
             return;
         };
-        let (config, explicit) = match &ev {
+        let (config, explicit, before) = match &ev {
+            // XEP-0060 §8.4.2: the subscribers, entitled by the affiliations the node had.
             Event::Deleted {
                 config,
                 subscribers,
+                affiliations,
                 ..
-            } => (config.clone(), subscribers.clone()),
+            } => (
+                config.clone(),
+                subscribers.clone(),
+                Some(affiliations.as_slice()),
+            ),
             Event::Published { config, .. }
             | Event::Retracted { config, .. }
             | Event::Purged { config, .. }
@@ -369,11 +375,12 @@ impl PepState {
                     .subscriptions(&owner.to_string(), Some(&node), None)
                     .await
                     .unwrap_or_default(),
+                None,
             ),
             Event::Subscribed { .. } => return,
         };
         let targets = self
-            .recipients(server, owner, &node, &config, &explicit)
+            .recipients(server, owner, &node, &config, &explicit, before)
             .await;
         let from = owner.to_string();
         for to in targets {
@@ -383,7 +390,8 @@ impl PepState {
         }
     }
 
-    /// The local resources a notification of `node` goes to.
+    /// The local resources a notification of `node` goes to; `affiliations` are the node's
+    /// when the store no longer has them (a deleted node), else they are read.
     async fn recipients(
         &self,
         server: &Arc<Server>,
@@ -391,9 +399,12 @@ impl PepState {
         node: &str,
         config: &NodeConfig,
         explicit: &[PubsubSubscription],
+        affiliations: Option<&[(String, String, String)]>,
     ) -> Vec<FullJid> {
         let service = owner.to_string();
-        let affs = if config.access_model == AccessModel::Whitelist || !explicit.is_empty() {
+        let affs = if let Some(list) = affiliations {
+            Self::affiliations_of(list)
+        } else if config.access_model == AccessModel::Whitelist || !explicit.is_empty() {
             Self::affiliations_of(
                 &self
                     .engine

@@ -21,6 +21,7 @@ mod limits;
 mod mam;
 mod pep;
 mod private;
+mod pubsub;
 mod register;
 mod routing;
 mod services;

@@ -454,14 +454,27 @@ async fn ensure_ready(c: &mut Client) {
 /// the interest is in force. A resource may announce once (the `READY` node must be new to
 /// its interest).
 async fn announce(c: &mut Client, nodes: &[&str]) -> Announced {
-    ensure_ready(c).await;
+    announce_as(c, nodes, nodes).await
+}
+
+/// The feature list of a client interested in `nodes`.
+fn caps_features(nodes: &[&str]) -> Vec<String> {
     let mut features = vec![
         DISCO_INFO.to_string(),
         CAPS.to_string(),
         format!("{READY}+notify"),
     ];
     features.extend(nodes.iter().map(|n| format!("{n}+notify")));
-    let refs: Vec<&str> = features.iter().map(String::as_str).collect();
+    features
+}
+
+/// [`announce`] with a `ver` claiming interest in `claimed` while the disco#info answer
+/// lists `answered` (the same for an honest client).
+async fn announce_as(c: &mut Client, claimed: &[&str], answered: &[&str]) -> Announced {
+    ensure_ready(c).await;
+    let claimed = caps_features(claimed);
+    let features = caps_features(answered);
+    let refs: Vec<&str> = claimed.iter().map(String::as_str).collect();
     let ver = canto_proto::caps::ver(&[("client", "pc", "", "Canto tests")], &refs);
     c.send(&format!(
         "<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
@@ -805,6 +818,117 @@ async fn notifications_follow_the_caps_notify_interest() {
     s.stop().await;
 }
 
+/// XEP-0115 §5.4: an answer that does not hash to the `ver` it was asked for is used for the
+/// resource that gave it but not remembered for the hash: a client claiming another's hash
+/// with other features cannot change what the server believes of honest clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_answers_that_do_not_verify_are_not_cached() {
+    let s = server().await;
+    let (mut a1, mut b1) = alice_and_contact_bob(&s).await;
+    // b1 claims the hash of a tune+notify client but answers mood+notify.
+    let liar = announce_as(&mut b1, &[TUNE], &[MOOD]).await;
+    assert!(liar.queried);
+    // An honest client with that hash: asked again, its own answer counts.
+    let mut b2 = s.login("bob", "pw", "b2").await;
+    let honest = announce(&mut b2, &[TUNE]).await;
+    assert!(
+        honest.queried,
+        "an answer that did not verify was cached for its hash"
+    );
+    // And once verified, the hash is known.
+    let mut b3 = s.login("bob", "pw", "b3").await;
+    assert!(!announce(&mut b3, &[TUNE]).await.queried);
+    settle(&mut [&mut a1, &mut b1, &mut b2, &mut b3]).await;
+
+    publish(&mut a1, None, TUNE, Some("t1"), "tune").await;
+    for c in [&mut b2, &mut b3] {
+        let m = wait_event(c, ALICE, TUNE).await;
+        assert_item_event(&m, "t1", "tune");
+    }
+    assert_quiet(&mut b1, "answered mood only").await;
+    publish(&mut a1, None, MOOD, Some("m1"), "mood").await;
+    let m = wait_event(&mut b1, ALICE, MOOD).await;
+    assert_item_event(&m, "m1", "mood");
+    assert_quiet(&mut b2, "asked for tune only").await;
+    s.stop().await;
+}
+
+/// Interest lasts as long as the presence that announced it: unavailable presence ends it,
+/// and a later presence without caps brings none back (XEP-0163 §4.3.3); a new presence
+/// with the caps again brings the last item (it is initial presence again, §4.3.1 note).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_ends_with_the_presence_that_announced_it() {
+    let s = server().await;
+    let (mut a1, mut b1) = alice_and_contact_bob(&s).await;
+    announce(&mut b1, &[TUNE]).await;
+    settle(&mut [&mut a1, &mut b1]).await;
+    publish(&mut a1, None, TUNE, Some("t1"), "first").await;
+    wait_event(&mut b1, ALICE, TUNE).await;
+
+    b1.send("<presence type='unavailable'/>").await;
+    b1.sync().await;
+    settle(&mut [&mut a1, &mut b1]).await;
+    publish(&mut a1, None, TUNE, Some("t2"), "while away").await;
+    assert_quiet(&mut b1, "is unavailable").await;
+
+    b1.send("<presence/>").await;
+    b1.sync().await;
+    settle(&mut [&mut a1, &mut b1]).await;
+    publish(&mut a1, None, TUNE, Some("t3"), "no caps").await;
+    assert_quiet(&mut b1, "came back without caps").await;
+
+    let mut seen = announce(&mut b1, &[TUNE]).await.others;
+    let m = expect(&mut b1, &mut seen, "the last tune", |m| {
+        is_event(m, ALICE, "items", TUNE)
+    })
+    .await;
+    assert_item_event(&m, "t3", "no caps");
+    s.stop().await;
+}
+
+/// §16.4.3 `publish_model = open` on a PEP node: whoever may access it may publish (a
+/// contact; not a stranger), and retract what it published but not the owner's items
+/// (§7.2.3.1); the owner may retract anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_publish_model_lets_contacts_publish() {
+    const WALL: &str = "urn:canto:test:wall";
+    let s = server().await;
+    let (mut a1, mut b1) = alice_and_contact_bob(&s).await;
+    let mut c1 = online(&s, "carol", "c1").await;
+    publish_with(
+        &mut a1,
+        None,
+        WALL,
+        Some("by-alice"),
+        "alice",
+        &[("pubsub#publish_model", "open"), ("pubsub#max_items", "10")],
+    )
+    .await;
+    publish(&mut b1, Some(ALICE), WALL, Some("by-bob"), "bob").await;
+    let r = ask(
+        &mut c1,
+        &publish_xml(Some(ALICE), WALL, Some("by-carol"), &entry("carol"), &[]),
+    )
+    .await;
+    assert_error(&r, "forbidden", None);
+    assert_eq!(item_ids(&mut a1, None, WALL).await, ["by-alice", "by-bob"]);
+    let retract = |id: &str| {
+        ps(
+            "set",
+            Some(ALICE),
+            &format!("<retract node='{WALL}'><item id='{id}'/></retract>"),
+        )
+    };
+    let r = ask(&mut b1, &retract("by-alice")).await;
+    assert_error(&r, "forbidden", None);
+    assert_result(&ask(&mut b1, &retract("by-bob")).await);
+    assert_eq!(item_ids(&mut a1, None, WALL).await, ["by-alice"]);
+    publish(&mut b1, Some(ALICE), WALL, Some("again"), "bob again").await;
+    assert_result(&ask(&mut a1, &retract("again")).await);
+    assert_eq!(item_ids(&mut a1, None, WALL).await, ["by-alice"]);
+    s.stop().await;
+}
+
 /// XEP-0163 §4.3.1 (`on_sub_and_presence`): a resource that comes online with caps gets the
 /// last item of each node it asked for, from its own account and from contacts whose
 /// presence it may see; not of nodes configured `never`, not a contact's private node, and
@@ -1014,6 +1138,23 @@ async fn whitelist_nodes_are_private() {
     assert_quiet(&mut b1, "is off the whitelist").await;
     let r = ask(&mut b1, &items_xml(Some(ALICE), PRIVATE)).await;
     assert_error(&r, "not-allowed", Some("closed-node"));
+
+    // A member again, when the node is deleted: XEP-0060 §8.4.2, every subscriber is told
+    // (the affiliations go with the node, they were in force when it went).
+    assert_result(&ask(&mut a1, &set_aff("member")).await);
+    settle(&mut [&mut a2, &mut b1]).await;
+    assert_result(
+        &ask(
+            &mut a1,
+            &owner("set", None, &format!("<delete node='{PRIVATE}'/>")),
+        )
+        .await,
+    );
+    for c in [&mut a2, &mut b1] {
+        c.wait_for(|m| is_event(m, ALICE, "delete", PRIVATE))
+            .await
+            .unwrap_or_else(|e| panic!("no delete notification: {e:#}"));
+    }
     s.stop().await;
 }
 

@@ -610,6 +610,20 @@ async fn publish_auto_creates_a_node_with_pep_defaults() {
         assert_eq!(form_value(&x, var).as_deref(), Some(want), "{var}: {x}");
     }
 
+    // §8.3: the defaults a new node gets.
+    let r = ask(&mut a, &owner("get", None, "<default/>")).await;
+    assert_result(&r);
+    let d = r
+        .get_child("pubsub", PS_OWNER)
+        .and_then(|p| p.get_child("default", PS_OWNER))
+        .and_then(|d| d.get_child("x", XDATA))
+        .unwrap_or_else(|| panic!("no default form in {r}"));
+    assert_eq!(
+        form_value(d, "pubsub#access_model").as_deref(),
+        Some("presence")
+    );
+    assert_eq!(form_value(d, "pubsub#max_items").as_deref(), Some("1"));
+
     // §5.7: the account owns its nodes.
     let r = ask(&mut a, &ps("get", None, "<affiliations/>")).await;
     assert_result(&r);
@@ -1070,6 +1084,12 @@ async fn strangers_get_no_notifications_and_no_items() {
     .await;
     assert_error(&r, "not-authorized", Some("presence-subscription-required"));
     assert!(disco_items(&mut c1, ALICE, None).await.is_empty());
+    // A node the account does not have: item-not-found (§6.5.9.11); no such account at all:
+    // RFC 6121 §8.5.1 service-unavailable, before any PEP service is asked.
+    let r = ask(&mut c1, &items_xml(Some("dave@localhost"), TUNE)).await;
+    assert_error(&r, "item-not-found", None);
+    let r = ask(&mut c1, &items_xml(Some("nobody@localhost"), TUNE)).await;
+    assert_error(&r, "service-unavailable", None);
     s.stop().await;
 }
 
@@ -1682,6 +1702,29 @@ async fn owner_creates_configures_purges_and_deletes() {
             "{m}"
         );
     }
+
+    // §7.2.2.1 retract with notify.
+    let r = ask(
+        &mut a1,
+        &ps(
+            "set",
+            None,
+            &format!("<retract node='{BLOG}' notify='1'><item id='post1'/></retract>"),
+        ),
+    )
+    .await;
+    assert_result(&r);
+    for c in [&mut b1, &mut d1] {
+        let m = wait_event(c, ALICE, BLOG).await;
+        let retracted = event_items(&m);
+        assert_eq!(retracted.len(), 1, "{m}");
+        assert!(retracted[0].is("retract", PS_EVENT), "{m}");
+        assert_eq!(retracted[0].attr("id"), Some("post1"), "{m}");
+    }
+    assert_eq!(
+        item_ids(&mut b1, Some(ALICE), BLOG).await,
+        ["post2", "post3"]
+    );
 
     // §8.5 purge.
     assert_result(

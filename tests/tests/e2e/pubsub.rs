@@ -227,7 +227,8 @@ async fn node_creation_and_its_policy() {
     let mut want = vec![NEWS.to_string(), instant];
     want.sort();
     assert_eq!(nodes, want);
-    // The service's defaults (XEP-0060 §8.1.3 leaves them to the service): open, no last item.
+    // The service's defaults (XEP-0060 §8.1.3 leaves them to the service): open, no last
+    // item; §8.3 shows them.
     let x = get_config(&mut a, Some(SVC), NEWS).await;
     assert_eq!(
         form_value(&x, "pubsub#access_model").as_deref(),
@@ -236,6 +237,17 @@ async fn node_creation_and_its_policy() {
     assert_eq!(
         form_value(&x, "pubsub#send_last_published_item").as_deref(),
         Some("never")
+    );
+    let r = ask(&mut a, &owner("get", Some(SVC), "<default/>")).await;
+    assert_result(&r);
+    let d = r
+        .get_child("pubsub", PS_OWNER)
+        .and_then(|p| p.get_child("default", PS_OWNER))
+        .and_then(|d| d.get_child("x", XDATA))
+        .unwrap_or_else(|| panic!("no default form in {r}"));
+    assert_eq!(
+        form_value(d, "pubsub#access_model").as_deref(),
+        Some("open")
     );
     s.stop().await;
 
@@ -267,6 +279,79 @@ async fn node_creation_and_its_policy() {
     assert_result(&configure(&mut a, Some(SVC), NEWS, &[("pubsub#title", "Musings")]).await);
     let x = get_config(&mut admin, Some(SVC), NEWS).await;
     assert_eq!(form_value(&x, "pubsub#title").as_deref(), Some("Musings"));
+    s.stop().await;
+}
+
+/// §4.5 on a service node: the `presence` and `roster` models follow the node owners'
+/// rosters; §16.4.3 `publish_model = subscribers` lets subscribers publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_nodes_follow_their_owners_rosters() {
+    const ROSTER_NODE: &str = "friends_only";
+    let s = server().await;
+    let mut a = online(&s, "alice", "a1").await;
+    let mut b = online(&s, "bob", "b1").await;
+    let mut c = online(&s, "carol", "c1").await;
+    subscribe_to(&mut b, &mut a).await;
+    create(
+        &mut a,
+        SVC,
+        NEWS,
+        &[
+            ("pubsub#access_model", "presence"),
+            ("pubsub#publish_model", "subscribers"),
+        ],
+    )
+    .await;
+    create(
+        &mut a,
+        SVC,
+        ROSTER_NODE,
+        &[
+            ("pubsub#access_model", "roster"),
+            ("pubsub#roster_groups_allowed", "Friends"),
+        ],
+    )
+    .await;
+    publish(&mut a, Some(SVC), NEWS, Some("p1"), "for contacts").await;
+
+    // bob may see alice's presence: he may read and subscribe; carol may not.
+    assert_eq!(item_ids(&mut b, Some(SVC), NEWS).await, ["p1"]);
+    let r = ask(&mut c, &items_xml(Some(SVC), NEWS)).await;
+    assert_error(&r, "not-authorized", Some("presence-subscription-required"));
+    let r = ask(
+        &mut c,
+        &ps(
+            "set",
+            Some(SVC),
+            &format!("<subscribe node='{NEWS}' jid='{CAROL}'/>"),
+        ),
+    )
+    .await;
+    assert_error(&r, "not-authorized", Some("presence-subscription-required"));
+    // Subscribers may publish; before subscribing bob may not.
+    let r = ask(
+        &mut b,
+        &publish_xml(Some(SVC), NEWS, Some("b1"), &entry("bob"), &[]),
+    )
+    .await;
+    assert_error(&r, "forbidden", None);
+    subscribe(&mut b, SVC, NEWS, BOB).await;
+    publish(&mut b, Some(SVC), NEWS, Some("b1"), "bob").await;
+    let m = wait_event(&mut b, SVC, NEWS).await;
+    assert_item_event(&m, "b1", "bob");
+
+    // The roster model: bob is in no group yet.
+    let r = ask(&mut b, &items_xml(Some(SVC), ROSTER_NODE)).await;
+    assert_error(&r, "not-authorized", Some("not-in-roster-group"));
+    let r = ask(
+        &mut a,
+        &format!(
+            "<iq type='set' id='{{id}}'><query xmlns='jabber:iq:roster'><item jid='{BOB}'><group>Friends</group></item></query></iq>"
+        ),
+    )
+    .await;
+    assert_result(&r);
+    assert!(item_ids(&mut b, Some(SVC), ROSTER_NODE).await.is_empty());
     s.stop().await;
 }
 

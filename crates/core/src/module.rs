@@ -196,7 +196,7 @@ pub trait SubscriptionHook: Send + Sync {
     );
 
     /// `user`'s roster item for `contact` was written or removed (its subscription state or
-    /// groups may have changed), before the change is acted on further: XEP-0163 §8.1 has
+    /// groups may have changed), before the change is acted on further: XEP-0163 §7.1 has
     /// PEP re-check the contact's access then. Nothing by default.
     async fn roster_changed(
         &self,

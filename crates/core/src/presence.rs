@@ -115,7 +115,7 @@ impl Server {
             }
         }
         self.roster_push(user, contact, item, ver);
-        // XEP-0163 §8.1: a changed subscription state or group may take access away; the
+        // XEP-0163 §7.1: a changed subscription state or group may take access away; the
         // modules re-check it now (PEP cancels subscriptions that lost it).
         if let Some(me) = self.me() {
             for hook in self.modules().subscription_hooks() {

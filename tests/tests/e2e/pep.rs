@@ -1056,7 +1056,7 @@ async fn last_item_after_a_presence_subscription_is_approved() {
     s.stop().await;
 }
 
-/// XEP-0060 §6.5.9.? / §4.5: an entity without a presence subscription may not read a
+/// XEP-0060 §6.5.9.6 / §4.5: an entity without a presence subscription may not read a
 /// presence-model node (`not-authorized` with `presence-subscription-required`), nor
 /// subscribe to it, nor see it in disco; it gets no notifications whatever its caps say.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1290,7 +1290,7 @@ async fn roster_access_model_follows_groups() {
 /// §8.2 / XEP-0163 §4: a new access model applies to the next notification and retrieval:
 /// presence → open (a stranger may read and subscribe explicitly; implicit `+notify`
 /// subscriptions stay the contacts', XEP-0163 §4.1) → whitelist (nobody; the stranger's
-/// subscription is cancelled, XEP-0163 §8.? "loss of access") → open again (the cancelled
+/// subscription is cancelled, XEP-0163 §7.1 "loss of access") → open again (the cancelled
 /// subscription stays cancelled) → presence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_model_changes_take_effect() {
@@ -1395,7 +1395,7 @@ async fn losing_the_presence_subscription_stops_notifications() {
     s.stop().await;
 }
 
-/// XEP-0163 §8.1: when a presence subscription or a roster item changes so that a contact
+/// XEP-0163 §7.1: when a presence subscription or a roster item changes so that a contact
 /// loses access to a node, its explicit subscription is cancelled: regaining access later
 /// does not bring it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

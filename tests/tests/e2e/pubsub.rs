@@ -489,7 +489,7 @@ async fn the_last_item_on_subscription() {
 
 /// §6.3 subscription options (`pubsub#deliver` off: no notifications), and the node's
 /// delivery settings: `deliver_payloads` off notifies the item id only, `persist_items` off
-/// keeps nothing to retrieve (§6.5.? `feature-not-implemented` + `<unsupported
+/// keeps nothing to retrieve (§6.5.9.4 `feature-not-implemented` + `<unsupported
 /// feature='persistent-items'/>`) but still notifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_options_and_delivery_settings() {
@@ -546,7 +546,7 @@ async fn subscription_options_and_delivery_settings() {
     publish(&mut a, Some(SVC), NEWS, Some("loud"), "delivered").await;
     let m = wait_event(&mut b, SVC, NEWS).await;
     assert_item_event(&m, "loud", "delivered");
-    // §6.3.? unknown options, someone else's options, no subscription.
+    // §6.3 errors: unknown options, someone else's options, no subscription.
     let r = ask(&mut b, &options_set(&[("pubsub#digest", "1")])).await;
     assert_error(&r, "bad-request", Some("invalid-options"));
     let r = ask(&mut c, &options_get).await;

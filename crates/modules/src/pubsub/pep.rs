@@ -728,7 +728,7 @@ impl SubscriptionHook for NewSubscriber {
         }
     }
 
-    /// XEP-0163 §8.1: when a presence subscription or a roster item changes, access is
+    /// XEP-0163 §7.1: when a presence subscription or a roster item changes, access is
     /// re-calculated and the contact's explicit subscriptions it no longer has access for
     /// are cancelled.
     async fn roster_changed(&self, server: &Arc<Server>, user: &BareJid, contact: &BareJid) {

@@ -1236,6 +1236,38 @@ impl Client {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Helpers for pep.rs and pubsub.rs (appended; nothing above changed).
+// ---------------------------------------------------------------------------------------------
+
+impl Client {
+    /// Like [`Client::iq`], but what arrives before the reply stays queued for
+    /// [`Client::next`], in order (pubsub notifications may precede the result they follow
+    /// from, XEP-0060 §7.1.2.1).
+    pub async fn iq_keep(&mut self, xml_with_id_placeholder: &str) -> Result<Element> {
+        let id = self.id();
+        self.send(&xml_with_id_placeholder.replace("{id}", &id))
+            .await;
+        let mut before = Vec::new();
+        let reply = loop {
+            match self.next_event().await {
+                Ok(StreamEvent::Stanza(e))
+                    if e.is("iq", canto_stanza::ns::CLIENT)
+                        && e.attr("id") == Some(id.as_str()) =>
+                {
+                    break Ok(e);
+                }
+                Ok(ev) => before.push(ev),
+                Err(e) => break Err(e),
+            }
+        };
+        for ev in before.into_iter().rev() {
+            self.pending.push_front(ev);
+        }
+        reply
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

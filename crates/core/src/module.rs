@@ -183,7 +183,8 @@ pub trait SessionHook: Send + Sync {
 
 /// Told when a local account approves a presence subscription (RFC 6121 §3.1.5: `user` sent
 /// `subscribed` to `contact`, or pre-approval answered the request), after the contact has the
-/// user's current presence: PEP sends the new subscriber the last items (XEP-0163 §4.3.1).
+/// user's current presence: PEP sends the new subscriber the last items (XEP-0163 §4.3.1);
+/// and when a roster item changes (PEP cancels subscriptions that lost access, §8.1).
 #[async_trait::async_trait]
 pub trait SubscriptionHook: Send + Sync {
     /// `contact` may now see `user`'s presence.
@@ -193,6 +194,17 @@ pub trait SubscriptionHook: Send + Sync {
         user: &canto_stanza::BareJid,
         contact: &canto_stanza::BareJid,
     );
+
+    /// `user`'s roster item for `contact` was written or removed (its subscription state or
+    /// groups may have changed), before the change is acted on further: XEP-0163 §7.1 has
+    /// PEP re-check the contact's access then. Nothing by default.
+    async fn roster_changed(
+        &self,
+        _server: &Arc<Server>,
+        _user: &canto_stanza::BareJid,
+        _contact: &canto_stanza::BareJid,
+    ) {
+    }
 }
 
 /// Work a module runs periodically (Prosody's `module:add_timer`): archive expiry, cleanup.

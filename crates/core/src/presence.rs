@@ -115,6 +115,13 @@ impl Server {
             }
         }
         self.roster_push(user, contact, item, ver);
+        // XEP-0163 §7.1: a changed subscription state or group may take access away; the
+        // modules re-check it now (PEP cancels subscriptions that lost it).
+        if let Some(me) = self.me() {
+            for hook in self.modules().subscription_hooks() {
+                hook.roster_changed(&me, user, contact).await;
+            }
+        }
         Some(ver)
     }
 

@@ -149,6 +149,9 @@ pub enum Event {
         redirect: Option<String>,
         /// Its subscriptions before deletion.
         subscribers: Vec<PubsubSubscription>,
+        /// Its affiliations before deletion, `(node, jid, affiliation)`: who was entitled to
+        /// the node when it went (§8.4.2 notifies its subscribers, members included).
+        affiliations: Vec<(String, String, String)>,
     },
     /// The configuration changed.
     Configured {
@@ -1149,6 +1152,12 @@ impl Engine {
             .subscriptions(c.service, Some(&node), None)
             .await
             .map_err(storage_error)?;
+        // §8.4.2: the affiliations go with the node; the notification still follows them.
+        let affiliations = self
+            .store()
+            .affiliations(c.service, Some(&node), None)
+            .await
+            .map_err(storage_error)?;
         self.store()
             .delete_node(c.service, &node)
             .await
@@ -1159,6 +1168,7 @@ impl Engine {
                 config,
                 redirect,
                 subscribers,
+                affiliations,
             }]
         } else {
             Vec::new()

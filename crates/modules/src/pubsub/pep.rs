@@ -346,6 +346,14 @@ fn contact_allowed(config: &NodeConfig, item: Option<&RosterItem>, aff: Affiliat
 }
 
 impl PepState {
+    /// One entity's affiliations across a service's nodes, by node: an affiliation is with
+    /// one node (XEP-0060 §4.1), so a member of one private node is no member of another.
+    fn affiliations_by_node(list: &[(String, String, String)]) -> HashMap<String, Affiliation> {
+        list.iter()
+            .filter_map(|(n, _, a)| Affiliation::parse(a).map(|a| (n.clone(), a)))
+            .collect()
+    }
+
     fn affiliations_of(list: &[(String, String, String)]) -> HashMap<String, Affiliation> {
         list.iter()
             .filter_map(|(_, j, a)| Affiliation::parse(a).map(|a| (j.clone(), a)))
@@ -374,12 +382,18 @@ impl PepState {
         let Some((node, child)) = event_child(&ev) else {
             return;
         };
-        let (config, explicit) = match &ev {
+        let (config, explicit, before) = match &ev {
+            // XEP-0060 §8.4.2: the subscribers, entitled by the affiliations the node had.
             Event::Deleted {
                 config,
                 subscribers,
+                affiliations,
                 ..
-            } => (config.clone(), subscribers.clone()),
+            } => (
+                config.clone(),
+                subscribers.clone(),
+                Some(affiliations.as_slice()),
+            ),
             Event::Published { config, .. }
             | Event::Retracted { config, .. }
             | Event::Purged { config, .. }
@@ -390,11 +404,12 @@ impl PepState {
                     .subscriptions(&owner.to_string(), Some(&node), None)
                     .await
                     .unwrap_or_default(),
+                None,
             ),
             Event::Subscribed { .. } => return,
         };
         let targets = self
-            .recipients(server, owner, &node, &config, &explicit)
+            .recipients(server, owner, &node, &config, &explicit, before)
             .await;
         let from = owner.to_string();
         for to in targets {
@@ -404,7 +419,8 @@ impl PepState {
         }
     }
 
-    /// The local resources a notification of `node` goes to.
+    /// The local resources a notification of `node` goes to; `affiliations` are the node's
+    /// when the store no longer has them (a deleted node), else they are read.
     async fn recipients(
         &self,
         server: &Arc<Server>,
@@ -412,9 +428,12 @@ impl PepState {
         node: &str,
         config: &NodeConfig,
         explicit: &[PubsubSubscription],
+        affiliations: Option<&[(String, String, String)]>,
     ) -> Vec<FullJid> {
         let service = owner.to_string();
-        let affs = if config.access_model == AccessModel::Whitelist || !explicit.is_empty() {
+        let affs = if let Some(list) = affiliations {
+            Self::affiliations_of(list)
+        } else if config.access_model == AccessModel::Whitelist || !explicit.is_empty() {
             Self::affiliations_of(
                 &self
                     .engine
@@ -576,7 +595,7 @@ impl PepState {
                 if is_contact.is_some() {
                     if entitlement.is_none() {
                         let item = server.roster(&owner).await.get(&user).cloned();
-                        let affs = Self::affiliations_of(
+                        let affs = Self::affiliations_by_node(
                             &self
                                 .engine
                                 .store()
@@ -589,10 +608,7 @@ impl PepState {
                     let Some((item, affs)) = &entitlement else {
                         continue;
                     };
-                    let aff = affs
-                        .get(&user.to_string())
-                        .copied()
-                        .unwrap_or(Affiliation::None);
+                    let aff = affs.get(&node).copied().unwrap_or(Affiliation::None);
                     if !item.as_ref().is_some_and(|i| i.subscription.has_from())
                         || !contact_allowed(&config, item.as_ref(), aff)
                     {
@@ -716,7 +732,8 @@ impl SubscriptionHook for NewSubscriber {
         }
         let roster = server.roster(user).await;
         let item = roster.get(contact);
-        let affs = PepState::affiliations_of(
+        // By node (XEP-0060 §4.1): membership of one node is not of the others.
+        let affs = PepState::affiliations_by_node(
             &state
                 .engine
                 .store()
@@ -724,10 +741,6 @@ impl SubscriptionHook for NewSubscriber {
                 .await
                 .unwrap_or_default(),
         );
-        let aff = affs
-            .get(&contact.to_string())
-            .copied()
-            .unwrap_or(Affiliation::None);
         let resources: Vec<FullJid> = server
             .available_resources(contact)
             .into_iter()
@@ -736,6 +749,7 @@ impl SubscriptionHook for NewSubscriber {
         for (node, raw) in nodes {
             let config =
                 NodeConfig::decode(&raw, &state.defaults).unwrap_or_else(|| state.defaults.clone());
+            let aff = affs.get(&node).copied().unwrap_or(Affiliation::None);
             if config.send_last_published_item == SendLast::Never
                 || !contact_allowed(&config, item, aff)
             {
@@ -749,6 +763,47 @@ impl SubscriptionHook for NewSubscriber {
             state
                 .send_last_to(server, user, &node, &config, &targets)
                 .await;
+        }
+    }
+
+    /// XEP-0163 §7.1: when a presence subscription or a roster item changes, access is
+    /// re-calculated and the contact's explicit subscriptions it no longer has access for
+    /// are cancelled.
+    async fn roster_changed(&self, server: &Arc<Server>, user: &BareJid, contact: &BareJid) {
+        let state = &self.0;
+        let store = state.engine.store();
+        let service = user.to_string();
+        let Ok(subs) = store.subscriptions(&service, None, None).await else {
+            return;
+        };
+        let theirs: Vec<PubsubSubscription> = subs
+            .into_iter()
+            .filter(|s| parse_jid(&s.jid).is_ok_and(|j| j.to_bare() == *contact))
+            .collect();
+        if theirs.is_empty() {
+            return;
+        }
+        let item = server.roster(user).await.get(contact).cloned();
+        for sub in theirs {
+            let Ok(Some(config)) = state
+                .engine
+                .config(&service, &sub.node, &state.defaults)
+                .await
+            else {
+                continue;
+            };
+            let aff = store
+                .affiliations(&service, Some(&sub.node), Some(&contact.to_string()))
+                .await
+                .unwrap_or_default()
+                .first()
+                .and_then(|(_, _, a)| Affiliation::parse(a))
+                .unwrap_or(Affiliation::None);
+            if !contact_allowed(&config, item.as_ref(), aff) {
+                let _ = store
+                    .remove_subscription(&service, &sub.node, &sub.jid, None)
+                    .await;
+            }
         }
     }
 }

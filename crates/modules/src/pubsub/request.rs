@@ -26,6 +26,9 @@ impl Default for ParseLimits {
     }
 }
 
+/// Submitted data form fields: `(var, values)` in order.
+pub type Fields = Vec<(String, Vec<String>)>;
+
 /// XEP-0059 paging of an items request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rsm {
@@ -36,9 +39,6 @@ pub struct Rsm {
     /// `<before/>`: items newer than this id; empty asks for the last page.
     pub before: Option<String>,
 }
-
-/// Submitted form fields: `(var, values)` in order.
-pub type Fields = Vec<(String, Vec<String>)>;
 
 /// One request, by XEP-0060 section.
 #[derive(Clone, Debug, PartialEq, Eq)]

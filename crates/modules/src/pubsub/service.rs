@@ -463,6 +463,7 @@ impl PubsubService {
         let Some((node, child)) = event_child(&ev) else {
             return;
         };
+        let deleted = matches!(ev, Event::Deleted { .. });
         let (config, subs) = match &ev {
             Event::Deleted {
                 config,
@@ -483,7 +484,9 @@ impl PubsubService {
             Event::Subscribed { .. } => return,
         };
         for sub in subs.iter().filter(|s| delivers(s)) {
-            if !self.entitled(ctx, &node, &config, sub).await {
+            // XEP-0060 §8.4.2: "all subscribers" learn of the deletion; the node's
+            // affiliations, which the entitlement check reads, are already gone with it.
+            if !deleted && !self.entitled(ctx, &node, &config, sub).await {
                 continue;
             }
             let msg = event_message(&domain, &sub.jid, &config.notification_type, child.clone());

@@ -205,6 +205,12 @@ pub trait SubscriptionHook: Send + Sync {
         _contact: &canto_stanza::BareJid,
     ) {
     }
+
+    /// The local account `user` was deleted (its own stores are gone already): what other
+    /// entities keep about it (subscriptions to and affiliations with nodes of hosted
+    /// services) goes too, so a new account of the same name inherits nothing. Nothing by
+    /// default.
+    async fn account_deleted(&self, _server: &Arc<Server>, _user: &canto_stanza::BareJid) {}
 }
 
 /// Work a module runs periodically (Prosody's `module:add_timer`): archive expiry, cleanup.

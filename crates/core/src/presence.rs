@@ -766,6 +766,9 @@ impl Server {
         }
         let existed = self.storage.accounts.delete(&host, &node).await?;
         self.forget_roster(user);
+        for hook in self.modules().subscription_hooks() {
+            hook.account_deleted(self, user).await;
+        }
         Ok(existed)
     }
 }

@@ -368,6 +368,10 @@ pub trait PubsubStore: Send + Sync {
     async fn purge(&self, service: ServiceKey<'_>, node: &str) -> Result<usize>;
     /// Deletes the oldest items beyond the newest `keep`; the ids deleted.
     async fn trim(&self, service: ServiceKey<'_>, node: &str, keep: usize) -> Result<Vec<String>>;
+    /// Forgets the bare JID `bare` in every service: its affiliations, and its subscriptions
+    /// as `bare` or any `bare/resource` (an account that was deleted). Returns how many rows
+    /// went.
+    async fn forget_jid(&self, bare: &str) -> Result<usize>;
 }
 
 /// The backends, chosen in config.

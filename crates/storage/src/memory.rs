@@ -743,6 +743,20 @@ impl PubsubStore for MemoryBackend {
         })
     }
 
+    async fn forget_jid(&self, bare: &str) -> Result<usize> {
+        let mut inner = self.lock();
+        let prefix = format!("{bare}/");
+        let mut gone = 0;
+        for n in inner.nodes.values_mut() {
+            let before = n.affiliations.len() + n.subscriptions.len();
+            n.affiliations.remove(bare);
+            n.subscriptions
+                .retain(|(j, _), _| j != bare && !j.starts_with(&prefix));
+            gone += before - n.affiliations.len() - n.subscriptions.len();
+        }
+        Ok(gone)
+    }
+
     async fn trim(&self, service: ServiceKey<'_>, node: &str, keep: usize) -> Result<Vec<String>> {
         let mut inner = self.lock();
         Ok(inner

@@ -474,6 +474,32 @@ impl PubsubStore for SqliteBackend {
         affected(done.rows_affected())
     }
 
+    async fn forget_jid(&self, bare: &str) -> Result<usize> {
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let affiliations = sqlx::query("DELETE FROM pubsub_affiliations WHERE jid = ?")
+            .bind(bare)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        // The bare JID and its full JIDs: a prefix compared with substr, not LIKE (whose
+        // wildcards may occur in a JID).
+        let prefix = format!("{bare}/");
+        let subscriptions = sqlx::query(
+            "DELETE FROM pubsub_subscriptions
+             WHERE jid = ?1 OR substr(jid, 1, length(?2)) = ?2",
+        )
+        .bind(bare)
+        .bind(&prefix)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .rows_affected();
+        tx.commit().await?;
+        usize::try_from(affiliations + subscriptions)
+            .map_err(|_| StorageError::Database("row count overflow".to_owned()))
+    }
+
     async fn trim(&self, service: ServiceKey<'_>, node: &str, keep: usize) -> Result<Vec<String>> {
         let mut tx = WriteTx::begin(&self.pool).await?;
         let trimmed = trim_items(&mut tx, service, node, keep).await?;

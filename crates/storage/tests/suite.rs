@@ -1016,6 +1016,60 @@ async fn pubsub(s: &Storage) {
     pubsub_paging(s).await;
     pubsub_delete(s).await;
     pubsub_account_delete(s).await;
+    pubsub_forget_jid(s).await;
+}
+
+/// `forget_jid`: a deleted account's affiliations and subscriptions (bare and full JIDs) go in
+/// every service; look-alike JIDs (a longer name, another domain, `%`/`_` that LIKE would
+/// treat as wildcards) stay.
+async fn pubsub_forget_jid(s: &Storage) {
+    let p = &s.pubsub;
+    for svc in ["pubsub.f.example", "owner@f.example"] {
+        assert!(p.create_node(svc, "n", b"c", None).await.expect("create"));
+        for (jid, aff) in [
+            ("gone@f.example", "owner"),
+            ("gone2@f.example", "member"),
+            ("go_e@f.example", "member"),
+        ] {
+            p.set_affiliation(svc, "n", jid, Some(aff)).await.expect("aff");
+        }
+        for (jid, subid) in [
+            ("gone@f.example", "1"),
+            ("gone@f.example/phone", "2"),
+            ("gone@f.example.org/x", "3"),
+            ("gone2@f.example", "4"),
+            ("go%e@f.example/y", "5"),
+        ] {
+            p.set_subscription(svc, &sub("n", jid, subid, "subscribed"))
+                .await
+                .expect("sub");
+        }
+    }
+    assert_eq!(p.forget_jid("gone@f.example").await.expect("forget"), 6);
+    for svc in ["pubsub.f.example", "owner@f.example"] {
+        let affs: Vec<String> = p
+            .affiliations(svc, None, None)
+            .await
+            .expect("affs")
+            .into_iter()
+            .map(|(_, j, _)| j)
+            .collect();
+        assert_eq!(affs, vec!["go_e@f.example", "gone2@f.example"], "{svc}");
+        let mut subs: Vec<String> = p
+            .subscriptions(svc, None, None)
+            .await
+            .expect("subs")
+            .into_iter()
+            .map(|s| s.jid)
+            .collect();
+        subs.sort();
+        assert_eq!(
+            subs,
+            vec!["go%e@f.example/y", "gone2@f.example", "gone@f.example.org/x"],
+            "{svc}"
+        );
+    }
+    assert_eq!(p.forget_jid("nobody@f.example").await.expect("forget"), 0);
 }
 
 async fn pubsub_nodes(s: &Storage) {

@@ -1143,3 +1143,46 @@ async fn service_nodes_survive_a_restart_on_sqlite() {
     assert_item_event(&m, "i4", "after restart");
     s.stop().await;
 }
+
+/// A deleted account leaves nothing on the services: its node ownership and subscriptions go,
+/// so an account created again under the name inherits neither (the nodes stay, owned by
+/// whoever else owns them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_account_leaves_no_ownership_or_subscription() {
+    let s = server().await;
+    let mut a = online(&s, "alice", "a").await;
+    let mut b = online(&s, "bob", "b").await;
+    create(&mut a, SVC, NEWS, &[]).await;
+    let r = ask(&mut a, &set_affiliation_xml(NEWS, BOB, "owner")).await;
+    assert_result(&r);
+    subscribe(&mut a, SVC, NEWS, &format!("{ALICE}/a")).await;
+    subscribe(&mut a, SVC, NEWS, ALICE).await;
+    assert_eq!(
+        affiliations(&mut b, NEWS).await,
+        pairs(&[(ALICE, "owner"), (BOB, "owner")])
+    );
+    let alice = canto_stanza::BareJid::new(ALICE).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        s.running
+            .server
+            .delete_account(&alice)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    );
+    s.wait_unbound("alice@localhost/a").await;
+    drop(a);
+    assert_eq!(affiliations(&mut b, NEWS).await, pairs(&[(BOB, "owner")]));
+    assert_eq!(subscriptions(&mut b, NEWS).await, Vec::<(String, String)>::new());
+    // The new alice owns nothing.
+    s.add_user("alice", "pw").await;
+    let mut a = online(&s, "alice", "a").await;
+    let r = ask(
+        &mut a,
+        &format!(
+            "<iq type='get' id='{{id}}' to='{SVC}'><pubsub xmlns='{PS}#owner'><configure node='{NEWS}'/></pubsub></iq>"
+        ),
+    )
+    .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"), "{r}");
+    s.stop().await;
+}

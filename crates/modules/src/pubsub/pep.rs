@@ -769,6 +769,12 @@ impl SubscriptionHook for NewSubscriber {
     /// XEP-0163 §7.1: when a presence subscription or a roster item changes, access is
     /// re-calculated and the contact's explicit subscriptions it no longer has access for
     /// are cancelled.
+    /// The account's own PEP service went with its stores; its subscriptions to and
+    /// memberships of other accounts' nodes go now.
+    async fn account_deleted(&self, _server: &Arc<Server>, user: &BareJid) {
+        let _ = self.0.engine.store().forget_jid(&user.to_string()).await;
+    }
+
     async fn roster_changed(&self, server: &Arc<Server>, user: &BareJid, contact: &BareJid) {
         let state = &self.0;
         let store = state.engine.store();

@@ -151,6 +151,7 @@ impl Module for Pubsub {
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         let config = ctx.section::<PubsubConfig>()?;
         let engine = Engine::new(ctx.open_pubsub("pubsub")?);
+        ctx.hook_subscription(Arc::new(ForgetAccount(engine.clone())));
         let hosts = ctx.config().hosts.clone();
         for spec in ctx.config().services_of_kind("pubsub") {
             let service = Arc::new(PubsubService {
@@ -166,6 +167,25 @@ impl Module for Pubsub {
             ctx.add_service(&spec.domain, &spec.parent, &name, service)?;
         }
         Ok(())
+    }
+}
+
+/// A deleted account leaves no subscription or affiliation behind on the services: a new
+/// account of the same name must not inherit node ownership.
+struct ForgetAccount(Engine);
+
+#[async_trait]
+impl canto_core::module::SubscriptionHook for ForgetAccount {
+    async fn subscribed(
+        &self,
+        _server: &Arc<canto_core::Server>,
+        _user: &BareJid,
+        _contact: &BareJid,
+    ) {
+    }
+
+    async fn account_deleted(&self, _server: &Arc<canto_core::Server>, user: &BareJid) {
+        let _ = self.0.store().forget_jid(&user.to_string()).await;
     }
 }
 

@@ -1031,7 +1031,9 @@ async fn pubsub_forget_jid(s: &Storage) {
             ("gone2@f.example", "member"),
             ("go_e@f.example", "member"),
         ] {
-            p.set_affiliation(svc, "n", jid, Some(aff)).await.expect("aff");
+            p.set_affiliation(svc, "n", jid, Some(aff))
+                .await
+                .expect("aff");
         }
         for (jid, subid) in [
             ("gone@f.example", "1"),
@@ -1065,7 +1067,11 @@ async fn pubsub_forget_jid(s: &Storage) {
         subs.sort();
         assert_eq!(
             subs,
-            vec!["go%e@f.example/y", "gone2@f.example", "gone@f.example.org/x"],
+            vec![
+                "go%e@f.example/y",
+                "gone2@f.example",
+                "gone@f.example.org/x"
+            ],
             "{svc}"
         );
     }

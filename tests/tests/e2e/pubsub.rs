@@ -1172,7 +1172,10 @@ async fn a_deleted_account_leaves_no_ownership_or_subscription() {
     s.wait_unbound("alice@localhost/a").await;
     drop(a);
     assert_eq!(affiliations(&mut b, NEWS).await, pairs(&[(BOB, "owner")]));
-    assert_eq!(subscriptions(&mut b, NEWS).await, Vec::<(String, String)>::new());
+    assert_eq!(
+        subscriptions(&mut b, NEWS).await,
+        Vec::<(String, String)>::new()
+    );
     // The new alice owns nothing.
     s.add_user("alice", "pw").await;
     let mut a = online(&s, "alice", "a").await;

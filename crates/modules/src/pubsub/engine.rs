@@ -620,6 +620,10 @@ impl Engine {
         notify: Option<bool>,
     ) -> Result<Outcome, StanzaError> {
         let config = self.existing(c, &node).await?;
+        if !config.persist_items {
+            // §7.2.3.6: a node that keeps no items has none to retract.
+            return Err(unsupported("persistent-items"));
+        }
         let aff = self.affiliation(c, &node).await?;
         let publisher = c.from.to_bare().to_string();
         let may_any = matches!(aff, Affiliation::Owner | Affiliation::Publisher);

@@ -86,6 +86,10 @@ pub enum Kind<'a> {
     ListMulti,
     /// `jid-multi`
     JidMulti,
+    /// `jid-single`
+    JidSingle,
+    /// `hidden`
+    Hidden,
 }
 
 /// A form of `kind` (`form`, `result`, `submit`) with a hidden FORM_TYPE.
@@ -106,6 +110,8 @@ pub fn field(var: &str, label: &str, kind: Kind<'_>, values: &[String]) -> Eleme
         Kind::List(_) => "list-single",
         Kind::ListMulti => "list-multi",
         Kind::JidMulti => "jid-multi",
+        Kind::JidSingle => "jid-single",
+        Kind::Hidden => "hidden",
     };
     let mut f = Element::new("field", NS)
         .with_attr("var", var)

@@ -653,16 +653,25 @@ fn authorization_request(
     jid: &Jid,
     subid: &str,
 ) -> Element {
+    // XEP-0060 §8.6.1 (example 146): the subscription id hidden, the subscriber a JID.
     let mut x = form::new_form("form", NS_SUBSCRIBE_AUTH);
-    let text = |var: &str, label: &str, v: &str| {
-        form::field(var, label, form::Kind::Text, &[v.to_string()])
-    };
-    x.push_child(text("pubsub#subid", "Subscription id", subid));
-    x.push_child(text("pubsub#node", "Node", node));
-    x.push_child(text(
+    x.push_child(form::field(
+        "pubsub#subid",
+        "",
+        form::Kind::Hidden,
+        &[subid.to_string()],
+    ));
+    x.push_child(form::field(
+        "pubsub#node",
+        "Node ID",
+        form::Kind::Text,
+        &[node.to_string()],
+    ));
+    x.push_child(form::field(
         "pubsub#subscriber_jid",
-        "Subscriber",
-        &jid.to_string(),
+        "Subscriber Address",
+        form::Kind::JidSingle,
+        &[jid.to_string()],
     ));
     x.push_child(form::field(
         "pubsub#allow",

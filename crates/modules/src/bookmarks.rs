@@ -314,6 +314,11 @@ impl State {
                 return None;
             }
             return Some(match (set, action.name()) {
+                // XEP-0060 §6.5.9.11: no bookmarks node yet is no node (Prosody's
+                // empty_bookmarks script expects this too).
+                (false, "items") if !pep::has_node(&self.pep, owner, NS).await => {
+                    Err(StanzaError::new(Condition::ItemNotFound))
+                }
                 (false, "items") => {
                     let item = Element::new("item", NS_PUBSUB)
                         .with_attr("id", "current")

@@ -535,3 +535,42 @@ async fn a_vcard_becomes_the_pep_avatar_and_vcard4_and_back() {
     assert!(photo(&r).is_some(), "{r}");
     s.stop().await;
 }
+
+/// Derived from Prosody's empty_bookmarks script: an account that never had bookmarks has no
+/// `storage:bookmarks` node (item-not-found), while private storage answers with an empty
+/// `<storage/>` (XEP-0049 §2.3: nothing stored is the empty element).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_bookmarks_yet() {
+    let s = server().await;
+    let mut a = s.login("alice", "pw", "r").await;
+    let r = ask(&mut a, &items_of(LEGACY, None)).await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("item-not-found"),
+        "{r}"
+    );
+    let r = ask(&mut a, &private_get()).await;
+    ok(&r);
+    let storage = r
+        .get_child("query", "jabber:iq:private")
+        .and_then(|q| q.get_child("storage", LEGACY))
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(storage.children().count(), 0, "{r}");
+    // Once bookmarks exist, even all removed again, the node answers (with no conference).
+    ok(&ask(
+        &mut a,
+        &publish_native("r@conf.example.org", "R", false, "n"),
+    )
+    .await);
+    ok(&ask(
+        &mut a,
+        &format!(
+            "<iq type='set' id='{{id}}'><query xmlns='jabber:iq:private'><storage xmlns='{LEGACY}'/></query></iq>"
+        ),
+    )
+    .await);
+    let r = ask(&mut a, &items_of(LEGACY, None)).await;
+    ok(&r);
+    assert_eq!(legacy_conferences(&items(&r)[0].1).len(), 0, "{r}");
+    s.stop().await;
+}

@@ -986,6 +986,14 @@ pub async fn publish_as_owner(
     .map(|_| ())
 }
 
+/// Whether the account has the node.
+pub async fn has_node(state: &PepState, owner: &BareJid, node: &str) -> bool {
+    matches!(
+        state.engine.store().node(&owner.to_string(), node).await,
+        Ok(Some(_))
+    )
+}
+
 /// Every item of an account's node, oldest first, with its id (for conversions); empty when
 /// the node does not exist.
 pub async fn all_items(state: &PepState, owner: &BareJid, node: &str) -> Vec<(String, Element)> {

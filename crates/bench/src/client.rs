@@ -457,7 +457,6 @@ impl Client {
 
 impl ClientReader {
     /// The next element (through the XML parser).
-    #[allow(dead_code)] // no workload reads parsed elements after splitting yet
     pub async fn next(&mut self) -> Result<Element> {
         element(self.incoming.next_event(&mut self.io).await?)
     }

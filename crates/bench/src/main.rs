@@ -6,6 +6,7 @@ mod client;
 mod fanout;
 mod mam;
 mod msg;
+mod pep;
 mod proc_stats;
 
 use std::net::SocketAddr;
@@ -82,6 +83,40 @@ enum Workload {
         /// Presence changes to time.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// PEP (XEP-0163) fan-out: one account (PREFIX<FIRST>) with R contacts (the next R
+    /// accounts) in mutual presence subscription, each online with XEP-0115 caps whose
+    /// features include `urn:example:bench+notify` (it answers the server's disco#info
+    /// queries); the account publishes K items to `urn:example:bench`, one after the other:
+    /// time until the last contact has each notification, server CPU per publish. Run it on
+    /// accounts without subscriptions (fresh ones).
+    PepFanout {
+        /// Contacts.
+        #[arg(long, default_value_t = 500)]
+        contacts: usize,
+        /// Publishes timed (after warm-up publishes that every contact gets).
+        #[arg(long, default_value_t = 20)]
+        publishes: usize,
+    },
+    /// PEP publish rate: one account (PREFIX<FIRST>) publishes to one node of its own with a
+    /// window of IQs in flight: results per second, their latency, server CPU per publish.
+    PepPublish {
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds of publishing before measuring.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Publishes in flight.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// `pubsub#max_items` of the node, set by publish-options on the first publish (a
+        /// node left with another value by an earlier run refuses it: use another --node).
+        #[arg(long, default_value_t = 1)]
+        max_items: usize,
+        /// The node.
+        #[arg(long, default_value = pep::NODE)]
+        node: String,
     },
     /// P pairs of accounts exchanging chat messages (each session sends to its partner's full
     /// JID): delivered msgs/s, latency p50/p99, server CPU per delivered message, the tool's
@@ -301,6 +336,30 @@ async fn run(cli: Cli) -> Result<()> {
             drop(clients);
         }
         Workload::Fanout { contacts, rounds } => fanout::run(&cli, &t, contacts, rounds).await?,
+        Workload::PepFanout {
+            contacts,
+            publishes,
+        } => pep::fanout(&cli, &t, contacts, publishes).await?,
+        Workload::PepPublish {
+            seconds,
+            warmup,
+            window,
+            max_items,
+            ref node,
+        } => {
+            pep::publish(
+                &cli,
+                &t,
+                &pep::PublishOpts {
+                    seconds,
+                    warmup,
+                    window,
+                    max_items,
+                    node: node.clone(),
+                },
+            )
+            .await?
+        }
         Workload::Msg {
             pairs,
             flood,

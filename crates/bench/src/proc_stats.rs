@@ -1,5 +1,8 @@
 //! CPU time and resident memory of a process, from `/proc/PID`.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use anyhow::{Context, Result, anyhow};
 
 /// A snapshot.
@@ -7,6 +10,8 @@ use anyhow::{Context, Result, anyhow};
 pub struct ProcStats {
     /// User + system CPU seconds.
     pub cpu_secs: f64,
+    /// System (kernel) CPU seconds alone.
+    pub sys_secs: f64,
     /// Resident set size in bytes.
     pub rss_bytes: u64,
 }
@@ -42,14 +47,75 @@ impl ProcStats {
             .ok_or_else(|| anyhow!("no VmRSS"))?;
         Ok(ProcStats {
             cpu_secs,
+            sys_secs: stime / 100.0,
             rss_bytes: rss_kib * 1024,
         })
+    }
+}
+
+/// CPU time of each thread of a process, in nanoseconds, from the first field of
+/// `/proc/PID/task/TID/schedstat`: finer than the 10 ms ticks of `/proc/PID/stat`, for figures
+/// of a few milliseconds per operation.
+#[derive(Clone, Debug, Default)]
+pub struct ThreadCpu(HashMap<u32, u64>);
+
+impl ThreadCpu {
+    /// Reads every thread of `pid`; fails when the kernel keeps no schedstat.
+    pub fn read(pid: u32) -> Result<ThreadCpu> {
+        let mut by_tid = HashMap::new();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("reading /proc/{pid}/task"))?
+        {
+            let entry = entry?;
+            let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            // A thread may end between the listing and the read.
+            let Ok(s) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+                continue;
+            };
+            let ns: u64 = s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("odd schedstat of thread {tid}"))?;
+            by_tid.insert(tid, ns);
+        }
+        if by_tid.is_empty() {
+            return Err(anyhow!("no schedstat under /proc/{pid}/task"));
+        }
+        Ok(ThreadCpu(by_tid))
+    }
+
+    /// CPU time used since `before` by the threads alive now (threads started in between count
+    /// whole; a thread that ended in between is lost, its time shows nowhere any more).
+    pub fn since(&self, before: &ThreadCpu) -> Duration {
+        let ns: u64 = self
+            .0
+            .iter()
+            .map(|(tid, now)| now.saturating_sub(before.0.get(tid).copied().unwrap_or(0)))
+            .sum();
+        Duration::from_nanos(ns)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_own_threads() {
+        let Ok(before) = ThreadCpu::read(std::process::id()) else {
+            return; // a kernel without schedstat
+        };
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let after = ThreadCpu::read(std::process::id()).ok();
+        assert!(after.is_some_and(|a| a.since(&before) > Duration::ZERO));
+    }
 
     #[test]
     fn reads_own_process() {

@@ -395,6 +395,9 @@ impl PepListener for Follow {
         let Event::Published { node, .. } = event else {
             return;
         };
+        if node != NS_AVATAR_METADATA && node != NODE_VCARD4 {
+            return;
+        }
         let Some((_, payload)) = pep::latest(&self.0.pep, owner, node).await else {
             return;
         };

@@ -116,6 +116,34 @@ async fn trim_items(
     Ok(oldest.into_iter().map(|(id, _)| id).collect())
 }
 
+/// Deletes the node's items older than its newest `keep` in one statement (the newest `keep`
+/// are read backwards on the (service, node, seq) index); returns their ids, oldest first.
+async fn trim_after_insert(
+    conn: &mut SqliteConnection,
+    service: &str,
+    node: &str,
+    keep: usize,
+) -> Result<Vec<String>> {
+    if keep == 0 {
+        return trim_items(conn, service, node, 0).await;
+    }
+    let mut gone: Vec<(String, i64)> = sqlx::query_as(
+        "DELETE FROM pubsub_items WHERE service = ?1 AND node = ?2 AND seq < (
+             SELECT MIN(seq) FROM (
+                 SELECT seq FROM pubsub_items WHERE service = ?1 AND node = ?2
+                 ORDER BY seq DESC LIMIT ?3))
+         RETURNING item_id, seq",
+    )
+    .bind(service)
+    .bind(node)
+    .bind(to_i64(keep))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_err)?;
+    gone.sort_by_key(|(_, seq)| *seq);
+    Ok(gone.into_iter().map(|(id, _)| id).collect())
+}
+
 /// The statement of [`PubsubStore::items`] for `q`, after `head` (the query-plan test puts
 /// `EXPLAIN QUERY PLAN` there). Keyset paging on `seq` through `pubsub_items_seq`; with `ids`,
 /// a lookup of each id through the unique (service, node, item_id) index and a sort of those
@@ -397,11 +425,8 @@ impl PubsubStore for SqliteBackend {
         max_items: Option<usize>,
     ) -> Result<Option<Vec<String>>> {
         let mut tx = WriteTx::begin(&self.pool).await?;
-        if !node_exists(&mut tx, service, node).await? {
-            tx.commit().await?;
-            return Ok(None);
-        }
-        // Replace: the old row goes, the new one gets the next (highest) seq.
+        // Replace: the old row goes, the new one gets the next (highest) seq; the insert
+        // happens only if the node exists (one statement, so atomic with the check).
         sqlx::query("DELETE FROM pubsub_items WHERE service = ? AND node = ? AND item_id = ?")
             .bind(service)
             .bind(node)
@@ -409,9 +434,10 @@ impl PubsubStore for SqliteBackend {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO pubsub_items (service, node, item_id, publisher, stamp_ms, payload)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6
+             WHERE EXISTS (SELECT 1 FROM pubsub_nodes WHERE service = ?1 AND node = ?2)",
         )
         .bind(service)
         .bind(node)
@@ -421,9 +447,14 @@ impl PubsubStore for SqliteBackend {
         .bind(item.payload.as_slice())
         .execute(&mut *tx)
         .await
-        .map_err(db_err)?;
+        .map_err(db_err)?
+        .rows_affected();
+        if inserted == 0 {
+            tx.commit().await?;
+            return Ok(None);
+        }
         let trimmed = match max_items {
-            Some(keep) => trim_items(&mut tx, service, node, keep).await?,
+            Some(keep) => trim_after_insert(&mut tx, service, node, keep).await?,
             None => Vec::new(),
         };
         tx.commit().await?;

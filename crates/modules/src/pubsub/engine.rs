@@ -3,6 +3,7 @@
 //! reports what happened as [`Event`]s; who gets told is the caller's business (PEP follows the
 //! roster and `+notify` interest, a service its subscriptions).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -207,7 +208,18 @@ pub fn storage_error(e: StorageError) -> StanzaError {
 #[derive(Clone)]
 pub struct Engine {
     store: PubsubStore,
+    /// Node configurations read recently, by (service, node); `None`: no such node. Every
+    /// configuration write goes through the engine, which updates it; bounded by
+    /// [`CONFIG_CACHE`] entries (cleared when full). One process owns the store: a cluster
+    /// will need invalidation across nodes (issue 15).
+    configs: Arc<std::sync::Mutex<ConfigCache>>,
 }
+
+/// Node configurations kept in memory.
+const CONFIG_CACHE: usize = 50_000;
+
+/// (service, node) → its configuration, `None` for no such node.
+type ConfigCache = HashMap<(String, String), Option<NodeConfig>>;
 
 /// Publish results carry the item id only (XEP-0060 §7.1.2).
 fn ps(child: Element) -> Element {
@@ -220,28 +232,8 @@ fn owner_ps(child: Element) -> Element {
 
 /// A fresh opaque id (item ids, subscription ids, instant nodes).
 pub fn new_id() -> String {
-    let mut b = [0u8; 16];
-    for chunk in b.chunks_mut(8) {
-        chunk.copy_from_slice(&rand_u64().to_le_bytes());
-    }
-    let mut s = String::with_capacity(32);
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
-}
-
-fn rand_u64() -> u64 {
-    // RandomState is seeded from the OS per process and per instance: unpredictable enough for
-    // ids that only need to be unique and unguessable by other users.
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
+    // 128 random bits: unique, and unguessable by other users.
+    format!("{:032x}", rand::random::<u128>())
 }
 
 fn now_ms() -> i64 {
@@ -283,7 +275,33 @@ pub fn item_element(
 impl Engine {
     /// An engine over `store`.
     pub fn new(store: PubsubStore) -> Engine {
-        Engine { store }
+        Engine {
+            store,
+            configs: Arc::default(),
+        }
+    }
+
+    fn remember(&self, service: &str, node: &str, config: Option<NodeConfig>) {
+        if let Ok(mut c) = self.configs.lock() {
+            if c.len() >= CONFIG_CACHE {
+                c.clear();
+            }
+            c.insert((service.to_string(), node.to_string()), config);
+        }
+    }
+
+    fn forget_node(&self, service: &str, node: &str) {
+        if let Ok(mut c) = self.configs.lock() {
+            c.remove(&(service.to_string(), node.to_string()));
+        }
+    }
+
+    /// Forgets what is cached of `service` (its data went behind the engine's back: an account
+    /// deleted with its PEP service).
+    pub fn forget_service(&self, service: &str) {
+        if let Ok(mut c) = self.configs.lock() {
+            c.retain(|(s, _), _| s != service);
+        }
     }
 
     /// The store.
@@ -298,12 +316,19 @@ impl Engine {
         node: &str,
         defaults: &NodeConfig,
     ) -> Result<Option<NodeConfig>, StanzaError> {
+        let key = (service.to_string(), node.to_string());
+        if let Some(hit) = self.configs.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(hit);
+        }
         let raw = self
             .store()
             .node(service, node)
             .await
             .map_err(storage_error)?;
-        Ok(raw.map(|r| NodeConfig::decode(&r, defaults).unwrap_or_else(|| defaults.clone())))
+        let config =
+            raw.map(|r| NodeConfig::decode(&r, defaults).unwrap_or_else(|| defaults.clone()));
+        self.remember(service, node, config.clone());
+        Ok(config)
     }
 
     /// The requester's affiliation with `node`.
@@ -415,6 +440,12 @@ impl Engine {
             .create_node(c.service, node, &config.encode(), Some(c.limits.max_nodes))
             .await
             .map_err(storage_error)?;
+        if created {
+            self.remember(c.service, node, Some(config.clone()));
+        } else {
+            // It exists: what is cached may be older than the store.
+            self.forget_node(c.service, node);
+        }
         if created && !c.is_pep() {
             // XEP-0060 §8.1: the creator owns the node.
             let bare = c.from.to_bare().to_string();
@@ -1059,10 +1090,12 @@ impl Engine {
             Some(Some(fields)) => {
                 config.apply(&fields, c.limits.max_items)?;
                 Self::check_kind(c, &config)?;
-                self.store()
+                let stored = self
+                    .store()
                     .set_node_config(c.service, &node, &config.encode())
-                    .await
-                    .map_err(storage_error)?;
+                    .await;
+                self.forget_node(c.service, &node);
+                stored.map_err(storage_error)?;
                 if config.persist_items {
                     // A smaller max_items takes effect at once.
                     let keep =
@@ -1162,10 +1195,9 @@ impl Engine {
             .affiliations(c.service, Some(&node), None)
             .await
             .map_err(storage_error)?;
-        self.store()
-            .delete_node(c.service, &node)
-            .await
-            .map_err(storage_error)?;
+        let deleted = self.store().delete_node(c.service, &node).await;
+        self.forget_node(c.service, &node);
+        deleted.map_err(storage_error)?;
         let events = if config.notify_delete {
             vec![Event::Deleted {
                 node,

@@ -411,10 +411,13 @@ impl PepState {
         let targets = self
             .recipients(server, owner, &node, &config, &explicit, before)
             .await;
-        let from = owner.to_string();
+        // XEP-0163 §4.3: headline notifications from the account's bare JID; one message
+        // built, each copy readdressed.
+        let template = event_message(&owner.to_string(), "", "headline", child);
         for to in targets {
-            // XEP-0163 §4.3: headline notifications from the account's bare JID.
-            let msg = event_message(&from, &to.to_string(), "headline", child.clone());
+            let mut msg = template.clone();
+            msg.set_attr("to", to.to_string());
+            msg.set_attr("id", super::engine::new_id());
             server.deliver_to_session(&to, Arc::new(msg));
         }
     }
@@ -489,20 +492,7 @@ impl PepState {
                 }
             }
         }
-        // XEP-0191: nothing to or from a blocked entity.
-        let owner_jid = Jid::from(owner.clone());
-        let mut allowed = Vec::with_capacity(out.len());
-        for full in out {
-            let bare = full.to_bare();
-            if bare != *owner
-                && (server.blocks(owner, &Jid::from(full.clone())).await
-                    || server.blocks(&bare, &owner_jid).await)
-            {
-                continue;
-            }
-            allowed.push(full);
-        }
-        allowed
+        unblocked(server, owner, out).await
     }
 
     /// The newest item of `owner`'s `node` to each of `targets` (XEP-0060 §6.1.7, XEP-0163
@@ -620,6 +610,40 @@ impl PepState {
             }
         }
     }
+}
+
+/// XEP-0191 §3.2: `targets` less those the owner blocked (by bare or full JID) and those whose
+/// account blocked the owner; the owner's own resources always stay. Each blocklist is read
+/// once (both are cached for online users); one that cannot be read keeps its side out (XEP-0191
+/// fails closed).
+async fn unblocked(server: &Arc<Server>, owner: &BareJid, targets: Vec<FullJid>) -> Vec<FullJid> {
+    let mine = server.try_blocklist(owner).await.ok();
+    let owner_jid = Jid::from(owner.clone());
+    let mut theirs: HashMap<BareJid, bool> = HashMap::new();
+    let mut allowed = Vec::with_capacity(targets.len());
+    for full in targets {
+        let bare = full.to_bare();
+        if bare == *owner {
+            allowed.push(full);
+            continue;
+        }
+        let Some(mine) = &mine else { continue };
+        if canto_core::blocking::matches(mine, &Jid::from(full.clone())) {
+            continue;
+        }
+        let blocks_owner = match theirs.get(&bare) {
+            Some(b) => *b,
+            None => {
+                let b = server.blocks(&bare, &owner_jid).await;
+                theirs.insert(bare, b);
+                b
+            }
+        };
+        if !blocks_owner {
+            allowed.push(full);
+        }
+    }
+    allowed
 }
 
 /// XEP-0203 `<delay/>` for an item published at `stamp_ms` by `from`.
@@ -772,6 +796,8 @@ impl SubscriptionHook for NewSubscriber {
     /// The account's own PEP service went with its stores; its subscriptions to and
     /// memberships of other accounts' nodes go now.
     async fn account_deleted(&self, _server: &Arc<Server>, user: &BareJid) {
+        // The storage removed the account's PEP service with its stores.
+        self.0.engine.forget_service(&user.to_string());
         let _ = self.0.engine.store().forget_jid(&user.to_string()).await;
     }
 

@@ -52,6 +52,9 @@ pub struct CapsCache {
     capacity: usize,
     cache: Mutex<Cache>,
     pending: Mutex<HashMap<String, Waiter>>,
+    /// `ver`s being asked about now: later resources announcing the same one wait for that
+    /// answer instead of asking again (a login storm of one client version asks once).
+    inflight: Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
 }
 
 /// Queries still unanswered at once; beyond, new ones are not sent (their resources get no
@@ -70,6 +73,7 @@ impl CapsCache {
                 order: VecDeque::new(),
             }),
             pending: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -111,6 +115,35 @@ impl CapsCache {
         let verifiable = caps.hash == "sha-1";
         if verifiable && let Some(f) = self.cached(&caps.ver) {
             return f;
+        }
+        // One question per `ver` at a time: wait for the one in flight, then use its verified
+        // answer; without one (it did not verify, or timed out) ask this resource itself.
+        let mut _leader = None;
+        if verifiable {
+            let waiting = {
+                let Ok(mut inflight) = self.inflight.lock() else {
+                    return Arc::default();
+                };
+                match inflight.get(&caps.ver) {
+                    Some(rx) => Some(rx.clone()),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(false);
+                        inflight.insert(caps.ver.clone(), rx);
+                        _leader = Some(InflightGuard {
+                            cache: self,
+                            ver: caps.ver.clone(),
+                            done: tx,
+                        });
+                        None
+                    }
+                }
+            };
+            if let Some(mut rx) = waiting {
+                let _ = tokio::time::timeout(TIMEOUT, rx.wait_for(|done| *done)).await;
+                if let Some(f) = self.cached(&caps.ver) {
+                    return f;
+                }
+            }
         }
         let id = format!("caps-{}", super::engine::new_id());
         let (tx, rx) = oneshot::channel();
@@ -176,6 +209,23 @@ impl CapsCache {
             }
             _ => false,
         }
+    }
+}
+
+/// Ends a `ver`'s turn in flight (also when the asking task is dropped): waiters wake and read
+/// the cache.
+struct InflightGuard<'a> {
+    cache: &'a CapsCache,
+    ver: String,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.cache.inflight.lock() {
+            inflight.remove(&self.ver);
+        }
+        let _ = self.done.send(true);
     }
 }
 

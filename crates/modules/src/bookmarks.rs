@@ -243,7 +243,7 @@ impl State {
                 .cloned()
                 .collect();
             if !gone.is_empty() {
-                // XEP-0402 §3.? clients learn of removals by retraction notifications.
+                // XEP-0402 (removing a bookmark): clients learn of removals by retraction notifications.
                 pep::as_owner(
                     &self.pep,
                     server,

@@ -78,7 +78,7 @@ impl Module for Vcard {
                     store.clone(),
                     config.clone(),
                 ));
-                // XEP-0398 §2 and XEP-0292 §? on the account.
+                // XEP-0398 §2 and XEP-0292 (discovery) on the account.
                 ctx.add_account_feature("urn:xmpp:pep-vcard-conversion:0");
                 ctx.add_account_feature(crate::vcard_pep::NS_VCARD4);
                 pep.listen(Arc::new(crate::vcard_pep::Follow(sync.clone())));

@@ -631,7 +631,7 @@ impl Engine {
     ) -> Result<(), StanzaError> {
         match aff {
             Affiliation::Owner | Affiliation::Publisher | Affiliation::Member => return Ok(()),
-            // §6.1.3.8, §6.5.9.? : outcasts get nothing.
+            // §6.1.3.8, §6.5.9.10: outcasts (blocked) get nothing.
             Affiliation::Outcast => return Err(StanzaError::new(Condition::Forbidden)),
             _ => {}
         }
@@ -730,7 +730,7 @@ impl Engine {
             .map_err(storage_error)?;
         let state = match self.may_access(c, &node, &config, aff).await {
             Ok(()) => "subscribed",
-            // §6.1.3.? authorize: the owner decides (§8.6).
+            // §6.1.4 authorize: the owner decides (§8.6).
             Err(_)
                 if config.access_model == AccessModel::Authorize && aff != Affiliation::Outcast =>
             {
@@ -899,7 +899,7 @@ impl Engine {
             .await
             .map_err(|e| items_error(e, &config))?;
         if !config.persist_items {
-            // §6.5.4? a transient node keeps nothing to retrieve.
+            // §6.5.9.4: a transient node keeps nothing to retrieve.
             return Err(unsupported("persistent-items"));
         }
         let store = self.store();
@@ -1085,7 +1085,7 @@ impl Engine {
                     .with_attr("node", &node)
                     .with_child(config.to_form(c.limits.max_items)),
             )))),
-            // §8.2.3.? a cancelled form changes nothing.
+            // §8.2: a cancelled form changes nothing.
             Some(None) => Ok(Outcome::reply(None)),
             Some(Some(fields)) => {
                 config.apply(&fields, c.limits.max_items)?;
@@ -1460,7 +1460,7 @@ where
             if subscribed().await {
                 Ok(())
             } else {
-                // §6.5.9.? items of an authorize node need an approved subscription.
+                // §6.5.9.3: items of an authorize node need an approved subscription.
                 Err(app_error(Condition::NotAuthorized, "not-subscribed"))
             }
         }

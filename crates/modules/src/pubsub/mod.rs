@@ -35,7 +35,7 @@ pub const NS_META_DATA: &str = "http://jabber.org/protocol/pubsub#meta-data";
 /// XEP-0059 result set management.
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 
-/// A stanza error with a `pubsub#errors` condition (XEP-0060 §14.? error schema).
+/// A stanza error with an application condition in XEP-0060's `pubsub#errors` namespace.
 pub fn app_error(condition: Condition, app: &str) -> StanzaError {
     StanzaError::new(condition).with_app(Element::new(app, NS_ERRORS))
 }
@@ -46,7 +46,7 @@ pub fn unsupported(feature: &str) -> StanzaError {
         .with_app(Element::new("unsupported", NS_ERRORS).with_attr("feature", feature))
 }
 
-/// XEP-0060 §7.1.5.? publish-options that the node does not meet.
+/// XEP-0060 §7.1.5: publish-options that the node does not meet.
 pub fn precondition_not_met() -> StanzaError {
     app_error(Condition::Conflict, "precondition-not-met")
 }

@@ -620,7 +620,7 @@ impl PubsubService {
         {
             return;
         }
-        // §8.6.? the subscriber learns the outcome.
+        // §8.6: the subscriber learns the outcome.
         let state = if allow { "subscribed" } else { "none" };
         let msg = Element::new("message", ns::CLIENT)
             .with_attr("from", &domain)

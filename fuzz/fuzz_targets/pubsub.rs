@@ -14,18 +14,11 @@ use std::sync::Arc;
 
 use canto_core::{IqRequest, IqTarget, Origin, Server};
 use canto_stanza::{IqType, Jid, ns, parse_jid};
-use canto_xml::{Element, Limits, StreamEvent, StreamParser};
+use canto_xml::Element;
 use libfuzzer_sys::fuzz_target;
 
 fn parse(bytes: &[u8]) -> Option<Element> {
-    let mut p = StreamParser::new(Limits::AUTHENTICATED);
-    let mut out = Vec::new();
-    p.feed(b"<s xmlns='jabber:client'>", &mut out).ok()?;
-    p.feed(bytes, &mut out).ok()?;
-    out.into_iter().find_map(|e| match e {
-        StreamEvent::Stanza(e) => Some(e),
-        _ => None,
-    })
+    canto_core::roster::decode_element(bytes)
 }
 
 fn reparses(el: &Element) -> bool {

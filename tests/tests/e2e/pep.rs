@@ -2467,3 +2467,50 @@ async fn account_deletion_removes_pep_data() {
     assert_eq!(item_ids(&mut b1, None, TUNE).await, ["b1"]);
     s.stop().await;
 }
+
+/// A client announcing ever new caps `ver`s without answering is asked once at a time (one
+/// disco#info query in flight per resource): it cannot use up the queries every client shares.
+/// Once it answers, a new `ver` is asked about again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_caps_query_in_flight_per_resource() {
+    let s = server().await;
+    let mut a = s.login("alice", "pw", "a1").await;
+    for i in 0..5 {
+        a.send(&format!(
+            "<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='bogus{i}='/></presence>"
+        ))
+        .await;
+    }
+    let got = a.drain().await;
+    let queries: Vec<&Element> = got
+        .iter()
+        .filter(|e| {
+            e.name() == "iq"
+                && e.attr("type") == Some("get")
+                && e.attr("id").is_some_and(|i| i.starts_with("caps-"))
+        })
+        .collect();
+    assert_eq!(queries.len(), 1, "{got:?}");
+    // Answering frees the slot: the next unknown ver is asked about.
+    let id = queries[0].attr("id").unwrap_or_default().to_string();
+    a.send(&format!(
+        "<iq type='result' id='{id}' to='{HOST}'><query xmlns='{DISCO_INFO}'/></iq>"
+    ))
+    .await;
+    a.sync().await;
+    a.send(&format!(
+        "<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='another='/></presence>"
+    ))
+    .await;
+    let q = a
+        .wait_for(|e| e.name() == "iq" && e.attr("id").is_some_and(|i| i.starts_with("caps-")))
+        .await
+        .unwrap_or_else(|e| panic!("no second query: {e:#}"));
+    assert!(
+        q.get_child("query", DISCO_INFO)
+            .and_then(|x| x.attr("node"))
+            .is_some_and(|n| n.ends_with("#another=")),
+        "{q}"
+    );
+    s.stop().await;
+}

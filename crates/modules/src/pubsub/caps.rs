@@ -151,7 +151,10 @@ impl CapsCache {
             let Ok(mut p) = self.pending.lock() else {
                 return Arc::default();
             };
-            if p.len() >= MAX_PENDING {
+            // One question in flight per resource, and MAX_PENDING in all: a client announcing
+            // ever new `ver`s gets no answer of its own to wait for, and cannot use up the
+            // budget the others share.
+            if p.len() >= MAX_PENDING || p.values().any(|(jid, _)| jid == from) {
                 return Arc::default();
             }
             p.insert(id.clone(), (from.clone(), tx));

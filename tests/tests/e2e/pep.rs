@@ -2514,3 +2514,43 @@ async fn one_caps_query_in_flight_per_resource() {
     );
     s.stop().await;
 }
+
+/// XEP-0163 §4.3.1: the last items go out when a resource first says what it wants, not at
+/// every caps change: a later presence asking for one more node changes what the resource is
+/// notified of, but sends that node's last item no more (and so costs no store reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caps_change_changes_interest_without_resending_last_items() {
+    let s = server().await;
+    let (mut a1, mut b1) = alice_and_contact_bob(&s).await;
+    publish(&mut a1, None, TUNE, Some("t1"), "Roundabout").await;
+    announce(&mut b1, &[MOOD]).await;
+    settle(&mut [&mut a1, &mut b1]).await;
+    // Now tune too: a new hash, which the server asks about.
+    let features = caps_features(&[MOOD, TUNE]);
+    let refs: Vec<&str> = features.iter().map(String::as_str).collect();
+    let ver = canto_proto::caps::ver(&[("client", "pc", "", "Canto tests")], &refs);
+    b1.send(&format!(
+        "<presence><c xmlns='{CAPS}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
+    ))
+    .await;
+    let q = b1
+        .wait_for(|e| e.name() == "iq" && e.attr("id").is_some_and(|i| i.starts_with("caps-")))
+        .await
+        .unwrap_or_else(|e| panic!("no caps query: {e:#}"));
+    let id = q.attr("id").unwrap_or_default().to_string();
+    let node = format!("{CAPS_NODE}#{ver}");
+    let mut answer = format!(
+        "<iq type='result' id='{id}' to='{HOST}'><query xmlns='{DISCO_INFO}' node='{node}'><identity category='client' type='pc' name='Canto tests'/>"
+    );
+    for f in &features {
+        answer.push_str(&format!("<feature var='{f}'/>"));
+    }
+    answer.push_str("</query></iq>");
+    b1.send(&answer).await;
+    assert_quiet(&mut b1, "a caps change is no initial presence").await;
+    // The new interest is in force.
+    publish(&mut a1, None, TUNE, Some("t2"), "Heart of the Sunrise").await;
+    let m = wait_event(&mut b1, ALICE, TUNE).await;
+    assert_item_event(&m, "t2", "Heart of the Sunrise");
+    s.stop().await;
+}

@@ -145,7 +145,16 @@ impl ModuleConfig for PepConfig {
 /// Which nodes each available resource asked for with `+notify` (XEP-0163 §4.3.3), in memory.
 #[derive(Default)]
 pub struct Interest {
-    by_jid: RwLock<HashMap<FullJid, Arc<HashSet<String>>>>,
+    by_jid: RwLock<HashMap<FullJid, Entry>>,
+}
+
+/// One resource's interest.
+#[derive(Default)]
+struct Entry {
+    nodes: Arc<HashSet<String>>,
+    /// The last items were sent (once per available session: XEP-0163 §4.3.1 sends them at
+    /// initial presence, not at every caps change).
+    primed: bool,
 }
 
 impl Interest {
@@ -154,16 +163,21 @@ impl Interest {
         self.by_jid
             .read()
             .ok()
-            .and_then(|m| m.get(jid).map(|s| s.contains(node)))
+            .and_then(|m| m.get(jid).map(|e| e.nodes.contains(node)))
             .unwrap_or(false)
     }
 
-    fn set(&self, jid: &FullJid, nodes: Arc<HashSet<String>>) -> Arc<HashSet<String>> {
-        self.by_jid
-            .write()
-            .ok()
-            .and_then(|mut m| m.insert(jid.clone(), nodes))
-            .unwrap_or_default()
+    /// Records `jid`'s interest; true the first time it is one in anything (the last items
+    /// are due then).
+    fn set(&self, jid: &FullJid, nodes: Arc<HashSet<String>>) -> bool {
+        let Ok(mut m) = self.by_jid.write() else {
+            return false;
+        };
+        let e = m.entry(jid.clone()).or_default();
+        let prime = !e.primed && !nodes.is_empty();
+        e.primed |= prime;
+        e.nodes = nodes;
+        prime
     }
 
     fn forget(&self, jid: &FullJid) {
@@ -553,9 +567,9 @@ impl PepState {
         }
     }
 
-    /// A resource's interest changed to `nodes`: it gets the last item of each node it newly
-    /// asked for, from its own account and from every contact whose presence it may see
-    /// (XEP-0163 §4.3.1, `on_sub_and_presence`).
+    /// A resource said what it wants (`new`): it gets the last item of each of those nodes, from
+    /// its own account and from every contact whose presence it may see (XEP-0163 §4.3.1,
+    /// `on_sub_and_presence`).
     async fn interest_changed(&self, server: &Arc<Server>, full: &FullJid, new: &HashSet<String>) {
         if new.is_empty() {
             return;
@@ -713,9 +727,13 @@ impl StanzaHook for PresenceWatch {
                         state.interest.forget(&full);
                         return;
                     }
-                    let old = state.interest.set(&full, Arc::new(nodes.clone()));
-                    let new: HashSet<String> = nodes.difference(&old).cloned().collect();
-                    state.interest_changed(&server, &full, &new).await;
+                    // XEP-0163 §4.3.1: the last items once, when the resource first says
+                    // what it wants (its initial presence, or the first with caps); later caps
+                    // changes only change what it is notified of, so presence churn costs no
+                    // store reads.
+                    if state.interest.set(&full, Arc::new(nodes.clone())) {
+                        state.interest_changed(&server, &full, &nodes).await;
+                    }
                 });
             }
             Some("unavailable") => self.0.interest.forget(&full),

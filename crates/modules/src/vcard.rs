@@ -95,6 +95,19 @@ impl Module for Vcard {
                     );
                 }
                 ctx.hook_session(0, Arc::new(crate::vcard_pep::Forget(sync.clone())));
+                let v4 = Arc::new(crate::vcard_pep::Vcard4Iq(sync.clone()));
+                ctx.hook_iq(
+                    IqTarget::Account,
+                    IqType::Get,
+                    crate::vcard_pep::NS_VCARD4,
+                    v4.clone(),
+                )?;
+                ctx.hook_iq(
+                    IqTarget::Account,
+                    IqType::Set,
+                    crate::vcard_pep::NS_VCARD4,
+                    v4,
+                )?;
                 Some(sync)
             }
             // Without PEP: vcard-temp alone.

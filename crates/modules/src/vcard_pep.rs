@@ -226,7 +226,7 @@ impl Sync {
 
     /// XEP-0292: a client published its vCard4: vcard-temp follows (its PHOTO and anything
     /// vCard4 does not map are kept).
-    async fn vcard4_published(&self, user: &BareJid, v4: &Element) {
+    pub(crate) async fn vcard4_published(&self, user: &BareJid, v4: &Element) {
         let converted = from_vcard4(v4);
         let _ = self
             .edit_vcard(user, |card| {
@@ -384,6 +384,46 @@ pub fn from_vcard4(v: &Element) -> Element {
         }
     }
     card
+}
+
+/// XEP-0292's IQ interface (Prosody's mod_vcard4): `<vcard xmlns='urn:ietf:params:xml:ns:vcard-4.0'/>`
+/// got from an account is the newest item of its `urn:xmpp:vcard4` node, read with the node's
+/// access model; set by the owner, it is published there (PEP's defaults: presence access) and
+/// vcard-temp follows.
+pub struct Vcard4Iq(pub Arc<Sync>);
+
+#[async_trait]
+impl canto_core::IqHandler for Vcard4Iq {
+    async fn handle(&self, req: canto_core::IqRequest<'_>) -> Result<Option<Element>, StanzaError> {
+        if req.payload.name() != "vcard" {
+            return Err(StanzaError::new(
+                canto_stanza::Condition::ServiceUnavailable,
+            ));
+        }
+        let owner = req.to.to_bare();
+        if canto_stanza::IqType::of(req.stanza) == Some(canto_stanza::IqType::Set) {
+            if req.from.to_bare() != owner {
+                return Err(StanzaError::new(canto_stanza::Condition::Forbidden));
+            }
+            pep::publish_as_owner(
+                &self.0.pep,
+                req.server,
+                &owner,
+                NODE_VCARD4,
+                "current",
+                req.payload.clone(),
+                &[],
+            )
+            .await?;
+            self.0.vcard4_published(&owner, req.payload).await;
+            return Ok(None);
+        }
+        pep::read_as(&self.0.pep, req.server, &owner, req.from, NODE_VCARD4)
+            .await?
+            .filter(|v| v.is("vcard", NS_VCARD4))
+            .map(Some)
+            .ok_or_else(|| StanzaError::new(canto_stanza::Condition::ItemNotFound))
+    }
 }
 
 /// Follows clients' publications to the avatar and vCard4 nodes.

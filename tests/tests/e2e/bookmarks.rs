@@ -574,3 +574,88 @@ async fn no_bookmarks_yet() {
     assert_eq!(legacy_conferences(&items(&r)[0].1).len(), 0, "{r}");
     s.stop().await;
 }
+
+/// XEP-0292's IQ interface (Prosody's mod_vcard4): set by the owner, the vCard4 is the PEP
+/// node's item (presence access: contacts read it, strangers do not) and vcard-temp follows;
+/// a vcard-temp set shows through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcard4_over_iq_is_the_pep_item_with_its_access_model() {
+    let s = server().await;
+    s.add_user("carol", "pw").await;
+    let mut a = s.login("alice", "pw", "r").await;
+    let mut b = s.login("bob", "pw", "b").await;
+    let mut c = s.login("carol", "pw", "c").await;
+    a.send("<presence/>").await;
+    b.send("<presence/>").await;
+    subscribe_to(&mut b, &mut a).await;
+    const V4: &str = "urn:ietf:params:xml:ns:vcard-4.0";
+    let get = format!("<iq type='get' id='{{id}}' to='alice@localhost'><vcard xmlns='{V4}'/></iq>");
+    // Nothing yet.
+    let r = ask(&mut b, &get).await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("item-not-found"),
+        "{r}"
+    );
+    ok(&ask(
+        &mut a,
+        &format!("<iq type='set' id='{{id}}'><vcard xmlns='{V4}'><fn><text>Alice A.</text></fn><note><text>hi</text></note></vcard></iq>"),
+    )
+    .await);
+    let r = ask(&mut b, &get).await;
+    ok(&r);
+    let fn_text = |r: &Element| {
+        r.get_child("vcard", V4)
+            .and_then(|v| v.get_child("fn", V4))
+            .and_then(|f| f.get_child("text", V4))
+            .map(|t| t.text())
+    };
+    assert_eq!(fn_text(&r).as_deref(), Some("Alice A."), "{r}");
+    // PEP's default access model: a stranger is refused.
+    let r = ask(&mut c, &get).await;
+    assert_eq!(
+        error_condition(&r).as_deref(),
+        Some("not-authorized"),
+        "{r}"
+    );
+    // Only the owner sets.
+    let r = ask(
+        &mut b,
+        &format!("<iq type='set' id='{{id}}' to='alice@localhost'><vcard xmlns='{V4}'><fn><text>Mallory</text></fn></vcard></iq>"),
+    )
+    .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"), "{r}");
+    // vcard-temp followed.
+    let r = ask(
+        &mut c,
+        "<iq type='get' id='{id}' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    let card = r
+        .get_child("vCard", "vcard-temp")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        card.get_child("FN", "vcard-temp")
+            .map(|e| e.text())
+            .as_deref(),
+        Some("Alice A."),
+        "{r}"
+    );
+    assert_eq!(
+        card.get_child("NOTE", "vcard-temp")
+            .map(|e| e.text())
+            .as_deref(),
+        Some("hi"),
+        "{r}"
+    );
+    // And the other way.
+    ok(&ask(
+        &mut a,
+        "<iq type='set' id='{id}'><vCard xmlns='vcard-temp'><FN>Alice Again</FN></vCard></iq>",
+    )
+    .await);
+    let r = ask(&mut b, &get).await;
+    assert_eq!(fn_text(&r).as_deref(), Some("Alice Again"), "{r}");
+    s.stop().await;
+}

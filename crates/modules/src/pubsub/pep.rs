@@ -1077,6 +1077,50 @@ pub fn notify_own_resources(
     }
 }
 
+/// The newest item of `owner`'s `node` as `from` may read it (XEP-0060 §6.5 with the node's
+/// access model): its payload, `Ok(None)` for a node without items, item-not-found for no node,
+/// the access model's error for a requester it keeps out.
+pub async fn read_as(
+    state: &PepState,
+    server: &Arc<Server>,
+    owner: &BareJid,
+    from: &Jid,
+    node: &str,
+) -> Result<Option<Element>, StanzaError> {
+    let limits = state.config.get().limits().engine();
+    let env = ServerEnv(server);
+    let service = owner.to_string();
+    let is_owner = from.to_bare() == *owner;
+    let ctx = Ctx {
+        env: &env,
+        service: &service,
+        pep_owner: Some(owner),
+        from,
+        admin: is_owner,
+        may_create: false,
+        limits,
+        defaults: &state.defaults,
+    };
+    let outcome = state
+        .engine
+        .handle(
+            &ctx,
+            request::Request::Items {
+                node: node.to_string(),
+                max_items: Some(1),
+                ids: Vec::new(),
+                rsm: None,
+            },
+        )
+        .await?;
+    Ok(outcome
+        .reply
+        .as_ref()
+        .and_then(|r| r.get_child("items", NS_PUBSUB))
+        .and_then(|i| i.children().last())
+        .and_then(|item| item.children().next().cloned()))
+}
+
 /// The newest item's payload of an account's node, if any (for conversions).
 pub async fn latest(state: &PepState, owner: &BareJid, node: &str) -> Option<(String, Element)> {
     let items = state

@@ -736,7 +736,7 @@ impl Engine {
             {
                 "pending"
             }
-            Err(e) => return Err(subscribe_error(e, &config)),
+            Err(e) => return Err(e),
         };
         let subid = match existing.first() {
             // One subscription per JID: subscribing again returns it.
@@ -895,9 +895,7 @@ impl Engine {
     ) -> Result<Outcome, StanzaError> {
         let config = self.existing(c, &node).await?;
         let aff = self.affiliation(c, &node).await?;
-        self.may_access(c, &node, &config, aff)
-            .await
-            .map_err(|e| items_error(e, &config))?;
+        self.may_access(c, &node, &config, aff).await?;
         if !config.persist_items {
             // §6.5.9.4: a transient node keeps nothing to retrieve.
             return Err(unsupported("persistent-items"));
@@ -1467,16 +1465,6 @@ where
     }
 }
 
-/// Subscribing to an authorize node goes pending instead; other refusals are as access gives.
-fn subscribe_error(e: StanzaError, _config: &NodeConfig) -> StanzaError {
-    e
-}
-
-/// §6.5.9: the same refusals for retrieving items.
-fn items_error(e: StanzaError, _config: &NodeConfig) -> StanzaError {
-    e
-}
-
 fn subscription_element(node: &str, jid: &str, state: &str, subid: &str) -> Element {
     Element::new("subscription", NS_PUBSUB)
         .with_attr("node", node)
@@ -1514,16 +1502,6 @@ fn rsm_result(items: &[PubsubItem], count: usize) -> Element {
     }
     set.push_child(Element::new("count", NS_RSM).with_text(count.to_string()));
     set
-}
-
-/// An Env with no rosters (tests, services without local owners).
-pub struct NoRosters;
-
-#[async_trait]
-impl Env for NoRosters {
-    async fn roster_item(&self, _owner: &BareJid, _contact: &BareJid) -> Option<RosterItem> {
-        None
-    }
 }
 
 /// Roster look-ups through the server (PEP).

@@ -185,16 +185,6 @@ impl Interest {
             m.remove(jid);
         }
     }
-
-    /// Resources tracked (tests, metrics).
-    pub fn len(&self) -> usize {
-        self.by_jid.read().map_or(0, |m| m.len())
-    }
-
-    /// Whether none is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Everything the module's hooks share.

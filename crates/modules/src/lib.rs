@@ -15,6 +15,7 @@ pub mod disco;
 pub mod extdisco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod ping;
 pub mod private;
 pub mod pubsub;
@@ -47,6 +48,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(blocking::Blocking),
         Arc::new(carbons::Carbons),
         Arc::new(mam::Mam),
+        Arc::new(muc::Muc),
         Arc::new(last::Last),
         Arc::new(extdisco::ExtDisco),
         Arc::new(register::Register),

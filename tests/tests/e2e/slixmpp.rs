@@ -8,7 +8,12 @@
 //!   (create, subscribe, publish, retract, items, node configuration, delete), through
 //!   slixmpp's plugins;
 //! - tests/python/omemo_flow.py: XEP-0384 OMEMO through slixmpp-omemo: device lists and bundles
-//!   in PEP, an encrypted message each way, decrypted.
+//!   in PEP, an encrypted message each way, decrypted;
+//! - tests/python/muc_flow.py: XEP-0045 on the service conference.localhost through slixmpp's
+//!   xep_0045: a room created and configured by form (members-only, persistent, history
+//!   length), joined, messages, a private message, subject, nick change, moderator, password,
+//!   a XEP-0249 direct invitation, kick, ban, XEP-0410 self-ping, XEP-0421 occupant ids,
+//!   history on rejoin, the room's XEP-0313 archive, destroy.
 //!
 //! `.ci/run` installs slixmpp and slixmpp-omemo; without them these tests fail and say so. To leave them out, run
 //! nextest with `--profile no-python` (.config/nextest.toml): they are then counted as skipped.
@@ -129,4 +134,11 @@ async fn slixmpp_omemo_keys_in_pep_and_encrypted_messages() {
     require_slixmpp();
     require_slixmpp_omemo();
     run_counted_flow("omemo_flow.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_muc_room_lifecycle() {
+    require_slixmpp();
+    // muc is on by default; the service is conference.localhost.
+    run_counted_flow("muc_flow.py").await;
 }

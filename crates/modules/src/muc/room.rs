@@ -130,7 +130,7 @@ struct OccSession {
 struct Occupant {
     nick: String,
     bare: String,
-    sessions: Vec<OccSession>,
+    clients: Vec<OccSession>,
     role: Role,
     /// XEP-0421 id.
     id: String,
@@ -431,7 +431,7 @@ impl Room {
             Element::new("presence", ns::CLIENT).with_attr("from", self.occupant_jid(&o.nick));
         if let Some(k) = kind {
             p.set_attr("type", k);
-        } else if let Some(s) = o.sessions.last() {
+        } else if let Some(s) = o.clients.last() {
             for c in &s.presence {
                 p.push_child(c.clone());
             }
@@ -460,7 +460,7 @@ impl Room {
             let mut it = item.clone();
             if with_jid {
                 // The session whose presence is shown (the newest).
-                if let Some(s) = o.sessions.last() {
+                if let Some(s) = o.clients.last() {
                     it.set_attr("jid", s.jid.clone());
                 }
             }
@@ -503,7 +503,7 @@ impl Room {
             } else {
                 &without
             };
-            for s in &r.sessions {
+            for s in &r.clients {
                 let mut p = base.clone();
                 p.set_attr("to", s.jid.clone());
                 out.push(p);
@@ -584,13 +584,13 @@ impl Room {
             return;
         };
         // The newest session's presence is the occupant's.
-        if let Some(i) = o.sessions.iter().position(|s| s.jid == from) {
-            let mut s = o.sessions.remove(i);
+        if let Some(i) = o.clients.iter().position(|s| s.jid == from) {
+            let mut s = o.clients.remove(i);
             s.presence = payload;
-            o.sessions.push(s);
+            o.clients.push(s);
         }
         let o = o.clone();
-        let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
         self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
     }
 
@@ -650,7 +650,7 @@ impl Room {
         let created = self.locked && self.occupants.is_empty() && self.history.is_empty();
         let joined_nick = nick.to_string();
         match self.occupants.get_mut(nick) {
-            Some(o) => o.sessions.push(session),
+            Some(o) => o.clients.push(session),
             None => {
                 let role = self.default_role(aff);
                 let id = self.occupant_id(env.secret, &bare);
@@ -659,7 +659,7 @@ impl Room {
                     Occupant {
                         nick: joined_nick.clone(),
                         bare: bare.clone(),
-                        sessions: vec![session],
+                        clients: vec![session],
                         role,
                         id,
                         tokens: env.rate.1,
@@ -786,12 +786,12 @@ impl Room {
         let Some(o) = self.occupants.get_mut(&nick) else {
             return;
         };
-        o.sessions.retain(|s| s.jid != from);
+        o.clients.retain(|s| s.jid != from);
         let mut status_el = Element::new("presence", ns::CLIENT);
         for c in el.children().filter(|c| c.is("status", ns::CLIENT)) {
             status_el.push_child(c.clone());
         }
-        if !o.sessions.is_empty() {
+        if !o.clients.is_empty() {
             // Others still see the occupant: only the leaving session hears it left.
             let o = o.clone();
             let (mut own, _) = self.occupant_presence(&o, Some("unavailable"), &[], statuses, None);
@@ -806,7 +806,7 @@ impl Room {
             return;
         };
         // The leaver's status text goes with its unavailable presence (§7.14).
-        o.sessions.push(OccSession {
+        o.clients.push(OccSession {
             jid: from.to_string(),
             presence: status_el.children().cloned().collect(),
         });
@@ -828,7 +828,7 @@ impl Room {
             self.occupant_presence(o, Some("unavailable"), extra, statuses, actor_reason);
         let keep_status = |mut p: Element| {
             // The leaver's own status text.
-            if let Some(s) = o.sessions.last() {
+            if let Some(s) = o.clients.last() {
                 for c in s.presence.iter().filter(|c| c.is("status", ns::CLIENT)) {
                     p.push_child(c.clone());
                 }
@@ -843,7 +843,7 @@ impl Room {
             } else {
                 &without
             };
-            for s in &r.sessions {
+            for s in &r.clients {
                 let mut p = base.clone();
                 p.set_attr("to", s.jid.clone());
                 out.stanzas.push(p);
@@ -886,14 +886,14 @@ impl Room {
         let Some(o) = self.occupants.get(old) else {
             return Ok(());
         };
-        if o.sessions.len() > 1 {
+        if o.clients.len() > 1 {
             return Err(err_t(Condition::NotAcceptable, ErrorType::Cancel)
                 .with_text("the nick is held by more than one session"));
         }
         let Some(mut o) = self.occupants.remove(old) else {
             return Ok(());
         };
-        let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
         // Unavailable from the old nick with 303 and the new nick, to everyone.
         let (with_jid, without) = self.occupant_presence(
             &o,
@@ -928,7 +928,7 @@ impl Room {
             } else {
                 &without
             };
-            for s in &r.sessions {
+            for s in &r.clients {
                 let mut p = base.clone();
                 p.set_attr("to", s.jid.clone());
                 out.stanzas.push(p);
@@ -944,7 +944,7 @@ impl Room {
             out.stanzas.push(p);
         }
         o.nick = new.to_string();
-        if let Some(s) = o.sessions.iter_mut().find(|s| s.jid == from) {
+        if let Some(s) = o.clients.iter_mut().find(|s| s.jid == from) {
             s.presence = Self::presence_payload(el);
         }
         self.occupants.insert(new.to_string(), o.clone());
@@ -1105,7 +1105,7 @@ impl Room {
         }
         let mut out = Out::default();
         for o in self.occupants.values() {
-            for s in &o.sessions {
+            for s in &o.clients {
                 let mut m = a.message.clone();
                 m.set_attr("to", s.jid.clone());
                 out.stanzas.push(m);
@@ -1173,7 +1173,7 @@ impl Room {
             return Err(err_t(Condition::Forbidden, ErrorType::Auth)
                 .with_text("private messages are not allowed here"));
         }
-        let targets: Vec<String> = target.sessions.iter().map(|s| s.jid.clone()).collect();
+        let targets: Vec<String> = target.clients.iter().map(|s| s.jid.clone()).collect();
         if !self.take_token(&sender, env) {
             return Err(err_t(Condition::ResourceConstraint, ErrorType::Wait));
         }
@@ -1206,15 +1206,15 @@ impl Room {
     pub fn session_of(&self, nick: &str) -> Option<&str> {
         self.occupants
             .get(nick)
-            .and_then(|o| o.sessions.last())
+            .and_then(|o| o.clients.last())
             .map(|s| s.jid.as_str())
     }
 
     /// The real full JIDs of every session in the room.
-    pub fn sessions(&self) -> impl Iterator<Item = &str> {
+    pub fn client_jids(&self) -> impl Iterator<Item = &str> {
         self.occupants
             .values()
-            .flat_map(|o| o.sessions.iter().map(|s| s.jid.as_str()))
+            .flat_map(|o| o.clients.iter().map(|s| s.jid.as_str()))
     }
 
     /// Whether `from` may read the room archive or the occupant list: anyone who may join.
@@ -1278,7 +1278,7 @@ impl Room {
             });
         }
         let mut out = Out::default();
-        for s in self.sessions() {
+        for s in self.client_jids() {
             let mut m = m.clone();
             m.set_attr("to", s);
             out.stanzas.push(m);
@@ -1405,7 +1405,7 @@ impl Room {
             {
                 t.role = Role::Participant;
                 let t = t.clone();
-                let own: Vec<String> = t.sessions.iter().map(|s| s.jid.clone()).collect();
+                let own: Vec<String> = t.clients.iter().map(|s| s.jid.clone()).collect();
                 self.broadcast_presence(&t, None, &[], &[], None, &own, &mut out.stanzas);
             }
             return Ok(out);
@@ -1448,7 +1448,7 @@ impl Room {
             .values()
             .filter(|o| o.role == Role::Moderator)
         {
-            for sess in &o.sessions {
+            for sess in &o.clients {
                 out.stanzas.push(
                     Element::new("message", ns::CLIENT)
                         .with_attr("from", self.jid.clone())
@@ -1523,7 +1523,7 @@ impl Room {
                     .with_attr("role", wanted.as_str())
                     .with_attr("affiliation", self.affiliation(&o.bare).as_str())
                     .with_attr("nick", o.nick.clone());
-                if let Some(s) = o.sessions.last() {
+                if let Some(s) = o.clients.last() {
                     it.set_attr("jid", s.jid.clone());
                 }
                 res.push_child(it);
@@ -1677,10 +1677,10 @@ impl Room {
         if role == Role::None {
             // §8.2: kick, 307.
             if let Some(o) = self.occupants.remove(nick) {
-                for s in &o.sessions {
+                for s in &o.clients {
                     self.by_jid.remove(&s.jid);
                 }
-                let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                 self.unavailable_presence(&o, &[307], &[], Some(actor_reason), &own, out);
                 self.vanish_if_empty(out);
             }
@@ -1694,7 +1694,7 @@ impl Room {
         }
         o.role = role;
         let o = o.clone();
-        let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
         self.broadcast_presence(
             &o,
             None,
@@ -1767,10 +1767,10 @@ impl Room {
             };
             if let Some(code) = removed {
                 if let Some(o) = self.occupants.remove(&nick) {
-                    for s in &o.sessions {
+                    for s in &o.clients {
                         self.by_jid.remove(&s.jid);
                     }
-                    let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                     self.unavailable_presence(&o, &[code], &[], Some(actor_reason), &own, out);
                 }
                 continue;
@@ -1779,7 +1779,7 @@ impl Room {
             if let Some(o) = self.occupants.get_mut(&nick) {
                 o.role = role;
                 let o = o.clone();
-                let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                 self.broadcast_presence(
                     &o,
                     None,
@@ -1870,10 +1870,10 @@ impl Room {
                 .collect();
             for nick in outsiders {
                 if let Some(o) = self.occupants.remove(&nick) {
-                    for s in &o.sessions {
+                    for s in &o.clients {
                         self.by_jid.remove(&s.jid);
                     }
-                    let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                     self.unavailable_presence(&o, &[322], &[], None, &own, &mut out);
                 }
             }
@@ -1895,7 +1895,7 @@ impl Room {
                 {
                     o.role = role;
                     let o = o.clone();
-                    let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                     self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
                 }
             }
@@ -1921,7 +1921,7 @@ impl Room {
             ..Out::default()
         };
         for o in self.occupants.values() {
-            for s in &o.sessions {
+            for s in &o.clients {
                 out.stanzas.push(
                     Element::new("presence", ns::CLIENT)
                         .with_attr("from", self.occupant_jid(&o.nick))
@@ -2050,7 +2050,7 @@ impl Room {
                     o.role = role;
                 }
                 let o = o.clone();
-                let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                 self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
             }
         }

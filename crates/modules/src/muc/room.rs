@@ -1483,11 +1483,20 @@ impl Room {
         if let Some(a) = item.attr("affiliation") {
             let wanted = Affiliation::parse(a)
                 .ok_or_else(|| err_t(Condition::BadRequest, ErrorType::Modify))?;
-            // §9.5/§9.8/§10.5/§10.8: admins and owners see the lists.
+            // §9.5/§9.8: admins and owners see the member and outcast lists; §10.5/§10.8: the
+            // owner and admin lists are the owners', and admins' too when the room is not
+            // anonymous anyway.
             let members_visible = wanted == Affiliation::Member
                 && role >= Role::Participant
                 && self.config.members_only;
-            if aff < Affiliation::Admin && !members_visible {
+            let allowed = match wanted {
+                Affiliation::Owner | Affiliation::Admin => {
+                    aff == Affiliation::Owner
+                        || (aff == Affiliation::Admin && self.config.whois == Whois::Anyone)
+                }
+                _ => aff >= Affiliation::Admin || members_visible,
+            };
+            if !allowed {
                 return Err(err_t(Condition::Forbidden, ErrorType::Auth));
             }
             if wanted == Affiliation::None {
@@ -1580,9 +1589,12 @@ impl Room {
                 if actor_aff < Affiliation::Admin {
                     return Err(err_t(Condition::Forbidden, ErrorType::Auth));
                 }
-                if actor_aff == Affiliation::Admin
-                    && (current >= Affiliation::Admin || new >= Affiliation::Admin)
-                {
+                // §10.3–§10.8: only owners change the owner and admin lists…
+                if actor_aff == Affiliation::Admin && new >= Affiliation::Admin {
+                    return Err(err_t(Condition::Forbidden, ErrorType::Auth));
+                }
+                // …and §9.1/§9.4: an admin may not ban or demote an admin or owner.
+                if actor_aff == Affiliation::Admin && current >= Affiliation::Admin {
                     return Err(err_t(Condition::NotAllowed, ErrorType::Cancel));
                 }
                 changes.push(Change::Aff(
@@ -1743,7 +1755,10 @@ impl Room {
             for c in actor_reason.children() {
                 item.push_child(c.clone());
             }
-            let mut x = Element::new("x", NS_USER).with_child(item);
+            // §18.1 (status 101): the affiliation changed while the user was away.
+            let mut x = Element::new("x", NS_USER)
+                .with_child(item)
+                .with_child(status(101));
             if aff == Affiliation::Outcast {
                 x.push_child(status(301));
             } else if self.config.members_only && aff < Affiliation::Member {
@@ -1792,6 +1807,73 @@ impl Room {
             }
         }
         self.vanish_if_empty(out);
+    }
+
+    /// An IQ set to the room's bare JID in one of the room's own namespaces: owner
+    /// (configuration, destroy), admin (roles, affiliations), registration.
+    pub fn iq_set(
+        &mut self,
+        from: &str,
+        payload: &Element,
+        env: &Env<'_>,
+    ) -> Result<Out, StanzaError> {
+        match (payload.name(), payload.ns()) {
+            ("query", NS_OWNER) => {
+                if let Some(d) = payload.get_child("destroy", NS_OWNER) {
+                    // §10.9: owners only.
+                    if !self.is_owner(from, env) {
+                        return Err(err_t(Condition::Forbidden, ErrorType::Auth));
+                    }
+                    let alt = d
+                        .attr("jid")
+                        .map(|j| canto_stanza::parse_jid(j).map(|j| j.to_string()))
+                        .transpose()?;
+                    let reason = d.get_child("reason", NS_OWNER).map(Element::text);
+                    Ok(self.destroy(alt.as_deref(), reason.as_deref()))
+                } else if let Some(x) = payload.get_child("x", form::NS) {
+                    self.owner_set(from, x, env)
+                } else {
+                    Err(err_t(Condition::BadRequest, ErrorType::Modify))
+                }
+            }
+            ("query", NS_ADMIN) => self.admin_set(from, payload, env),
+            ("query", NS_REGISTER) => self.register_set(from, payload, env),
+            _ => Err(err_t(Condition::ServiceUnavailable, ErrorType::Cancel)),
+        }
+    }
+
+    /// Checks the room's own consistency (tests and fuzzing): every real JID maps to an
+    /// occupant that has that session, and every session is mapped.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut count = 0;
+        for (nick, o) in &self.occupants {
+            if &o.nick != nick {
+                return Err(format!("occupant {nick} calls itself {}", o.nick));
+            }
+            if o.clients.is_empty() {
+                return Err(format!("occupant {nick} has no session"));
+            }
+            for c in &o.clients {
+                count += 1;
+                if self.by_jid.get(&c.jid) != Some(nick) {
+                    return Err(format!("{} is not mapped to {nick}", c.jid));
+                }
+                if bare_of(&c.jid) != o.bare {
+                    return Err(format!("{} is not of {}", c.jid, o.bare));
+                }
+            }
+        }
+        if count != self.by_jid.len() {
+            return Err("stale real JIDs in the map".into());
+        }
+        if self.history.len() > self.config.history_length {
+            return Err("history longer than configured".into());
+        }
+        if !self.locked && self.owners().next().is_none() {
+            return Err("a room without an owner".into());
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- owner (§10)
@@ -2118,5 +2200,453 @@ impl Room {
             })
             .unwrap_or_default();
         Room::restored(jid, config, affiliations, subject)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOM: &str = "coven@conference.localhost";
+    const B: Bounds = Bounds {
+        max_users: 10,
+        max_history: 50,
+        default_history: 3,
+    };
+
+    fn env() -> Env<'static> {
+        Env {
+            now_ms: 1_000_000,
+            bounds: B,
+            rate: (1.0, 3.0),
+            max_nick_bytes: 64,
+            max_subject_bytes: 100,
+            sender_is_admin: false,
+            secret: b"0123456789abcdef",
+        }
+    }
+
+    fn x(xml: &str) -> Element {
+        canto_core::roster::decode_element(xml.as_bytes()).unwrap_or_else(|| panic!("{xml}"))
+    }
+
+    /// A room created by alice and unlocked as an instant room.
+    fn room() -> Room {
+        let mut r = Room::new(ROOM, "alice@localhost", RoomConfig::new(B));
+        let out = r
+            .presence("alice@localhost/a", "Alice", &x("<presence/>"), &env())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let own = out.stanzas.iter().find(|p| p.name() == "presence").cloned();
+        assert!(own.is_some_and(|p| codes(&p).contains(&201)));
+        r.owner_set(
+            "alice@localhost/a",
+            &x("<x xmlns='jabber:x:data' type='submit'/>"),
+            &env(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!r.locked);
+        r
+    }
+
+    fn codes(p: &Element) -> Vec<u16> {
+        p.get_child("x", NS_USER)
+            .map(|x| {
+                x.children()
+                    .filter(|c| c.is("status", NS_USER))
+                    .filter_map(|c| c.attr("code")?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn join(r: &mut Room, full: &str, nick: &str) -> Vec<Element> {
+        r.presence(full, nick, &x("<presence/>"), &env())
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .stanzas
+    }
+
+    fn to<'a>(out: &'a [Element], jid: &str) -> Vec<&'a Element> {
+        out.iter().filter(|e| e.attr("to") == Some(jid)).collect()
+    }
+
+    fn cond(r: Result<Out, StanzaError>) -> Option<(Condition, ErrorType)> {
+        r.err().map(|e| (e.condition, e.kind))
+    }
+
+    #[test]
+    fn a_joiner_gets_the_others_then_itself_then_the_subject() {
+        // XEP-0045 §7.2.3, §7.2.15.
+        let mut r = room();
+        let out = join(&mut r, "bob@localhost/b", "Bob");
+        let mine = to(&out, "bob@localhost/b");
+        let froms: Vec<_> = mine.iter().map(|e| (e.name(), e.attr("from"))).collect();
+        assert_eq!(
+            froms,
+            vec![
+                ("presence", Some("coven@conference.localhost/Alice")),
+                ("presence", Some("coven@conference.localhost/Bob")),
+                ("message", Some(ROOM)),
+            ]
+        );
+        assert!(codes(mine[1]).contains(&110));
+        // Semi-anonymous: Bob (a participant) does not see Alice's real JID; Alice, a
+        // moderator, sees Bob's (§4.2).
+        let item = |p: &Element| {
+            p.get_child("x", NS_USER)
+                .and_then(|x| x.get_child("item", NS_USER))
+                .cloned()
+        };
+        assert_eq!(
+            item(mine[0]).and_then(|i| i.attr("jid").map(str::to_string)),
+            None
+        );
+        let alice_sees = to(&out, "alice@localhost/a");
+        assert_eq!(
+            alice_sees
+                .first()
+                .and_then(|p| item(p))
+                .and_then(|i| i.attr("jid").map(str::to_string))
+                .as_deref(),
+            Some("bob@localhost/b")
+        );
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn join_errors_are_the_ones_the_xep_gives() {
+        let mut r = room();
+        join(&mut r, "bob@localhost/b", "Bob");
+        let e = env();
+        // §7.2.9: a nick in use by another user.
+        assert_eq!(
+            cond(r.presence("carol@localhost/c", "Bob", &x("<presence/>"), &e)),
+            Some((Condition::Conflict, ErrorType::Cancel))
+        );
+        // RFC 7700: no leading space, no control characters.
+        for bad in [" Bob", "a\u{7}b", "two  spaces", ""] {
+            assert_eq!(
+                cond(r.presence("carol@localhost/c", bad, &x("<presence/>"), &e)),
+                Some((Condition::JidMalformed, ErrorType::Modify)),
+                "{bad:?}"
+            );
+        }
+        r.config.password = "pw".into();
+        assert_eq!(
+            cond(r.presence("carol@localhost/c", "Carol", &x("<presence/>"), &e)),
+            Some((Condition::NotAuthorized, ErrorType::Auth))
+        );
+        let with_pw = x(
+            "<presence><x xmlns='http://jabber.org/protocol/muc'><password>pw</password></x></presence>",
+        );
+        assert!(
+            r.presence("carol@localhost/c", "Carol", &with_pw, &e)
+                .is_ok()
+        );
+        r.config.members_only = true;
+        assert_eq!(
+            cond(r.presence("dave@localhost/d", "Dave", &with_pw, &e)),
+            Some((Condition::RegistrationRequired, ErrorType::Auth))
+        );
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_full_room_admits_owners_only() {
+        // §7.2.10.
+        let mut r = room();
+        r.config.max_users = 2;
+        join(&mut r, "bob@localhost/b", "Bob");
+        assert_eq!(
+            cond(r.presence("carol@localhost/c", "Carol", &x("<presence/>"), &env())),
+            Some((Condition::ServiceUnavailable, ErrorType::Wait))
+        );
+    }
+
+    #[test]
+    fn a_nick_change_is_303_then_the_new_presence() {
+        // §7.6.
+        let mut r = room();
+        join(&mut r, "bob@localhost/b", "Bob");
+        let out = join(&mut r, "bob@localhost/b", "Robert");
+        let alice = to(&out, "alice@localhost/a");
+        assert_eq!(alice.len(), 2);
+        assert_eq!(alice[0].attr("type"), Some("unavailable"));
+        assert_eq!(codes(alice[0]), vec![303]);
+        let nick = alice[0]
+            .get_child("x", NS_USER)
+            .and_then(|x| x.get_child("item", NS_USER))
+            .and_then(|i| i.attr("nick"));
+        assert_eq!(nick, Some("Robert"));
+        assert_eq!(
+            alice[1].attr("from"),
+            Some("coven@conference.localhost/Robert")
+        );
+        assert!(codes(to(&out, "bob@localhost/b")[0]).contains(&110));
+        assert_eq!(r.nick_of("bob@localhost/b"), Some("Robert"));
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn two_sessions_are_one_occupant_until_the_last_leaves() {
+        let mut r = room();
+        join(&mut r, "bob@localhost/b1", "Bob");
+        join(&mut r, "bob@localhost/b2", "Bob");
+        assert_eq!(r.occupant_count(), 2);
+        let out = r
+            .presence(
+                "bob@localhost/b1",
+                "Bob",
+                &x("<presence type='unavailable'/>"),
+                &env(),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        // Alice hears nothing: Bob is still there.
+        assert!(to(&out.stanzas, "alice@localhost/a").is_empty());
+        let out = r
+            .presence(
+                "bob@localhost/b2",
+                "Bob",
+                &x("<presence type='unavailable'/>"),
+                &env(),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(to(&out.stanzas, "alice@localhost/a").len(), 1);
+        assert_eq!(r.occupant_count(), 1);
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn messages_need_an_occupant_with_voice_and_respect_the_rate() {
+        let mut r = room();
+        let e = env();
+        let msg = x("<message type='groupchat'><body>hi</body></message>");
+        // §7.4: not an occupant.
+        let err = r
+            .message("eve@localhost/e", &msg, &e)
+            .err()
+            .map(|e| e.condition);
+        assert_eq!(err, Some(Condition::NotAcceptable));
+        join(&mut r, "bob@localhost/b", "Bob");
+        r.config.moderated = true;
+        // A participant keeps voice; make Bob a visitor as a moderated room's newcomer is.
+        if let Some(o) = r.occupants.get_mut("Bob") {
+            o.role = Role::Visitor;
+        }
+        let err = r
+            .message("bob@localhost/b", &msg, &e)
+            .err()
+            .map(|e| (e.condition, e.kind));
+        assert_eq!(err, Some((Condition::Forbidden, ErrorType::Auth)));
+        // Burst 3, then resource-constraint (wait).
+        let mut results = Vec::new();
+        for _ in 0..4 {
+            results.push(
+                r.message("alice@localhost/a", &msg, &e)
+                    .err()
+                    .map(|e| (e.condition, e.kind)),
+            );
+        }
+        assert_eq!(
+            results,
+            vec![
+                None,
+                None,
+                None,
+                Some((Condition::ResourceConstraint, ErrorType::Wait))
+            ]
+        );
+        // A second later one more token.
+        let later = Env {
+            now_ms: e.now_ms + 1000,
+            ..e
+        };
+        assert!(r.message("alice@localhost/a", &msg, &later).is_ok());
+    }
+
+    #[test]
+    fn history_keeps_the_configured_length_and_honours_maxstanzas() {
+        let mut r = room();
+        let e = env();
+        for i in 0..5 {
+            let m = x(&format!(
+                "<message type='groupchat'><body>m{i}</body></message>"
+            ));
+            let later = Env {
+                now_ms: e.now_ms + i * 2000,
+                ..e
+            };
+            match r.message("alice@localhost/a", &m, &later) {
+                Ok(MessageOutcome::Groupchat(a)) => {
+                    r.broadcast(a, Some(format!("id{i}")), &later);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let bodies = |out: &[Element]| -> Vec<String> {
+            to(out, "bob@localhost/b")
+                .iter()
+                .filter_map(|m| m.get_child("body", ns::CLIENT).map(Element::text))
+                .collect()
+        };
+        let out = join(&mut r, "bob@localhost/b", "Bob");
+        assert_eq!(bodies(&out), vec!["m2", "m3", "m4"]);
+        let delayed = to(&out, "bob@localhost/b")
+            .into_iter()
+            .find(|m| m.has_child("body", ns::CLIENT))
+            .and_then(|m| m.get_child("delay", ns::DELAY).cloned());
+        assert_eq!(delayed.as_ref().and_then(|d| d.attr("from")), Some(ROOM));
+        let h = x(
+            "<presence><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='1'/></x></presence>",
+        );
+        let out = r
+            .presence("carol@localhost/c", "Carol", &h, &e)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let carol: Vec<String> = to(&out.stanzas, "carol@localhost/c")
+            .iter()
+            .filter_map(|m| m.get_child("body", ns::CLIENT).map(Element::text))
+            .collect();
+        assert_eq!(carol, vec!["m4"]);
+    }
+
+    #[test]
+    fn kick_ban_and_the_last_owner() {
+        let mut r = room();
+        join(&mut r, "bob@localhost/b", "Bob");
+        join(&mut r, "carol@localhost/c", "Carol");
+        let e = env();
+        // §8.2: a participant may not kick.
+        let kick = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item nick='Carol' role='none'><reason>out</reason></item></query>",
+        );
+        assert_eq!(
+            cond(r.admin_set("bob@localhost/b", &kick, &e)),
+            Some((Condition::Forbidden, ErrorType::Auth))
+        );
+        let out = r
+            .admin_set("alice@localhost/a", &kick, &e)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let carol = to(&out.stanzas, "carol@localhost/c");
+        assert!(codes(carol[0]).contains(&307) && codes(carol[0]).contains(&110));
+        assert_eq!(r.nick_of("carol@localhost/c"), None);
+        // §9.1: ban, 301, and no way back.
+        let ban = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item jid='bob@localhost' affiliation='outcast'/></query>",
+        );
+        let out = r
+            .admin_set("alice@localhost/a", &ban, &e)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(codes(to(&out.stanzas, "alice@localhost/a")[0]).contains(&301));
+        assert_eq!(
+            cond(r.presence("bob@localhost/b", "Bob", &x("<presence/>"), &e)),
+            Some((Condition::Forbidden, ErrorType::Auth))
+        );
+        // §10.6: the last owner stays.
+        let demote = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item jid='alice@localhost' affiliation='admin'/></query>",
+        );
+        assert_eq!(
+            cond(r.admin_set("alice@localhost/a", &demote, &e)),
+            Some((Condition::Conflict, ErrorType::Cancel))
+        );
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn an_admin_may_not_act_on_an_owner() {
+        let mut r = room();
+        r.affiliations.insert(
+            "bob@localhost".into(),
+            AffEntry {
+                affiliation: Affiliation::Admin,
+                reason: String::new(),
+                nick: None,
+            },
+        );
+        join(&mut r, "bob@localhost/b", "Bob");
+        let e = env();
+        let kick = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item nick='Alice' role='none'/></query>",
+        );
+        assert_eq!(
+            cond(r.admin_set("bob@localhost/b", &kick, &e)),
+            Some((Condition::NotAllowed, ErrorType::Cancel))
+        );
+        let outcast = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item jid='alice@localhost' affiliation='outcast'/></query>",
+        );
+        assert_eq!(
+            cond(r.admin_set("bob@localhost/b", &outcast, &e)),
+            Some((Condition::NotAllowed, ErrorType::Cancel))
+        );
+    }
+
+    #[test]
+    fn the_stored_room_reads_back() {
+        let mut r = room();
+        r.config.persistent = true;
+        r.subject = Subject {
+            text: "Spells".into(),
+            nick: "Alice".into(),
+        };
+        r.affiliations.insert(
+            "bob@localhost".into(),
+            AffEntry {
+                affiliation: Affiliation::Member,
+                reason: "friend".into(),
+                nick: Some("Bob".into()),
+            },
+        );
+        let back = Room::from_stored(ROOM, &r.to_stored(B), B);
+        assert_eq!(back.config, r.config);
+        assert_eq!(back.affiliations, r.affiliations);
+        assert_eq!(back.subject, r.subject);
+        assert!(!back.locked);
+    }
+
+    #[test]
+    fn occupant_ids_are_stable_per_user_and_differ_between_users() {
+        let r = room();
+        let k = b"0123456789abcdef";
+        assert_eq!(
+            r.occupant_id(k, "bob@localhost"),
+            r.occupant_id(k, "bob@localhost")
+        );
+        assert_ne!(
+            r.occupant_id(k, "bob@localhost"),
+            r.occupant_id(k, "carol@localhost")
+        );
+        let other = Room::new(
+            "other@conference.localhost",
+            "x@localhost",
+            RoomConfig::new(B),
+        );
+        assert_ne!(
+            r.occupant_id(k, "bob@localhost"),
+            other.occupant_id(k, "bob@localhost")
+        );
+    }
+
+    #[test]
+    fn a_client_cannot_spoof_occupant_ids_or_the_room_stanza_id() {
+        let mut r = room();
+        let m = x("<message type='groupchat'><body>x</body>\
+            <occupant-id xmlns='urn:xmpp:occupant-id:0' id='fake'/>\
+            <stanza-id xmlns='urn:xmpp:sid:0' by='coven@conference.localhost' id='fake'/></message>");
+        let Ok(MessageOutcome::Groupchat(a)) = r.message("alice@localhost/a", &m, &env()) else {
+            panic!("not accepted");
+        };
+        let ids: Vec<_> = a
+            .message
+            .children()
+            .filter(|c| c.attr("id") == Some("fake"))
+            .collect();
+        assert!(ids.is_empty(), "{}", a.message);
+        assert_eq!(
+            a.message
+                .children()
+                .filter(|c| c.is("occupant-id", NS_OCCUPANT_ID))
+                .count(),
+            1
+        );
     }
 }

@@ -607,27 +607,7 @@ impl MucService {
                 let payload = payload.clone();
                 let reply_to = el.clone();
                 self.with_room(ctx, node, el, room, move |r| {
-                    let out = match payload.ns() {
-                        NS_OWNER => {
-                            if let Some(d) = payload.get_child("destroy", NS_OWNER) {
-                                // §10.9: destroy, owners only.
-                                if !r.is_owner(from, &env) {
-                                    return Err(err(Condition::Forbidden, ErrorType::Auth));
-                                }
-                                let alt = d.attr("jid").map(str::to_string);
-                                let reason = d.get_child("reason", NS_OWNER).map(Element::text);
-                                r.destroy(alt.as_deref(), reason.as_deref())
-                            } else if let Some(x) = payload.get_child("x", crate::pubsub::form::NS)
-                            {
-                                r.owner_set(from, x, &env)?
-                            } else {
-                                return Err(err(Condition::BadRequest, ErrorType::Modify));
-                            }
-                        }
-                        NS_ADMIN => r.admin_set(from, &payload, &env)?,
-                        _ => r.register_set(from, &payload, &env)?,
-                    };
-                    let mut out = out;
+                    let mut out = r.iq_set(from, &payload, &env)?;
                     // The IQ result goes first: the requester learns it succeeded, then sees
                     // its effects.
                     out.stanzas.insert(0, iq_result(&reply_to, None));

@@ -134,6 +134,8 @@ struct Occupant {
     role: Role,
     /// XEP-0421 id.
     id: String,
+    /// A service admin (`[muc] admins`): an owner here whatever the room's list says.
+    admin: bool,
     /// Token bucket for messages: tokens left, last refill (ms).
     tokens: f32,
     refilled_ms: i64,
@@ -353,6 +355,15 @@ impl Room {
             .map_or(Affiliation::None, |a| a.affiliation)
     }
 
+    /// An occupant's affiliation: a service admin's is owner.
+    fn occupant_affiliation(&self, o: &Occupant) -> Affiliation {
+        if o.admin {
+            Affiliation::Owner
+        } else {
+            self.affiliation(&o.bare)
+        }
+    }
+
     fn aff_of(&self, bare: &str, env: &Env<'_>, is_sender: bool) -> Affiliation {
         if is_sender && env.sender_is_admin {
             return Affiliation::Owner;
@@ -436,7 +447,7 @@ impl Room {
                 p.push_child(c.clone());
             }
         }
-        let aff = self.affiliation(&o.bare);
+        let aff = self.occupant_affiliation(o);
         let mut item = Element::new("item", NS_USER)
             .with_attr("affiliation", aff.as_str())
             // Unavailable presence says the role is gone, except for a nick change (§7.6).
@@ -559,6 +570,12 @@ impl Room {
         if let Some(current) = self.by_jid.get(from).cloned() {
             if current == nick {
                 self.update_presence(from, el, &mut out);
+                // §7.2.1: a join presence from an occupant means the client lost its state
+                // (Prosody's issue 667): it gets the room again as on joining.
+                if el.has_child("x", NS_MUC) {
+                    out.stanzas.retain(|p| p.attr("to") != Some(from));
+                    self.send_room_state(from, &nick.to_string(), &[], el, env, &mut out);
+                }
                 return Ok(out);
             }
             self.change_nick(from, &current, nick, el, env, &mut out)?;
@@ -662,6 +679,7 @@ impl Room {
                         clients: vec![session],
                         role,
                         id,
+                        admin: env.sender_is_admin,
                         tokens: env.rate.1,
                         refilled_ms: env.now_ms,
                     },
@@ -672,7 +690,34 @@ impl Room {
         let Some(me) = self.occupants.get(&joined_nick).cloned() else {
             return Ok(());
         };
-        // §7.2.3: the others' presence first…
+        let mut statuses = Vec::new();
+        if created {
+            statuses.push(201);
+        }
+        // …then the new presence to everyone else.
+        let mut others = Vec::new();
+        self.broadcast_presence(&me, None, &[], &[], None, &[], &mut others);
+        self.send_room_state(from, &me.nick, &statuses, el, env, out);
+        // The others hear of the newcomer after it has the room (order of §7.2.3 for the
+        // joiner; the others' copies are independent of it).
+        out.stanzas.extend(others);
+        Ok(())
+    }
+
+    /// §7.2.3–§7.2.15, what a joining session gets: the others' presence, its own with 110
+    /// (and `extra` codes), discussion history, the subject.
+    fn send_room_state(
+        &self,
+        from: &str,
+        nick: &str,
+        extra: &[u16],
+        el: &Element,
+        env: &Env<'_>,
+        out: &mut Out,
+    ) {
+        let Some(me) = self.occupants.get(nick) else {
+            return;
+        };
         for o in self.occupants.values() {
             if o.nick == me.nick || !self.config.broadcasts(o.role.as_str()) {
                 continue;
@@ -686,20 +731,13 @@ impl Room {
             p.set_attr("to", from);
             out.stanzas.push(p);
         }
-        // …then the new presence to everyone, with 110 (and 201 on creation) to the joiner.
         let mut statuses = Vec::new();
         if self.config.archiving {
             // §15.6 170: the room is logged.
             statuses.push(170);
         }
-        if created {
-            statuses.push(201);
-        }
-        let mut others = Vec::new();
-        self.broadcast_presence(&me, None, &[], &[], None, &[], &mut others);
-        out.stanzas.extend(others);
-        let (own, _) = self.occupant_presence(&me, None, &[], &statuses, None);
-        let mut own = own;
+        statuses.extend_from_slice(extra);
+        let (mut own, _) = self.occupant_presence(me, None, &[], &statuses, None);
         if let Some(x) = own.get_child_mut("x", NS_USER) {
             x.push_child(status(110));
             if self.config.whois == Whois::Anyone {
@@ -708,14 +746,13 @@ impl Room {
         }
         own.set_attr("to", from);
         out.stanzas.push(own);
-        // §7.2.13: discussion history.
+        let muc_x = el.get_child("x", NS_MUC);
         self.history_to(
             from,
             muc_x.and_then(|x| x.get_child("history", NS_MUC)),
             env,
             out,
         );
-        // §7.2.15: the subject, always, last.
         let mut subject = Element::new("message", ns::CLIENT)
             .with_attr("type", "groupchat")
             .with_attr(
@@ -733,7 +770,6 @@ impl Room {
         }
         subject.push_child(s);
         out.stanzas.push(subject);
-        Ok(())
     }
 
     fn history_to(&self, to: &str, spec: Option<&Element>, env: &Env<'_>, out: &mut Out) {
@@ -1615,7 +1651,7 @@ impl Room {
                 if actor_role != Role::Moderator {
                     return Err(err_t(Condition::Forbidden, ErrorType::Auth));
                 }
-                let target_aff = self.affiliation(&target.bare);
+                let target_aff = self.occupant_affiliation(target);
                 // §8.2/§8.4: not against someone of an affiliation at or above the actor's
                 // (an owner may act on admins)…
                 if target_aff > actor_aff

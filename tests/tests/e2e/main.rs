@@ -20,6 +20,7 @@ mod lang;
 mod last;
 mod limits;
 mod mam;
+mod muc;
 mod pep;
 mod private;
 mod pubsub;

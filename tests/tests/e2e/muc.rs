@@ -927,20 +927,30 @@ async fn leaving_tells_the_leaver_with_110_and_the_others_without() {
     s.stop().await;
 }
 
-/// XEP-0045 §7.14 (RFC 6121 §4.6): an occupant whose session sends broadcast unavailable
-/// presence or goes away leaves the room.
+/// XEP-0045 §7.14 (RFC 6121 §4.6.3): an occupant whose session sends broadcast unavailable
+/// presence leaves the room (its server sends the unavailable presence to the occupant JID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_occupant_going_unavailable_leaves_the_room() {
+    let s = server().await;
+    let mut a = online(&s, "alice", "a1").await;
+    let mut b = online(&s, "bob", "b1").await;
+    create_instant(&mut a, "garden", "alice").await;
+    join(&mut b, "garden", "bob").await;
+    b.send("<presence type='unavailable'/>").await;
+    let p = wait_presence(&mut a, &occupant("garden", "bob"), Some("unavailable")).await;
+    assert_eq!(item_attr(&p, "role").as_deref(), Some("none"), "{p}");
+    s.stop().await;
+}
+
+/// XEP-0045 §7.14 (RFC 6121 §4.6.3), docs/muc.md (Leave): an occupant whose connection goes
+/// away leaves the room (its server sends unavailable presence on its behalf).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_occupant_going_offline_leaves_the_room() {
     let s = server().await;
     let mut a = online(&s, "alice", "a1").await;
-    let mut b = online(&s, "bob", "b1").await;
     let mut c = online(&s, "carol", "c1").await;
     create_instant(&mut a, "garden", "alice").await;
-    join(&mut b, "garden", "bob").await;
     join(&mut c, "garden", "carol").await;
-    b.send("<presence type='unavailable'/>").await;
-    let p = wait_presence(&mut a, &occupant("garden", "bob"), Some("unavailable")).await;
-    assert_eq!(item_attr(&p, "role").as_deref(), Some("none"), "{p}");
     drop(c);
     let p = wait_presence(&mut a, &occupant("garden", "carol"), Some("unavailable")).await;
     assert_eq!(item_attr(&p, "role").as_deref(), Some("none"), "{p}");
@@ -1369,6 +1379,194 @@ async fn destroying_a_room_removes_everyone_with_the_alternate_venue_and_reason(
     );
     let info = disco_info(&mut b, &room_jid("heath"), None).await;
     assert_error(&info, "item-not-found", "cancel");
+    s.stop().await;
+}
+
+/// XEP-0045 §7.2.1 (last paragraph): a join presence from a client already in the room is a
+/// resynchronisation: it gets the occupants, its self-presence, the history and the subject
+/// again, and the others see no new occupant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_again_resynchronises_the_client() {
+    let s = server().await;
+    let mut a = online(&s, "alice", "a1").await;
+    let mut b = online(&s, "bob", "b1").await;
+    create_instant(&mut a, "garden", "alice").await;
+    send_subject(&mut a, "garden", "Resync").await;
+    wait_subject(&mut a, "garden", "Resync").await;
+    join(&mut b, "garden", "bob").await;
+    say(&mut a, "garden", "before").await;
+    wait_groupchat(&mut b, "garden", "before").await;
+
+    let got = join(&mut b, "garden", "bob").await;
+    assert!(
+        presence_from(&got, &occupant("garden", "alice")).is_some(),
+        "{got:?}"
+    );
+    let me = self_presence(&got);
+    assert_eq!(
+        me.attr("from"),
+        Some(occupant("garden", "bob").as_str()),
+        "{me}"
+    );
+    assert!(!muc_user_statuses(&me).contains(&201), "{me}");
+    assert_eq!(bodies(&history_of(&got, "garden")), ["before"], "{got:?}");
+    assert_eq!(
+        subject_text(&subject_of(&got)).as_deref(),
+        Some("Resync"),
+        "{got:?}"
+    );
+    // Still one occupant: no unavailable presence for bob, and one presence from him at most.
+    let seen = say_collecting(&mut a, "garden", "after").await;
+    assert!(
+        !seen.iter().any(|e| e.attr("type") == Some("unavailable")),
+        "{seen:?}"
+    );
+    let occupants = disco_info(&mut a, &room_jid("garden"), None).await;
+    assert_eq!(
+        form_value(&roominfo(&occupants), "muc#roominfo_occupants").as_deref(),
+        Some("2"),
+        "{occupants}"
+    );
+    s.stop().await;
+}
+
+/// docs/muc.md (Join), XEP-0045 §7.2.18: a presence to an occupant JID without the MUC `<x/>`
+/// from a non-occupant is accepted as a join (as Prosody does for groupchat 1.0 clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_without_the_muc_element_is_accepted() {
+    let s = server().await;
+    let mut a = online(&s, "alice", "a1").await;
+    let mut b = online(&s, "bob", "b1").await;
+    create_instant(&mut a, "garden", "alice").await;
+    b.send(&format!("<presence to='{}'/>", occupant("garden", "bob")))
+        .await;
+    let got = read_join(&mut b, "garden")
+        .await
+        .unwrap_or_else(|e| panic!("refused: {e}"));
+    let me = self_presence(&got);
+    assert_eq!(
+        item_attr(&me, "role").as_deref(),
+        Some("participant"),
+        "{me}"
+    );
+    wait_presence(&mut a, &occupant("garden", "bob"), None).await;
+    s.stop().await;
+}
+
+/// XEP-0045 §7.7: an occupant's change of availability goes to every occupant from its
+/// occupant JID, with show, status and the muc#user item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_availability_change_is_broadcast_to_the_room() {
+    let s = server().await;
+    let mut a = online(&s, "alice", "a1").await;
+    let mut b = online(&s, "bob", "b1").await;
+    create_instant(&mut a, "garden", "alice").await;
+    join(&mut b, "garden", "bob").await;
+    let bob = occupant("garden", "bob");
+    wait_presence(&mut a, &bob, None).await;
+    b.send(&format!(
+        "<presence to='{bob}'><show>xa</show><status>gone where the goblins go</status></presence>"
+    ))
+    .await;
+    let p = a
+        .wait_for(|e| {
+            e.name() == "presence"
+                && e.attr("from") == Some(bob.as_str())
+                && e.get_child("show", CLIENT).map(Element::text).as_deref() == Some("xa")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no availability change: {e:#}"));
+    assert_eq!(p.attr("type"), None, "{p}");
+    assert_eq!(
+        p.get_child("status", CLIENT).map(Element::text).as_deref(),
+        Some("gone where the goblins go"),
+        "{p}"
+    );
+    assert_eq!(item_attr(&p, "role").as_deref(), Some("participant"), "{p}");
+    assert_eq!(
+        item_attr(&p, "jid"),
+        Some(b.full_jid()),
+        "the moderator sees the jid: {p}"
+    );
+    assert!(!muc_user_statuses(&p).contains(&110), "{p}");
+    s.stop().await;
+}
+
+/// Waits for a configuration notification (a groupchat message from the room's bare JID with
+/// muc#user status codes, §10.2.1); returns its codes.
+async fn wait_config_notice(c: &mut Client, room: &str) -> Vec<u16> {
+    let room = room_jid(room);
+    let m = c
+        .wait_for(|e| {
+            e.name() == "message"
+                && e.attr("from") == Some(room.as_str())
+                && !muc_user_statuses(e).is_empty()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no configuration notification from {room}: {e:#}"));
+    assert_eq!(m.attr("type"), Some("groupchat"), "{m}");
+    muc_user_statuses(&m)
+}
+
+/// XEP-0045 §10.2.1: occupants are told of configuration changes: logging off (171) and on
+/// (170), semi-anonymous again (173), and 104 for another change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_changes_are_announced_to_the_occupants() {
+    let s = server().await;
+    let mut a = online(&s, "alice", "a1").await;
+    let mut b = online(&s, "bob", "b1").await;
+    create_instant(&mut a, "garden", "alice").await;
+    join(&mut b, "garden", "bob").await;
+    for (fields, code) in [
+        (&[("muc#roomconfig_enablearchiving", "0")][..], 171),
+        (&[("muc#roomconfig_enablearchiving", "1")][..], 170),
+        (&[("muc#roomconfig_whois", "anyone")][..], 172),
+        (&[("muc#roomconfig_whois", "moderators")][..], 173),
+        (&[("muc#roomconfig_roomname", "Renamed")][..], 104),
+    ] {
+        reconfigure(&mut a, "garden", fields).await;
+        let codes = wait_config_notice(&mut b, "garden").await;
+        assert!(codes.contains(&code), "{fields:?}: {codes:?}");
+    }
+    s.stop().await;
+}
+
+/// XEP-0045 §7.2.2, §15.5.3 `presencebroadcast`: presence of occupants whose role is not
+/// broadcast goes to nobody else (their self-presence still comes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_broadcast_is_limited_to_the_configured_roles() {
+    let s = server().await;
+    let mut a = online(&s, "alice", "a1").await;
+    let mut b = online(&s, "bob", "b1").await;
+    let mut c = online(&s, "carol", "c1").await;
+    create_reserved(
+        &mut a,
+        "garden",
+        "alice",
+        &[("muc#roomconfig_presencebroadcast", "moderator")],
+    )
+    .await;
+    let got = join(&mut b, "garden", "bob").await;
+    assert!(
+        presence_from(&got, &occupant("garden", "alice")).is_some(),
+        "{got:?}"
+    );
+    let got = join(&mut c, "garden", "carol").await;
+    assert!(
+        presence_from(&got, &occupant("garden", "alice")).is_some(),
+        "{got:?}"
+    );
+    assert!(
+        presence_from(&got, &occupant("garden", "bob")).is_none(),
+        "{got:?}"
+    );
+    let seen = say_collecting(&mut a, "garden", "barrier").await;
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e.name() == "presence" && from_room(e, "garden")),
+        "{seen:?}"
+    );
     s.stop().await;
 }
 
@@ -1865,8 +2063,9 @@ async fn allowpm_decides_who_may_send_private_messages() {
 }
 
 /// XEP-0045 §10.2, §10.1.3: only an owner gets or submits the configuration (forbidden); a
-/// form of another FORM_TYPE or not of type submit is refused (bad-request, as Prosody); none
-/// of them changes the room.
+/// form of another FORM_TYPE or not of type submit is refused with bad-request (Prosody's
+/// condition) of type modify (XEP-0045 §10.1.3 answers an unacceptable form with type modify;
+/// RFC 6120 §8.3.3.1; Prosody says cancel); none of them changes the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_configuration_requests_are_refused_and_change_nothing() {
     let s = server().await;
@@ -1890,11 +2089,11 @@ async fn bad_configuration_requests_are_refused_and_change_nothing() {
         &[("muc#roomconfig_roomname", "Wrong")],
     );
     let r = muc_owner(&mut a, "set", "garden", &wrong).await;
-    assert_error(&r, "bad-request", "cancel");
+    assert_error(&r, "bad-request", "modify");
     let not_submitted = form(ROOMCONFIG, &[("muc#roomconfig_roomname", "Form")])
         .replace("type='submit'", "type='form'");
     let r = muc_owner(&mut a, "set", "garden", &not_submitted).await;
-    assert_error(&r, "bad-request", "cancel");
+    assert_error(&r, "bad-request", "modify");
 
     let x = config_form(&mut a, "garden").await;
     assert_eq!(
@@ -2046,9 +2245,11 @@ async fn the_room_archive_answers_mam_queries_with_the_live_stanza_ids() {
     let room = room_jid("garden");
     let texts = ["m1", "m2", "m3", "m4", "m5"];
     let mut sids = Vec::new();
+    let mut live_occupant_id = None;
     for t in texts {
         let mine = say(&mut a, "garden", t).await;
         let theirs = wait_groupchat(&mut b, "garden", t).await;
+        live_occupant_id = occupant_id(&theirs);
         let sid =
             stanza_id(&mine, &room).unwrap_or_else(|| panic!("no stanza-id by the room: {mine}"));
         assert_eq!(
@@ -2112,6 +2313,22 @@ async fn the_room_archive_answers_mam_queries_with_the_live_stanza_ids() {
         .get_child("fin", MAM)
         .unwrap_or_else(|| panic!("no fin: {reply}"));
     assert_eq!(fin.attr("complete"), Some("true"), "{reply}");
+
+    // XEP-0059 §2.5: an empty <before/> asks for the last page.
+    let (results, reply) = room_mam(
+        &mut b,
+        "garden",
+        &format!("<set xmlns='{RSM}'><max>2</max><before/></set>"),
+    )
+    .await;
+    assert_result(&reply);
+    let msgs: Vec<Element> = results.iter().map(archived).collect();
+    assert_eq!(bodies(&msgs), ["m4", "m5"], "{results:?}");
+    // XEP-0421 §4: archived messages carry the sender's occupant id too.
+    let alice_id = live_occupant_id.clone();
+    for m in &msgs {
+        assert!(alice_id.is_some() && occupant_id(m) == alice_id, "{m}");
+    }
 
     // Carol is not in the room, but may join it: she may read its archive.
     let (results, reply) = room_mam(&mut c, "garden", "").await;

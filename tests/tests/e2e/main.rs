@@ -21,6 +21,7 @@ mod last;
 mod limits;
 mod mam;
 mod muc;
+mod muc_admin;
 mod muc_smoke;
 mod pep;
 mod private;

@@ -83,7 +83,7 @@ impl Default for ServiceConfig {
 
 /// Kinds of hosted service `[services."DOMAIN"] kind` may name, with the prefix of the default
 /// domain each host gets (ejabberd's default names).
-pub const SERVICE_KINDS: &[(&str, &str)] = &[("pubsub", "pubsub")];
+pub const SERVICE_KINDS: &[(&str, &str)] = &[("pubsub", "pubsub"), ("muc", "conference")];
 
 /// One hosted service as configured: its domain, parent host and display name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -512,6 +512,8 @@ impl Default for Config {
                 // XEP-0163 and XEP-0060: OMEMO keys, avatars and bookmarks live in PEP.
                 "pep".into(),
                 "pubsub".into(),
+                // XEP-0045 group chat at conference.HOST (Prosody and ejabberd users expect one).
+                "muc".into(),
                 // XEP-0402 with XEP-0048 conversion (Conversations, Gajim, Dino and Monal sync
                 // group-chat bookmarks through it).
                 "bookmarks".into(),
@@ -1391,7 +1393,27 @@ mod tests {
                 ("pubsub.a.example".into(), "a.example".into()),
             ]
         );
-        assert_eq!(c.services_of_kind("muc"), Vec::new());
+        // Group chat is a kind of its own: conference.HOST by default, switched off alike.
+        let muc = |c: &Config| -> Vec<String> {
+            c.services_of_kind("muc")
+                .into_iter()
+                .map(|s| s.domain)
+                .collect()
+        };
+        assert_eq!(
+            muc(&c),
+            vec!["conference.a.example", "conference.b.example"]
+        );
+        let c = Config::parse(
+            "hosts = [\"a.example\"]\n[services.\"conference.a.example\"]\nenabled = false\n\
+             [services.\"rooms.a.example\"]\nkind = \"muc\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(muc(&c), vec!["rooms.a.example"]);
+        assert_eq!(
+            domains(&c),
+            vec![("pubsub.a.example".into(), "a.example".into())]
+        );
         for (bad, key) in [
             ("[services.\"x.localhost\"]\nkind = \"chat\"", "kind"),
             ("[services.\"x.localhost\"]\nname = \"X\"", "needs a `kind`"),

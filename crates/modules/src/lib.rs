@@ -15,6 +15,7 @@ pub mod disco;
 pub mod extdisco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod ping;
 pub mod private;
 pub mod pubsub;
@@ -47,6 +48,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(blocking::Blocking),
         Arc::new(carbons::Carbons),
         Arc::new(mam::Mam),
+        Arc::new(muc::Muc),
         Arc::new(last::Last),
         Arc::new(extdisco::ExtDisco),
         Arc::new(register::Register),
@@ -268,6 +270,11 @@ mod tests {
                 ("mam", "XEP-0359", "0.7.0"),
                 ("mam", "XEP-0059", "1.0"),
                 ("mam", "XEP-0441", "0.2.0"),
+                ("muc", "XEP-0045", "1.35.1"),
+                ("muc", "XEP-0249", "1.2"),
+                ("muc", "XEP-0410", "1.1.0"),
+                ("muc", "XEP-0421", "0.2.0"),
+                ("muc", "XEP-0425", "0.3.0"),
                 ("last", "XEP-0012", "2.0"),
                 ("extdisco", "XEP-0215", "1.0.0"),
                 ("register", "XEP-0077", "2.4"),

@@ -386,7 +386,7 @@ fn bad(text: &str) -> StanzaError {
 /// any number of fraction digits). Every field has exactly its XEP-0082 width (Prosody's parser
 /// wants the same), so a year such as 99999999999 is refused rather than overflowing the
 /// arithmetic below: years 0000–9999 keep every intermediate value far inside `i64`.
-fn parse_time(s: &str) -> Option<i64> {
+pub(crate) fn parse_time(s: &str) -> Option<i64> {
     /// Exactly `width` ASCII digits (no sign, which `str::parse` would accept).
     fn digits(s: &str, width: usize) -> Option<i64> {
         if s.len() != width || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -469,7 +469,7 @@ fn field_values(x: &Element, var: &str) -> Vec<String> {
         .collect()
 }
 
-async fn exists(st: &Stores, user: &BareJid, id: &str) -> bool {
+async fn exists(archive: &ArchiveStore, user: &BareJid, id: &str) -> bool {
     let (host, node) = (
         user.domain().as_str(),
         user.node().map(|n| n.as_str()).unwrap_or_default(),
@@ -478,7 +478,7 @@ async fn exists(st: &Stores, user: &BareJid, id: &str) -> bool {
         ids: Some(vec![id.to_string()]),
         ..ArchiveQuery::default()
     };
-    st.archive.count(host, node, &q).await.unwrap_or(0) > 0
+    archive.count(host, node, &q).await.unwrap_or(0) > 0
 }
 
 #[async_trait]
@@ -508,7 +508,19 @@ impl IqHandler for QueryIq {
                 Ok(Some(p.to_element()))
             }
             (Some(IqType::Get), "metadata") => metadata(&self.st, &user).await.map(Some),
-            (Some(IqType::Set), "query") => query(&self.st, &req, &user).await.map(Some),
+            (Some(IqType::Set), "query") => {
+                let page = run_query(&self.st.archive, req.payload, &user).await?;
+                if let Some(session) = req.origin.session() {
+                    for result in page.results {
+                        let msg = Element::new("message", ns::CLIENT)
+                            .with_attr("to", req.from.to_string())
+                            .with_attr("from", user.to_string())
+                            .with_child(result);
+                        let _ = session.deliver(Arc::new(msg));
+                    }
+                }
+                Ok(Some(page.fin))
+            }
             _ => Err(StanzaError::new(Condition::FeatureNotImplemented)),
         }
     }
@@ -558,13 +570,28 @@ async fn metadata(st: &Stores, user: &BareJid) -> Result<Element, StanzaError> {
     Ok(m)
 }
 
-/// XEP-0313 §4.1–§4.3 with XEP-0059 paging.
-async fn query(st: &Stores, req: &IqRequest<'_>, user: &BareJid) -> Result<Element, StanzaError> {
+/// One page of a query: the `<result/>` elements to send (each in a message from the archive's
+/// JID) and the `<fin/>` for the IQ result.
+pub(crate) struct QueryPage {
+    /// `<result/>` elements, in order.
+    pub results: Vec<Element>,
+    /// The IQ result's payload.
+    pub fin: Element,
+}
+
+/// XEP-0313 §4.1–§4.3 with XEP-0059 paging, on the archive of `user` (an account, or a room
+/// for MUC archives: host = domain, user = node).
+pub(crate) async fn run_query(
+    archive: &ArchiveStore,
+    payload: &Element,
+    user: &BareJid,
+) -> Result<QueryPage, StanzaError> {
+    let st = archive;
     let mut q = ArchiveQuery::default();
     // A full JID in `with` matches that resource only (XEP-0313 §4.1.1, "Filtering by JID");
     // the archive indexes the bare JID, so such results are filtered after reading.
     let mut with_full: Option<String> = None;
-    if let Some(x) = req.payload.get_child("x", NS_DATA) {
+    if let Some(x) = payload.get_child("x", NS_DATA) {
         for v in field_values(x, "FORM_TYPE") {
             if v != NS {
                 return Err(bad("unknown FORM_TYPE"));
@@ -621,7 +648,7 @@ async fn query(st: &Stores, req: &IqRequest<'_>, user: &BareJid) -> Result<Eleme
         }
     }
     // XEP-0059 §2: max, after, before.
-    let set = req.payload.get_child("set", NS_RSM);
+    let set = payload.get_child("set", NS_RSM);
     let max = match set.and_then(|s| s.get_child("max", NS_RSM)) {
         Some(m) => m
             .text()
@@ -661,7 +688,6 @@ async fn query(st: &Stores, req: &IqRequest<'_>, user: &BareJid) -> Result<Eleme
         user.domain().as_str(),
         user.node().map(|n| n.as_str()).unwrap_or_default(),
     );
-    let archive = &st.archive;
     let internal = |_| StanzaError::new(Condition::InternalServerError);
     // XEP-0059 §2.6: the count is optional; with a full-JID `with` it would mean reading the
     // whole conversation, so it is left out there.
@@ -701,12 +727,13 @@ async fn query(st: &Stores, req: &IqRequest<'_>, user: &BareJid) -> Result<Eleme
         items.reverse();
     }
     // XEP-0313 §4.2: flip-page reverses the order within the page.
-    let flip = req.payload.has_child("flip-page", NS);
+    let flip = payload.has_child("flip-page", NS);
     if flip {
         items.reverse();
     }
-    let queryid = req.payload.attr("queryid").map(str::to_string);
-    if let Some(session) = req.origin.session().cloned() {
+    let queryid = payload.attr("queryid").map(str::to_string);
+    let mut results = Vec::with_capacity(items.len());
+    {
         for item in &items {
             let Some(original) = decode_element(&item.data) else {
                 continue;
@@ -725,11 +752,7 @@ async fn query(st: &Stores, req: &IqRequest<'_>, user: &BareJid) -> Result<Eleme
                     )
                     .with_child(original),
             );
-            let msg = Element::new("message", ns::CLIENT)
-                .with_attr("to", req.from.to_string())
-                .with_attr("from", user.to_string())
-                .with_child(result);
-            let _ = session.deliver(Arc::new(msg));
+            results.push(result);
         }
     }
     let mut fin = Element::new("fin", NS);
@@ -751,7 +774,7 @@ async fn query(st: &Stores, req: &IqRequest<'_>, user: &BareJid) -> Result<Eleme
         rsm.push_child(Element::new("count", NS_RSM).with_text(count.to_string()));
     }
     fin.push_child(rsm);
-    Ok(fin)
+    Ok(QueryPage { results, fin })
 }
 
 /// Whether an archived message of `user` was exchanged with the full JID `full`: the `to` of
@@ -769,7 +792,7 @@ fn with_resource(user: &BareJid, full: &str, item: &ArchiveItem) -> bool {
 /// Reads up to `want` items of `q` that pass `keep`, in `q`'s order, batch by batch from
 /// where the previous batch ended (keyset paging: no offsets).
 async fn read_filtered(
-    st: &Stores,
+    st: &ArchiveStore,
     host: &str,
     node: &str,
     mut q: ArchiveQuery,
@@ -780,7 +803,7 @@ async fn read_filtered(
     let mut out = Vec::new();
     loop {
         q.limit = Some(batch);
-        let got = st.archive.query(host, node, &q).await?;
+        let got = st.query(host, node, &q).await?;
         let n = got.len();
         let last = got.last().map(|i| i.id.clone());
         for item in got {

@@ -20,6 +20,7 @@ mod lang;
 mod last;
 mod limits;
 mod mam;
+mod muc_smoke;
 mod pep;
 mod private;
 mod pubsub;

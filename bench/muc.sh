@@ -11,12 +11,15 @@
 #     server CPU per message;
 #   * muc-fanout: one room of OCCUPANTS; one sends MESSAGES messages one after the other:
 #     time until the last occupant has each (p50, p90), server CPU per message.
+# "canto-noarchive" is Canto again, its rooms created with muc#roomconfig_enablearchiving = 0:
+# Canto archives every room's messages by default (SQLite), Prosody without mod_muc_mam and
+# ejabberd with mam: false do not.
 # Every workload runs on a freshly started server (so none inherits another's load or
 # memory); each run repeats all four; the table gives the median of the runs.
 #
 #   bench/muc.sh [--runs N] [--occupants N] [--messages N] [--chatty N] [--seconds S]
 #                [--window N] [--joins N] [--join-room N] [--idle N] [--idle-room N]
-#                [--servers "canto prosody ejabberd"] [--workloads "idle join chatty fanout"]
+#                [--servers "canto canto-noarchive prosody ejabberd"] [--workloads "idle join chatty fanout"]
 #                [--results DIR] [--out FILE]
 #
 # --results DIR keeps each run's output in DIR (default: the temporary directory): a later
@@ -28,7 +31,7 @@
 # stopped by its PID on exit. Prosody and ejabberd come from Debian's packages when missing
 # (service starts denied during the install). Configurations come from bench/configs/ as in
 # bench/compare.sh, plus the MUC service conference.localhost with its limits out of the way:
-# Canto `[muc] max_occupants = 10000, message_rate = 1e6, message_burst = 1000000`; Prosody
+# Canto `[muc] max_occupants = 10000, message_rate = 1e6, message_burst = 1e6`; Prosody
 # `Component "conference.localhost" "muc"` with restrict_room_creation = false (no
 # mod_muc_limits, no occupant limit by default); ejabberd mod_muc with max_users and
 # max_users_presence 10000 (its default 1000 stops presence broadcasts in larger rooms),
@@ -53,7 +56,7 @@ JOINS=500
 JOIN_ROOM=0
 IDLE=2000
 IDLE_ROOM=100
-SERVERS="canto prosody ejabberd"
+SERVERS="canto canto-noarchive prosody ejabberd"
 WORKLOADS="idle join chatty fanout"
 RESULTS=""
 OUT=""
@@ -113,7 +116,7 @@ fill() { # template out dir port
 
 # ---------------------------------------------------------------- binaries and packages
 BUILT=0
-if [[ " $SERVERS " == *" canto "* ]]; then
+if [[ " $SERVERS " == *" canto"* ]]; then
     build_binaries && BUILT=1
 elif [ -z "${BENCH_BIN:-}" ]; then
     log "building canto-bench (release)"
@@ -139,10 +142,10 @@ if [ ${#want_pkgs[@]} -gt 0 ]; then
 fi
 for s in $SERVERS; do
     case "$s" in
-        canto) ;;
+        canto|canto-noarchive) ;;
         prosody) command -v prosodyctl >/dev/null || NOTE[prosody]="not installed: apt-get install prosody failed" ;;
         ejabberd) command -v ejabberdctl >/dev/null || NOTE[ejabberd]="not installed: apt-get install ejabberd failed" ;;
-        *) echo "unknown server $s (canto, prosody, ejabberd)" >&2; exit 2 ;;
+        *) echo "unknown server $s (canto, canto-noarchive, prosody, ejabberd)" >&2; exit 2 ;;
     esac
 done
 if [ "$BUILT" = 1 ]; then
@@ -152,7 +155,7 @@ elif [ -n "${CANTO_BIN:-}" ]; then
 fi
 VERSION[prosody]="$(dpkg-query -W -f='${Version}' prosody 2>/dev/null)"
 VERSION[ejabberd]="$(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null)"
-for s in $SERVERS; do echo "${VERSION[$s]:-}" >"$RESULTS/$s.version"; done
+for s in $SERVERS; do echo "${VERSION[$(base "$s")]:-}" >"$RESULTS/$(base "$s").version"; done
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
     -subj /CN=localhost -addext subjectAltName=DNS:localhost \
@@ -169,7 +172,7 @@ configure_canto() {
     mkdir -p "$d"
     fill "$HERE/configs/canto.toml" "$d/canto.toml" "$d" "${PORT[canto]}"
     # No c2s rate limit, and the MUC limits out of the way (docs/muc.md).
-    sed -i 's/^@LIMITS@$/[limits.c2s]\nrate = "unlimited"\n\n[muc]\nmax_occupants = 10000\nmessage_rate = 1000000.0\nmessage_burst = 1000000/' "$d/canto.toml"
+    sed -i 's/^@LIMITS@$/[limits.c2s]\nrate = "unlimited"\n\n[muc]\nmax_occupants = 10000\nmessage_rate = 1000000.0\nmessage_burst = 1000000.0/' "$d/canto.toml"
     "$CANTO_BIN" --config "$d/canto.toml" check >"$d/check.log" 2>&1 ||
         { NOTE[canto]="canto check failed: $(tr '\n' ' ' <"$d/check.log")"; return 1; }
 }
@@ -295,12 +298,20 @@ EOF
 
 declare -A MECH=([canto]=scram-sha256 [prosody]=scram-sha1 [ejabberd]=scram-sha256)
 
+# The server behind a name: canto-noarchive is Canto whose rooms are created with
+# muc#roomconfig_enablearchiving = 0 (like Prosody without mod_muc_mam and ejabberd with
+# mam: false here); Canto archives every room's messages by default (docs/muc.md).
+base() { echo "${1%%-*}"; }
+declare -A ROOM_ARGS=([canto-noarchive]="--room-config muc#roomconfig_enablearchiving=0")
+
 bench() { # server tag timeout args...
     local s=$1 tag=$2 t=$3; shift 3
-    local out="$RESULTS/$s.$tag.txt"
+    local b out="$RESULTS/$s.$tag.txt" extra
+    b=$(base "$s")
+    read -ra extra <<<"${ROOM_ARGS[$s]:-}"
     log "$s: $tag"
-    if ! timeout "$t" "$BENCH_BIN" --addr "127.0.0.1:${PORT[$s]}" --password "$PASSWORD" \
-            --mech "${MECH[$s]}" --server-pid "${PIDS[$s]}" "$@" >"$out" 2>"$out.err"; then
+    if ! timeout "$t" "$BENCH_BIN" --addr "127.0.0.1:${PORT[$b]}" --password "$PASSWORD" \
+            --mech "${MECH[$b]}" --server-pid "${PIDS[$b]}" "$@" "${extra[@]}" >"$out" 2>"$out.err"; then
         log "$s: $tag failed: $(tail -1 "$out.err")"
         echo "failed: $(tail -1 "$out.err")" >>"$out"
     fi
@@ -308,8 +319,9 @@ bench() { # server tag timeout args...
 }
 
 workload() { # server workload run: on a freshly started server
-    local s=$1 w=$2 r=$3
-    "start_$s" "$TMP/$s" || return 1
+    local s=$1 w=$2 r=$3 b
+    b=$(base "$s")
+    "start_$b" "$TMP/$s" || { NOTE[$s]="${NOTE[$b]:-did not start}"; return 1; }
     case "$w" in
         idle) bench "$s" "idle.$r" 600 muc-idle --occupants "$IDLE" --room-size "$IDLE_ROOM" --settle 3 --baseline-wait 3 ;;
         join) bench "$s" "join.$r" 600 muc-join --joins "$JOINS" --room-size "$JOIN_ROOM" ;;
@@ -317,14 +329,15 @@ workload() { # server workload run: on a freshly started server
         fanout) bench "$s" "fanout.$r" 1200 muc-fanout --occupants "$OCCUPANTS" --messages "$MESSAGES" ;;
         *) echo "unknown workload $w (idle, join, chatty, fanout)" >&2; exit 2 ;;
     esac
-    stop_server "$s"
+    stop_server "$b"
 }
 
 run_server() { # name
-    local s=$1 d="$TMP/$1" r w
+    local s=$1 d="$TMP/$1" r w b
+    b=$(base "$s")
     log "$s: provision $USERS accounts"
-    "configure_$s" "$d" || return 1
-    "provision_$s" "$d" || return 1
+    "configure_$b" "$d" || { NOTE[$s]="${NOTE[$b]:-}"; return 1; }
+    "provision_$b" "$d" || { NOTE[$s]="${NOTE[$b]:-}"; return 1; }
     for r in $(seq 1 "$RUNS"); do
         for w in $WORKLOADS; do
             workload "$s" "$w" "$r" || return 1
@@ -341,7 +354,7 @@ EJABBERD_DIST_PORT=$(free_port 15950 15999) || exit 1
 for s in $SERVERS; do
     rm -f "$RESULTS/$s".*.txt "$RESULTS/$s".*.err
     [ -n "${NOTE[$s]:-}" ] && { log "$s: skipped: ${NOTE[$s]}"; continue; }
-    run_server "$s" || { log "$s: ${NOTE[$s]:-failed}"; stop_server "$s"; }
+    run_server "$s" || { log "$s: ${NOTE[$s]:-failed}"; stop_server "$(base "$s")"; }
 done
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "$(date -u '+%F %H:%M UTC'): $SERVERS, load average $LOAD_BEFORE before, $LOAD_AFTER after, $(( SECONDS - START )) s" >>"$RESULTS/runs.log"
@@ -396,25 +409,28 @@ ROWS=(
     "idle: KiB RSS per session (before joining)|idle|kib_per_session|lower"
 )
 {
-    echo "| workload (median of runs) | Canto | Prosody | ejabberd | Canto vs Prosody | Canto vs ejabberd |"
-    echo "|---|---:|---:|---:|---:|---:|"
+    echo "| workload (median of runs) | Canto | Canto, no archive | Prosody | ejabberd | Canto vs Prosody | Canto vs ejabberd | no archive vs Prosody | no archive vs ejabberd |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for row in "${ROWS[@]}"; do
         IFS='|' read -r label tag key dir <<<"$row"
-        c=$(median canto "$tag" "$key"); p=$(median prosody "$tag" "$key"); e=$(median ejabberd "$tag" "$key")
-        if [ "$dir" = none ]; then rp="" re=""; else rp=$(ratio "$c" "$p" "$dir"); re=$(ratio "$c" "$e" "$dir"); fi
-        echo "| $label | $c | $p | $e | $rp | $re |"
+        c=$(median canto "$tag" "$key"); n=$(median canto-noarchive "$tag" "$key")
+        p=$(median prosody "$tag" "$key"); e=$(median ejabberd "$tag" "$key")
+        if [ "$dir" = none ]; then rp="" re="" np="" ne=""; else
+            rp=$(ratio "$c" "$p" "$dir"); re=$(ratio "$c" "$e" "$dir")
+            np=$(ratio "$n" "$p" "$dir"); ne=$(ratio "$n" "$e" "$dir"); fi
+        echo "| $label | $c | $n | $p | $e | $rp | $re | $np | $ne |"
     done
     echo
     echo "Each run's figures:"
     echo
-    echo "| workload | Canto runs | Prosody runs | ejabberd runs |"
-    echo "|---|---|---|---|"
+    echo "| workload | Canto runs | Canto, no archive, runs | Prosody runs | ejabberd runs |"
+    echo "|---|---|---|---|---|"
     for row in "${ROWS[@]}"; do
         IFS='|' read -r label tag key dir <<<"$row"
-        echo "| $label | $(runs_of canto "$tag" "$key") | $(runs_of prosody "$tag" "$key") | $(runs_of ejabberd "$tag" "$key") |"
+        echo "| $label | $(runs_of canto "$tag" "$key") | $(runs_of canto-noarchive "$tag" "$key") | $(runs_of prosody "$tag" "$key") | $(runs_of ejabberd "$tag" "$key") |"
     done
     echo
-    echo "× = how many times better Canto is (higher rate, or lower cost/latency)."
+    echo "× = how many times better Canto is (higher rate, or lower cost/latency). Canto archives every room's messages by default (SQLite, muc_log); \"no archive\": rooms created with muc#roomconfig_enablearchiving = 0, as Prosody (no mod_muc_mam) and ejabberd (mam: false) run here."
     echo "Versions: Canto $(cat "$RESULTS/canto.version" 2>/dev/null || echo n/a), Prosody $(cat "$RESULTS/prosody.version" 2>/dev/null || echo n/a), ejabberd $(cat "$RESULTS/ejabberd.version" 2>/dev/null || echo n/a)."
     echo "Runs:"; sed 's/^/- /' "$RESULTS/runs.log"
     for s in $SERVERS; do

@@ -60,6 +60,32 @@ pub struct MucOpts {
     /// Joins in flight while setting up rooms (muc-join: while measuring).
     #[arg(long, default_value_t = 10)]
     pub join_concurrency: usize,
+    /// A field of the configuration form each new room is unlocked with, FIELD=VALUE
+    /// (repeatable; e.g. `muc#roomconfig_enablearchiving=0`); none: an empty form (instant
+    /// room with the service's defaults).
+    #[arg(long = "room-config", value_name = "FIELD=VALUE")]
+    pub room_config: Vec<String>,
+}
+
+/// The configuration form a creator unlocks its room with (XEP-0045 §10.1.2 with no fields,
+/// §10.1.3 with some).
+fn config_form(fields: &[String]) -> String {
+    if fields.is_empty() {
+        return "<x xmlns='jabber:x:data' type='submit'/>".into();
+    }
+    let mut x = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>{NS_MUC}#roomconfig</value></field>"
+    );
+    for f in fields {
+        let (k, v) = f.split_once('=').unwrap_or((f, ""));
+        x.push_str(&format!(
+            "<field var='{}'><value>{}</value></field>",
+            canto_xml::escape(k),
+            canto_xml::escape(v)
+        ));
+    }
+    x.push_str("</x>");
+    x
 }
 
 /// What a reader reports.
@@ -200,6 +226,8 @@ struct Crowd {
     _readers: tokio::task::JoinSet<()>,
     service: String,
     prefix: String,
+    /// The form new rooms are unlocked with.
+    form: String,
 }
 
 impl Crowd {
@@ -243,6 +271,7 @@ impl Crowd {
             _readers: readers,
             service,
             prefix,
+            form: config_form(&opts.room_config),
         })
     }
 
@@ -303,8 +332,9 @@ impl Crowd {
             if created {
                 let id = format!("unlock{room}");
                 let iq = format!(
-                    "<iq type='set' id='{id}' to='{}'><query xmlns='{NS_MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'/></query></iq>",
-                    self.room(room)
+                    "<iq type='set' id='{id}' to='{}'><query xmlns='{NS_MUC_OWNER}'>{}</query></iq>",
+                    self.room(room),
+                    self.form
                 );
                 self.send(idx, iq.as_bytes()).await?;
                 loop {
@@ -871,6 +901,17 @@ pub async fn idle(cli: &Cli, t: &Arc<Target>, opts: &MucOpts, o: &IdleOpts) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_forms() {
+        assert_eq!(config_form(&[]), "<x xmlns='jabber:x:data' type='submit'/>");
+        let f = config_form(&["muc#roomconfig_enablearchiving=0".into()]);
+        assert!(
+            f.contains("<field var='muc#roomconfig_enablearchiving'><value>0</value></field>"),
+            "{f}"
+        );
+        assert!(f.contains("muc#roomconfig</value>"), "{f}");
+    }
 
     #[test]
     fn body_round_trip() {

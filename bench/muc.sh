@@ -31,7 +31,9 @@
 # stopped by its PID on exit. Prosody and ejabberd come from Debian's packages when missing
 # (service starts denied during the install). Configurations come from bench/configs/ as in
 # bench/compare.sh, plus the MUC service conference.localhost with its limits out of the way:
-# Canto `[muc] max_occupants = 10000, message_rate = 1e6, message_burst = 1e6`; Prosody
+# Canto `[muc] max_occupants = 10000, message_rate = 1e6, message_burst = 1e6` and
+# `c2s.max_send_queue = 20000` (a joiner of a room of 1000 gets more than the default 1000
+# stanzas at once and is disconnected); Prosody
 # `Component "conference.localhost" "muc"` with restrict_room_creation = false (no
 # mod_muc_limits, no occupant limit by default); ejabberd mod_muc with max_users and
 # max_users_presence 10000 (its default 1000 stops presence broadcasts in larger rooms),
@@ -76,7 +78,7 @@ while [ $# -gt 0 ]; do
         --workloads) WORKLOADS="$2"; shift 2 ;;
         --results) RESULTS="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -86,6 +88,12 @@ PASSWORD=password
 max() { local m=0 v; for v in "$@"; do [ "$v" -gt "$m" ] && m=$v; done; echo "$m"; }
 JOIN_ROOMS=$(( JOIN_ROOM > 0 ? (JOINS + JOIN_ROOM - 1) / JOIN_ROOM : 1 ))
 USERS=$(max "$OCCUPANTS" "$CHATTY" $(( JOINS + JOIN_ROOMS )) "$IDLE")
+
+# The server behind a name: canto-noarchive is Canto whose rooms are created with
+# muc#roomconfig_enablearchiving = 0 (like Prosody without mod_muc_mam and ejabberd with
+# mam: false here); Canto archives every room's messages by default (docs/muc.md).
+base() { echo "${1%%-*}"; }
+declare -A ROOM_ARGS=([canto-noarchive]="--room-config muc#roomconfig_enablearchiving=0")
 
 log() { printf '[muc %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 # shellcheck source=bench/lib.sh
@@ -171,8 +179,13 @@ configure_canto() {
     local d=$1
     mkdir -p "$d"
     fill "$HERE/configs/canto.toml" "$d/canto.toml" "$d" "${PORT[canto]}"
-    # No c2s rate limit, and the MUC limits out of the way (docs/muc.md).
+    # No c2s rate limit, and the MUC limits out of the way (docs/muc.md). The send queue:
+    # joining a room of N occupants queues N + 1 stanzas for the joiner at once (the others'
+    # presence, its own, the subject), and Canto closes a session whose queue holds more
+    # than c2s.max_send_queue (default 1000) with policy-violation, "too many unread stanzas".
     sed -i 's/^@LIMITS@$/[limits.c2s]\nrate = "unlimited"\n\n[muc]\nmax_occupants = 10000\nmessage_rate = 1000000.0\nmessage_burst = 1000000.0/' "$d/canto.toml"
+    sed -i 's/^max_stanza_size = 262144$/&\nmax_send_queue = 20000/' "$d/canto.toml"
+    grep -q '^max_send_queue = 20000' "$d/canto.toml" || { NOTE[canto]="could not set c2s.max_send_queue"; return 1; }
     "$CANTO_BIN" --config "$d/canto.toml" check >"$d/check.log" 2>&1 ||
         { NOTE[canto]="canto check failed: $(tr '\n' ' ' <"$d/check.log")"; return 1; }
 }
@@ -297,12 +310,6 @@ EOF
 }
 
 declare -A MECH=([canto]=scram-sha256 [prosody]=scram-sha1 [ejabberd]=scram-sha256)
-
-# The server behind a name: canto-noarchive is Canto whose rooms are created with
-# muc#roomconfig_enablearchiving = 0 (like Prosody without mod_muc_mam and ejabberd with
-# mam: false here); Canto archives every room's messages by default (docs/muc.md).
-base() { echo "${1%%-*}"; }
-declare -A ROOM_ARGS=([canto-noarchive]="--room-config muc#roomconfig_enablearchiving=0")
 
 bench() { # server tag timeout args...
     local s=$1 tag=$2 t=$3; shift 3

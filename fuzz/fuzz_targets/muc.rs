@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
             }
             (1, "presence") => {
                 if let Ok(out) = room.presence(&from, nick, &el, &env) {
-                    sent = out.stanzas;
+                    sent = out.burst.into_iter().chain(out.stanzas).collect();
                 }
             }
             (2, "message") => {
@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
                 if let Some(n) = el.attr("nick").and_then(canto_stanza::jid::normalize_resource)
                     && let Ok(out) = room.presence(&from, &n, &el, &env)
                 {
-                    sent = out.stanzas;
+                    sent = out.burst.into_iter().chain(out.stanzas).collect();
                 }
             }
             _ => {}

@@ -183,6 +183,11 @@ pub struct Env<'a> {
 pub struct Out {
     /// Stanzas to send, in order.
     pub stanzas: Vec<Element>,
+    /// What a joining session gets at once (every occupant's presence, its own, history,
+    /// subject), sent before `stanzas`: up to `max_occupants` + history stanzas that may go
+    /// past the session's live queue limit, as offline messages do (a joiner is no slow
+    /// reader for getting a big room at once).
+    pub burst: Vec<Element>,
     /// The persistent state (configuration, affiliations, subject) changed.
     pub save: bool,
     /// The room is gone (destroyed, or temporary and empty).
@@ -729,7 +734,7 @@ impl Room {
                 without
             };
             p.set_attr("to", from);
-            out.stanzas.push(p);
+            out.burst.push(p);
         }
         let mut statuses = Vec::new();
         if self.config.archiving {
@@ -745,7 +750,7 @@ impl Room {
             }
         }
         own.set_attr("to", from);
-        out.stanzas.push(own);
+        out.burst.push(own);
         let muc_x = el.get_child("x", NS_MUC);
         self.history_to(
             from,
@@ -769,7 +774,7 @@ impl Room {
             s.push_text(self.subject.text.clone());
         }
         subject.push_child(s);
-        out.stanzas.push(subject);
+        out.burst.push(subject);
     }
 
     fn history_to(&self, to: &str, spec: Option<&Element>, env: &Env<'_>, out: &mut Out) {
@@ -810,7 +815,7 @@ impl Room {
                     .with_attr("from", self.jid.clone())
                     .with_attr("stamp", datetime::from_millis(h.stamp_ms)),
             );
-            out.stanzas.push(m);
+            out.burst.push(m);
         }
     }
 
@@ -2272,7 +2277,7 @@ mod tests {
         let out = r
             .presence("alice@localhost/a", "Alice", &x("<presence/>"), &env())
             .unwrap_or_else(|e| panic!("{e:?}"));
-        let own = out.stanzas.iter().find(|p| p.name() == "presence").cloned();
+        let own = out.burst.iter().find(|p| p.name() == "presence").cloned();
         assert!(own.is_some_and(|p| codes(&p).contains(&201)));
         r.owner_set(
             "alice@localhost/a",
@@ -2295,10 +2300,15 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// Everything a presence makes the room send: the joiner's burst, then the rest.
+    fn all(out: Out) -> Vec<Element> {
+        out.burst.into_iter().chain(out.stanzas).collect()
+    }
+
     fn join(r: &mut Room, full: &str, nick: &str) -> Vec<Element> {
-        r.presence(full, nick, &x("<presence/>"), &env())
-            .unwrap_or_else(|e| panic!("{e:?}"))
-            .stanzas
+        all(r
+            .presence(full, nick, &x("<presence/>"), &env())
+            .unwrap_or_else(|e| panic!("{e:?}")))
     }
 
     fn to<'a>(out: &'a [Element], jid: &str) -> Vec<&'a Element> {
@@ -2534,10 +2544,10 @@ mod tests {
         let h = x(
             "<presence><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='1'/></x></presence>",
         );
-        let out = r
+        let out = all(r
             .presence("carol@localhost/c", "Carol", &h, &e)
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        let carol: Vec<String> = to(&out.stanzas, "carol@localhost/c")
+            .unwrap_or_else(|e| panic!("{e:?}")));
+        let carol: Vec<String> = to(&out, "carol@localhost/c")
             .iter()
             .filter_map(|m| m.get_child("body", ns::CLIENT).map(Element::text))
             .collect();

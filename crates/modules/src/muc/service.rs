@@ -339,6 +339,20 @@ impl MucService {
 
     /// Sends `stanzas`; those to our own domain after the room's lock is released
     /// (`deferred`), so a room never waits on itself.
+    /// Sends a joiner's burst (see [`Out::burst`]) straight to its session, or routes it when
+    /// the joiner is not a local session.
+    async fn send_burst(&self, ctx: &ServiceCtx, burst: Vec<Element>, deferred: &mut Vec<Element>) {
+        let Some(to) = burst.first().and_then(|e| e.attr("to")).map(str::to_string) else {
+            return;
+        };
+        if burst.iter().any(|e| e.attr("to") != Some(to.as_str())) {
+            return self.send_all(ctx, burst, deferred).await;
+        }
+        if let Err(burst) = ctx.deliver_burst(&to, burst) {
+            self.send_all(ctx, burst, deferred).await;
+        }
+    }
+
     async fn send_all(&self, ctx: &ServiceCtx, stanzas: Vec<Element>, deferred: &mut Vec<Element>) {
         for s in stanzas {
             let own = s
@@ -397,6 +411,7 @@ impl MucService {
                         }
                         self.update_summary(node, &slot.room);
                     }
+                    self.send_burst(ctx, out.burst, &mut deferred).await;
                     self.send_all(ctx, out.stanzas, &mut deferred).await;
                 }
             }

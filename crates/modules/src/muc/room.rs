@@ -579,7 +579,7 @@ impl Room {
                 // (Prosody's issue 667): it gets the room again as on joining.
                 if el.has_child("x", NS_MUC) {
                     out.stanzas.retain(|p| p.attr("to") != Some(from));
-                    self.send_room_state(from, &nick.to_string(), &[], el, env, &mut out);
+                    self.send_room_state(from, nick, &[], el, env, &mut out);
                 }
                 return Ok(out);
             }

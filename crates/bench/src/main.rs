@@ -6,6 +6,7 @@ mod client;
 mod fanout;
 mod mam;
 mod msg;
+mod muc;
 mod pep;
 mod proc_stats;
 
@@ -214,6 +215,75 @@ enum Workload {
             default_value = "after,before,with,window,with-window,start,last,count"
         )]
         kinds: Vec<mam::Kind>,
+    },
+    /// MUC (XEP-0045) fan-out: accounts PREFIX<FIRST>… join one room of N occupants (the first
+    /// creates it); it sends M groupchat messages one after the other: time until the last
+    /// occupant (the sender included) has each, server CPU per message.
+    MucFanout {
+        /// Occupants, the sender included (one session each).
+        #[arg(long, default_value_t = 1000)]
+        occupants: usize,
+        /// Messages timed.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
+        /// Untimed messages first (every occupant must get each).
+        #[arg(long, default_value_t = 2)]
+        warmup_messages: usize,
+        #[command(flatten)]
+        muc: muc::MucOpts,
+    },
+    /// MUC chatter: S occupants of one room all send groupchat messages, each with a window of
+    /// messages not yet received by every occupant (`--window`) or at a fixed total rate
+    /// (`--rate`): messages fully broadcast per second, latency, server CPU per message.
+    MucChatty {
+        /// Occupants, every one a sender.
+        #[arg(long, default_value_t = 50)]
+        occupants: usize,
+        /// Messages per sender in flight (sent, not yet received by every occupant).
+        #[arg(long, default_value_t = 2)]
+        window: usize,
+        /// Fixed total rate, messages per second over all senders (instead of the window).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds of traffic before measuring.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        #[command(flatten)]
+        muc: muc::MucOpts,
+    },
+    /// MUC joins: ceil(J/K) accounts create rooms, then J more join them (C in flight, see
+    /// --join-concurrency): joins per second (join presence sent → self-presence with status
+    /// 110), latency, server CPU per join.
+    MucJoin {
+        /// Clients joining.
+        #[arg(long, default_value_t = 500)]
+        joins: usize,
+        /// Joiners per room (0: one room for all).
+        #[arg(long, default_value_t = 0)]
+        room_size: usize,
+        #[command(flatten)]
+        muc: muc::MucOpts,
+    },
+    /// MUC memory: N sessions logged in, then each joins a room of K: the server's RSS per
+    /// occupant (RSS joined − RSS logged in) / N, and per session.
+    MucIdle {
+        /// Occupants (one session each).
+        #[arg(long, default_value_t = 2000)]
+        occupants: usize,
+        /// Occupants per room.
+        #[arg(long, default_value_t = 100)]
+        room_size: usize,
+        /// Seconds of quiet before each RSS reading.
+        #[arg(long, default_value_t = 2)]
+        settle: u64,
+        /// Seconds to wait before the first RSS reading (lets a fresh server settle).
+        #[arg(long, default_value_t = 0)]
+        baseline_wait: u64,
+        #[command(flatten)]
+        muc: muc::MucOpts,
     },
     /// N logins with K concurrent clients: logins/s, latency, server CPU per login.
     Login {
@@ -438,6 +508,71 @@ async fn run(cli: Cli) -> Result<()> {
                     window_s,
                     with: with.clone(),
                     kinds: kinds.clone(),
+                },
+            )
+            .await?
+        }
+        Workload::MucFanout {
+            occupants,
+            messages,
+            warmup_messages,
+            ref muc,
+        } => {
+            muc::fanout(
+                &cli,
+                &t,
+                muc,
+                &muc::FanoutOpts {
+                    occupants,
+                    messages,
+                    warmup: warmup_messages,
+                },
+            )
+            .await?
+        }
+        Workload::MucChatty {
+            occupants,
+            window,
+            rate,
+            duration,
+            warmup,
+            ref muc,
+        } => {
+            muc::chatty(
+                &cli,
+                &t,
+                muc,
+                &muc::ChattyOpts {
+                    occupants,
+                    window,
+                    rate,
+                    duration,
+                    warmup,
+                },
+            )
+            .await?
+        }
+        Workload::MucJoin {
+            joins,
+            room_size,
+            ref muc,
+        } => muc::join(&cli, &t, muc, &muc::JoinOpts { joins, room_size }).await?,
+        Workload::MucIdle {
+            occupants,
+            room_size,
+            settle,
+            baseline_wait,
+            ref muc,
+        } => {
+            muc::idle(
+                &cli,
+                &t,
+                muc,
+                &muc::IdleOpts {
+                    occupants,
+                    room_size,
+                    settle,
+                    baseline_wait,
                 },
             )
             .await?

@@ -1393,7 +1393,27 @@ mod tests {
                 ("pubsub.a.example".into(), "a.example".into()),
             ]
         );
-        assert_eq!(c.services_of_kind("muc"), Vec::new());
+        // Group chat is a kind of its own: conference.HOST by default, switched off alike.
+        let muc = |c: &Config| -> Vec<String> {
+            c.services_of_kind("muc")
+                .into_iter()
+                .map(|s| s.domain)
+                .collect()
+        };
+        assert_eq!(
+            muc(&c),
+            vec!["conference.a.example", "conference.b.example"]
+        );
+        let c = Config::parse(
+            "hosts = [\"a.example\"]\n[services.\"conference.a.example\"]\nenabled = false\n\
+             [services.\"rooms.a.example\"]\nkind = \"muc\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(muc(&c), vec!["rooms.a.example"]);
+        assert_eq!(
+            domains(&c),
+            vec![("pubsub.a.example".into(), "a.example".into())]
+        );
         for (bad, key) in [
             ("[services.\"x.localhost\"]\nkind = \"chat\"", "kind"),
             ("[services.\"x.localhost\"]\nname = \"X\"", "needs a `kind`"),

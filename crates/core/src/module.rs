@@ -399,6 +399,50 @@ impl ServiceCtx {
         server.roster(owner).await.get(contact).cloned()
     }
 
+    /// Delivers `stanzas`, all for the local session `to`, in order and at once, with room
+    /// beyond `c2s.max_send_queue` as offline messages have (up to `offline.max_messages`
+    /// more): what a session asked for in one request (a MUC join: every occupant's
+    /// presence, history, subject) must not look like a slow reader. Their `from` must be at
+    /// the service's domain. The stanzas come back when `to` is no local session (route them
+    /// with [`ServiceCtx::send`] then); `Ok(false)`: the queue was full and the session is
+    /// closed.
+    pub fn deliver_burst(
+        &self,
+        to: &str,
+        stanzas: Vec<canto_xml::Element>,
+    ) -> Result<bool, Vec<canto_xml::Element>> {
+        let Some(server) = self.server.upgrade() else {
+            return Ok(false);
+        };
+        let Ok(full) = canto_stanza::parse_jid(to).and_then(|j| {
+            j.try_into_full()
+                .map_err(|_| canto_stanza::StanzaError::new(canto_stanza::Condition::JidMalformed))
+        }) else {
+            return Err(stanzas);
+        };
+        if !server.serves(full.domain().as_str()) {
+            return Err(stanzas);
+        }
+        let Some(session) = server.sessions.get(&full) else {
+            return Err(stanzas);
+        };
+        for el in stanzas {
+            // The service wrote these addresses itself (normalized): a string check will do.
+            let ours = el.attr("from").is_some_and(|f| {
+                let bare = f.split('/').next().unwrap_or_default();
+                bare.rsplit('@').next() == Some(&*self.domain)
+            });
+            if !ours {
+                tracing::warn!(service = %self.domain, "burst stanza not from the service; dropped");
+                continue;
+            }
+            if session.deliver_stored(std::sync::Arc::new(el)).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Routes a stanza from the service. Its `from` must be the service's domain or a JID at
     /// it (anything else is dropped and logged: a service cannot speak for others); its `to`
     /// may be anything — a local session or account, a host, another service, a remote domain.

@@ -19,7 +19,7 @@ use crate::session::SessionHandle;
 /// One account's roster, by contact.
 pub type RosterMap = HashMap<BareJid, RosterItem>;
 
-fn presence(kind: Option<&str>, from: &str, to: &str) -> Element {
+pub(crate) fn presence(kind: Option<&str>, from: &str, to: &str) -> Element {
     let mut p = Element::new("presence", ns::CLIENT)
         .with_attr("from", from)
         .with_attr("to", to);
@@ -305,6 +305,9 @@ impl Server {
                 };
                 self.session_event(session, ev).await;
             }
+            // Unavailable from a session that never was available: nothing to broadcast, but
+            // rooms it joined hear it left (§4.6.3).
+            Some(PresenceType::Unavailable) => self.unavailable_to_directed(session, &el),
             _ => {}
         }
     }

@@ -335,7 +335,31 @@ impl Server {
                 }
             }
             // Every stanza to a service's domain, of every kind, is the service's.
-            Destination::Service(domain) => Box::pin(self.deliver_to_service(&domain, el)).await,
+            Destination::Service(domain) => {
+                // RFC 6121 §4.6.3: directed presence to a service (a group chat room above
+                // all) is remembered so that the service hears unavailable when the session
+                // ends; as Prosody does, also before initial presence (clients join rooms
+                // then too).
+                if kind == StanzaKind::Presence
+                    && let Origin::Session(session) = origin
+                {
+                    match PresenceType::of(&el) {
+                        Some(PresenceType::Available) => {
+                            let max = self.config().limits.max_directed_presence;
+                            if !session.add_directed(to.clone(), max) {
+                                let err = StanzaError::new(Condition::PolicyViolation).with_text(
+                                    format!("directed presence to at most {max} entities"),
+                                );
+                                self.reply_error(origin, &el, err);
+                                return;
+                            }
+                        }
+                        Some(PresenceType::Unavailable) => session.remove_directed(&to),
+                        _ => {}
+                    }
+                }
+                Box::pin(self.deliver_to_service(&domain, el)).await
+            }
             Destination::Account(_) | Destination::Session(_) if kind == StanzaKind::Presence => {
                 Box::pin(self.route_presence(origin, el, to)).await
             }

@@ -263,6 +263,11 @@ impl Server {
             // RFC 6121 §4.5.2: the server broadcasts unavailable presence on the user's
             // behalf, to contacts, own resources and directed-presence recipients.
             self.broadcast_unavailable_on_destroy(handle);
+        } else {
+            // Never available, but it may have joined rooms (directed presence to a service,
+            // remembered before initial presence too): they hear it is gone.
+            let el = crate::presence::presence(Some("unavailable"), &handle.jid().to_string(), "");
+            self.unavailable_to_directed(handle, &el);
         }
         let removed = self.sessions.remove(handle);
         // Session hooks (XEP-0012 last activity…) hear of it after the fact, in order

@@ -102,15 +102,19 @@ async fn server_info_and_items_with_the_default_modules() {
     let r2 = ask(&mut a, &info_query(HOST2, None)).await;
     assert_eq!(features(&r2), f, "{r2}");
 
-    // §4.1: the host's items are its hosted services: by default the publish-subscribe
-    // service (module pubsub).
+    // §4.1: the host's items are its hosted services: by default group chat (module muc)
+    // and the publish-subscribe service (module pubsub).
     let r = ask(&mut a, &items_query(HOST, None)).await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     let q = r
         .get_child("query", ns::DISCO_ITEMS)
         .unwrap_or_else(|| panic!("{r}"));
     let jids: Vec<&str> = q.children().filter_map(|i| i.attr("jid")).collect();
-    assert_eq!(jids, vec![format!("pubsub.{HOST}")], "{r}");
+    assert_eq!(
+        jids,
+        vec![format!("conference.{HOST}"), format!("pubsub.{HOST}")],
+        "{r}"
+    );
 
     // §7: a node the server does not have is item-not-found, for info and for items.
     for xml in [

@@ -20,6 +20,8 @@ mod lang;
 mod last;
 mod limits;
 mod mam;
+mod muc;
+mod muc_admin;
 mod muc_smoke;
 mod pep;
 mod private;

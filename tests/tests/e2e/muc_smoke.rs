@@ -131,3 +131,51 @@ async fn a_room_is_created_joined_and_talked_in() {
         "{gone}"
     );
 }
+
+#[tokio::test]
+async fn joining_a_room_bigger_than_the_send_queue_is_no_slow_reader() {
+    // A joiner gets every occupant's presence at once (XEP-0045 §7.2.3): with more occupants
+    // than c2s.max_send_queue that burst must not close the session as a slow reader (it
+    // did, for the 1000th joiner at the defaults).
+    let mut config = test_config();
+    config.c2s.max_send_queue = 8;
+    let s = TestServer::with_config(config).await;
+    let n = 12;
+    for i in 0..n {
+        s.add_user(&format!("u{i}"), "pw").await;
+    }
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let mut c = online(&s, &format!("u{i}")).await;
+        c.send(&format!("<presence to='{ROOM}/n{i}'/>")).await;
+        let own = c
+            .wait_for(|e| e.name() == "presence" && e.attr("from") == Some(&format!("{ROOM}/n{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("joiner {i}: {e}"));
+        assert!(statuses(&own).contains(&"110".into()), "{own}");
+        if i == 0 {
+            let r = c
+                .iq(&format!(
+                    "<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                     <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+                ))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.attr("type"), Some("result"), "{r}");
+        }
+        let _ = c.drain().await;
+        clients.push(c);
+    }
+    // The last joiner got the room and is still connected: a message reaches it.
+    clients[0]
+        .send(&format!(
+            "<message to='{ROOM}' type='groupchat'><body>all here</body></message>"
+        ))
+        .await;
+    let last = clients.last_mut().unwrap_or_else(|| panic!("no clients"));
+    let m = last
+        .wait_for(|e| e.name() == "message" && e.get_child("body", "jabber:client").is_some())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.attr("from"), Some(format!("{ROOM}/n0").as_str()), "{m}");
+}

@@ -217,10 +217,15 @@ async fn a_service_domain_answers_iq_and_is_listed_on_its_host() {
                 .collect()
         })
         .unwrap_or_default();
-    // The default publish-subscribe service is listed beside it (XEP-0030 §4.1, sorted).
+    // The default group chat and publish-subscribe services are listed beside it (XEP-0030
+    // §4.1, sorted).
     assert_eq!(
         jids,
-        vec![echo.clone(), format!("pubsub.{HOST}")],
+        vec![
+            format!("conference.{HOST}"),
+            echo.clone(),
+            format!("pubsub.{HOST}")
+        ],
         "{items}"
     );
     // A sub-domain nobody serves is still remote.

@@ -130,10 +130,12 @@ struct OccSession {
 struct Occupant {
     nick: String,
     bare: String,
-    sessions: Vec<OccSession>,
+    clients: Vec<OccSession>,
     role: Role,
     /// XEP-0421 id.
     id: String,
+    /// A service admin (`[muc] admins`): an owner here whatever the room's list says.
+    admin: bool,
     /// Token bucket for messages: tokens left, last refill (ms).
     tokens: f32,
     refilled_ms: i64,
@@ -181,6 +183,11 @@ pub struct Env<'a> {
 pub struct Out {
     /// Stanzas to send, in order.
     pub stanzas: Vec<Element>,
+    /// What a joining session gets at once (every occupant's presence, its own, history,
+    /// subject), sent before `stanzas`: up to `max_occupants` + history stanzas that may go
+    /// past the session's live queue limit, as offline messages do (a joiner is no slow
+    /// reader for getting a big room at once).
+    pub burst: Vec<Element>,
     /// The persistent state (configuration, affiliations, subject) changed.
     pub save: bool,
     /// The room is gone (destroyed, or temporary and empty).
@@ -353,6 +360,15 @@ impl Room {
             .map_or(Affiliation::None, |a| a.affiliation)
     }
 
+    /// An occupant's affiliation: a service admin's is owner.
+    fn occupant_affiliation(&self, o: &Occupant) -> Affiliation {
+        if o.admin {
+            Affiliation::Owner
+        } else {
+            self.affiliation(&o.bare)
+        }
+    }
+
     fn aff_of(&self, bare: &str, env: &Env<'_>, is_sender: bool) -> Affiliation {
         if is_sender && env.sender_is_admin {
             return Affiliation::Owner;
@@ -431,12 +447,12 @@ impl Room {
             Element::new("presence", ns::CLIENT).with_attr("from", self.occupant_jid(&o.nick));
         if let Some(k) = kind {
             p.set_attr("type", k);
-        } else if let Some(s) = o.sessions.last() {
+        } else if let Some(s) = o.clients.last() {
             for c in &s.presence {
                 p.push_child(c.clone());
             }
         }
-        let aff = self.affiliation(&o.bare);
+        let aff = self.occupant_affiliation(o);
         let mut item = Element::new("item", NS_USER)
             .with_attr("affiliation", aff.as_str())
             // Unavailable presence says the role is gone, except for a nick change (§7.6).
@@ -460,7 +476,7 @@ impl Room {
             let mut it = item.clone();
             if with_jid {
                 // The session whose presence is shown (the newest).
-                if let Some(s) = o.sessions.last() {
+                if let Some(s) = o.clients.last() {
                     it.set_attr("jid", s.jid.clone());
                 }
             }
@@ -503,7 +519,7 @@ impl Room {
             } else {
                 &without
             };
-            for s in &r.sessions {
+            for s in &r.clients {
                 let mut p = base.clone();
                 p.set_attr("to", s.jid.clone());
                 out.push(p);
@@ -559,6 +575,12 @@ impl Room {
         if let Some(current) = self.by_jid.get(from).cloned() {
             if current == nick {
                 self.update_presence(from, el, &mut out);
+                // §7.2.1: a join presence from an occupant means the client lost its state
+                // (Prosody's issue 667): it gets the room again as on joining.
+                if el.has_child("x", NS_MUC) {
+                    out.stanzas.retain(|p| p.attr("to") != Some(from));
+                    self.send_room_state(from, nick, &[], el, env, &mut out);
+                }
                 return Ok(out);
             }
             self.change_nick(from, &current, nick, el, env, &mut out)?;
@@ -584,13 +606,13 @@ impl Room {
             return;
         };
         // The newest session's presence is the occupant's.
-        if let Some(i) = o.sessions.iter().position(|s| s.jid == from) {
-            let mut s = o.sessions.remove(i);
+        if let Some(i) = o.clients.iter().position(|s| s.jid == from) {
+            let mut s = o.clients.remove(i);
             s.presence = payload;
-            o.sessions.push(s);
+            o.clients.push(s);
         }
         let o = o.clone();
-        let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
         self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
     }
 
@@ -650,7 +672,7 @@ impl Room {
         let created = self.locked && self.occupants.is_empty() && self.history.is_empty();
         let joined_nick = nick.to_string();
         match self.occupants.get_mut(nick) {
-            Some(o) => o.sessions.push(session),
+            Some(o) => o.clients.push(session),
             None => {
                 let role = self.default_role(aff);
                 let id = self.occupant_id(env.secret, &bare);
@@ -659,9 +681,10 @@ impl Room {
                     Occupant {
                         nick: joined_nick.clone(),
                         bare: bare.clone(),
-                        sessions: vec![session],
+                        clients: vec![session],
                         role,
                         id,
+                        admin: env.sender_is_admin,
                         tokens: env.rate.1,
                         refilled_ms: env.now_ms,
                     },
@@ -672,7 +695,34 @@ impl Room {
         let Some(me) = self.occupants.get(&joined_nick).cloned() else {
             return Ok(());
         };
-        // §7.2.3: the others' presence first…
+        let mut statuses = Vec::new();
+        if created {
+            statuses.push(201);
+        }
+        // …then the new presence to everyone else.
+        let mut others = Vec::new();
+        self.broadcast_presence(&me, None, &[], &[], None, &[], &mut others);
+        self.send_room_state(from, &me.nick, &statuses, el, env, out);
+        // The others hear of the newcomer after it has the room (order of §7.2.3 for the
+        // joiner; the others' copies are independent of it).
+        out.stanzas.extend(others);
+        Ok(())
+    }
+
+    /// §7.2.3–§7.2.15, what a joining session gets: the others' presence, its own with 110
+    /// (and `extra` codes), discussion history, the subject.
+    fn send_room_state(
+        &self,
+        from: &str,
+        nick: &str,
+        extra: &[u16],
+        el: &Element,
+        env: &Env<'_>,
+        out: &mut Out,
+    ) {
+        let Some(me) = self.occupants.get(nick) else {
+            return;
+        };
         for o in self.occupants.values() {
             if o.nick == me.nick || !self.config.broadcasts(o.role.as_str()) {
                 continue;
@@ -684,22 +734,15 @@ impl Room {
                 without
             };
             p.set_attr("to", from);
-            out.stanzas.push(p);
+            out.burst.push(p);
         }
-        // …then the new presence to everyone, with 110 (and 201 on creation) to the joiner.
         let mut statuses = Vec::new();
         if self.config.archiving {
             // §15.6 170: the room is logged.
             statuses.push(170);
         }
-        if created {
-            statuses.push(201);
-        }
-        let mut others = Vec::new();
-        self.broadcast_presence(&me, None, &[], &[], None, &[], &mut others);
-        out.stanzas.extend(others);
-        let (own, _) = self.occupant_presence(&me, None, &[], &statuses, None);
-        let mut own = own;
+        statuses.extend_from_slice(extra);
+        let (mut own, _) = self.occupant_presence(me, None, &[], &statuses, None);
         if let Some(x) = own.get_child_mut("x", NS_USER) {
             x.push_child(status(110));
             if self.config.whois == Whois::Anyone {
@@ -707,15 +750,14 @@ impl Room {
             }
         }
         own.set_attr("to", from);
-        out.stanzas.push(own);
-        // §7.2.13: discussion history.
+        out.burst.push(own);
+        let muc_x = el.get_child("x", NS_MUC);
         self.history_to(
             from,
             muc_x.and_then(|x| x.get_child("history", NS_MUC)),
             env,
             out,
         );
-        // §7.2.15: the subject, always, last.
         let mut subject = Element::new("message", ns::CLIENT)
             .with_attr("type", "groupchat")
             .with_attr(
@@ -732,8 +774,7 @@ impl Room {
             s.push_text(self.subject.text.clone());
         }
         subject.push_child(s);
-        out.stanzas.push(subject);
-        Ok(())
+        out.burst.push(subject);
     }
 
     fn history_to(&self, to: &str, spec: Option<&Element>, env: &Env<'_>, out: &mut Out) {
@@ -774,7 +815,7 @@ impl Room {
                     .with_attr("from", self.jid.clone())
                     .with_attr("stamp", datetime::from_millis(h.stamp_ms)),
             );
-            out.stanzas.push(m);
+            out.burst.push(m);
         }
     }
 
@@ -786,12 +827,12 @@ impl Room {
         let Some(o) = self.occupants.get_mut(&nick) else {
             return;
         };
-        o.sessions.retain(|s| s.jid != from);
+        o.clients.retain(|s| s.jid != from);
         let mut status_el = Element::new("presence", ns::CLIENT);
         for c in el.children().filter(|c| c.is("status", ns::CLIENT)) {
             status_el.push_child(c.clone());
         }
-        if !o.sessions.is_empty() {
+        if !o.clients.is_empty() {
             // Others still see the occupant: only the leaving session hears it left.
             let o = o.clone();
             let (mut own, _) = self.occupant_presence(&o, Some("unavailable"), &[], statuses, None);
@@ -806,7 +847,7 @@ impl Room {
             return;
         };
         // The leaver's status text goes with its unavailable presence (§7.14).
-        o.sessions.push(OccSession {
+        o.clients.push(OccSession {
             jid: from.to_string(),
             presence: status_el.children().cloned().collect(),
         });
@@ -828,7 +869,7 @@ impl Room {
             self.occupant_presence(o, Some("unavailable"), extra, statuses, actor_reason);
         let keep_status = |mut p: Element| {
             // The leaver's own status text.
-            if let Some(s) = o.sessions.last() {
+            if let Some(s) = o.clients.last() {
                 for c in s.presence.iter().filter(|c| c.is("status", ns::CLIENT)) {
                     p.push_child(c.clone());
                 }
@@ -843,7 +884,7 @@ impl Room {
             } else {
                 &without
             };
-            for s in &r.sessions {
+            for s in &r.clients {
                 let mut p = base.clone();
                 p.set_attr("to", s.jid.clone());
                 out.stanzas.push(p);
@@ -886,14 +927,14 @@ impl Room {
         let Some(o) = self.occupants.get(old) else {
             return Ok(());
         };
-        if o.sessions.len() > 1 {
+        if o.clients.len() > 1 {
             return Err(err_t(Condition::NotAcceptable, ErrorType::Cancel)
                 .with_text("the nick is held by more than one session"));
         }
         let Some(mut o) = self.occupants.remove(old) else {
             return Ok(());
         };
-        let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
         // Unavailable from the old nick with 303 and the new nick, to everyone.
         let (with_jid, without) = self.occupant_presence(
             &o,
@@ -928,7 +969,7 @@ impl Room {
             } else {
                 &without
             };
-            for s in &r.sessions {
+            for s in &r.clients {
                 let mut p = base.clone();
                 p.set_attr("to", s.jid.clone());
                 out.stanzas.push(p);
@@ -944,7 +985,7 @@ impl Room {
             out.stanzas.push(p);
         }
         o.nick = new.to_string();
-        if let Some(s) = o.sessions.iter_mut().find(|s| s.jid == from) {
+        if let Some(s) = o.clients.iter_mut().find(|s| s.jid == from) {
             s.presence = Self::presence_payload(el);
         }
         self.occupants.insert(new.to_string(), o.clone());
@@ -1105,7 +1146,7 @@ impl Room {
         }
         let mut out = Out::default();
         for o in self.occupants.values() {
-            for s in &o.sessions {
+            for s in &o.clients {
                 let mut m = a.message.clone();
                 m.set_attr("to", s.jid.clone());
                 out.stanzas.push(m);
@@ -1173,7 +1214,7 @@ impl Room {
             return Err(err_t(Condition::Forbidden, ErrorType::Auth)
                 .with_text("private messages are not allowed here"));
         }
-        let targets: Vec<String> = target.sessions.iter().map(|s| s.jid.clone()).collect();
+        let targets: Vec<String> = target.clients.iter().map(|s| s.jid.clone()).collect();
         if !self.take_token(&sender, env) {
             return Err(err_t(Condition::ResourceConstraint, ErrorType::Wait));
         }
@@ -1206,15 +1247,15 @@ impl Room {
     pub fn session_of(&self, nick: &str) -> Option<&str> {
         self.occupants
             .get(nick)
-            .and_then(|o| o.sessions.last())
+            .and_then(|o| o.clients.last())
             .map(|s| s.jid.as_str())
     }
 
     /// The real full JIDs of every session in the room.
-    pub fn sessions(&self) -> impl Iterator<Item = &str> {
+    pub fn client_jids(&self) -> impl Iterator<Item = &str> {
         self.occupants
             .values()
-            .flat_map(|o| o.sessions.iter().map(|s| s.jid.as_str()))
+            .flat_map(|o| o.clients.iter().map(|s| s.jid.as_str()))
     }
 
     /// Whether `from` may read the room archive or the occupant list: anyone who may join.
@@ -1278,7 +1319,7 @@ impl Room {
             });
         }
         let mut out = Out::default();
-        for s in self.sessions() {
+        for s in self.client_jids() {
             let mut m = m.clone();
             m.set_attr("to", s);
             out.stanzas.push(m);
@@ -1405,7 +1446,7 @@ impl Room {
             {
                 t.role = Role::Participant;
                 let t = t.clone();
-                let own: Vec<String> = t.sessions.iter().map(|s| s.jid.clone()).collect();
+                let own: Vec<String> = t.clients.iter().map(|s| s.jid.clone()).collect();
                 self.broadcast_presence(&t, None, &[], &[], None, &own, &mut out.stanzas);
             }
             return Ok(out);
@@ -1448,7 +1489,7 @@ impl Room {
             .values()
             .filter(|o| o.role == Role::Moderator)
         {
-            for sess in &o.sessions {
+            for sess in &o.clients {
                 out.stanzas.push(
                     Element::new("message", ns::CLIENT)
                         .with_attr("from", self.jid.clone())
@@ -1483,11 +1524,20 @@ impl Room {
         if let Some(a) = item.attr("affiliation") {
             let wanted = Affiliation::parse(a)
                 .ok_or_else(|| err_t(Condition::BadRequest, ErrorType::Modify))?;
-            // §9.5/§9.8/§10.5/§10.8: admins and owners see the lists.
+            // §9.5/§9.8: admins and owners see the member and outcast lists; §10.5/§10.8: the
+            // owner and admin lists are the owners', and admins' too when the room is not
+            // anonymous anyway.
             let members_visible = wanted == Affiliation::Member
                 && role >= Role::Participant
                 && self.config.members_only;
-            if aff < Affiliation::Admin && !members_visible {
+            let allowed = match wanted {
+                Affiliation::Owner | Affiliation::Admin => {
+                    aff == Affiliation::Owner
+                        || (aff == Affiliation::Admin && self.config.whois == Whois::Anyone)
+                }
+                _ => aff >= Affiliation::Admin || members_visible,
+            };
+            if !allowed {
                 return Err(err_t(Condition::Forbidden, ErrorType::Auth));
             }
             if wanted == Affiliation::None {
@@ -1523,7 +1573,7 @@ impl Room {
                     .with_attr("role", wanted.as_str())
                     .with_attr("affiliation", self.affiliation(&o.bare).as_str())
                     .with_attr("nick", o.nick.clone());
-                if let Some(s) = o.sessions.last() {
+                if let Some(s) = o.clients.last() {
                     it.set_attr("jid", s.jid.clone());
                 }
                 res.push_child(it);
@@ -1580,9 +1630,12 @@ impl Room {
                 if actor_aff < Affiliation::Admin {
                     return Err(err_t(Condition::Forbidden, ErrorType::Auth));
                 }
-                if actor_aff == Affiliation::Admin
-                    && (current >= Affiliation::Admin || new >= Affiliation::Admin)
-                {
+                // §10.3–§10.8: only owners change the owner and admin lists…
+                if actor_aff == Affiliation::Admin && new >= Affiliation::Admin {
+                    return Err(err_t(Condition::Forbidden, ErrorType::Auth));
+                }
+                // …and §9.1/§9.4: an admin may not ban or demote an admin or owner.
+                if actor_aff == Affiliation::Admin && current >= Affiliation::Admin {
                     return Err(err_t(Condition::NotAllowed, ErrorType::Cancel));
                 }
                 changes.push(Change::Aff(
@@ -1603,7 +1656,7 @@ impl Room {
                 if actor_role != Role::Moderator {
                     return Err(err_t(Condition::Forbidden, ErrorType::Auth));
                 }
-                let target_aff = self.affiliation(&target.bare);
+                let target_aff = self.occupant_affiliation(target);
                 // §8.2/§8.4: not against someone of an affiliation at or above the actor's
                 // (an owner may act on admins)…
                 if target_aff > actor_aff
@@ -1677,10 +1730,10 @@ impl Room {
         if role == Role::None {
             // §8.2: kick, 307.
             if let Some(o) = self.occupants.remove(nick) {
-                for s in &o.sessions {
+                for s in &o.clients {
                     self.by_jid.remove(&s.jid);
                 }
-                let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                 self.unavailable_presence(&o, &[307], &[], Some(actor_reason), &own, out);
                 self.vanish_if_empty(out);
             }
@@ -1694,7 +1747,7 @@ impl Room {
         }
         o.role = role;
         let o = o.clone();
-        let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
         self.broadcast_presence(
             &o,
             None,
@@ -1743,7 +1796,10 @@ impl Room {
             for c in actor_reason.children() {
                 item.push_child(c.clone());
             }
-            let mut x = Element::new("x", NS_USER).with_child(item);
+            // §18.1 (status 101): the affiliation changed while the user was away.
+            let mut x = Element::new("x", NS_USER)
+                .with_child(item)
+                .with_child(status(101));
             if aff == Affiliation::Outcast {
                 x.push_child(status(301));
             } else if self.config.members_only && aff < Affiliation::Member {
@@ -1767,10 +1823,10 @@ impl Room {
             };
             if let Some(code) = removed {
                 if let Some(o) = self.occupants.remove(&nick) {
-                    for s in &o.sessions {
+                    for s in &o.clients {
                         self.by_jid.remove(&s.jid);
                     }
-                    let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                     self.unavailable_presence(&o, &[code], &[], Some(actor_reason), &own, out);
                 }
                 continue;
@@ -1779,7 +1835,7 @@ impl Room {
             if let Some(o) = self.occupants.get_mut(&nick) {
                 o.role = role;
                 let o = o.clone();
-                let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                 self.broadcast_presence(
                     &o,
                     None,
@@ -1792,6 +1848,73 @@ impl Room {
             }
         }
         self.vanish_if_empty(out);
+    }
+
+    /// An IQ set to the room's bare JID in one of the room's own namespaces: owner
+    /// (configuration, destroy), admin (roles, affiliations), registration.
+    pub fn iq_set(
+        &mut self,
+        from: &str,
+        payload: &Element,
+        env: &Env<'_>,
+    ) -> Result<Out, StanzaError> {
+        match (payload.name(), payload.ns()) {
+            ("query", NS_OWNER) => {
+                if let Some(d) = payload.get_child("destroy", NS_OWNER) {
+                    // §10.9: owners only.
+                    if !self.is_owner(from, env) {
+                        return Err(err_t(Condition::Forbidden, ErrorType::Auth));
+                    }
+                    let alt = d
+                        .attr("jid")
+                        .map(|j| canto_stanza::parse_jid(j).map(|j| j.to_string()))
+                        .transpose()?;
+                    let reason = d.get_child("reason", NS_OWNER).map(Element::text);
+                    Ok(self.destroy(alt.as_deref(), reason.as_deref()))
+                } else if let Some(x) = payload.get_child("x", form::NS) {
+                    self.owner_set(from, x, env)
+                } else {
+                    Err(err_t(Condition::BadRequest, ErrorType::Modify))
+                }
+            }
+            ("query", NS_ADMIN) => self.admin_set(from, payload, env),
+            ("query", NS_REGISTER) => self.register_set(from, payload, env),
+            _ => Err(err_t(Condition::ServiceUnavailable, ErrorType::Cancel)),
+        }
+    }
+
+    /// Checks the room's own consistency (tests and fuzzing): every real JID maps to an
+    /// occupant that has that session, and every session is mapped.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut count = 0;
+        for (nick, o) in &self.occupants {
+            if &o.nick != nick {
+                return Err(format!("occupant {nick} calls itself {}", o.nick));
+            }
+            if o.clients.is_empty() {
+                return Err(format!("occupant {nick} has no session"));
+            }
+            for c in &o.clients {
+                count += 1;
+                if self.by_jid.get(&c.jid) != Some(nick) {
+                    return Err(format!("{} is not mapped to {nick}", c.jid));
+                }
+                if bare_of(&c.jid) != o.bare {
+                    return Err(format!("{} is not of {}", c.jid, o.bare));
+                }
+            }
+        }
+        if count != self.by_jid.len() {
+            return Err("stale real JIDs in the map".into());
+        }
+        if self.history.len() > self.config.history_length {
+            return Err("history longer than configured".into());
+        }
+        if !self.locked && self.owners().next().is_none() {
+            return Err("a room without an owner".into());
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- owner (§10)
@@ -1870,10 +1993,10 @@ impl Room {
                 .collect();
             for nick in outsiders {
                 if let Some(o) = self.occupants.remove(&nick) {
-                    for s in &o.sessions {
+                    for s in &o.clients {
                         self.by_jid.remove(&s.jid);
                     }
-                    let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                     self.unavailable_presence(&o, &[322], &[], None, &own, &mut out);
                 }
             }
@@ -1895,7 +2018,7 @@ impl Room {
                 {
                     o.role = role;
                     let o = o.clone();
-                    let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                     self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
                 }
             }
@@ -1921,7 +2044,7 @@ impl Room {
             ..Out::default()
         };
         for o in self.occupants.values() {
-            for s in &o.sessions {
+            for s in &o.clients {
                 out.stanzas.push(
                     Element::new("presence", ns::CLIENT)
                         .with_attr("from", self.occupant_jid(&o.nick))
@@ -2050,7 +2173,7 @@ impl Room {
                     o.role = role;
                 }
                 let o = o.clone();
-                let own: Vec<String> = o.sessions.iter().map(|s| s.jid.clone()).collect();
+                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
                 self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
             }
         }
@@ -2118,5 +2241,458 @@ impl Room {
             })
             .unwrap_or_default();
         Room::restored(jid, config, affiliations, subject)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROOM: &str = "coven@conference.localhost";
+    const B: Bounds = Bounds {
+        max_users: 10,
+        max_history: 50,
+        default_history: 3,
+    };
+
+    fn env() -> Env<'static> {
+        Env {
+            now_ms: 1_000_000,
+            bounds: B,
+            rate: (1.0, 3.0),
+            max_nick_bytes: 64,
+            max_subject_bytes: 100,
+            sender_is_admin: false,
+            secret: b"0123456789abcdef",
+        }
+    }
+
+    fn x(xml: &str) -> Element {
+        canto_core::roster::decode_element(xml.as_bytes()).unwrap_or_else(|| panic!("{xml}"))
+    }
+
+    /// A room created by alice and unlocked as an instant room.
+    fn room() -> Room {
+        let mut r = Room::new(ROOM, "alice@localhost", RoomConfig::new(B));
+        let out = r
+            .presence("alice@localhost/a", "Alice", &x("<presence/>"), &env())
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let own = out.burst.iter().find(|p| p.name() == "presence").cloned();
+        assert!(own.is_some_and(|p| codes(&p).contains(&201)));
+        r.owner_set(
+            "alice@localhost/a",
+            &x("<x xmlns='jabber:x:data' type='submit'/>"),
+            &env(),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!r.locked);
+        r
+    }
+
+    fn codes(p: &Element) -> Vec<u16> {
+        p.get_child("x", NS_USER)
+            .map(|x| {
+                x.children()
+                    .filter(|c| c.is("status", NS_USER))
+                    .filter_map(|c| c.attr("code")?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Everything a presence makes the room send: the joiner's burst, then the rest.
+    fn all(out: Out) -> Vec<Element> {
+        out.burst.into_iter().chain(out.stanzas).collect()
+    }
+
+    fn join(r: &mut Room, full: &str, nick: &str) -> Vec<Element> {
+        all(r
+            .presence(full, nick, &x("<presence/>"), &env())
+            .unwrap_or_else(|e| panic!("{e:?}")))
+    }
+
+    fn to<'a>(out: &'a [Element], jid: &str) -> Vec<&'a Element> {
+        out.iter().filter(|e| e.attr("to") == Some(jid)).collect()
+    }
+
+    fn cond(r: Result<Out, StanzaError>) -> Option<(Condition, ErrorType)> {
+        r.err().map(|e| (e.condition, e.kind))
+    }
+
+    #[test]
+    fn a_joiner_gets_the_others_then_itself_then_the_subject() {
+        // XEP-0045 §7.2.3, §7.2.15.
+        let mut r = room();
+        let out = join(&mut r, "bob@localhost/b", "Bob");
+        let mine = to(&out, "bob@localhost/b");
+        let froms: Vec<_> = mine.iter().map(|e| (e.name(), e.attr("from"))).collect();
+        assert_eq!(
+            froms,
+            vec![
+                ("presence", Some("coven@conference.localhost/Alice")),
+                ("presence", Some("coven@conference.localhost/Bob")),
+                ("message", Some(ROOM)),
+            ]
+        );
+        assert!(codes(mine[1]).contains(&110));
+        // Semi-anonymous: Bob (a participant) does not see Alice's real JID; Alice, a
+        // moderator, sees Bob's (§4.2).
+        let item = |p: &Element| {
+            p.get_child("x", NS_USER)
+                .and_then(|x| x.get_child("item", NS_USER))
+                .cloned()
+        };
+        assert_eq!(
+            item(mine[0]).and_then(|i| i.attr("jid").map(str::to_string)),
+            None
+        );
+        let alice_sees = to(&out, "alice@localhost/a");
+        assert_eq!(
+            alice_sees
+                .first()
+                .and_then(|p| item(p))
+                .and_then(|i| i.attr("jid").map(str::to_string))
+                .as_deref(),
+            Some("bob@localhost/b")
+        );
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn join_errors_are_the_ones_the_xep_gives() {
+        let mut r = room();
+        join(&mut r, "bob@localhost/b", "Bob");
+        let e = env();
+        // §7.2.9: a nick in use by another user.
+        assert_eq!(
+            cond(r.presence("carol@localhost/c", "Bob", &x("<presence/>"), &e)),
+            Some((Condition::Conflict, ErrorType::Cancel))
+        );
+        // RFC 7700: no leading space, no control characters.
+        for bad in [" Bob", "a\u{7}b", "two  spaces", ""] {
+            assert_eq!(
+                cond(r.presence("carol@localhost/c", bad, &x("<presence/>"), &e)),
+                Some((Condition::JidMalformed, ErrorType::Modify)),
+                "{bad:?}"
+            );
+        }
+        r.config.password = "pw".into();
+        assert_eq!(
+            cond(r.presence("carol@localhost/c", "Carol", &x("<presence/>"), &e)),
+            Some((Condition::NotAuthorized, ErrorType::Auth))
+        );
+        let with_pw = x(
+            "<presence><x xmlns='http://jabber.org/protocol/muc'><password>pw</password></x></presence>",
+        );
+        assert!(
+            r.presence("carol@localhost/c", "Carol", &with_pw, &e)
+                .is_ok()
+        );
+        r.config.members_only = true;
+        assert_eq!(
+            cond(r.presence("dave@localhost/d", "Dave", &with_pw, &e)),
+            Some((Condition::RegistrationRequired, ErrorType::Auth))
+        );
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn a_full_room_admits_owners_only() {
+        // §7.2.10.
+        let mut r = room();
+        r.config.max_users = 2;
+        join(&mut r, "bob@localhost/b", "Bob");
+        assert_eq!(
+            cond(r.presence("carol@localhost/c", "Carol", &x("<presence/>"), &env())),
+            Some((Condition::ServiceUnavailable, ErrorType::Wait))
+        );
+    }
+
+    #[test]
+    fn a_nick_change_is_303_then_the_new_presence() {
+        // §7.6.
+        let mut r = room();
+        join(&mut r, "bob@localhost/b", "Bob");
+        let out = join(&mut r, "bob@localhost/b", "Robert");
+        let alice = to(&out, "alice@localhost/a");
+        assert_eq!(alice.len(), 2);
+        assert_eq!(alice[0].attr("type"), Some("unavailable"));
+        assert_eq!(codes(alice[0]), vec![303]);
+        let nick = alice[0]
+            .get_child("x", NS_USER)
+            .and_then(|x| x.get_child("item", NS_USER))
+            .and_then(|i| i.attr("nick"));
+        assert_eq!(nick, Some("Robert"));
+        assert_eq!(
+            alice[1].attr("from"),
+            Some("coven@conference.localhost/Robert")
+        );
+        assert!(codes(to(&out, "bob@localhost/b")[0]).contains(&110));
+        assert_eq!(r.nick_of("bob@localhost/b"), Some("Robert"));
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn two_sessions_are_one_occupant_until_the_last_leaves() {
+        let mut r = room();
+        join(&mut r, "bob@localhost/b1", "Bob");
+        join(&mut r, "bob@localhost/b2", "Bob");
+        assert_eq!(r.occupant_count(), 2);
+        let out = r
+            .presence(
+                "bob@localhost/b1",
+                "Bob",
+                &x("<presence type='unavailable'/>"),
+                &env(),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        // Alice hears nothing: Bob is still there.
+        assert!(to(&out.stanzas, "alice@localhost/a").is_empty());
+        let out = r
+            .presence(
+                "bob@localhost/b2",
+                "Bob",
+                &x("<presence type='unavailable'/>"),
+                &env(),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(to(&out.stanzas, "alice@localhost/a").len(), 1);
+        assert_eq!(r.occupant_count(), 1);
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn messages_need_an_occupant_with_voice_and_respect_the_rate() {
+        let mut r = room();
+        let e = env();
+        let msg = x("<message type='groupchat'><body>hi</body></message>");
+        // §7.4: not an occupant.
+        let err = r
+            .message("eve@localhost/e", &msg, &e)
+            .err()
+            .map(|e| e.condition);
+        assert_eq!(err, Some(Condition::NotAcceptable));
+        join(&mut r, "bob@localhost/b", "Bob");
+        r.config.moderated = true;
+        // A participant keeps voice; make Bob a visitor as a moderated room's newcomer is.
+        if let Some(o) = r.occupants.get_mut("Bob") {
+            o.role = Role::Visitor;
+        }
+        let err = r
+            .message("bob@localhost/b", &msg, &e)
+            .err()
+            .map(|e| (e.condition, e.kind));
+        assert_eq!(err, Some((Condition::Forbidden, ErrorType::Auth)));
+        // Burst 3, then resource-constraint (wait).
+        let mut results = Vec::new();
+        for _ in 0..4 {
+            results.push(
+                r.message("alice@localhost/a", &msg, &e)
+                    .err()
+                    .map(|e| (e.condition, e.kind)),
+            );
+        }
+        assert_eq!(
+            results,
+            vec![
+                None,
+                None,
+                None,
+                Some((Condition::ResourceConstraint, ErrorType::Wait))
+            ]
+        );
+        // A second later one more token.
+        let later = Env {
+            now_ms: e.now_ms + 1000,
+            ..e
+        };
+        assert!(r.message("alice@localhost/a", &msg, &later).is_ok());
+    }
+
+    #[test]
+    fn history_keeps_the_configured_length_and_honours_maxstanzas() {
+        let mut r = room();
+        let e = env();
+        for i in 0..5 {
+            let m = x(&format!(
+                "<message type='groupchat'><body>m{i}</body></message>"
+            ));
+            let later = Env {
+                now_ms: e.now_ms + i * 2000,
+                ..e
+            };
+            match r.message("alice@localhost/a", &m, &later) {
+                Ok(MessageOutcome::Groupchat(a)) => {
+                    r.broadcast(a, Some(format!("id{i}")), &later);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let bodies = |out: &[Element]| -> Vec<String> {
+            to(out, "bob@localhost/b")
+                .iter()
+                .filter_map(|m| m.get_child("body", ns::CLIENT).map(Element::text))
+                .collect()
+        };
+        let out = join(&mut r, "bob@localhost/b", "Bob");
+        assert_eq!(bodies(&out), vec!["m2", "m3", "m4"]);
+        let delayed = to(&out, "bob@localhost/b")
+            .into_iter()
+            .find(|m| m.has_child("body", ns::CLIENT))
+            .and_then(|m| m.get_child("delay", ns::DELAY).cloned());
+        assert_eq!(delayed.as_ref().and_then(|d| d.attr("from")), Some(ROOM));
+        let h = x(
+            "<presence><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='1'/></x></presence>",
+        );
+        let out = all(r
+            .presence("carol@localhost/c", "Carol", &h, &e)
+            .unwrap_or_else(|e| panic!("{e:?}")));
+        let carol: Vec<String> = to(&out, "carol@localhost/c")
+            .iter()
+            .filter_map(|m| m.get_child("body", ns::CLIENT).map(Element::text))
+            .collect();
+        assert_eq!(carol, vec!["m4"]);
+    }
+
+    #[test]
+    fn kick_ban_and_the_last_owner() {
+        let mut r = room();
+        join(&mut r, "bob@localhost/b", "Bob");
+        join(&mut r, "carol@localhost/c", "Carol");
+        let e = env();
+        // §8.2: a participant may not kick.
+        let kick = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item nick='Carol' role='none'><reason>out</reason></item></query>",
+        );
+        assert_eq!(
+            cond(r.admin_set("bob@localhost/b", &kick, &e)),
+            Some((Condition::Forbidden, ErrorType::Auth))
+        );
+        let out = r
+            .admin_set("alice@localhost/a", &kick, &e)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let carol = to(&out.stanzas, "carol@localhost/c");
+        assert!(codes(carol[0]).contains(&307) && codes(carol[0]).contains(&110));
+        assert_eq!(r.nick_of("carol@localhost/c"), None);
+        // §9.1: ban, 301, and no way back.
+        let ban = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item jid='bob@localhost' affiliation='outcast'/></query>",
+        );
+        let out = r
+            .admin_set("alice@localhost/a", &ban, &e)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(codes(to(&out.stanzas, "alice@localhost/a")[0]).contains(&301));
+        assert_eq!(
+            cond(r.presence("bob@localhost/b", "Bob", &x("<presence/>"), &e)),
+            Some((Condition::Forbidden, ErrorType::Auth))
+        );
+        // §10.6: the last owner stays.
+        let demote = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item jid='alice@localhost' affiliation='admin'/></query>",
+        );
+        assert_eq!(
+            cond(r.admin_set("alice@localhost/a", &demote, &e)),
+            Some((Condition::Conflict, ErrorType::Cancel))
+        );
+        r.check_invariants().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn an_admin_may_not_act_on_an_owner() {
+        let mut r = room();
+        r.affiliations.insert(
+            "bob@localhost".into(),
+            AffEntry {
+                affiliation: Affiliation::Admin,
+                reason: String::new(),
+                nick: None,
+            },
+        );
+        join(&mut r, "bob@localhost/b", "Bob");
+        let e = env();
+        let kick = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item nick='Alice' role='none'/></query>",
+        );
+        assert_eq!(
+            cond(r.admin_set("bob@localhost/b", &kick, &e)),
+            Some((Condition::NotAllowed, ErrorType::Cancel))
+        );
+        let outcast = x(
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item jid='alice@localhost' affiliation='outcast'/></query>",
+        );
+        assert_eq!(
+            cond(r.admin_set("bob@localhost/b", &outcast, &e)),
+            Some((Condition::NotAllowed, ErrorType::Cancel))
+        );
+    }
+
+    #[test]
+    fn the_stored_room_reads_back() {
+        let mut r = room();
+        r.config.persistent = true;
+        r.subject = Subject {
+            text: "Spells".into(),
+            nick: "Alice".into(),
+        };
+        r.affiliations.insert(
+            "bob@localhost".into(),
+            AffEntry {
+                affiliation: Affiliation::Member,
+                reason: "friend".into(),
+                nick: Some("Bob".into()),
+            },
+        );
+        let back = Room::from_stored(ROOM, &r.to_stored(B), B);
+        assert_eq!(back.config, r.config);
+        assert_eq!(back.affiliations, r.affiliations);
+        assert_eq!(back.subject, r.subject);
+        assert!(!back.locked);
+    }
+
+    #[test]
+    fn occupant_ids_are_stable_per_user_and_differ_between_users() {
+        let r = room();
+        let k = b"0123456789abcdef";
+        assert_eq!(
+            r.occupant_id(k, "bob@localhost"),
+            r.occupant_id(k, "bob@localhost")
+        );
+        assert_ne!(
+            r.occupant_id(k, "bob@localhost"),
+            r.occupant_id(k, "carol@localhost")
+        );
+        let other = Room::new(
+            "other@conference.localhost",
+            "x@localhost",
+            RoomConfig::new(B),
+        );
+        assert_ne!(
+            r.occupant_id(k, "bob@localhost"),
+            other.occupant_id(k, "bob@localhost")
+        );
+    }
+
+    #[test]
+    fn a_client_cannot_spoof_occupant_ids_or_the_room_stanza_id() {
+        let mut r = room();
+        let m = x("<message type='groupchat'><body>x</body>\
+            <occupant-id xmlns='urn:xmpp:occupant-id:0' id='fake'/>\
+            <stanza-id xmlns='urn:xmpp:sid:0' by='coven@conference.localhost' id='fake'/></message>");
+        let Ok(MessageOutcome::Groupchat(a)) = r.message("alice@localhost/a", &m, &env()) else {
+            panic!("not accepted");
+        };
+        let ids: Vec<_> = a
+            .message
+            .children()
+            .filter(|c| c.attr("id") == Some("fake"))
+            .collect();
+        assert!(ids.is_empty(), "{}", a.message);
+        assert_eq!(
+            a.message
+                .children()
+                .filter(|c| c.is("occupant-id", NS_OCCUPANT_ID))
+                .count(),
+            1
+        );
     }
 }

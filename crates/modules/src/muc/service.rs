@@ -115,7 +115,34 @@ struct Stores {
 struct Slot {
     room: Room,
     dead: bool,
+    /// Accepted messages waiting for the archive, in order (group commit, see
+    /// [`MucService::room_message`]).
+    pending: Vec<Pending>,
+    /// A task is writing `pending` to the archive.
+    writing: bool,
 }
+
+impl Slot {
+    fn new(room: Room) -> Slot {
+        Slot {
+            room,
+            dead: false,
+            pending: Vec::new(),
+            writing: false,
+        }
+    }
+}
+
+/// A groupchat message accepted by its room, not yet archived.
+struct Pending {
+    accepted: Accepted,
+    /// The sender's stanza, for an error if archiving fails.
+    request: Element,
+    stamp_ms: i64,
+}
+
+/// Most messages one archive transaction takes.
+const MAX_BATCH: usize = 256;
 
 type RoomRef = Arc<tokio::sync::Mutex<Slot>>;
 
@@ -201,10 +228,7 @@ impl MucService {
                             let s = summary(&room);
                             rooms.insert(
                                 node,
-                                (
-                                    Arc::new(tokio::sync::Mutex::new(Slot { room, dead: false })),
-                                    s,
-                                ),
+                                (Arc::new(tokio::sync::Mutex::new(Slot::new(room))), s),
                             );
                         }
                     }
@@ -296,7 +320,7 @@ impl MucService {
         let jid = format!("{node}@{}", self.domain);
         let room = Room::new(&jid, bare, RoomConfig::new(cfg.bounds()));
         let s = summary(&room);
-        let r = Arc::new(tokio::sync::Mutex::new(Slot { room, dead: false }));
+        let r = Arc::new(tokio::sync::Mutex::new(Slot::new(room)));
         rooms.insert(node.to_string(), (r.clone(), s));
         Ok(r)
     }
@@ -339,6 +363,20 @@ impl MucService {
 
     /// Sends `stanzas`; those to our own domain after the room's lock is released
     /// (`deferred`), so a room never waits on itself.
+    /// Sends a joiner's burst (see [`Out::burst`]) straight to its session, or routes it when
+    /// the joiner is not a local session.
+    async fn send_burst(&self, ctx: &ServiceCtx, burst: Vec<Element>, deferred: &mut Vec<Element>) {
+        let Some(to) = burst.first().and_then(|e| e.attr("to")).map(str::to_string) else {
+            return;
+        };
+        if burst.iter().any(|e| e.attr("to") != Some(to.as_str())) {
+            return self.send_all(ctx, burst, deferred).await;
+        }
+        if let Err(burst) = ctx.deliver_burst(&to, burst) {
+            self.send_all(ctx, burst, deferred).await;
+        }
+    }
+
     async fn send_all(&self, ctx: &ServiceCtx, stanzas: Vec<Element>, deferred: &mut Vec<Element>) {
         for s in stanzas {
             let own = s
@@ -397,6 +435,7 @@ impl MucService {
                         }
                         self.update_summary(node, &slot.room);
                     }
+                    self.send_burst(ctx, out.burst, &mut deferred).await;
                     self.send_all(ctx, out.stanzas, &mut deferred).await;
                 }
             }
@@ -525,15 +564,25 @@ impl MucService {
                     return self.reply_error(ctx, el, &e).await;
                 }
                 Ok(MessageOutcome::Done(out)) => out,
+                Ok(MessageOutcome::Groupchat(accepted)) if accepted.archive => {
+                    // Archived before it is broadcast (its archive id is its stanza-id), with
+                    // group commit: the first sender writes every message accepted meanwhile
+                    // in one transaction, with the room unlocked, then broadcasts them in
+                    // order; the others' messages ride along.
+                    slot.pending.push(Pending {
+                        accepted,
+                        request: el.clone(),
+                        stamp_ms: env.now_ms,
+                    });
+                    if slot.writing {
+                        return;
+                    }
+                    slot.writing = true;
+                    drop(slot);
+                    return self.write_pending(ctx, node, &room, &env).await;
+                }
                 Ok(MessageOutcome::Groupchat(accepted)) => {
-                    let id = match self.archive(node, &accepted, &env).await {
-                        Ok(id) => id,
-                        Err(e) => {
-                            drop(slot);
-                            return self.reply_error(ctx, el, &e).await;
-                        }
-                    };
-                    slot.room.broadcast(accepted, id, &env)
+                    slot.room.broadcast(accepted, None, &env)
                 }
             };
             if out.gone {
@@ -552,32 +601,62 @@ impl MucService {
         }
     }
 
-    /// Appends an accepted message to the room archive; its id becomes the stanza-id.
-    async fn archive(
-        &self,
-        node: &str,
-        a: &Accepted,
-        env: &Env<'_>,
-    ) -> Result<Option<String>, StanzaError> {
-        if !a.archive {
-            return Ok(None);
+    /// Writes the room's pending messages to the archive, batch after batch, and broadcasts
+    /// each batch once it is committed, until none is left.
+    async fn write_pending(&self, ctx: &ServiceCtx, node: &str, room: &RoomRef, env: &Env<'_>) {
+        loop {
+            let batch: Vec<Pending> = {
+                let mut slot = room.lock().await;
+                if slot.dead || slot.pending.is_empty() {
+                    slot.writing = false;
+                    slot.pending.clear();
+                    return;
+                }
+                let n = slot.pending.len().min(MAX_BATCH);
+                slot.pending.drain(..n).collect()
+            };
+            let items: Vec<canto_storage::NewArchiveItem> = batch
+                .iter()
+                .map(|p| canto_storage::NewArchiveItem {
+                    with: p.accepted.occupant_jid.clone(),
+                    stamp_ms: p.stamp_ms,
+                    data: p.accepted.message.to_bytes(),
+                })
+                .collect();
+            let written = self
+                .stores
+                .log
+                .append_many(&self.domain, node, &items)
+                .await;
+            let mut deferred = Vec::new();
+            {
+                let mut slot = room.lock().await;
+                match written {
+                    Ok(ids) if ids.len() == batch.len() && !slot.dead => {
+                        for (p, id) in batch.into_iter().zip(ids) {
+                            let at = Env {
+                                now_ms: p.stamp_ms,
+                                ..*env
+                            };
+                            let out = slot.room.broadcast(p.accepted, Some(id), &at);
+                            self.send_all(ctx, out.stanzas, &mut deferred).await;
+                        }
+                        self.update_summary(node, &slot.room);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, room = node, "archiving failed");
+                        drop(slot);
+                        for p in batch {
+                            self.reply_error(ctx, &p.request, &internal()).await;
+                        }
+                    }
+                }
+            }
+            for s in deferred {
+                ctx.send(s).await;
+            }
         }
-        self.stores
-            .log
-            .append(
-                &self.domain,
-                node,
-                &a.occupant_jid,
-                env.now_ms,
-                &a.message.to_bytes(),
-                None,
-            )
-            .await
-            .map(Some)
-            .map_err(|e| {
-                tracing::error!(error = %e, room = node, "archiving failed");
-                internal()
-            })
     }
 
     async fn room_iq(&self, ctx: &ServiceCtx, from: &str, node: &str, el: &Element) {
@@ -607,27 +686,7 @@ impl MucService {
                 let payload = payload.clone();
                 let reply_to = el.clone();
                 self.with_room(ctx, node, el, room, move |r| {
-                    let out = match payload.ns() {
-                        NS_OWNER => {
-                            if let Some(d) = payload.get_child("destroy", NS_OWNER) {
-                                // §10.9: destroy, owners only.
-                                if !r.is_owner(from, &env) {
-                                    return Err(err(Condition::Forbidden, ErrorType::Auth));
-                                }
-                                let alt = d.attr("jid").map(str::to_string);
-                                let reason = d.get_child("reason", NS_OWNER).map(Element::text);
-                                r.destroy(alt.as_deref(), reason.as_deref())
-                            } else if let Some(x) = payload.get_child("x", crate::pubsub::form::NS)
-                            {
-                                r.owner_set(from, x, &env)?
-                            } else {
-                                return Err(err(Condition::BadRequest, ErrorType::Modify));
-                            }
-                        }
-                        NS_ADMIN => r.admin_set(from, &payload, &env)?,
-                        _ => r.register_set(from, &payload, &env)?,
-                    };
-                    let mut out = out;
+                    let mut out = r.iq_set(from, &payload, &env)?;
                     // The IQ result goes first: the requester learns it succeeded, then sees
                     // its effects.
                     out.stanzas.insert(0, iq_result(&reply_to, None));

@@ -443,6 +443,16 @@ impl ServiceCtx {
         Ok(true)
     }
 
+    /// Routes stanzas from the service in order, as [`ServiceCtx::send`] does one by one
+    /// (a room's broadcast: the sender's JID is parsed once for the run).
+    pub fn send_many(&self, stanzas: Vec<Element>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(server) = self.server.upgrade() {
+                server.route_many_from_service(&self.domain, stanzas).await;
+            }
+        })
+    }
+
     /// Routes a stanza from the service. Its `from` must be the service's domain or a JID at
     /// it (anything else is dropped and logged: a service cannot speak for others); its `to`
     /// may be anything — a local session or account, a host, another service, a remote domain.

@@ -103,7 +103,7 @@ impl Server {
     /// Routes a stanza sent by the hosted service at `domain` (through its
     /// [`ServiceCtx::send`]). A service is trusted code, so a stanza it gets wrong — no
     /// stanza, a `from` outside its domain, no `to` — is a bug: dropped and logged, not answered.
-    pub async fn route_from_service(self: &Arc<Self>, domain: &str, mut el: Element) {
+    pub async fn route_from_service(self: &Arc<Self>, domain: &str, el: Element) {
         let Some(kind) = StanzaKind::of(&el, ns::CLIENT) else {
             warn!(
                 service = domain,
@@ -119,6 +119,53 @@ impl Server {
                 return;
             }
         };
+        self.route_parsed_from_service(domain, kind, el, &from)
+            .await
+    }
+
+    /// Routes stanzas from a service in order (a room's broadcast): the sender's JID is parsed
+    /// once for a run of stanzas from the same one.
+    pub async fn route_many_from_service(self: &Arc<Self>, domain: &str, stanzas: Vec<Element>) {
+        let mut last: Option<(String, Jid)> = None;
+        for el in stanzas {
+            let Some(kind) = StanzaKind::of(&el, ns::CLIENT) else {
+                warn!(
+                    service = domain,
+                    name = el.name(),
+                    "service sent a non-stanza; dropped"
+                );
+                continue;
+            };
+            let Some(raw) = el.attr("from") else {
+                warn!(service = domain, "service sent without a from; dropped");
+                continue;
+            };
+            if last.as_ref().is_none_or(|(r, _)| r != raw) {
+                match parse_jid(raw) {
+                    Ok(j) if j.domain().as_str() == domain => last = Some((raw.to_string(), j)),
+                    _ => {
+                        warn!(
+                            service = domain,
+                            from = raw,
+                            "service sent as another domain; dropped"
+                        );
+                        continue;
+                    }
+                }
+            }
+            let Some((_, from)) = &last else { continue };
+            let from = from.clone();
+            Box::pin(self.route_parsed_from_service(domain, kind, el, &from)).await;
+        }
+    }
+
+    async fn route_parsed_from_service(
+        self: &Arc<Self>,
+        domain: &str,
+        kind: StanzaKind,
+        mut el: Element,
+        from: &Jid,
+    ) {
         let to = match el.attr("to").map(parse_jid) {
             Some(Ok(j)) => j,
             _ => {
@@ -126,12 +173,14 @@ impl Server {
                 return;
             }
         };
-        el.set_attr("from", from.to_string());
-        el.set_attr("to", to.to_string());
-        let origin = Origin::Service {
-            domain,
-            from: &from,
-        };
+        // Normalized addresses are written back only where they differ (most are already).
+        if el.attr("from") != Some(from.as_str()) {
+            el.set_attr("from", from.to_string());
+        }
+        if el.attr("to") != Some(to.as_str()) {
+            el.set_attr("to", to.to_string());
+        }
+        let origin = Origin::Service { domain, from };
         if let Err(e) = check_type_and_id(kind, &el) {
             warn!(service = domain, error = ?e.condition, "service sent a malformed stanza; dropped");
             return;

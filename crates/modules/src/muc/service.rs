@@ -378,17 +378,16 @@ impl MucService {
     }
 
     async fn send_all(&self, ctx: &ServiceCtx, stanzas: Vec<Element>, deferred: &mut Vec<Element>) {
-        for s in stanzas {
-            let own = s
-                .attr("to")
-                .and_then(|t| parse_jid(t).ok())
-                .is_some_and(|t| t.domain().as_str() == self.domain);
-            if own {
-                deferred.push(s);
-            } else {
-                ctx.send(s).await;
-            }
-        }
+        // The room wrote every `to` itself from normalized JIDs: a string check finds ours.
+        let own = |s: &Element| {
+            s.attr("to").is_some_and(|t| {
+                let bare = t.split('/').next().unwrap_or_default();
+                bare.rsplit('@').next() == Some(self.domain.as_str())
+            })
+        };
+        let (later, now): (Vec<Element>, Vec<Element>) = stanzas.into_iter().partition(own);
+        deferred.extend(later);
+        ctx.send_many(now).await;
     }
 
     async fn reply_error(&self, ctx: &ServiceCtx, el: &Element, e: &StanzaError) {

@@ -32,8 +32,8 @@
 # (service starts denied during the install). Configurations come from bench/configs/ as in
 # bench/compare.sh, plus the MUC service conference.localhost with its limits out of the way:
 # Canto `[muc] max_occupants = 10000, message_rate = 1e6, message_burst = 1e6` and
-# `c2s.max_send_queue = 20000` (a joiner of a room of 1000 gets more than the default 1000
-# stanzas at once and is disconnected); Prosody
+# `c2s.max_send_queue = 20000` (a joiner gets the room state past the live queue limit, within
+# max_send_queue + offline.max_messages: rooms up to max_occupants = 10000 need the room); Prosody
 # `Component "conference.localhost" "muc"` with restrict_room_creation = false (no
 # mod_muc_limits, no occupant limit by default); ejabberd mod_muc with max_users and
 # max_users_presence 10000 (its default 1000 stops presence broadcasts in larger rooms),
@@ -180,9 +180,11 @@ configure_canto() {
     mkdir -p "$d"
     fill "$HERE/configs/canto.toml" "$d/canto.toml" "$d" "${PORT[canto]}"
     # No c2s rate limit, and the MUC limits out of the way (docs/muc.md). The send queue:
-    # joining a room of N occupants queues N + 1 stanzas for the joiner at once (the others'
-    # presence, its own, the subject), and Canto closes a session whose queue holds more
-    # than c2s.max_send_queue (default 1000) with policy-violation, "too many unread stanzas".
+    # joining a room of N occupants queues N + 2 stanzas for the joiner at once (the others'
+    # presence, its own, the subject); they may go past c2s.max_send_queue, up to
+    # max_send_queue + offline.max_messages (ServiceCtx::deliver_burst), which rooms of up to
+    # max_occupants = 10000 need raised. (Before that, the 1000th joiner of a room was closed
+    # with policy-violation at the defaults.)
     sed -i 's/^@LIMITS@$/[limits.c2s]\nrate = "unlimited"\n\n[muc]\nmax_occupants = 10000\nmessage_rate = 1000000.0\nmessage_burst = 1000000.0/' "$d/canto.toml"
     sed -i 's/^max_stanza_size = 262144$/&\nmax_send_queue = 20000/' "$d/canto.toml"
     grep -q '^max_send_queue = 20000' "$d/canto.toml" || { NOTE[canto]="could not set c2s.max_send_queue"; return 1; }

@@ -80,6 +80,21 @@ impl Module for Muc {
 
     fn load(&self, ctx: &mut ModuleCtx<'_>) -> Result<(), String> {
         let config = ctx.section::<MucConfig>()?;
+        // A joiner gets the whole room at once (every occupant's presence, its own, history,
+        // the subject), past the live queue limit but within the session's queue
+        // (ServiceCtx::deliver_burst): a room the queue cannot hold is refused at startup.
+        {
+            let (muc, core) = (config.get(), ctx.config());
+            let burst = muc.max_occupants + muc.max_history + 2;
+            let room = core.c2s.max_send_queue + core.offline.max_messages;
+            if burst > room {
+                return Err(format!(
+                    "[muc] max_occupants + max_history + 2 = {burst} is more than a session can be \
+                     sent at once (c2s.max_send_queue + offline.max_messages = {room}): raise those \
+                     or lower these"
+                ));
+            }
+        }
         let stores = Stores {
             rooms: ctx.open_map("muc_rooms")?,
             log: ctx.open_archive("muc_log")?,
@@ -1151,6 +1166,28 @@ impl MucService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn rooms_a_joiner_could_not_be_sent_are_refused_at_startup() {
+        let start = |toml: &str| {
+            let config = canto_core::Config::parse(toml).unwrap_or_else(|e| panic!("{e}"));
+            canto_core::Server::new(config, canto_storage::Storage::memory(), &crate::all())
+                .err()
+                .map(|e| e.to_string())
+        };
+        // 1999 + 100 + 2 > 1000 + 1000.
+        let e = start("[muc]\nmax_occupants = 1999");
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("max_occupants")),
+            "{e:?}"
+        );
+        // Raising the send queue makes room for them.
+        assert_eq!(
+            start("[muc]\nmax_occupants = 1999\n[c2s]\nmax_send_queue = 2000"),
+            None
+        );
+        assert_eq!(start(""), None);
+    }
 
     #[test]
     fn the_module_is_named_muc_and_cites_xep_0045() {

@@ -878,26 +878,38 @@ impl Room {
         };
         let with_jid = keep_status(with_jid);
         let without = keep_status(without);
+        self.to_everyone_and_self(&with_jid, &without, own, &mut out.stanzas);
+    }
+
+    /// An occupant's presence to every occupant — `with_jid` to those who may see real JIDs,
+    /// `without` to the others — and to its own sessions `own` with 110 (§7.2.3).
+    fn to_everyone_and_self(
+        &self,
+        with_jid: &Element,
+        without: &Element,
+        own: &[String],
+        out: &mut Vec<Element>,
+    ) {
         for r in self.occupants.values() {
             let base = if self.sees_jids(r.role) {
-                &with_jid
+                with_jid
             } else {
-                &without
+                without
             };
             for s in &r.clients {
                 let mut p = base.clone();
                 p.set_attr("to", s.jid.clone());
-                out.stanzas.push(p);
+                out.push(p);
             }
         }
-        let mut mine = with_jid;
+        let mut mine = with_jid.clone();
         if let Some(x) = mine.get_child_mut("x", NS_USER) {
             x.push_child(status(110));
         }
         for s in own {
             let mut p = mine.clone();
             p.set_attr("to", s.clone());
-            out.stanzas.push(p);
+            out.push(p);
         }
     }
 
@@ -963,27 +975,7 @@ impl Room {
             }
             p
         };
-        for r in self.occupants.values() {
-            let base = if self.sees_jids(r.role) {
-                &with_jid
-            } else {
-                &without
-            };
-            for s in &r.clients {
-                let mut p = base.clone();
-                p.set_attr("to", s.jid.clone());
-                out.stanzas.push(p);
-            }
-        }
-        let mut mine = with_jid;
-        if let Some(x) = mine.get_child_mut("x", NS_USER) {
-            x.push_child(status(110));
-        }
-        for s in &own {
-            let mut p = mine.clone();
-            p.set_attr("to", s.clone());
-            out.stanzas.push(p);
-        }
+        self.to_everyone_and_self(&with_jid, &without, &own, &mut out.stanzas);
         o.nick = new.to_string();
         if let Some(s) = o.clients.iter_mut().find(|s| s.jid == from) {
             s.presence = Self::presence_payload(el);

@@ -86,22 +86,8 @@ declare -A PIDS=()   # server name -> PID of the running server
 declare -A NOTE=()   # server name -> why it has no figures
 declare -A VERSION=()
 
-stop_server() { # name
-    stop_pid "${PIDS[$1]:-}" "$1"
-    unset "PIDS[$1]"
-}
-
-cleanup() {
-    for name in "${!PIDS[@]}"; do stop_server "$name"; done
-    if [ "${KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-fill() { # template out dir port
-    sed -e "s|@DIR@|$3|g" -e "s|@PORT@|$4|g" -e "s|@CERT@|$TMP/cert.pem|g" \
-        -e "s|@KEY@|$TMP/key.pem|g" -e "s|@PEM@|$TMP/both.pem|g" "$1" > "$2"
-}
 
 # ---------------------------------------------------------------- binaries and packages
 BUILT=0

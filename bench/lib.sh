@@ -55,3 +55,20 @@ stop_pid() {
     wait "$pid" 2>/dev/null
     return 0
 }
+
+# For the side-by-side scripts (compare.sh, pep.sh, muc.sh), which keep the servers they start
+# in an associative array PIDS (name -> pid) and their files under TMP.
+stop_server() { # name
+    stop_pid "${PIDS[$1]:-}" "$1"
+    unset "PIDS[$1]"
+}
+
+cleanup() { # every server still running, then TMP (kept with KEEP=1)
+    for name in "${!PIDS[@]}"; do stop_server "$name"; done
+    if [ "${KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+
+fill() { # template out dir port: a configuration from bench/configs/
+    sed -e "s|@DIR@|$3|g" -e "s|@PORT@|$4|g" -e "s|@CERT@|$TMP/cert.pem|g" \
+        -e "s|@KEY@|$TMP/key.pem|g" -e "s|@PEM@|$TMP/both.pem|g" "$1" > "$2"
+}

@@ -154,8 +154,7 @@ impl Server {
                 }
             }
             let Some((_, from)) = &last else { continue };
-            let from = from.clone();
-            Box::pin(self.route_parsed_from_service(domain, kind, el, &from)).await;
+            Box::pin(self.route_parsed_from_service(domain, kind, el, from)).await;
         }
     }
 

@@ -345,7 +345,7 @@ struct QueryIq {
 }
 
 /// The query form's fields (XEP-0313 §5.1.1, §6.1.1 and the `#extended` fields).
-fn form() -> Element {
+pub(crate) fn form() -> Element {
     let field = |var: &str, kind: &str| {
         Element::new("field", NS_DATA)
             .with_attr("var", var)

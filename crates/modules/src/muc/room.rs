@@ -611,9 +611,7 @@ impl Room {
             s.presence = payload;
             o.clients.push(s);
         }
-        let o = o.clone();
-        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
-        self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
+        self.announce(&nick, None, &mut out.stanzas);
     }
 
     /// §7.2: entering the room.
@@ -911,6 +909,36 @@ impl Room {
             p.set_attr("to", s.clone());
             out.push(p);
         }
+    }
+
+    /// Occupant `nick`'s current presence to everyone, and to its own sessions with 110 (a
+    /// presence update, a role or affiliation change).
+    fn announce(&self, nick: &str, actor_reason: Option<&Element>, out: &mut Vec<Element>) {
+        let Some(o) = self.occupants.get(nick) else {
+            return;
+        };
+        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
+        self.broadcast_presence(o, None, &[], &[], actor_reason, &own, out);
+    }
+
+    /// Removes occupant `nick` with status `code` (307 kick, 301 ban, 321, 322): unavailable
+    /// presence to everyone left and to its sessions. False if there was no such occupant.
+    fn expel(
+        &mut self,
+        nick: &str,
+        code: u16,
+        actor_reason: Option<&Element>,
+        out: &mut Out,
+    ) -> bool {
+        let Some(o) = self.occupants.remove(nick) else {
+            return false;
+        };
+        for s in &o.clients {
+            self.by_jid.remove(&s.jid);
+        }
+        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
+        self.unavailable_presence(&o, &[code], &[], actor_reason, &own, out);
+        true
     }
 
     fn vanish_if_empty(&mut self, out: &mut Out) {
@@ -1437,9 +1465,7 @@ impl Room {
                 && t.role == Role::Visitor
             {
                 t.role = Role::Participant;
-                let t = t.clone();
-                let own: Vec<String> = t.clients.iter().map(|s| s.jid.clone()).collect();
-                self.broadcast_presence(&t, None, &[], &[], None, &own, &mut out.stanzas);
+                self.announce(&target, None, &mut out.stanzas);
             }
             return Ok(out);
         }
@@ -1721,12 +1747,7 @@ impl Room {
     fn set_role(&mut self, nick: &str, role: Role, actor_reason: &Element, out: &mut Out) {
         if role == Role::None {
             // §8.2: kick, 307.
-            if let Some(o) = self.occupants.remove(nick) {
-                for s in &o.clients {
-                    self.by_jid.remove(&s.jid);
-                }
-                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
-                self.unavailable_presence(&o, &[307], &[], Some(actor_reason), &own, out);
+            if self.expel(nick, 307, Some(actor_reason), out) {
                 self.vanish_if_empty(out);
             }
             return;
@@ -1738,17 +1759,7 @@ impl Room {
             return;
         }
         o.role = role;
-        let o = o.clone();
-        let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
-        self.broadcast_presence(
-            &o,
-            None,
-            &[],
-            &[],
-            Some(actor_reason),
-            &own,
-            &mut out.stanzas,
-        );
+        self.announce(nick, Some(actor_reason), &mut out.stanzas);
     }
 
     /// Changes one affiliation and what follows from it for an occupant (§9, §10).
@@ -1814,29 +1825,13 @@ impl Room {
                 _ => None,
             };
             if let Some(code) = removed {
-                if let Some(o) = self.occupants.remove(&nick) {
-                    for s in &o.clients {
-                        self.by_jid.remove(&s.jid);
-                    }
-                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
-                    self.unavailable_presence(&o, &[code], &[], Some(actor_reason), &own, out);
-                }
+                self.expel(&nick, code, Some(actor_reason), out);
                 continue;
             }
             let role = self.default_role(aff);
             if let Some(o) = self.occupants.get_mut(&nick) {
                 o.role = role;
-                let o = o.clone();
-                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
-                self.broadcast_presence(
-                    &o,
-                    None,
-                    &[],
-                    &[],
-                    Some(actor_reason),
-                    &own,
-                    &mut out.stanzas,
-                );
+                self.announce(&nick, Some(actor_reason), &mut out.stanzas);
             }
         }
         self.vanish_if_empty(out);
@@ -1984,13 +1979,7 @@ impl Room {
                 .map(|o| o.nick.clone())
                 .collect();
             for nick in outsiders {
-                if let Some(o) = self.occupants.remove(&nick) {
-                    for s in &o.clients {
-                        self.by_jid.remove(&s.jid);
-                    }
-                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
-                    self.unavailable_presence(&o, &[322], &[], None, &own, &mut out);
-                }
+                self.expel(&nick, 322, None, &mut out);
             }
         }
         // Moderation switched on or off changes the role of the unaffiliated.
@@ -2009,9 +1998,7 @@ impl Room {
                     && o.role != role
                 {
                     o.role = role;
-                    let o = o.clone();
-                    let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
-                    self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
+                    self.announce(&n, None, &mut out.stanzas);
                 }
             }
         }
@@ -2164,9 +2151,7 @@ impl Room {
                 if o.role < role {
                     o.role = role;
                 }
-                let o = o.clone();
-                let own: Vec<String> = o.clients.iter().map(|s| s.jid.clone()).collect();
-                self.broadcast_presence(&o, None, &[], &[], None, &own, &mut out.stanzas);
+                self.announce(&n, None, &mut out.stanzas);
             }
         }
         Ok(out)

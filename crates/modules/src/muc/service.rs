@@ -14,14 +14,12 @@ use canto_core::roster::decode_element;
 use canto_core::stores::{ArchiveStore, KvStore, MapStore};
 use canto_core::{Module, ModuleCtx, Spec};
 use canto_stanza::stanza::{error_reply, iq_payload, iq_result};
-use canto_stanza::{
-    BareJid, Condition, ErrorType, IqType, Jid, StanzaError, datetime, ns, parse_jid,
-};
+use canto_stanza::{BareJid, Condition, ErrorType, IqType, StanzaError, datetime, ns, parse_jid};
 use canto_storage::ArchiveQuery;
 use canto_xml::Element;
 use tokio::sync::OnceCell;
 
-use super::config::{NS_ROOMINFO, RoomConfig};
+use super::config::RoomConfig;
 use super::room::{
     Accepted, Env, MessageOutcome, NS_ADMIN, NS_MUC, NS_OCCUPANT_ID, NS_OWNER, NS_REGISTER,
     NS_REQUEST, NS_SID, Out, Room,
@@ -217,7 +215,7 @@ impl Service for MucService {
         self.ensure_loaded().await;
         let from_s = from.to_string();
         match (to.node(), to.resource()) {
-            (None, _) => self.to_service(ctx, &from, &el).await,
+            (None, _) => self.to_service(ctx, &el).await,
             (Some(node), None) => {
                 let node = node.as_str().to_string();
                 self.to_room(ctx, &from_s, &node, &el).await
@@ -466,7 +464,7 @@ impl MucService {
 
     // ---------------------------------------------------------------- to the service
 
-    async fn to_service(&self, ctx: &ServiceCtx, from: &Jid, el: &Element) {
+    async fn to_service(&self, ctx: &ServiceCtx, el: &Element) {
         if el.name() != "iq" {
             return;
         }
@@ -479,7 +477,6 @@ impl MucService {
                 .reply_error(ctx, el, &err(Condition::BadRequest, ErrorType::Modify))
                 .await;
         };
-        let _ = from;
         let reply = match (kind, payload.name(), payload.ns()) {
             (IqType::Get, "query", ns::DISCO_INFO) if payload.attr("node").is_none() => {
                 let mut q = Element::new("query", ns::DISCO_INFO).with_child(
@@ -577,6 +574,7 @@ impl MucService {
                     .await;
             }
             let was_persistent = slot.room.config.persistent;
+            let occupants = slot.room.occupant_count();
             let out = match slot.room.message(from, el, &env) {
                 Err(e) => {
                     drop(slot);
@@ -612,7 +610,10 @@ impl MucService {
                 drop(slot);
                 return self.reply_error(ctx, el, &e).await;
             }
-            self.update_summary(node, &slot.room);
+            // Most messages change nothing the room list shows: no summary per message.
+            if !out.gone && (out.save || occupants != slot.room.occupant_count()) {
+                self.update_summary(node, &slot.room);
+            }
             self.send_all(ctx, out.stanzas, &mut deferred).await;
         }
         for s in deferred {
@@ -660,7 +661,6 @@ impl MucService {
                             let out = slot.room.broadcast(p.accepted, Some(id), &at);
                             self.send_all(ctx, out.stanzas, &mut deferred).await;
                         }
-                        self.update_summary(node, &slot.room);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -751,8 +751,10 @@ impl MucService {
                 self.mam(ctx, from, node, &room, el, payload, &env).await
             }
             (IqType::Get, "query", NS_MAM) => {
-                let r = self.mam_form(&room, &bare, &env).await;
-                self.answer(ctx, el, r).await;
+                // XEP-0313 §4.1: the query form, the same as accounts' archives offer.
+                let r = self.archive_readable(&room, &bare, &env).await;
+                self.answer(ctx, el, r.map(|()| Some(crate::mam::form())))
+                    .await;
             }
             (IqType::Set, "moderate", NS_MODERATE) => {
                 self.moderate(ctx, from, node, &room, el, payload).await
@@ -805,15 +807,7 @@ impl MucService {
             }
             Some(_) => return Err(err(Condition::ItemNotFound, ErrorType::Cancel)),
         }
-        if room.locked
-            && !room.is_owner(
-                from,
-                &Env {
-                    sender_is_admin: false,
-                    ..self.env(&self.config.get(), from, &[])
-                },
-            )
-        {
+        if room.locked && room.affiliation(bare) != super::room::Affiliation::Owner {
             return Err(err(Condition::ItemNotFound, ErrorType::Cancel));
         }
         let name = if room.config.name.is_empty() {
@@ -847,7 +841,6 @@ impl MucService {
         for f in features {
             q.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", f));
         }
-        let _ = NS_ROOMINFO;
         q.push_child(
             room.config
                 .roominfo(room.occupant_count(), &room.subject.text),
@@ -855,12 +848,13 @@ impl MucService {
         Ok(q)
     }
 
-    async fn mam_form(
+    /// Whether `bare` may read the room's archive: the room archives, and `bare` may join it.
+    async fn archive_readable(
         &self,
         room: &RoomRef,
         bare: &str,
         env: &Env<'_>,
-    ) -> Result<Option<Element>, StanzaError> {
+    ) -> Result<(), StanzaError> {
         let slot = room.lock().await;
         if !slot.room.config.archiving {
             return Err(err(Condition::ServiceUnavailable, ErrorType::Cancel));
@@ -868,30 +862,7 @@ impl MucService {
         if !slot.room.may_read(bare, env) {
             return Err(err(Condition::Forbidden, ErrorType::Auth));
         }
-        drop(slot);
-        Ok(Some(
-            Element::new("query", NS_MAM).with_child(
-                crate::pubsub::form::new_form("form", NS_MAM)
-                    .with_child(crate::pubsub::form::field(
-                        "with",
-                        "",
-                        crate::pubsub::form::Kind::JidSingle,
-                        &[],
-                    ))
-                    .with_child(crate::pubsub::form::field(
-                        "start",
-                        "",
-                        crate::pubsub::form::Kind::Text,
-                        &[],
-                    ))
-                    .with_child(crate::pubsub::form::field(
-                        "end",
-                        "",
-                        crate::pubsub::form::Kind::Text,
-                        &[],
-                    )),
-            ),
-        ))
+        Ok(())
     }
 
     /// XEP-0313 on the room's JID: anyone who may join may read.
@@ -907,24 +878,8 @@ impl MucService {
         env: &Env<'_>,
     ) {
         let bare = from.split_once('/').map_or(from, |(b, _)| b);
-        {
-            let slot = room.lock().await;
-            if !slot.room.config.archiving {
-                drop(slot);
-                return self
-                    .reply_error(
-                        ctx,
-                        el,
-                        &err(Condition::ServiceUnavailable, ErrorType::Cancel),
-                    )
-                    .await;
-            }
-            if !slot.room.may_read(bare, env) {
-                drop(slot);
-                return self
-                    .reply_error(ctx, el, &err(Condition::Forbidden, ErrorType::Auth))
-                    .await;
-            }
+        if let Err(e) = self.archive_readable(room, bare, env).await {
+            return self.reply_error(ctx, el, &e).await;
         }
         let Ok(room_jid) = parse_jid(&format!("{node}@{}", self.domain)).map(|j| j.to_bare())
         else {

@@ -70,6 +70,10 @@ hosts = ["localhost"]
 modules = ["disco", "ping", "version", "time", "roster", "vcard", "private", "blocking",
            "carbons", "last", "mam"]
 
+[http]
+listen = []
+https_listen = []
+
 [c2s]
 listen = ["127.0.0.1:$PORT"]
 direct_tls_listen = []

@@ -75,6 +75,10 @@ cat >"$TMP/canto.toml" <<EOF
 data_dir = "$TMP/data"
 hosts = ["localhost"]
 
+[http]
+listen = []
+https_listen = []
+
 [c2s]
 listen = ["127.0.0.1:$PORT"]
 direct_tls_listen = []

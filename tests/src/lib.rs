@@ -154,6 +154,8 @@ pub fn test_config() -> Config {
     };
     c.c2s.listen = vec!["127.0.0.1:0".into()];
     c.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
+    c.http.listen = vec!["127.0.0.1:0".into()];
+    c.http.https_listen = vec!["127.0.0.1:0".into()];
     c.storage.backend = "memory".into();
     // The read rate limit (limits.c2s, 10 kB/s by default) is off here, as in the benchmark
     // harnesses: tests that flood on purpose would otherwise take minutes. tests/tests/e2e/limits.rs

@@ -75,6 +75,10 @@ pub struct Running {
     pub starttls_addrs: Vec<std::net::SocketAddr>,
     /// Direct TLS addresses.
     pub direct_tls_addrs: Vec<std::net::SocketAddr>,
+    /// Bound plain HTTP addresses (`[http] listen`).
+    pub http_addrs: Vec<std::net::SocketAddr>,
+    /// Bound HTTPS addresses (`[http] https_listen`).
+    pub https_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// The part of startup after signals: storage, certificates, modules, listeners, background
@@ -115,6 +119,17 @@ pub async fn start_with_modules(
             starttls_addrs.push(a);
         }
     }
+    let http_listeners = canto_net::http::bind(&config).await?;
+    let mut http_addrs = Vec::new();
+    let mut https_addrs = Vec::new();
+    for l in &http_listeners {
+        let a = l.local_addr()?;
+        if l.is_tls() {
+            https_addrs.push(a);
+        } else {
+            http_addrs.push(a);
+        }
+    }
     let admin = match config.admin_socket_path() {
         Some(p) => Some((
             canto_net::admin::bind(&p).with_context(|| format!("binding {}", p.display()))?,
@@ -123,7 +138,7 @@ pub async fn start_with_modules(
         None => None,
     };
     trace.step(Step::Listeners);
-    let network = canto_net::start(server.clone(), certs, listeners, admin);
+    let network = canto_net::start(server.clone(), certs, listeners, http_listeners, admin);
     // Background work (the seed's lesson: after signals and listeners): module timers.
     server.start_timers();
     trace.step(Step::Background);
@@ -132,6 +147,8 @@ pub async fn start_with_modules(
         network,
         starttls_addrs,
         direct_tls_addrs,
+        http_addrs,
+        https_addrs,
     })
 }
 
@@ -159,6 +176,9 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     keep!("storage", storage);
     keep!("c2s.listen", c2s.listen);
     keep!("c2s.direct_tls_listen", c2s.direct_tls_listen);
+    keep!("http.listen", http.listen);
+    keep!("http.https_listen", http.https_listen);
+    keep!("metrics.listen", metrics.listen);
     refused
 }
 

@@ -44,6 +44,10 @@ pub struct Config {
     pub stream_management: StreamManagementConfig,
     /// Client state indication (XEP-0352).
     pub csi: CsiConfig,
+    /// The HTTP server: WebSocket (RFC 7395), BOSH (XEP-0206), XEP-0156 discovery, uploads.
+    pub http: HttpConfig,
+    /// The metrics endpoint (`/metrics`, OpenMetrics text), on its own address.
+    pub metrics: MetricsConfig,
     /// Hosted services by domain (`[services."pubsub.example.org"]`): added with a `kind`,
     /// or a default one (`pubsub.HOST` for each host) switched off with `enabled = false`.
     pub services: BTreeMap<String, ServiceConfig>,
@@ -210,6 +214,91 @@ pub struct OfflineConfig {
     /// Messages stored per account; beyond, senders get `service-unavailable` (nothing is lost
     /// silently).
     pub max_messages: usize,
+}
+
+/// `[http]`: one HTTP(S) server for web clients and uploads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Plain HTTP listeners (for a reverse proxy in front).
+    pub listen: Vec<String>,
+    /// HTTPS listeners, with the hosts' certificates chosen by SNI.
+    pub https_listen: Vec<String>,
+    /// The public base URL of this server's HTTP endpoints (upload links); empty: derived
+    /// from the first HTTPS (else HTTP) listener's port and the host.
+    pub external_url: String,
+    /// Addresses (CIDR or IP) of reverse proxies whose `X-Forwarded-For` / `Forwarded`
+    /// (RFC 7239) headers name the real client.
+    pub trusted_proxies: Vec<String>,
+    /// Origins allowed to call the XMPP endpoints from a browser (CORS); `"*"`: any.
+    pub cors_origins: Vec<String>,
+    /// Bytes of one request body (BOSH, host-meta; uploads have their own limit).
+    pub max_request_body: usize,
+    /// Bytes of a request's header section.
+    pub max_header_bytes: usize,
+    /// Seconds a client may take to send a request's headers (slow-request protection).
+    pub header_timeout: u64,
+    /// Seconds a client may take to send a request body (uploads excepted: see
+    /// `upload_min_rate`).
+    pub request_timeout: u64,
+    /// Seconds an idle keep-alive HTTP connection stays open.
+    pub keepalive_timeout: u64,
+    /// Open HTTP connections in all (beyond: refused).
+    pub max_connections: usize,
+    /// When set, WebSocket clients are sent elsewhere: `<close see-other-uri=…/>` (RFC 7395
+    /// §3.6.2).
+    pub websocket_redirect: String,
+    /// Bytes of one WebSocket message.
+    pub websocket_max_message: usize,
+    /// Longest `wait` a BOSH client may ask for, in seconds (XEP-0124 §7.1).
+    pub bosh_max_wait: u64,
+    /// Longest `hold` (requests the server keeps waiting) a BOSH client may ask for.
+    pub bosh_max_hold: u32,
+    /// Seconds a BOSH session may go without a request before it ends (XEP-0124 §7.1
+    /// `inactivity`).
+    pub bosh_max_inactivity: u64,
+    /// Longest pause a BOSH client may ask for, in seconds (XEP-0124 §10 `maxpause`).
+    pub bosh_max_pause: u64,
+    /// BOSH sessions open at once (beyond: `service-unavailable`).
+    pub bosh_max_sessions: usize,
+    /// Bytes waiting for a BOSH client to fetch them; beyond, the session ends (a slow reader).
+    pub bosh_max_queued_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            // Prosody 0.12's defaults: plain HTTP on loopback (a proxy's), HTTPS everywhere.
+            listen: vec!["127.0.0.1:5280".into()],
+            https_listen: vec!["0.0.0.0:5281".into()],
+            external_url: String::new(),
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+            cors_origins: vec!["*".into()],
+            max_request_body: 512 * 1024,
+            max_header_bytes: 16 * 1024,
+            header_timeout: 10,
+            request_timeout: 30,
+            keepalive_timeout: 75,
+            max_connections: 10_000,
+            websocket_redirect: String::new(),
+            websocket_max_message: 512 * 1024,
+            // Prosody's mod_bosh defaults: wait 120 s, hold 1, inactivity 60 s.
+            bosh_max_wait: 120,
+            bosh_max_hold: 1,
+            bosh_max_inactivity: 60,
+            bosh_max_pause: 300,
+            bosh_max_sessions: 10_000,
+            bosh_max_queued_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address (IP:PORT) serving `/metrics`; empty: off. Never the public HTTP listener.
+    pub listen: String,
 }
 
 impl Default for OfflineConfig {
@@ -534,6 +623,8 @@ impl Default for Config {
             register: RegisterConfig::default(),
             stream_management: StreamManagementConfig::default(),
             csi: CsiConfig::default(),
+            http: HttpConfig::default(),
+            metrics: MetricsConfig::default(),
             sections: BTreeMap::new(),
         }
     }
@@ -716,7 +807,16 @@ impl Config {
                 )));
             }
         }
-        for addr in self.c2s.listen.iter().chain(&self.c2s.direct_tls_listen) {
+        let metrics = (!self.metrics.listen.is_empty()).then_some(&self.metrics.listen);
+        for addr in self
+            .c2s
+            .listen
+            .iter()
+            .chain(&self.c2s.direct_tls_listen)
+            .chain(&self.http.listen)
+            .chain(&self.http.https_listen)
+            .chain(metrics)
+        {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(ConfigError::Invalid(format!(
                     "listen address {addr:?} is not IP:PORT"
@@ -786,6 +886,57 @@ impl Config {
             parse_cidr(r).map_err(|e| {
                 ConfigError::Invalid(format!("`limits.connection_limit_exempt`: {e}"))
             })?;
+        }
+        self.check_http()
+    }
+
+    fn check_http(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        for r in &h.trusted_proxies {
+            parse_cidr(r)
+                .map_err(|e| ConfigError::Invalid(format!("`http.trusted_proxies`: {e}")))?;
+        }
+        if !h.external_url.is_empty()
+            && !(h.external_url.starts_with("https://") || h.external_url.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "`http.external_url` = {:?}: expected an http:// or https:// URL",
+                h.external_url
+            )));
+        }
+        if !h.websocket_redirect.is_empty()
+            && !(h.websocket_redirect.starts_with("wss://")
+                || h.websocket_redirect.starts_with("ws://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "`http.websocket_redirect` = {:?}: expected a ws:// or wss:// URL",
+                h.websocket_redirect
+            )));
+        }
+        if h.max_header_bytes < 8192 {
+            return Err(ConfigError::Invalid(
+                "`http.max_header_bytes` must be at least 8192".into(),
+            ));
+        }
+        if h.header_timeout == 0 || h.request_timeout == 0 || h.keepalive_timeout == 0 {
+            return Err(ConfigError::Invalid(
+                "`http.header_timeout`, `http.request_timeout` and `http.keepalive_timeout` must be at least 1 second".into(),
+            ));
+        }
+        if h.websocket_max_message < self.c2s.max_stanza_size {
+            return Err(ConfigError::Invalid(
+                "`http.websocket_max_message` must be at least `c2s.max_stanza_size`".into(),
+            ));
+        }
+        if h.max_request_body < self.c2s.max_stanza_size {
+            return Err(ConfigError::Invalid(
+                "`http.max_request_body` must be at least `c2s.max_stanza_size` (a BOSH body carries stanzas)".into(),
+            ));
+        }
+        if h.bosh_max_wait == 0 || h.bosh_max_hold == 0 || h.bosh_max_inactivity == 0 {
+            return Err(ConfigError::Invalid(
+                "`http.bosh_max_wait`, `http.bosh_max_hold` and `http.bosh_max_inactivity` must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -1182,6 +1333,94 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "stream_management.remember_expired",
         "Ended resumable sessions remembered (the most recent ones), so a late resumption\nlearns how many of its stanzas arrived (<failed h='…'/>).",
+    ),
+    (
+        "http",
+        "The HTTP(S) server: WebSocket at /xmpp-websocket (RFC 7395), BOSH at /http-bind\n(XEP-0206), /.well-known/host-meta[.json] (XEP-0156) and file uploads (XEP-0363).",
+    ),
+    (
+        "http.listen",
+        "Plain HTTP listeners (for a reverse proxy in front; Prosody's default: loopback).",
+    ),
+    (
+        "http.https_listen",
+        "HTTPS listeners, each host's certificate chosen by SNI.",
+    ),
+    (
+        "http.external_url",
+        "Public base URL of the HTTP endpoints (upload links), e.g.\n\"https://xmpp.example.org\"; empty: https://HOST:PORT of the first HTTPS listener\n(else http:// of the first plain one).",
+    ),
+    (
+        "http.trusted_proxies",
+        "Reverse proxies (IP or CIDR) whose X-Forwarded-For / Forwarded (RFC 7239)\nheaders name the real client for per-address limits and logs.",
+    ),
+    (
+        "http.cors_origins",
+        "Origins a browser may call the XMPP endpoints from (CORS); \"*\": any.",
+    ),
+    (
+        "http.max_request_body",
+        "Bytes of one request body (BOSH; uploads have [upload] max_file_size);\nbeyond: 413.",
+    ),
+    (
+        "http.max_header_bytes",
+        "Bytes of a request's headers (at least 8192); beyond: 431.",
+    ),
+    (
+        "http.header_timeout",
+        "Seconds a client may take to send a request's headers (slowloris protection).",
+    ),
+    (
+        "http.request_timeout",
+        "Seconds a client may take to send a request body (not uploads).",
+    ),
+    (
+        "http.keepalive_timeout",
+        "Seconds an idle keep-alive HTTP connection stays open.",
+    ),
+    (
+        "http.max_connections",
+        "HTTP connections open at once; beyond, new ones are closed at once\n(limits.max_connections_per_ip applies per client too).",
+    ),
+    (
+        "http.websocket_redirect",
+        "A ws:// or wss:// URL: every WebSocket client is sent there with\n<close see-other-uri=…/> (RFC 7395 §3.6.2); empty: off.",
+    ),
+    (
+        "http.websocket_max_message",
+        "Bytes of one WebSocket message (at least c2s.max_stanza_size).",
+    ),
+    (
+        "http.bosh_max_wait",
+        "Longest wait (seconds) a BOSH client may ask for (XEP-0124 §7.1).",
+    ),
+    (
+        "http.bosh_max_hold",
+        "Most requests a BOSH session keeps waiting (hold, XEP-0124 §7.1).",
+    ),
+    (
+        "http.bosh_max_inactivity",
+        "Seconds a BOSH session may go without a request before it ends.",
+    ),
+    (
+        "http.bosh_max_pause",
+        "Longest pause (seconds) a BOSH client may ask for (XEP-0124 §10).",
+    ),
+    (
+        "http.bosh_max_sessions",
+        "BOSH sessions at once; beyond, a new one gets a terminate with\nservice-unavailable.",
+    ),
+    (
+        "http.bosh_max_queued_bytes",
+        "Bytes waiting for a BOSH client to fetch them; beyond, the session ends\n(a client that stopped reading).",
+    ),
+    (
+        "metrics",
+        "Metrics for Prometheus and the like.",
+    ),
+    (
+        "metrics.listen",
+        "IP:PORT serving /metrics (OpenMetrics text); empty: off. Never on the\npublic HTTP listeners.",
     ),
     ("csi", "Client state indication (XEP-0352)."),
     (

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod c2s;
+pub mod http;
 pub mod io;
 pub mod limits;
 pub mod tls;
@@ -60,6 +61,8 @@ pub async fn bind_c2s(config: &canto_core::Config) -> std::io::Result<Vec<Listen
 
 /// Running listeners; [`Network::shutdown`] stops them and every connection.
 pub struct Network {
+    /// The HTTP server's shared state, when it listens.
+    http: Option<Arc<http::HttpContext>>,
     shutdown: watch::Sender<bool>,
     alive_tx: Option<mpsc::Sender<()>>,
     alive_rx: mpsc::Receiver<()>,
@@ -70,11 +73,12 @@ pub struct Network {
 /// The bound admin socket and its path.
 pub type AdminSocket = (tokio::net::UnixListener, std::path::PathBuf);
 
-/// Starts accepting on `listeners` (and the admin socket, if any).
+/// Starts accepting on `listeners`, the HTTP listeners and the admin socket, if any.
 pub fn start(
     server: Arc<Server>,
     certs: Arc<CertStore>,
     listeners: Vec<Listener>,
+    http_listeners: Vec<http::HttpListener>,
     admin: Option<AdminSocket>,
 ) -> Network {
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -83,6 +87,11 @@ pub fn start(
         tokio::spawn(admin::serve(server.clone(), l, path, shutdown_rx.clone()));
     }
     let ctx = c2s::C2sContext::new(server.clone(), certs.clone(), shutdown_rx.clone());
+    let http = (!http_listeners.is_empty()).then(|| {
+        let h = http::HttpContext::new(ctx.clone(), alive_tx.downgrade());
+        http::start(h.clone(), http_listeners);
+        h
+    });
     for l in listeners {
         let ctx = ctx.clone();
         let alive = alive_tx.clone();
@@ -109,6 +118,7 @@ pub fn start(
         });
     }
     Network {
+        http,
         shutdown,
         alive_tx: Some(alive_tx),
         alive_rx,
@@ -118,6 +128,11 @@ pub fn start(
 }
 
 impl Network {
+    /// The HTTP server's shared state (BOSH sessions, uploads), when it listens.
+    pub fn http(&self) -> Option<&Arc<http::HttpContext>> {
+        self.http.as_ref()
+    }
+
     /// The certificate store (for reload).
     pub fn certs(&self) -> &Arc<CertStore> {
         &self.certs

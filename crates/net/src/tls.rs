@@ -244,6 +244,14 @@ impl CertStore {
         Arc::new(cfg)
     }
 
+    /// The rustls configuration for the HTTPS listeners: the same certificates, ALPN
+    /// `http/1.1` (a browser offering `h2` and `http/1.1` must not be refused).
+    pub fn http_server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let mut cfg = (*self.server_config()).clone();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+
     /// `tls-server-end-point` data for the certificate served to `sni`.
     pub fn end_point_hash(&self, sni: Option<&str>) -> Option<Vec<u8>> {
         let set = self.set.load();
@@ -332,5 +340,22 @@ mod tests {
             .unwrap_or_default();
         assert!(msg.contains("x.crt"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The channel-binding data of an established TLS connection (RFC 9266 `tls-exporter`, RFC
+/// 5929 `tls-server-end-point`).
+pub fn bindings(certs: &CertStore, conn: &rustls::ServerConnection) -> canto_proto::sasl::ChannelBindings {
+    // RFC 9266: tls-exporter is defined for TLS 1.3 (and 1.2 with EMS, which we skip).
+    let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .ok()
+            .map(|k| k.to_vec())
+    } else {
+        None
+    };
+    canto_proto::sasl::ChannelBindings {
+        tls_exporter: exporter,
+        tls_server_end_point: certs.end_point_hash(conn.server_name()),
     }
 }

@@ -176,6 +176,13 @@ impl StreamParser {
         self.closed
     }
 
+    /// Whether an element is open below the stream's root: bytes of a top-level element have
+    /// been fed but the element is not complete yet (a message-framed transport uses this to
+    /// refuse a message that does not end with its element, RFC 7395 §3.3.3).
+    pub fn mid_element(&self) -> bool {
+        self.depth > 1 || (self.depth == 1 && self.pending_bytes > 0)
+    }
+
     /// Frees tokenizer buffers while the connection is idle.
     pub fn release_temporaries(&mut self) {
         self.parser.release_temporaries();

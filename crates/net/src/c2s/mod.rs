@@ -108,6 +108,18 @@ pub fn fuzz_context(
     Ok(C2sContext::new(server, certs, shutdown))
 }
 
+/// Runs a connection's session over any transport (the HTTP transports' entry to the one
+/// engine); `tls_first`: the transport is encrypted from the start (its channel-binding data
+/// is taken at once).
+pub(crate) async fn serve_transport<T: transport::Transport>(
+    ctx: Arc<C2sContext>,
+    t: T,
+    peer: std::net::SocketAddr,
+    tls_first: bool,
+) {
+    engine::serve(ctx, t, peer, tls_first).await;
+}
+
 pub(crate) fn unauth_limits(config: &canto_core::Config) -> Limits {
     Limits {
         max_stanza_bytes: config.c2s.max_stanza_size_unauthenticated,

@@ -188,20 +188,7 @@ impl Transport for StreamTransport {
             }
             Err(_) => return Err("TLS handshake timed out"),
         };
-        let (_, conn) = tls.get_ref();
-        // RFC 9266: tls-exporter is defined for TLS 1.3 (and 1.2 with EMS, which we skip).
-        let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-            conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
-                .ok()
-                .map(|k| k.to_vec())
-        } else {
-            None
-        };
-        let sni = conn.server_name().map(str::to_string);
-        let cb = ChannelBindings {
-            tls_exporter: exporter,
-            tls_server_end_point: self.certs.end_point_hash(sni.as_deref()),
-        };
+        let cb = crate::tls::bindings(&self.certs, tls.get_ref().1);
         self.io = Io::Tls(Box::new(tls));
         self.starttls_available = false;
         Ok(cb)

@@ -2,6 +2,8 @@
 //! speaks plaintext, STARTTLS and direct TLS, with its own SASL PLAIN and SCRAM client (written
 //! from RFC 5802 independently of the server's code).
 
+pub mod ws;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +29,19 @@ pub const HOST2: &str = "example.test";
 
 /// How long a test waits for any expected answer before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Sends `raw` (a whole HTTP/1.1 request; add `Connection: close` to get the whole answer) to
+/// `addr` over plain TCP and returns everything the server sends until it closes (or
+/// [`WAIT`] passes).
+pub async fn http_raw(addr: SocketAddr, raw: &str) -> String {
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = tcp.write_all(raw.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// The quiet window after a [`Client::sync`] round trip (see [`Client::quiet`]): only for
 /// deliveries made outside the sender's and receiver's sessions, so it can be short.

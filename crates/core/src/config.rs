@@ -896,17 +896,19 @@ impl Config {
             parse_cidr(r)
                 .map_err(|e| ConfigError::Invalid(format!("`http.trusted_proxies`: {e}")))?;
         }
-        if !h.external_url.is_empty()
-            && !(h.external_url.starts_with("https://") || h.external_url.starts_with("http://"))
-        {
+        let url_like = |u: &str, schemes: [&str; 2]| {
+            schemes.iter().any(|s| u.starts_with(s))
+                && u.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"\"'<>\\`".contains(&b))
+        };
+        if !(h.external_url.is_empty() || url_like(&h.external_url, ["https://", "http://"])) {
             return Err(ConfigError::Invalid(format!(
                 "`http.external_url` = {:?}: expected an http:// or https:// URL",
                 h.external_url
             )));
         }
-        if !h.websocket_redirect.is_empty()
-            && !(h.websocket_redirect.starts_with("wss://")
-                || h.websocket_redirect.starts_with("ws://"))
+        if !(h.websocket_redirect.is_empty()
+            || url_like(&h.websocket_redirect, ["wss://", "ws://"]))
         {
             return Err(ConfigError::Invalid(format!(
                 "`http.websocket_redirect` = {:?}: expected a ws:// or wss:// URL",
@@ -1414,10 +1416,7 @@ pub const DOCS: &[(&str, &str)] = &[
         "http.bosh_max_queued_bytes",
         "Bytes waiting for a BOSH client to fetch them; beyond, the session ends\n(a client that stopped reading).",
     ),
-    (
-        "metrics",
-        "Metrics for Prometheus and the like.",
-    ),
+    ("metrics", "Metrics for Prometheus and the like."),
     (
         "metrics.listen",
         "IP:PORT serving /metrics (OpenMetrics text); empty: off. Never on the\npublic HTTP listeners.",

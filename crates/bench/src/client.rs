@@ -21,6 +21,9 @@ pub enum Security {
     Plain,
     /// STARTTLS (certificates are not verified: loopback benchmarking only).
     Starttls,
+    /// XMPP over WebSocket (RFC 7395), plain `ws://` to `--addr` (the server's HTTP port) at
+    /// `/xmpp-websocket` (the server must allow SASL without TLS on it).
+    Ws,
 }
 
 /// SASL mechanism.
@@ -64,6 +67,8 @@ enum Io {
     Tcp(TcpStream),
     /// TLS over TCP (after STARTTLS).
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A WebSocket, as an XML byte stream.
+    Ws(Box<crate::ws::WsBytes>),
 }
 
 impl AsyncRead for Io {
@@ -76,6 +81,7 @@ impl AsyncRead for Io {
             Io::None => Poll::Ready(Ok(())),
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -90,6 +96,7 @@ impl AsyncWrite for Io {
             Io::None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -98,6 +105,7 @@ impl AsyncWrite for Io {
             Io::None => Poll::Ready(Ok(())),
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -106,6 +114,7 @@ impl AsyncWrite for Io {
             Io::None => Poll::Ready(Ok(())),
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -285,6 +294,9 @@ impl Client {
             let name = rustls_pki_types::ServerName::try_from(t.domain.clone())?;
             c.io = Io::Tls(Box::new(tls_connector().connect(name, tcp).await?));
             c.tls = true;
+        } else if t.security == Security::Ws {
+            let ws = crate::ws::connect(tcp, &t.domain, t.addr.port(), "/xmpp-websocket").await?;
+            c.io = Io::Ws(Box::new(ws));
         } else {
             c.io = Io::Tcp(tcp);
         }

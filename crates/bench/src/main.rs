@@ -9,6 +9,7 @@ mod msg;
 mod muc;
 mod pep;
 mod proc_stats;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

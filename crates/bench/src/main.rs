@@ -9,6 +9,7 @@ mod msg;
 mod muc;
 mod pep;
 mod proc_stats;
+mod upload;
 mod ws;
 
 use std::net::SocketAddr;
@@ -285,6 +286,17 @@ enum Workload {
         baseline_wait: u64,
         #[command(flatten)]
         muc: muc::MucOpts,
+    },
+    /// XEP-0363: account PREFIX<FIRST> gets a slot from the upload service for a file of
+    /// SIZE MiB, PUTs it (streamed) and GETs it back: MiB/s each way, the server's RSS before,
+    /// at its peak during each transfer, and after. The slot's URLs must be plain http://.
+    Upload {
+        /// File size in MiB.
+        #[arg(long, default_value_t = 100)]
+        size_mib: u64,
+        /// The upload service.
+        #[arg(long, default_value = "upload.localhost")]
+        service: String,
     },
     /// N logins with K concurrent clients: logins/s, latency, server CPU per login.
     Login {
@@ -577,6 +589,14 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             )
             .await?
+        }
+        Workload::Upload { size_mib, service } => {
+            let user = format!("{}{}", cli.user_prefix, cli.first);
+            let o = upload::Options {
+                size: size_mib * 1024 * 1024,
+                service,
+            };
+            upload::run(&t, &user, &cli.password, cli.server_pid, &o).await?
         }
         Workload::Login {
             count,

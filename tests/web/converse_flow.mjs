@@ -90,6 +90,8 @@ const TYPES = {
     '.ogg': 'audio/ogg',
 };
 
+const dist = path.join(here, 'node_modules/converse.js/dist');
+
 function serveStatic(req, res) {
     const url = new URL(req.url, 'http://x');
     let rel;
@@ -100,11 +102,14 @@ function serveStatic(req, res) {
         return;
     }
     if (rel === '/') rel = '/index.html';
-    const file = path.join(here, path.normalize(rel));
+    let file = path.join(here, path.normalize(rel));
     if ((req.method !== 'GET' && req.method !== 'HEAD') || !file.startsWith(here + path.sep)) {
         res.writeHead(403).end();
         return;
     }
+    // Converse's OMEMO library fetches its WebAssembly relative to the page, not to the
+    // script: a file not found here is looked up in Converse's dist.
+    if (!fs.existsSync(file)) file = path.join(dist, path.normalize(rel));
     fs.stat(file, (err, st) => {
         if (err || !st.isFile()) {
             res.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
@@ -206,6 +211,9 @@ await step(`open ${pageUrl}`, async () => {
         }
     });
     page.on('pageerror', (e) => log(`browser page error: ${e.message}`));
+    page.on('response', (r) => {
+        if (r.status() >= 400) log(`browser got HTTP ${r.status()} for ${r.url()}`);
+    });
     page.on('requestfailed', (r) => {
         if (!r.failure()?.errorText.startsWith('net::ERR_BLOCKED_BY_CLIENT')) {
             log(`browser request failed: ${r.url()} ${r.failure()?.errorText}`);

@@ -34,3 +34,4 @@ mod slixmpp;
 mod sm;
 mod smoke;
 mod vcard;
+mod web;

@@ -4,11 +4,13 @@
 //   node tests/web/converse_flow.mjs --transport websocket|bosh --port HTTP_PORT \
 //       --jid alice@localhost --password pw --contact bob@localhost \
 //       --send 'text the browser sends' --expect 'text the browser must show' \
-//       --screenshot target/web-artifacts/x.png [--host 127.0.0.1] [--timeout 90]
+//       --screenshot target/web-artifacts/x.png [--tls] [--host 127.0.0.1] [--timeout 90]
 //
 // It serves tests/web (index.html and node_modules) on 127.0.0.1:0 with node's http module,
 // opens the page in Chromium (/usr/bin/chromium, or $CHROMIUM), starts Converse with the
 // WebSocket (ws://HOST:PORT/xmpp-websocket) or BOSH (http://HOST:PORT/http-bind) URL, and:
+// (with --tls, wss:// and https:// to an HTTPS port; Chromium then takes any certificate, as
+// Canto's generated ones are self-signed)
 //   1. waits until Converse is connected and its roster is on the page;
 //   2. opens the chat with --contact from its roster entry;
 //   3. types --send in the chat's text area and presses Enter, and sees it on the page;
@@ -39,6 +41,7 @@ const { values: opt } = parseArgs({
         expect: { type: 'string' },
         screenshot: { type: 'string' },
         timeout: { type: 'string', default: '90' },
+        tls: { type: 'boolean', default: false },
     },
 });
 for (const k of ['transport', 'port', 'jid', 'password', 'contact', 'send', 'expect', 'screenshot']) {
@@ -170,8 +173,8 @@ async function step(name, fn) {
 
 const service =
     opt.transport === 'websocket'
-        ? `ws://${opt.host}:${opt.port}/xmpp-websocket`
-        : `http://${opt.host}:${opt.port}/http-bind`;
+        ? `${opt.tls ? 'wss' : 'ws'}://${opt.host}:${opt.port}/xmpp-websocket`
+        : `${opt.tls ? 'https' : 'http'}://${opt.host}:${opt.port}/http-bind`;
 
 await step(`launch ${chromiumPath}`, async () => {
     browser = await playwright.chromium.launch({
@@ -188,6 +191,7 @@ await step(`launch ${chromiumPath}`, async () => {
             '--disable-component-update',
             '--disable-sync',
             // playwright gives every launch a fresh profile directory of its own.
+            ...(opt.tls ? ['--ignore-certificate-errors'] : []),
         ],
     });
     return browser.version();

@@ -5,9 +5,11 @@
 //! the TCP client must receive, and must show the TCP client's answer on the page. The page is
 //! served from its own http:// origin, so BOSH requests are cross-origin (CORS).
 //!
-//! The browser speaks plain `ws://` / `http://` to the plain HTTP listener on loopback, so the
-//! server runs with `c2s.require_encryption = false` (SASL is SCRAM either way: Converse picks
-//! it over PLAIN).
+//! Each transport is run twice: in plain `ws://` / `http://` to the plain HTTP listener on
+//! loopback, with `c2s.require_encryption = false`; and in `wss://` / `https://` to the HTTPS
+//! listener, encryption required (the default), Chromium taking the generated self-signed
+//! certificate (`--ignore-certificate-errors`). SASL is SCRAM either way: Converse picks it over
+//! PLAIN.
 //!
 //! Artifacts (a screenshot and the flow's output per test) go to `$CANTO_ARTIFACTS`, else
 //! `target/web-artifacts/` in the workspace.
@@ -90,15 +92,20 @@ impl Drop for Flow {
 }
 
 /// The browser user `alice` (in Converse) and the TCP user `bob` exchange a message each way
-/// over `transport` (`websocket` or `bosh`).
-async fn converse_exchanges_messages(transport: &str) {
+/// over `transport` (`websocket` or `bosh`), on HTTPS when `tls`.
+async fn converse_exchanges_messages(transport: &str, tls: bool) {
     require_browser();
     let started = Instant::now();
     let mut cfg = test_config();
-    // The browser uses plain ws:// and http:// on loopback (see the module's documentation).
-    cfg.c2s.require_encryption = false;
+    // Plain ws:// and http:// on loopback; over TLS, encryption stays required.
+    cfg.c2s.require_encryption = tls;
     let s = TestServer::with_config(cfg).await;
-    let http = s.running.http_addrs[0];
+    let http = if tls {
+        s.running.https_addrs[0]
+    } else {
+        s.running.http_addrs[0]
+    };
+    let name = format!("{transport}{}", if tls { "_tls" } else { "" });
     s.add_user("alice", "alicepw").await;
     s.add_user("bob", "bobpw").await;
 
@@ -118,11 +125,11 @@ async fn converse_exchanges_messages(transport: &str) {
     b.sync().await;
 
     let tag = format!("{:08x}", rand::random::<u32>());
-    let outgoing = format!("Hello from Converse over {transport} ({tag})");
-    let incoming = format!("Hello back over TCP to {transport} ({tag})");
+    let outgoing = format!("Hello from Converse over {name} ({tag})");
+    let incoming = format!("Hello back over TCP to {name} ({tag})");
     let dir = artifacts_dir();
-    let screenshot = dir.join(format!("converse_{transport}.png"));
-    let log_path = dir.join(format!("converse_{transport}.log"));
+    let screenshot = dir.join(format!("converse_{name}.png"));
+    let log_path = dir.join(format!("converse_{name}.log"));
     let _ = std::fs::remove_file(&screenshot);
     let log =
         std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{}: {e}", log_path.display()));
@@ -132,6 +139,7 @@ async fn converse_exchanges_messages(transport: &str) {
     let child = std::process::Command::new("node")
         .arg(web_dir().join("converse_flow.mjs"))
         .args(["--transport", transport])
+        .args(tls.then_some("--tls"))
         .args(["--port", &http.port().to_string()])
         .args(["--host", &http.ip().to_string()])
         .args(["--jid", "alice@localhost", "--password", "alicepw"])
@@ -203,7 +211,7 @@ async fn converse_exchanges_messages(transport: &str) {
     assert!(shot > 0, "no screenshot at {}", screenshot.display());
     // One line per step; shown with --nocapture.
     println!(
-        "{out}screenshot: {} ({shot} bytes); {transport} flow took {:.1} s",
+        "{out}screenshot: {} ({shot} bytes); {name} flow took {:.1} s",
         screenshot.display(),
         started.elapsed().as_secs_f64()
     );
@@ -212,11 +220,22 @@ async fn converse_exchanges_messages(transport: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converse_over_websocket() {
-    converse_exchanges_messages("websocket").await;
+    converse_exchanges_messages("websocket", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_over_secure_websocket() {
+    converse_exchanges_messages("websocket", true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "BOSH lands from branch bosh"]
 async fn converse_over_bosh() {
-    converse_exchanges_messages("bosh").await;
+    converse_exchanges_messages("bosh", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "BOSH lands from branch bosh"]
+async fn converse_over_bosh_https() {
+    converse_exchanges_messages("bosh", true).await;
 }

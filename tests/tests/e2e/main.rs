@@ -34,4 +34,5 @@ mod slixmpp;
 mod sm;
 mod smoke;
 mod vcard;
+mod web;
 mod websocket;

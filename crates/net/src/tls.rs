@@ -345,7 +345,10 @@ mod tests {
 
 /// The channel-binding data of an established TLS connection (RFC 9266 `tls-exporter`, RFC
 /// 5929 `tls-server-end-point`).
-pub fn bindings(certs: &CertStore, conn: &rustls::ServerConnection) -> canto_proto::sasl::ChannelBindings {
+pub fn bindings(
+    certs: &CertStore,
+    conn: &rustls::ServerConnection,
+) -> canto_proto::sasl::ChannelBindings {
     // RFC 9266: tls-exporter is defined for TLS 1.3 (and 1.2 with EMS, which we skip).
     let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
         conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)

@@ -111,7 +111,11 @@ impl Slot {
         let size = self.size.to_string();
         let expires = self.expires.to_string();
         let ct = self.content_type.as_deref().unwrap_or("");
-        let has_ct = if self.content_type.is_some() { "1" } else { "0" };
+        let has_ct = if self.content_type.is_some() {
+            "1"
+        } else {
+            "0"
+        };
         encode_fields(&[
             TOKEN_VERSION,
             &self.service,
@@ -147,8 +151,17 @@ impl Slot {
             .decode(payload)
             .map_err(|_| TokenError::Malformed)?;
         let f = decode_fields(&bytes).ok_or(TokenError::Malformed)?;
-        let [v, service, id, filename, size, has_ct, ct, expires, requester] =
-            <[String; 9]>::try_from(f).map_err(|_| TokenError::Malformed)?;
+        let [
+            v,
+            service,
+            id,
+            filename,
+            size,
+            has_ct,
+            ct,
+            expires,
+            requester,
+        ] = <[String; 9]>::try_from(f).map_err(|_| TokenError::Malformed)?;
         if v != TOKEN_VERSION {
             return Err(TokenError::Malformed);
         }
@@ -174,8 +187,7 @@ impl Slot {
             .map_err(|_| TokenError::Malformed)?;
         let mut m = mac(secret);
         m.update(&bytes);
-        m.verify_slice(&sig)
-            .map_err(|_| TokenError::BadSignature)?;
+        m.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
         Slot::parse_unverified(token)
     }
 }
@@ -246,7 +258,11 @@ pub fn normalize_content_type(ct: &str) -> Option<String> {
 
 /// The `type/subtype` part of a content type, lowercased.
 pub fn essence(ct: &str) -> String {
-    ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// Whether `ct` matches one of `allowed` (`image/png`, or `image/*`); an empty list allows all.
@@ -408,7 +424,11 @@ impl Record {
     pub fn decode(b: &[u8]) -> Option<Record> {
         let s = std::str::from_utf8(b).ok()?;
         let mut it = s.split(' ');
-        let (kind, size, t) = (it.next()?, it.next()?.parse().ok()?, it.next()?.parse().ok()?);
+        let (kind, size, t) = (
+            it.next()?,
+            it.next()?.parse().ok()?,
+            it.next()?.parse().ok()?,
+        );
         match kind {
             "pending" => Some(Record::Pending { size, expires: t }),
             "stored" => Some(Record::Stored { size, stored: t }),
@@ -532,8 +552,14 @@ mod tests {
             bigger.token(b"x").split('.').next().unwrap_or(""),
             t.split('.').nth(1).unwrap_or("")
         );
-        assert_eq!(Slot::verify(&forged, b"secret"), Err(TokenError::BadSignature));
-        assert_eq!(Slot::verify("garbage", b"secret"), Err(TokenError::Malformed));
+        assert_eq!(
+            Slot::verify(&forged, b"secret"),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            Slot::verify("garbage", b"secret"),
+            Err(TokenError::Malformed)
+        );
         assert_eq!(Slot::verify("a.b.c", b"secret"), Err(TokenError::Malformed));
         // No content type and an empty one differ.
         let mut none = s.clone();
@@ -568,7 +594,10 @@ mod tests {
         assert_eq!(normalize_content_type("nonsense"), None);
         assert_eq!(normalize_content_type("a/b\r\nX: y"), None);
         assert!(type_allowed("image/png", &["image/*".into()]));
-        assert!(!type_allowed("text/html", &["image/*".into(), "audio/ogg".into()]));
+        assert!(!type_allowed(
+            "text/html",
+            &["image/*".into(), "audio/ogg".into()]
+        ));
         assert!(type_allowed("text/html", &[]));
     }
 
@@ -592,7 +621,10 @@ mod tests {
         assert_eq!(parse_range("bytes=90-", 100), RangeAnswer::Partial(90, 99));
         assert_eq!(parse_range("bytes=-10", 100), RangeAnswer::Partial(90, 99));
         assert_eq!(parse_range("bytes=-1000", 100), RangeAnswer::Partial(0, 99));
-        assert_eq!(parse_range("bytes=50-1000", 100), RangeAnswer::Partial(50, 99));
+        assert_eq!(
+            parse_range("bytes=50-1000", 100),
+            RangeAnswer::Partial(50, 99)
+        );
         assert_eq!(parse_range("bytes=100-", 100), RangeAnswer::Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), RangeAnswer::Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAnswer::Full);

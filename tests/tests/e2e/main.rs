@@ -33,4 +33,5 @@ mod sessions;
 mod slixmpp;
 mod sm;
 mod smoke;
+mod upload;
 mod vcard;

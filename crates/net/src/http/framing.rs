@@ -124,9 +124,10 @@ mod tests {
         let (parts, ok) = split(&data);
         assert!(ok);
         assert_eq!(parts.len(), 3, "{parts:?}");
-        assert!(parts[0].starts_with(
-            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>"
-        ));
+        assert!(
+            parts[0]
+                .starts_with("<stream:features xmlns:stream='http://etherx.jabber.org/streams'>")
+        );
         assert!(parts[1].starts_with("<message xmlns='jabber:client' to="));
         assert_eq!(parts[2], "<r xmlns='urn:xmpp:sm:3'/>");
         // Each part is a document that parses back to the element we serialized.

@@ -64,7 +64,10 @@ impl HttpListener {
 /// Binds `[http] listen` and `https_listen`.
 pub async fn bind(config: &canto_core::Config) -> std::io::Result<Vec<HttpListener>> {
     let mut out = Vec::new();
-    for (addrs, tls) in [(&config.http.listen, false), (&config.http.https_listen, true)] {
+    for (addrs, tls) in [
+        (&config.http.listen, false),
+        (&config.http.https_listen, true),
+    ] {
         for a in addrs {
             let socket = TcpListener::bind(a).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {a} (http): {e}"))
@@ -261,21 +264,22 @@ async fn serve<S>(
     let secure_conn = tls.is_some();
     let cb = tls.unwrap_or_default();
     let sctx = ctx.clone();
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        let router = router.clone();
-        let (client, secure) = {
-            let config = sctx.c2s.server.config();
-            real_client(&config, req.headers(), peer, secure_conn)
-        };
-        req.extensions_mut().insert(ConnInfo {
-            peer,
-            client,
-            secure,
-            cb: cb.clone(),
-            hold: hold.clone(),
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let router = router.clone();
+            let (client, secure) = {
+                let config = sctx.c2s.server.config();
+                real_client(&config, req.headers(), peer, secure_conn)
+            };
+            req.extensions_mut().insert(ConnInfo {
+                peer,
+                client,
+                secure,
+                cb: cb.clone(),
+                hold: hold.clone(),
+            });
+            router.oneshot(req.map(Body::new))
         });
-        router.oneshot(req.map(Body::new))
-    });
     drop(config);
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
@@ -468,8 +472,13 @@ mod tests {
     fn forwarding_headers_count_only_from_trusted_proxies() {
         let config = canto_core::Config::default();
         let proxy: SocketAddr = "127.0.0.1:40000".parse().unwrap_or_else(|_| unreachable!());
-        let outsider: SocketAddr = "198.51.100.7:40000".parse().unwrap_or_else(|_| unreachable!());
-        let h = headers(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "https")]);
+        let outsider: SocketAddr = "198.51.100.7:40000"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
         let (c, secure) = real_client(&config, &h, proxy, false);
         assert_eq!(c.ip().to_string(), "203.0.113.9");
         assert!(secure);
@@ -479,7 +488,10 @@ mod tests {
         assert!(!secure);
         // A forged left-most entry does not win: the nearest untrusted hop does.
         let h = headers(&[("x-forwarded-for", "10.9.9.9, 203.0.113.9, 127.0.0.1")]);
-        assert_eq!(real_client(&config, &h, proxy, false).0.ip().to_string(), "203.0.113.9");
+        assert_eq!(
+            real_client(&config, &h, proxy, false).0.ip().to_string(),
+            "203.0.113.9"
+        );
         // RFC 7239: quoted IPv6 with a port; Forwarded wins over X-Forwarded-For.
         let h = headers(&[
             ("forwarded", "for=\"[2001:db8:cafe::17]:4711\";proto=https"),

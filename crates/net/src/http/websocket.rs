@@ -162,8 +162,9 @@ impl WsTransport {
             .map_err(|e| ReadError::Stream(e.into()))?;
         if self.parser.mid_element() {
             return Err(ReadError::Stream(
-                StreamError::new(StreamCondition::NotWellFormed)
-                    .with_text("a WebSocket message must hold complete XML elements (RFC 7395 §3.3.3)"),
+                StreamError::new(StreamCondition::NotWellFormed).with_text(
+                    "a WebSocket message must hold complete XML elements (RFC 7395 §3.3.3)",
+                ),
             ));
         }
         for ev in got {
@@ -191,7 +192,10 @@ impl WsTransport {
 
     /// Sends the client elsewhere (RFC 7395 §3.6.2) and closes.
     async fn send_redirect(&mut self, uri: &str) {
-        let close = format!("<close xmlns='{NS_FRAMING}' see-other-uri='{}'/>", escape(uri));
+        let close = format!(
+            "<close xmlns='{NS_FRAMING}' see-other-uri='{}'/>",
+            escape(uri)
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             self.ws.send(Message::Text(close.into())).await?;
             self.ws

@@ -904,18 +904,15 @@ impl Config {
             parse_cidr(r)
                 .map_err(|e| ConfigError::Invalid(format!("`http.trusted_proxies`: {e}")))?;
         }
-        if !h.external_url.is_empty()
-            && !(h.external_url.starts_with("https://") || h.external_url.starts_with("http://"))
-        {
+        let url_ok =
+            |u: &str, schemes: [&str; 2]| u.is_empty() || schemes.iter().any(|s| u.starts_with(s));
+        if !url_ok(&h.external_url, ["https://", "http://"]) {
             return Err(ConfigError::Invalid(format!(
                 "`http.external_url` = {:?}: expected an http:// or https:// URL",
                 h.external_url
             )));
         }
-        if !h.websocket_redirect.is_empty()
-            && !(h.websocket_redirect.starts_with("wss://")
-                || h.websocket_redirect.starts_with("ws://"))
-        {
+        if !url_ok(&h.websocket_redirect, ["wss://", "ws://"]) {
             return Err(ConfigError::Invalid(format!(
                 "`http.websocket_redirect` = {:?}: expected a ws:// or wss:// URL",
                 h.websocket_redirect

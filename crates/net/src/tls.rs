@@ -282,6 +282,26 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// The channel-binding data of an established TLS connection (RFC 9266 `tls-exporter`, RFC
+/// 5929 `tls-server-end-point`).
+pub fn bindings(
+    certs: &CertStore,
+    conn: &rustls::ServerConnection,
+) -> canto_proto::sasl::ChannelBindings {
+    // RFC 9266: tls-exporter is defined for TLS 1.3 (and 1.2 with EMS, which we skip).
+    let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .ok()
+            .map(|k| k.to_vec())
+    } else {
+        None
+    };
+    canto_proto::sasl::ChannelBindings {
+        tls_exporter: exporter,
+        tls_server_end_point: certs.end_point_hash(conn.server_name()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,25 +360,5 @@ mod tests {
             .unwrap_or_default();
         assert!(msg.contains("x.crt"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
-/// The channel-binding data of an established TLS connection (RFC 9266 `tls-exporter`, RFC
-/// 5929 `tls-server-end-point`).
-pub fn bindings(
-    certs: &CertStore,
-    conn: &rustls::ServerConnection,
-) -> canto_proto::sasl::ChannelBindings {
-    // RFC 9266: tls-exporter is defined for TLS 1.3 (and 1.2 with EMS, which we skip).
-    let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-        conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
-            .ok()
-            .map(|k| k.to_vec())
-    } else {
-        None
-    };
-    canto_proto::sasl::ChannelBindings {
-        tls_exporter: exporter,
-        tls_server_end_point: certs.end_point_hash(conn.server_name()),
     }
 }

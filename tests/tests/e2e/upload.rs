@@ -544,8 +544,8 @@ async fn upload_slot_requests_refused_by_size_name_type_quota_and_origin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_files_expire_and_free_the_quota() {
-    // expire_after = 2 s: the timer runs every second.
-    let (s, h) = server("expire_after = 2\nquota = 100").await;
+    // expire_after = 3 s: the timer runs every second.
+    let (s, h) = server("expire_after = 3\nquota = 100").await;
     let mut a = s.login("alice", "alicepw", "r").await;
     let sl = slot(
         &mut a,
@@ -554,21 +554,23 @@ async fn upload_files_expire_and_free_the_quota() {
     )
     .await;
     assert_eq!(put(h, &sl, "text/plain", &[b'x'; 100]).await.status, 201);
-    assert_eq!(http(h, "GET", &sl.get, &[], b"").await.status, 200);
-    let r = request(&mut a, "filename='b.txt' size='1'").await;
-    assert_eq!(error_condition(&r).as_deref(), Some("resource-constraint"));
+    let stored = std::time::Instant::now();
     let id = sl.get.split('/').nth(2).unwrap_or_default().to_string();
     let dir = s.dir.join("upload").join(&id);
-    assert!(dir.join("data").exists());
-    let mut gone = false;
-    for _ in 0..80 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(dir.join("data").exists() && dir.join("meta").exists());
+    let r = request(&mut a, "filename='b.txt' size='1'").await;
+    assert_eq!(error_condition(&r).as_deref(), Some("resource-constraint"));
+    let mut gone = None;
+    for _ in 0..150 {
         if http(h, "GET", &sl.get, &[], b"").await.status == 404 {
-            gone = true;
+            gone = Some(stored.elapsed());
             break;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(gone, "the file did not expire");
+    let after = gone.unwrap_or_else(|| panic!("the file did not expire"));
+    // Not before its time (the age is counted in whole seconds).
+    assert!(after >= Duration::from_secs(2), "{after:?}");
     assert!(!dir.exists());
     // Its record went with it: the quota is free again.
     let _ = slot(&mut a, h, "filename='b.txt' size='100'").await;

@@ -87,7 +87,12 @@ impl Default for ServiceConfig {
 
 /// Kinds of hosted service `[services."DOMAIN"] kind` may name, with the prefix of the default
 /// domain each host gets (ejabberd's default names).
-pub const SERVICE_KINDS: &[(&str, &str)] = &[("pubsub", "pubsub"), ("muc", "conference")];
+pub const SERVICE_KINDS: &[(&str, &str)] = &[
+    ("pubsub", "pubsub"),
+    ("muc", "conference"),
+    // XEP-0363 HTTP File Upload at upload.HOST (the kind "upload" is a contract).
+    ("upload", "upload"),
+];
 
 /// One hosted service as configured: its domain, parent host and display name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -609,6 +614,9 @@ impl Default for Config {
                 "last".into(),
                 "smacks".into(),
                 "csi".into(),
+                // XEP-0363 file sharing at upload.HOST (Conversations, Gajim, Dino and Monal
+                // send files through it), served over [http].
+                "upload".into(),
             ],
             admin_socket: PathBuf::from("admin.sock"),
             c2s: C2sConfig::default(),
@@ -1181,7 +1189,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ("hosts", "Virtual hosts served."),
     (
         "modules",
-        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, mam (XEP-0313 archiving), pep (XEP-0163), pubsub (XEP-0060\nservices), bookmarks (XEP-0402), last, smacks (XEP-0198), csi (XEP-0352),\nextdisco, register (off by default).",
+        "Modules enabled on every host. Available: disco, ping, version, time, roster, vcard,\nprivate, blocking, carbons, mam (XEP-0313 archiving), pep (XEP-0163), pubsub (XEP-0060\nservices), bookmarks (XEP-0402), last, smacks (XEP-0198), csi (XEP-0352),\nmuc (XEP-0045), upload (XEP-0363), extdisco, register (off by default).",
     ),
     (
         "admin_socket",
@@ -1294,7 +1302,7 @@ pub const DOCS: &[(&str, &str)] = &[
     ("certificates", "Certificate and key per host, PEM files."),
     (
         "services",
-        "Hosted services, by domain. Each host gets pubsub.HOST (module pubsub) unless switched\noff here; kind = \"pubsub\" adds another. Keys per service: kind, enabled (false\nswitches one off), parent (the host whose disco#items lists it), name.",
+        "Hosted services, by domain. Each host gets pubsub.HOST (module pubsub), conference.HOST\n(muc) and upload.HOST (upload, XEP-0363) unless switched off here; kind = \"pubsub\",\n\"muc\" or \"upload\" adds another. Keys per service: kind, enabled (false switches one\noff), parent (the host whose disco#items lists it), name.",
     ),
     (
         "register",
@@ -1648,6 +1656,20 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(muc(&c), vec!["rooms.a.example"]);
+        // So is file upload (XEP-0363): upload.HOST by default.
+        let upload = |c: &Config| -> Vec<String> {
+            c.services_of_kind("upload")
+                .into_iter()
+                .map(|s| s.domain)
+                .collect()
+        };
+        assert_eq!(upload(&c), vec!["upload.a.example"]);
+        let c2 = Config::parse(
+            "hosts = [\"a.example\"]\n[services.\"upload.a.example\"]\nenabled = false\n\
+             [services.\"files.a.example\"]\nkind = \"upload\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(upload(&c2), vec!["files.a.example"]);
         assert_eq!(
             domains(&c),
             vec![("pubsub.a.example".into(), "a.example".into())]

@@ -23,6 +23,7 @@ pub mod register;
 pub mod roster;
 pub mod smacks;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod vcard_pep;
 pub mod version;
@@ -54,6 +55,7 @@ pub fn all() -> Vec<Arc<dyn Module>> {
         Arc::new(register::Register),
         Arc::new(smacks::Smacks),
         Arc::new(csi::Csi),
+        Arc::new(upload::Upload),
     ]
 }
 
@@ -120,6 +122,7 @@ mod tests {
             "mam",
             "contact",
             "external_services",
+            "upload",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
@@ -280,6 +283,7 @@ mod tests {
                 ("register", "XEP-0077", "2.4"),
                 ("smacks", "XEP-0198", "1.6.1"),
                 ("csi", "XEP-0352", "1.0.0"),
+                ("upload", "XEP-0363", "1.1.0"),
             ]
         );
         assert!(specs.iter().all(|(_, s)| !s.title.is_empty()));

@@ -6,3 +6,4 @@ pub mod caps;
 pub mod register;
 pub mod sasl;
 pub mod sm;
+pub mod upload;

@@ -102,8 +102,8 @@ async fn server_info_and_items_with_the_default_modules() {
     let r2 = ask(&mut a, &info_query(HOST2, None)).await;
     assert_eq!(features(&r2), f, "{r2}");
 
-    // §4.1: the host's items are its hosted services: by default group chat (module muc)
-    // and the publish-subscribe service (module pubsub).
+    // §4.1: the host's items are its hosted services: by default group chat (module muc),
+    // the publish-subscribe service (module pubsub) and file upload (module upload).
     let r = ask(&mut a, &items_query(HOST, None)).await;
     assert_eq!(r.attr("type"), Some("result"), "{r}");
     let q = r
@@ -112,7 +112,11 @@ async fn server_info_and_items_with_the_default_modules() {
     let jids: Vec<&str> = q.children().filter_map(|i| i.attr("jid")).collect();
     assert_eq!(
         jids,
-        vec![format!("conference.{HOST}"), format!("pubsub.{HOST}")],
+        vec![
+            format!("conference.{HOST}"),
+            format!("pubsub.{HOST}"),
+            format!("upload.{HOST}")
+        ],
         "{r}"
     );
 

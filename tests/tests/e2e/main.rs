@@ -33,6 +33,7 @@ mod sessions;
 mod slixmpp;
 mod sm;
 mod smoke;
+mod upload;
 mod vcard;
 mod web;
 mod websocket;

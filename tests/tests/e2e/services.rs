@@ -217,14 +217,15 @@ async fn a_service_domain_answers_iq_and_is_listed_on_its_host() {
                 .collect()
         })
         .unwrap_or_default();
-    // The default group chat and publish-subscribe services are listed beside it (XEP-0030
+    // The default group chat, publish-subscribe and upload services are listed beside it (XEP-0030
     // §4.1, sorted).
     assert_eq!(
         jids,
         vec![
             format!("conference.{HOST}"),
             echo.clone(),
-            format!("pubsub.{HOST}")
+            format!("pubsub.{HOST}"),
+            format!("upload.{HOST}")
         ],
         "{items}"
     );

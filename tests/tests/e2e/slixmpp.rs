@@ -14,8 +14,11 @@
 //!   length), joined, messages, a private message, subject, nick change, moderator, password,
 //!   a XEP-0249 direct invitation, kick, ban, XEP-0410 self-ping, XEP-0421 occupant ids,
 //!   history on rejoin, the room's XEP-0313 archive, destroy.
+//! - tests/python/upload_flow.py: XEP-0363 on the service upload.localhost through slixmpp's
+//!   xep_0363 (discovery with max-file-size, slot, the PUT over HTTPS with the slot's
+//!   Authorization header), the file fetched back byte-identical, the §4.2 file-too-large error.
 //!
-//! `.ci/run` installs slixmpp and slixmpp-omemo; without them these tests fail and say so. To leave them out, run
+//! `.ci/run` installs slixmpp, slixmpp-omemo and aiohttp (xep_0363's HTTP client); without them these tests fail and say so. To leave them out, run
 //! nextest with `--profile no-python` (.config/nextest.toml): they are then counted as skipped.
 use canto_tests::*;
 
@@ -141,4 +144,31 @@ async fn slixmpp_muc_room_lifecycle() {
     require_slixmpp();
     // muc is on by default; the service is conference.localhost.
     run_counted_flow("muc_flow.py").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_http_file_upload_over_https() {
+    require_slixmpp();
+    // upload is on by default at upload.localhost; its links point at the HTTPS listener,
+    // whose self-signed certificate the script trusts.
+    let mut cfg = test_config();
+    let https = free_addr();
+    cfg.http.https_listen = vec![https.to_string()];
+    cfg.http.external_url = format!("https://localhost:{}", https.port());
+    let table: toml::Table = "max_file_size = 1048576"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    cfg.sections
+        .insert("upload".into(), toml::Value::Table(table));
+    let s = TestServer::with_config(cfg).await;
+    s.add_user("alice", "alicepw").await;
+    let (ok, stdout, stderr) = run_script(&s, "upload_flow.py").await;
+    let summary = stdout.lines().last().unwrap_or_default();
+    let passed: u32 = summary
+        .strip_suffix(" passed, 0 failed")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ok && passed > 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    println!("{stdout}");
+    s.stop().await;
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 pub use canto_proto::sasl::{Credentials, HashAlgo, ScramKeys};
 
 pub mod faults;
+pub mod metrics;
 mod memory;
 mod sqlite;
 mod sqlite_pubsub;

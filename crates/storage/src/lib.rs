@@ -22,8 +22,8 @@ use std::sync::Arc;
 pub use canto_proto::sasl::{Credentials, HashAlgo, ScramKeys};
 
 pub mod faults;
-pub mod metrics;
 mod memory;
+pub mod metrics;
 mod sqlite;
 mod sqlite_pubsub;
 

@@ -222,6 +222,10 @@ fn open_to_header(open: &Element) -> Element {
 }
 
 impl Transport for WsTransport {
+    fn kind(&self) -> &'static str {
+        "websocket"
+    }
+
     async fn read(
         &mut self,
         _max: usize,

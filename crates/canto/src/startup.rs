@@ -79,6 +79,8 @@ pub struct Running {
     pub http_addrs: Vec<std::net::SocketAddr>,
     /// Bound HTTPS addresses (`[http] https_listen`).
     pub https_addrs: Vec<std::net::SocketAddr>,
+    /// The bound `/metrics` address (`[metrics] listen`), if on.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The part of startup after signals: storage, certificates, modules, listeners, background
@@ -104,6 +106,9 @@ pub async fn start_with_modules(
     trace.step(Step::Storage);
     let certs = CertStore::load(&config).context("loading certificates")?;
     trace.step(Step::Certificates);
+    // The metrics recorder, once per process, before anything records (docs/metrics.md): the
+    // recording code caches handles, which must be the recorder's.
+    canto_net::metrics::install();
     let mut available = canto_modules::all();
     available.extend(extra);
     let server = Server::new(config.clone(), storage, &available).map_err(anyhow::Error::msg)?;
@@ -130,6 +135,11 @@ pub async fn start_with_modules(
             http_addrs.push(a);
         }
     }
+    let metrics_listener = canto_net::metrics::bind(&config).await?;
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let admin = match config.admin_socket_path() {
         Some(p) => Some((
             canto_net::admin::bind(&p).with_context(|| format!("binding {}", p.display()))?,
@@ -139,6 +149,9 @@ pub async fn start_with_modules(
     };
     trace.step(Step::Listeners);
     let network = canto_net::start(server.clone(), certs, listeners, http_listeners, admin);
+    if let Some(l) = metrics_listener {
+        network.start_metrics(l);
+    }
     // Background work (the seed's lesson: after signals and listeners): module timers.
     server.start_timers();
     trace.step(Step::Background);
@@ -149,6 +162,7 @@ pub async fn start_with_modules(
         direct_tls_addrs,
         http_addrs,
         https_addrs,
+        metrics_addr,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod caps;
 pub mod carbons;
 pub mod config;
 pub mod locks;
+pub mod metrics;
 pub mod module;
 pub mod offline;
 pub mod presence;

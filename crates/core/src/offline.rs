@@ -52,8 +52,11 @@ impl Server {
         {
             Ok(_) => Ok(()),
             // XEP-0160 §4: over quota, tell the sender rather than lose the message.
-            Err(StorageError::Limit(_)) => Err(StanzaError::new(Condition::ServiceUnavailable)
-                .with_text("the recipient's offline storage is full")),
+            Err(StorageError::Limit(_)) => {
+                crate::metrics::queue_drop(crate::metrics::DROP_OFFLINE_FULL);
+                Err(StanzaError::new(Condition::ServiceUnavailable)
+                    .with_text("the recipient's offline storage is full"))
+            }
             Err(e) => {
                 warn!(error = %e, "storing an offline message failed");
                 Err(StanzaError::new(Condition::ResourceConstraint)

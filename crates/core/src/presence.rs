@@ -602,6 +602,7 @@ impl Server {
                 // latter would be a refusal the user never gave.
                 let max = self.config().roster.max_pending;
                 if let Ok(false) = store.add_pending(contact, &el, max).await {
+                    crate::metrics::queue_drop(crate::metrics::DROP_PENDING_SUBSCRIPTIONS);
                     r.transition.forward = false;
                 }
             }

@@ -55,6 +55,8 @@ impl Server {
             // RFC 6120 §4.9.3.24: a top-level element that is no stanza.
             return Err(StreamError::new(StreamCondition::UnsupportedStanzaType));
         };
+        crate::metrics::stanza_in(kind);
+        let _timer = crate::metrics::RoutingTimer::start(kind);
         // RFC 6120 §8.1.2.1: the server stamps `from`; a `from` naming anyone else is a stream
         // error (`invalid-from`), never routed.
         if let Some(from) = el.attr("from") {

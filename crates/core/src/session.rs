@@ -146,14 +146,19 @@ impl SessionHandle {
     }
 
     fn queue(&self, el: Arc<Element>) -> Result<(), DeliveryError> {
+        let kind = crate::metrics::OutKind::of(el.name());
         match self.0.tx.try_send(Outbound::Stanza(el)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                crate::metrics::stanza_out(kind);
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => Err(self.queue_full()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
         }
     }
 
     fn queue_full(&self) -> DeliveryError {
+        crate::metrics::queue_drop(crate::metrics::DROP_SESSION_QUEUE);
         self.close(
             StreamError::new(canto_stanza::StreamCondition::PolicyViolation)
                 .with_text("too many unread stanzas"),

@@ -443,6 +443,7 @@ impl UploadService {
         };
         // XEP-0363 §4.2: too large, with the limit.
         if size > cfg.max_file_size {
+            canto_core::metrics::upload_refused("too_large");
             return Err(StanzaError::new(Condition::NotAcceptable)
                 .with_type(ErrorType::Modify)
                 .with_text(format!(
@@ -493,6 +494,7 @@ impl UploadService {
                 }
             }
             if used.saturating_add(size) > cfg.quota {
+                canto_core::metrics::upload_refused("quota");
                 return Err(err(
                     Condition::ResourceConstraint,
                     ErrorType::Wait,

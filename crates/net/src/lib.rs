@@ -7,6 +7,7 @@ pub mod c2s;
 pub mod http;
 pub mod io;
 pub mod limits;
+pub mod metrics;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -131,6 +132,11 @@ impl Network {
     /// The HTTP server's shared state (BOSH sessions, uploads), when it listens.
     pub fn http(&self) -> Option<&Arc<http::HttpContext>> {
         self.http.as_ref()
+    }
+
+    /// Serves `/metrics` on `listener` (`[metrics] listen`) until shutdown.
+    pub fn start_metrics(&self, listener: metrics::MetricsListener) {
+        metrics::start(self.server.clone(), listener, self.shutdown.subscribe());
     }
 
     /// The certificate store (for reload).

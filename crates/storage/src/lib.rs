@@ -23,6 +23,7 @@ pub use canto_proto::sasl::{Credentials, HashAlgo, ScramKeys};
 
 pub mod faults;
 mod memory;
+pub mod metrics;
 mod sqlite;
 mod sqlite_pubsub;
 

@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use crate::metrics::timed;
 use crate::{
     AccountStore, ArchiveItem, ArchiveQuery, ArchiveStore, Credentials, KeyValueStore, MapStore,
     NewArchiveItem, Result, ScramKeys, StorageError, new_item_id,
@@ -378,6 +379,7 @@ where
 #[async_trait::async_trait]
 impl AccountStore for SqliteBackend {
     async fn create(&self, host: &str, username: &str, creds: &Credentials) -> Result<()> {
+        let _t = timed("account_create");
         match insert_account(&self.pool, host, username, creds, false).await? {
             0 => Err(StorageError::AlreadyExists),
             _ => Ok(()),
@@ -390,6 +392,7 @@ impl AccountStore for SqliteBackend {
         username: &str,
         creds: &Credentials,
     ) -> Result<bool> {
+        let _t = timed("account_set_credentials");
         let done = sqlx::query(
             "UPDATE accounts SET
                  sha1_salt = ?, sha1_iterations = ?, sha1_stored_key = ?, sha1_server_key = ?,
@@ -414,6 +417,7 @@ impl AccountStore for SqliteBackend {
     }
 
     async fn credentials(&self, host: &str, username: &str) -> Result<Option<Credentials>> {
+        let _t = timed("account_credentials");
         let row = sqlx::query(
             "SELECT sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key,
                     sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key
@@ -434,6 +438,7 @@ impl AccountStore for SqliteBackend {
     }
 
     async fn exists(&self, host: &str, username: &str) -> Result<bool> {
+        let _t = timed("account_exists");
         let found: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM accounts WHERE host = ? AND username = ?")
                 .bind(host)
@@ -445,6 +450,7 @@ impl AccountStore for SqliteBackend {
     }
 
     async fn delete(&self, host: &str, username: &str) -> Result<bool> {
+        let _t = timed("account_delete");
         let mut tx = WriteTx::begin(&self.pool).await?;
         let existed = sqlx::query("DELETE FROM accounts WHERE host = ? AND username = ?")
             .bind(host)
@@ -473,6 +479,7 @@ impl AccountStore for SqliteBackend {
     }
 
     async fn list(&self, host: &str) -> Result<Vec<String>> {
+        let _t = timed("account_list");
         sqlx::query_scalar("SELECT username FROM accounts WHERE host = ? ORDER BY username")
             .bind(host)
             .fetch_all(&self.pool)
@@ -481,6 +488,7 @@ impl AccountStore for SqliteBackend {
     }
 
     async fn import(&self, accounts: &[(String, String, Credentials)]) -> Result<usize> {
+        let _t = timed("account_import");
         let mut tx = WriteTx::begin(&self.pool).await?;
         for (host, username, creds) in accounts {
             insert_account(&mut *tx, host, username, creds, true).await?;
@@ -493,6 +501,7 @@ impl AccountStore for SqliteBackend {
 #[async_trait::async_trait]
 impl KeyValueStore for SqliteBackend {
     async fn get(&self, store: &str, host: &str, user: &str) -> Result<Option<Vec<u8>>> {
+        let _t = timed("kv_get");
         sqlx::query_scalar("SELECT value FROM kv WHERE host = ? AND username = ? AND store = ?")
             .bind(host)
             .bind(user)
@@ -503,6 +512,7 @@ impl KeyValueStore for SqliteBackend {
     }
 
     async fn set(&self, store: &str, host: &str, user: &str, value: Option<&[u8]>) -> Result<()> {
+        let _t = timed("kv_set");
         let query = match value {
             Some(value) => sqlx::query(
                 "INSERT INTO kv (host, username, store, value) VALUES (?, ?, ?, ?)
@@ -525,6 +535,7 @@ impl KeyValueStore for SqliteBackend {
 #[async_trait::async_trait]
 impl MapStore for SqliteBackend {
     async fn get(&self, store: &str, host: &str, user: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let _t = timed("map_get");
         sqlx::query_scalar(
             "SELECT value FROM map WHERE host = ? AND username = ? AND store = ? AND key = ?",
         )
@@ -545,6 +556,7 @@ impl MapStore for SqliteBackend {
         key: &str,
         value: Option<&[u8]>,
     ) -> Result<()> {
+        let _t = timed("map_set");
         let query = match value {
             Some(value) => sqlx::query(
                 "INSERT INTO map (host, username, store, key, value) VALUES (?, ?, ?, ?, ?)
@@ -568,6 +580,7 @@ impl MapStore for SqliteBackend {
     }
 
     async fn get_all(&self, store: &str, host: &str, user: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let _t = timed("map_get_all");
         let rows = sqlx::query(
             "SELECT key, value FROM map WHERE host = ? AND username = ? AND store = ?
              ORDER BY key",
@@ -589,6 +602,7 @@ impl MapStore for SqliteBackend {
     }
 
     async fn clear(&self, store: &str, host: &str, user: &str) -> Result<()> {
+        let _t = timed("map_clear");
         sqlx::query("DELETE FROM map WHERE host = ? AND username = ? AND store = ?")
             .bind(host)
             .bind(user)
@@ -843,6 +857,7 @@ impl ArchiveStore for SqliteBackend {
         data: &[u8],
         max_items: Option<usize>,
     ) -> Result<String> {
+        let _t = timed("archive_append");
         let id = new_item_id();
         let insert = sqlx::query(
             "INSERT INTO archive (id, store, host, username, with_jid, stamp_ms, data)
@@ -888,6 +903,7 @@ impl ArchiveStore for SqliteBackend {
         user: &str,
         items: &[NewArchiveItem],
     ) -> Result<Vec<String>> {
+        let _t = timed("archive_append_many");
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -923,6 +939,7 @@ impl ArchiveStore for SqliteBackend {
         user: &str,
         q: &ArchiveQuery,
     ) -> Result<Vec<ArchiveItem>> {
+        let _t = timed("archive_query");
         let plan = self.plan(store, host, user, q).await?;
         let mut b = select_items("", plan, store, host, user, q);
         let rows = b.build().fetch_all(&self.pool).await.map_err(db_err)?;
@@ -940,6 +957,7 @@ impl ArchiveStore for SqliteBackend {
     }
 
     async fn count(&self, store: &str, host: &str, user: &str, q: &ArchiveQuery) -> Result<usize> {
+        let _t = timed("archive_count");
         if counted(q) {
             // Kept by the archive_count_* triggers: one row per conversation.
             let mut b = QueryBuilder::<Sqlite>::new(
@@ -977,6 +995,7 @@ impl ArchiveStore for SqliteBackend {
         user: &str,
         ids: Option<&[String]>,
     ) -> Result<usize> {
+        let _t = timed("archive_delete");
         let query = match ids {
             None => {
                 sqlx::query("DELETE FROM archive WHERE store = ? AND host = ? AND username = ?")
@@ -999,6 +1018,7 @@ impl ArchiveStore for SqliteBackend {
     }
 
     async fn delete_older_than(&self, store: &str, stamp_ms: i64) -> Result<usize> {
+        let _t = timed("archive_delete_older_than");
         let done = sqlx::query("DELETE FROM archive WHERE store = ? AND stamp_ms < ?")
             .bind(store)
             .bind(stamp_ms)

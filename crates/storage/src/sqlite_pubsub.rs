@@ -8,6 +8,7 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
+use crate::metrics::timed;
 use crate::sqlite::{WriteTx, count_to_usize, db_err, json_string_array, to_i64};
 use crate::{
     ItemQuery, PubsubItem, PubsubStore, PubsubSubscription, Result, ServiceKey, SqliteBackend,
@@ -225,6 +226,7 @@ fn push_filters(b: &mut QueryBuilder<Sqlite>, node: Option<&str>, jid: Option<&s
 #[async_trait::async_trait]
 impl PubsubStore for SqliteBackend {
     async fn nodes(&self, service: ServiceKey<'_>) -> Result<Vec<(String, Vec<u8>)>> {
+        let _t = timed("pubsub_nodes");
         sqlx::query_as("SELECT node, config FROM pubsub_nodes WHERE service = ? ORDER BY node")
             .bind(service)
             .fetch_all(&self.pool)
@@ -233,6 +235,7 @@ impl PubsubStore for SqliteBackend {
     }
 
     async fn node(&self, service: ServiceKey<'_>, node: &str) -> Result<Option<Vec<u8>>> {
+        let _t = timed("pubsub_node");
         sqlx::query_scalar("SELECT config FROM pubsub_nodes WHERE service = ? AND node = ?")
             .bind(service)
             .bind(node)
@@ -248,6 +251,7 @@ impl PubsubStore for SqliteBackend {
         config: &[u8],
         max_nodes: Option<usize>,
     ) -> Result<bool> {
+        let _t = timed("pubsub_create_node");
         let insert = sqlx::query(
             "INSERT INTO pubsub_nodes (service, node, config) VALUES (?, ?, ?)
              ON CONFLICT (service, node) DO NOTHING",
@@ -287,6 +291,7 @@ impl PubsubStore for SqliteBackend {
         node: &str,
         config: &[u8],
     ) -> Result<bool> {
+        let _t = timed("pubsub_set_node_config");
         let done = sqlx::query("UPDATE pubsub_nodes SET config = ? WHERE service = ? AND node = ?")
             .bind(config)
             .bind(service)
@@ -298,6 +303,7 @@ impl PubsubStore for SqliteBackend {
     }
 
     async fn delete_node(&self, service: ServiceKey<'_>, node: &str) -> Result<bool> {
+        let _t = timed("pubsub_delete_node");
         let mut tx = WriteTx::begin(&self.pool).await?;
         let deleted = delete_rows(&mut tx, service, Some(node)).await?;
         tx.commit().await?;
@@ -305,6 +311,7 @@ impl PubsubStore for SqliteBackend {
     }
 
     async fn delete_service(&self, service: ServiceKey<'_>) -> Result<()> {
+        let _t = timed("pubsub_delete_service");
         let mut tx = WriteTx::begin(&self.pool).await?;
         delete_rows(&mut tx, service, None).await?;
         tx.commit().await
@@ -317,6 +324,7 @@ impl PubsubStore for SqliteBackend {
         jid: &str,
         affiliation: Option<&str>,
     ) -> Result<()> {
+        let _t = timed("pubsub_set_affiliation");
         let query = match affiliation {
             // Only for an existing node (one statement, so atomic with the check).
             Some(affiliation) => sqlx::query(
@@ -346,6 +354,7 @@ impl PubsubStore for SqliteBackend {
         node: Option<&str>,
         jid: Option<&str>,
     ) -> Result<Vec<(String, String, String)>> {
+        let _t = timed("pubsub_affiliations");
         let mut b = QueryBuilder::<Sqlite>::new(
             "SELECT node, jid, affiliation FROM pubsub_affiliations WHERE service = ",
         );
@@ -363,6 +372,7 @@ impl PubsubStore for SqliteBackend {
         service: ServiceKey<'_>,
         sub: &PubsubSubscription,
     ) -> Result<()> {
+        let _t = timed("pubsub_set_subscription");
         // Only for an existing node (one statement, so atomic with the check).
         sqlx::query(
             "INSERT INTO pubsub_subscriptions (service, node, jid, subid, state, options)
@@ -390,6 +400,7 @@ impl PubsubStore for SqliteBackend {
         jid: &str,
         subid: Option<&str>,
     ) -> Result<usize> {
+        let _t = timed("pubsub_remove_subscription");
         let mut b =
             QueryBuilder::<Sqlite>::new("DELETE FROM pubsub_subscriptions WHERE service = ");
         b.push_bind(service);
@@ -407,6 +418,7 @@ impl PubsubStore for SqliteBackend {
         node: Option<&str>,
         jid: Option<&str>,
     ) -> Result<Vec<PubsubSubscription>> {
+        let _t = timed("pubsub_subscriptions");
         let mut b = QueryBuilder::<Sqlite>::new(
             "SELECT node, jid, subid, state, options FROM pubsub_subscriptions WHERE service = ",
         );
@@ -424,6 +436,7 @@ impl PubsubStore for SqliteBackend {
         item: &PubsubItem,
         max_items: Option<usize>,
     ) -> Result<Option<Vec<String>>> {
+        let _t = timed("pubsub_publish");
         let mut tx = WriteTx::begin(&self.pool).await?;
         // Replace: the old row goes, the new one gets the next (highest) seq; the insert
         // happens only if the node exists (one statement, so atomic with the check).
@@ -467,12 +480,14 @@ impl PubsubStore for SqliteBackend {
         node: &str,
         q: &ItemQuery,
     ) -> Result<Vec<PubsubItem>> {
+        let _t = timed("pubsub_items");
         let mut b = select_items("", service, node, q);
         let rows = b.build().fetch_all(&self.pool).await.map_err(db_err)?;
         rows.iter().map(item_from_row).collect()
     }
 
     async fn item_count(&self, service: ServiceKey<'_>, node: &str) -> Result<usize> {
+        let _t = timed("pubsub_item_count");
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM pubsub_items WHERE service = ? AND node = ?")
                 .bind(service)
@@ -484,6 +499,7 @@ impl PubsubStore for SqliteBackend {
     }
 
     async fn retract(&self, service: ServiceKey<'_>, node: &str, id: &str) -> Result<bool> {
+        let _t = timed("pubsub_retract");
         let done =
             sqlx::query("DELETE FROM pubsub_items WHERE service = ? AND node = ? AND item_id = ?")
                 .bind(service)
@@ -496,6 +512,7 @@ impl PubsubStore for SqliteBackend {
     }
 
     async fn purge(&self, service: ServiceKey<'_>, node: &str) -> Result<usize> {
+        let _t = timed("pubsub_purge");
         let done = sqlx::query("DELETE FROM pubsub_items WHERE service = ? AND node = ?")
             .bind(service)
             .bind(node)
@@ -506,6 +523,7 @@ impl PubsubStore for SqliteBackend {
     }
 
     async fn forget_jid(&self, bare: &str) -> Result<usize> {
+        let _t = timed("pubsub_forget_jid");
         let mut tx = WriteTx::begin(&self.pool).await?;
         let affiliations = sqlx::query("DELETE FROM pubsub_affiliations WHERE jid = ?")
             .bind(bare)
@@ -532,6 +550,7 @@ impl PubsubStore for SqliteBackend {
     }
 
     async fn trim(&self, service: ServiceKey<'_>, node: &str, keep: usize) -> Result<Vec<String>> {
+        let _t = timed("pubsub_trim");
         let mut tx = WriteTx::begin(&self.pool).await?;
         let trimmed = trim_items(&mut tx, service, node, keep).await?;
         tx.commit().await?;

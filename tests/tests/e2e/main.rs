@@ -20,6 +20,7 @@ mod lang;
 mod last;
 mod limits;
 mod mam;
+mod metrics;
 mod muc;
 mod muc_admin;
 mod muc_smoke;

@@ -4,7 +4,9 @@
 //! fuzz target drives rooms through this same interface.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
+use canto_core::metrics::GaugeGuard;
 use canto_stanza::{Condition, ErrorType, StanzaError, datetime, ns};
 use canto_xml::Element;
 
@@ -139,6 +141,9 @@ struct Occupant {
     /// Token bucket for messages: tokens left, last refill (ms).
     tokens: f32,
     refilled_ms: i64,
+    /// Counts the occupant in `canto_muc_occupants` while it is in the room (shared by the
+    /// clones: one occupant, counted once).
+    _counted: Arc<GaugeGuard>,
 }
 
 /// One entry of discussion history (§7.2.13).
@@ -234,6 +239,8 @@ pub struct Room {
     history: VecDeque<HistoryEntry>,
     /// Locked until the owner configures it (§10.1).
     pub locked: bool,
+    /// Counts the room in `canto_muc_rooms` while it exists.
+    _counted: GaugeGuard,
 }
 
 fn err_t(c: Condition, t: ErrorType) -> StanzaError {
@@ -306,6 +313,7 @@ impl Room {
             subject: Subject::default(),
             history: VecDeque::new(),
             locked: true,
+            _counted: canto_core::metrics::muc_room(),
         }
     }
 
@@ -325,6 +333,7 @@ impl Room {
             subject,
             history: VecDeque::new(),
             locked: false,
+            _counted: canto_core::metrics::muc_room(),
         }
     }
 
@@ -685,6 +694,7 @@ impl Room {
                         admin: env.sender_is_admin,
                         tokens: env.rate.1,
                         refilled_ms: env.now_ms,
+                        _counted: Arc::new(canto_core::metrics::muc_occupant()),
                     },
                 );
             }

@@ -118,6 +118,7 @@ pub(super) fn serve<T: Transport>(
     let config = ctx.server.config();
     let deadline = Instant::now() + Duration::from_secs(config.c2s.auth_timeout);
     drop(config);
+    let kind = t.kind();
     let mut conn = Box::new(Conn {
         t,
         peer,
@@ -139,6 +140,8 @@ pub(super) fn serve<T: Transport>(
         ctx,
     });
     async move {
+        // Counted while the engine runs; a guard, so a panic or a cancelled task counts out.
+        let _counted = canto_core::metrics::connection(kind);
         // The TLS handshake and the teardown run once per connection: boxed, so the task's
         // state is not sized by them.
         let end = if tls_first {

@@ -214,6 +214,11 @@ impl<T: Transport> Conn<T> {
                     return Ok(());
                 }
                 Step::Failure(f) => {
+                    let mechanism = match &self.phase {
+                        Phase::Unauthenticated { sasl: Some(s), .. } => s.mechanism().name(),
+                        _ => "unknown",
+                    };
+                    canto_core::metrics::auth_failure(mechanism);
                     // Per address and, when the attempt named one, per account.
                     let account = self.auth_user.take();
                     let delay = self

@@ -122,6 +122,10 @@ impl StreamTransport {
 }
 
 impl Transport for StreamTransport {
+    fn kind(&self) -> &'static str {
+        "tcp"
+    }
+
     async fn read(
         &mut self,
         max: usize,

@@ -29,6 +29,12 @@ pub enum ReadError {
 
 /// A client transport, driven by the session engine. Each connection has its own.
 pub trait Transport: Send {
+    /// The transport's name for the connection gauge of `/metrics` (`canto_connections{kind}`):
+    /// `tcp`, `websocket`, `bosh`.
+    fn kind(&self) -> &'static str {
+        "other"
+    }
+
     /// Waits for input and appends the stream events it carries to `events`: at most `max`
     /// bytes' worth (`max` > 0; the read rate limit), or one message on a message-framed
     /// transport. `Ok(n)`: the number of bytes consumed (rate accounting). Must be cancel-safe:

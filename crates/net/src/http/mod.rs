@@ -215,6 +215,7 @@ fn accept(
         return;
     };
     ctx.open.fetch_add(1, Ordering::Relaxed);
+    let counted = canto_core::metrics::http_connection();
     let _ = tcp.set_nodelay(true);
     let held = Held {
         _slot: slot,
@@ -237,6 +238,7 @@ fn accept(
             serve(&ctx, router, tcp, peer, None, held).await;
         }
         ctx.open.fetch_sub(1, Ordering::Relaxed);
+        drop(counted);
     });
 }
 

@@ -133,7 +133,25 @@ pub(super) async fn handle(
             let head = req.method() == Method::HEAD;
             serve(&s, &id, &name, head, req.headers()).await
         }
-        Method::PUT => put(&ctx, &s, &id, &name, req).await,
+        Method::PUT => {
+            let size = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let r = put(&ctx, &s, &id, &name, req).await;
+            // docs/metrics.md: stored uploads and their bytes; refusals by HTTP status.
+            match r.status() {
+                StatusCode::CREATED => canto_core::metrics::upload_stored(size),
+                StatusCode::FORBIDDEN => canto_core::metrics::upload_refused("forbidden"),
+                StatusCode::PAYLOAD_TOO_LARGE => canto_core::metrics::upload_refused("too_large"),
+                StatusCode::CONFLICT => canto_core::metrics::upload_refused("slot_used"),
+                StatusCode::SERVICE_UNAVAILABLE => canto_core::metrics::upload_refused("busy"),
+                _ => canto_core::metrics::upload_refused("bad_request"),
+            }
+            r
+        }
         _ => {
             let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()

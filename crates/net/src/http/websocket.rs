@@ -240,6 +240,10 @@ fn open_to_header(open: &Element) -> Element {
 }
 
 impl<S: WsSocket> Transport for WsTransport<S> {
+    fn kind(&self) -> &'static str {
+        "websocket"
+    }
+
     async fn read(
         &mut self,
         _max: usize,

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod blocking;
 mod bookmarks;
+mod bosh;
 mod carbons;
 mod cli;
 mod csi;

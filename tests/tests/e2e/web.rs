@@ -229,13 +229,11 @@ async fn converse_over_secure_websocket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BOSH lands from branch bosh"]
 async fn converse_over_bosh() {
     converse_exchanges_messages("bosh", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BOSH lands from branch bosh"]
 async fn converse_over_bosh_https() {
     converse_exchanges_messages("bosh", true).await;
 }

@@ -21,7 +21,10 @@ pub struct Options {
     pub service: String,
 }
 
-/// Deterministic, incompressible-looking content: byte `i` of the file.
+/// Bytes of the repeated pattern the file is made of.
+const PATTERN: usize = 1024 * 1024;
+
+/// Deterministic, incompressible-looking content.
 fn chunk(offset: u64, len: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(len);
     let mut x = offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -136,6 +139,17 @@ pub async fn run(
         ));
     }
 
+    // The content: one random-looking MiB repeated, and its digest, made before the clock
+    // starts (the tool must not be what limits the transfer).
+    let pattern = chunk(0, PATTERN);
+    let mut digest = sha2::Sha256::new();
+    let mut n = 0u64;
+    while n < o.size {
+        let k = (o.size - n).min(PATTERN as u64) as usize;
+        digest.update(&pattern[..k]);
+        n += k as u64;
+    }
+    let sent_digest = digest.finalize();
     let before = pid.map(ProcStats::read).transpose()?;
     // PUT, streamed.
     let (authority, path) = split_url(&put_url)?;
@@ -152,13 +166,10 @@ pub async fn run(
         .as_bytes(),
     )
     .await?;
-    let mut digest = sha2::Sha256::new();
     let mut sent = 0u64;
     while sent < o.size {
-        let n = (o.size - sent).min(256 * 1024) as usize;
-        let data = chunk(sent, n);
-        digest.update(&data);
-        tcp.write_all(&data).await?;
+        let n = (o.size - sent).min(PATTERN as u64) as usize;
+        tcp.write_all(&pattern[..n]).await?;
         sent += n as u64;
     }
     let mut r = BufReader::new(tcp);
@@ -169,7 +180,6 @@ pub async fn run(
     if !(200..300).contains(&status) {
         bail!("PUT answered {status}");
     }
-    let sent_digest = digest.finalize();
 
     // GET, streamed.
     let (authority, path) = split_url(&get_url)?;

@@ -246,8 +246,6 @@ pub struct HttpConfig {
     /// Seconds a client may take to send a request body (uploads excepted: see
     /// `upload_min_rate`).
     pub request_timeout: u64,
-    /// Seconds an idle keep-alive HTTP connection stays open.
-    pub keepalive_timeout: u64,
     /// Open HTTP connections in all (beyond: refused).
     pub max_connections: usize,
     /// When set, WebSocket clients are sent elsewhere: `<close see-other-uri=…/>` (RFC 7395
@@ -283,7 +281,6 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
             header_timeout: 10,
             request_timeout: 30,
-            keepalive_timeout: 75,
             max_connections: 10_000,
             websocket_redirect: String::new(),
             websocket_max_message: 512 * 1024,
@@ -928,9 +925,9 @@ impl Config {
                 "`http.max_header_bytes` must be at least 8192".into(),
             ));
         }
-        if h.header_timeout == 0 || h.request_timeout == 0 || h.keepalive_timeout == 0 {
+        if h.header_timeout == 0 || h.request_timeout == 0 {
             return Err(ConfigError::Invalid(
-                "`http.header_timeout`, `http.request_timeout` and `http.keepalive_timeout` must be at least 1 second".into(),
+                "`http.header_timeout` and `http.request_timeout` must be at least 1 second".into(),
             ));
         }
         if h.websocket_max_message < self.c2s.max_stanza_size {
@@ -1378,15 +1375,11 @@ pub const DOCS: &[(&str, &str)] = &[
     ),
     (
         "http.header_timeout",
-        "Seconds a client may take to send a request's headers (slowloris protection).",
+        "Seconds a client may take to send a request's headers (slowloris protection); also\nhow long an idle keep-alive connection waits for its next request.",
     ),
     (
         "http.request_timeout",
         "Seconds a client may take to send a request body (not uploads).",
-    ),
-    (
-        "http.keepalive_timeout",
-        "Seconds an idle keep-alive HTTP connection stays open.",
     ),
     (
         "http.max_connections",

@@ -504,9 +504,12 @@ impl UploadService {
                     ),
                 ));
             }
+            // Counted until no PUT can still be running on the slot: one that starts just
+            // before the slot expires may take 30 s + size / min_upload_rate (the HTTP side's
+            // deadline), and must find its record (and the quota) still there.
             let rec = Record::Pending {
                 size,
-                expires: slot.expires,
+                expires: slot.expires + 30 + size / cfg.min_upload_rate.max(1),
             };
             self.stores
                 .files

@@ -50,9 +50,12 @@ impl ReadBucket {
         ((self.tokens + 1e-6).floor() as u64).min(MAX_CHUNK) as usize
     }
 
-    /// Takes `n` bytes' worth of tokens (what a read returned; never more than the allowance).
+    /// Takes `n` bytes' worth of tokens (what a read returned). A message-framed transport
+    /// (WebSocket, BOSH) returns a whole message, which may be more than the allowance: the
+    /// bucket then goes into debt and reading waits until it is repaid, so a large message
+    /// does not buy more than the configured rate.
     pub fn consume(&mut self, n: usize) {
-        self.tokens = (self.tokens - n as f64).max(0.0);
+        self.tokens -= n as f64;
     }
 
     /// When reading should resume after the bucket ran dry: once a chunk (or the whole bucket,
@@ -182,6 +185,23 @@ mod tests {
         // The 2,000-byte burst plus 1,000 B/s: read in bucket-sized chunks every 2 s, the last
         // at 58 s — 60,000 bytes, and never more than burst + rate × time.
         assert!((59_000..=62_000).contains(&read), "{read}");
+    }
+
+    #[test]
+    fn whole_messages_bigger_than_the_allowance_are_paid_back_before_the_next_read() {
+        // A WebSocket or BOSH read returns a whole message: 1 token allows 100,000 bytes, but
+        // then nothing more is read for 100 s at 1,000 B/s (the rate holds over messages).
+        let t0 = Instant::now();
+        let mut b = ReadBucket::new(limit(1000, 1000), t0);
+        assert!(b.allowance(t0) > 0);
+        b.consume(100_000);
+        assert_eq!(b.allowance(t0 + Duration::from_secs(50)), 0);
+        assert!(
+            b.ready_at() >= t0 + Duration::from_secs(99),
+            "{:?}",
+            b.ready_at() - t0
+        );
+        assert!(b.allowance(t0 + Duration::from_secs(101)) > 0);
     }
 
     #[test]

@@ -630,3 +630,37 @@ async fn bosh_queued_bytes_are_bounded() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bosh_sessions_count_against_the_per_address_limit() {
+    // One client (even over one keep-alive connection) cannot fill bosh_max_sessions: each
+    // session takes a per-address slot (limits.max_connections_per_ip).
+    let mut c = plain_config();
+    c.limits.max_connections_per_ip = 3;
+    c.limits.connection_limit_exempt = Vec::new();
+    let (s, addr) = server(c).await;
+    let mut made = 0;
+    let mut refused = None;
+    for rid in 1..=5 {
+        let r = post(
+            addr,
+            &format!("<body rid='{rid}' to='localhost' wait='1' xmlns='{NS}'/>"),
+        )
+        .await;
+        if r.attr("type") == Some("terminate") {
+            refused = Some(r);
+            break;
+        }
+        made += 1;
+    }
+    // Each request is one HTTP connection of its own (closed after the answer): at most 3
+    // addresses' worth of sessions, then policy-violation.
+    assert!(made <= 3, "{made} sessions from one address");
+    let r = refused.unwrap_or_else(|| panic!("no session was refused"));
+    assert_eq!(
+        condition(&r),
+        Some(("terminate", "policy-violation")),
+        "{r}"
+    );
+    s.stop().await;
+}

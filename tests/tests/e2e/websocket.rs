@@ -578,3 +578,40 @@ async fn slow_or_oversized_requests_are_cut_off_without_harming_others() {
     .await;
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
 }
+
+#[tokio::test]
+async fn websocket_connections_count_against_http_max_connections_while_they_live() {
+    let s = plain_server(|c| c.http.max_connections = 1).await;
+    let mut ws = WsClient::connect(http_addr(&s), None, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    ws.open(HOST).await.unwrap_or_else(|e| panic!("{e:#}"));
+    // The upgrade's HTTP exchange is over, but the connection is still open: it counts.
+    let r = http_raw(
+        http_addr(&s),
+        "GET /.well-known/host-meta HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        r.is_empty(),
+        "a connection beyond http.max_connections was served: {r}"
+    );
+    drop(ws);
+    let mut served = false;
+    for _ in 0..50 {
+        let r = http_raw(
+            http_addr(&s),
+            "GET /.well-known/host-meta HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        if r.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served,
+        "the closed WebSocket's connection was not given back"
+    );
+}

@@ -631,7 +631,21 @@ pub(super) async fn handle(
         Ok(Ok(b)) => b,
     };
     match request(&ctx, info.peer, info.client, info.secure, &info.cb, &data).await {
-        Ok(body) => ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response(),
+        // A response carries stanzas other users wrote: never let a browser that is tricked
+        // into loading it run any of it on our origin (nosniff, and a sandbox with no sources).
+        Ok(body) => (
+            [
+                (header::CONTENT_TYPE, "text/xml; charset=utf-8"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; sandbox",
+                ),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
         Err((status, text)) => (status, text).into_response(),
     }
 }
@@ -786,9 +800,10 @@ async fn exchange(ctx: &Arc<HttpContext>, s: &Arc<Session>, rid: u64, payload: P
     };
     let body = match tokio::time::timeout_at(deadline, &mut rx).await {
         Ok(Ok(body)) => body,
-        // A retransmission of this rid took over (XEP-0124 §14.3): this client is not
-        // listening here any more.
-        Ok(Err(_)) => terminal("item-not-found"),
+        // A retransmission of this rid took over (XEP-0124 §14.3): the answer goes there; this
+        // request gets an empty body (not a terminal one, which would end a healthy session if
+        // its client still read it).
+        Ok(Err(_)) => Bytes::from(format!("<body xmlns='{NS_HTTPBIND}'/>")),
         Err(_) => {
             let mut st = s.lock();
             if let Ok(body) = rx.try_recv() {
@@ -859,9 +874,12 @@ fn create(
         ver,
         secure,
     };
-    // Behind a trusted proxy the HTTP connection was not counted by address; the session is,
-    // by the real client's (as a WebSocket session is).
-    let slot: Option<ConnectionSlot> = if client.ip() != peer.ip() {
+    // Every session counts against `limits.max_connections_per_ip` for the real client's
+    // address (behind a trusted proxy, the address the proxy names).
+    // Directly connected clients too: one keep-alive connection could otherwise create
+    // sessions without end and fill `bosh_max_sessions` for everyone.
+    let _ = peer;
+    let slot: Option<ConnectionSlot> = {
         let max = if config.limits.connection_limit_exempt(client.ip()) {
             0
         } else {
@@ -871,8 +889,6 @@ fn create(
             .connections
             .acquire(client.ip(), max)
             .ok_or("policy-violation")?
-    } else {
-        None
     };
     let max_sessions = h.bosh_max_sessions;
     let max_queued = h.bosh_max_queued_bytes;

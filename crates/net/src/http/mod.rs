@@ -118,6 +118,21 @@ pub struct ConnInfo {
 pub struct Held {
     pub(crate) _slot: Option<ConnectionSlot>,
     pub(crate) _alive: Option<mpsc::Sender<()>>,
+    /// Counts the connection in `http.max_connections` (and the gauge) until the last holder
+    /// is gone: a WebSocket keeps it after its HTTP exchange is over.
+    pub(crate) _open: OpenGuard,
+}
+
+/// One open HTTP connection, counted until dropped.
+pub struct OpenGuard {
+    ctx: Arc<HttpContext>,
+    _gauge: canto_core::metrics::GaugeGuard,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.ctx.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl HttpContext {
@@ -215,11 +230,15 @@ fn accept(
         return;
     };
     ctx.open.fetch_add(1, Ordering::Relaxed);
-    let counted = canto_core::metrics::http_connection();
+    let open = OpenGuard {
+        ctx: ctx.clone(),
+        _gauge: canto_core::metrics::http_connection(),
+    };
     let _ = tcp.set_nodelay(true);
     let held = Held {
         _slot: slot,
         _alive: ctx.alive.upgrade(),
+        _open: open,
     };
     let ctx = ctx.clone();
     let router = router.clone();
@@ -237,8 +256,6 @@ fn accept(
         } else {
             serve(&ctx, router, tcp, peer, None, held).await;
         }
-        ctx.open.fetch_sub(1, Ordering::Relaxed);
-        drop(counted);
     });
 }
 
@@ -348,18 +365,22 @@ pub fn real_client(
             if let Some(ip) = for_ip {
                 hops.push(ip);
             }
-            if el_proto.is_some() {
-                proto = el_proto;
-            }
+            // Only the element the nearest (trusted) proxy appended tells how the request
+            // reached it: an earlier one is whatever the client wrote.
+            proto = el_proto;
         }
     } else {
         for v in headers.get_all("x-forwarded-for").iter() {
             let Ok(v) = v.to_str() else { continue };
             hops.extend(v.split(',').map(|h| parse_node(h.trim())));
         }
+        // The last value is the nearest proxy's (earlier ones may be the client's own).
         proto = headers
-            .get("x-forwarded-proto")
-            .and_then(|v| v.to_str().ok())
+            .get_all("x-forwarded-proto")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .next_back()
             .map(|v| v.trim().to_ascii_lowercase());
     }
     let secure = tls || proto.as_deref() == Some("https");
@@ -502,6 +523,14 @@ mod tests {
         let (c, secure) = real_client(&config, &h, proxy, false);
         assert_eq!(c.ip().to_string(), "2001:db8:cafe::17");
         assert!(secure);
+        // A scheme the client claimed in an earlier element does not count.
+        let h = headers(&[("forwarded", "for=203.0.113.9;proto=https, for=203.0.113.9")]);
+        assert!(!real_client(&config, &h, proxy, false).1);
+        let h = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        assert!(!real_client(&config, &h, proxy, false).1);
         // An obfuscated hop ends the chain at the proxy itself.
         let h = headers(&[("forwarded", "for=_hidden")]);
         assert_eq!(real_client(&config, &h, proxy, false).0.ip(), proxy.ip());

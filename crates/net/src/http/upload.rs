@@ -277,7 +277,10 @@ async fn serve(s: &Settings, id: &str, name: &str, head: bool, headers: &HeaderM
         if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
             return plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file\n");
         }
-        Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)))
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            file.take(count),
+            IO_CHUNK,
+        ))
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -316,6 +319,9 @@ impl Drop for Partial {
         }
     }
 }
+
+/// Bytes per file read or write (a bounded buffer per transfer: memory stays constant).
+const IO_CHUNK: usize = 256 * 1024;
 
 /// PUT (XEP-0363 §5).
 async fn put(ctx: &HttpContext, s: &Settings, id: &str, name: &str, req: Request) -> Response {
@@ -410,7 +416,9 @@ async fn put(ctx: &HttpContext, s: &Settings, id: &str, name: &str, req: Request
         .open(&part_path)
         .await
     {
-        Ok(f) => f,
+        // Writes gathered into large ones: each tokio::fs write is a trip to the blocking
+        // pool, and the body arrives in frames of a few KiB (docs/benchmarks.md, uploads).
+        Ok(f) => tokio::io::BufWriter::with_capacity(IO_CHUNK, f),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return plain(StatusCode::CONFLICT, "this slot is being used\n");
         }
@@ -461,7 +469,7 @@ async fn put(ctx: &HttpContext, s: &Settings, id: &str, name: &str, req: Request
     }
     if let Err(e) = async {
         file.flush().await?;
-        file.sync_all().await
+        file.get_ref().sync_all().await
     }
     .await
     {

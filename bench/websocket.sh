@@ -8,7 +8,11 @@
 # Every workload runs on a freshly started server; the table gives the median of RUNS runs.
 #
 #   bench/websocket.sh [--runs N] [--idle N] [--pairs N] [--seconds S]
-#                      [--servers "canto prosody"] [--out FILE]
+#                      [--servers "canto prosody"] [--no-archive] [--out FILE]
+#
+# --no-archive runs Canto without module mam (its default archives every chat message to
+# SQLite, fsynced, before delivery; Prosody here loads no mod_mam): like for like, the
+# transport is then the only difference.
 #
 # Everything listens on 127.0.0.1 only (free ports from 16000 for Canto, 16050 for Prosody;
 # each server's HTTP port is its c2s port + 1000); configuration, data and logs live in a
@@ -30,6 +34,7 @@ IDLE=2000
 PAIRS=50
 SECONDS_=10
 SERVERS="canto prosody"
+NO_ARCHIVE=0
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -38,8 +43,9 @@ while [ $# -gt 0 ]; do
         --pairs) PAIRS="$2"; shift 2 ;;
         --seconds) SECONDS_="$2"; shift 2 ;;
         --servers) SERVERS="$2"; shift 2 ;;
+        --no-archive) NO_ARCHIVE=1; shift ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -80,6 +86,10 @@ configure_canto() {
     mkdir -p "$d"
     fill "$HERE/configs/canto.toml" "$d/canto.toml" "$d" "${PORT[canto]}"
     sed -i 's/^@LIMITS@$/[limits.c2s]\nrate = "unlimited"/' "$d/canto.toml"
+    if [ "$NO_ARCHIVE" = 1 ]; then
+        # The default modules (canto config example) but mam; top-level, before any table.
+        sed -i '0,/^\[/s//modules = ["disco", "ping", "version", "time", "roster", "vcard", "private", "blocking", "carbons", "pep", "pubsub", "muc", "bookmarks", "last", "smacks", "csi", "upload"]\n\n[/' "$d/canto.toml"
+    fi
     # The [http] section's first key is its plain listener (configs/canto.toml).
     sed -i "0,/^listen = \[\]\$/s//listen = [\"127.0.0.1:${HPORT[canto]}\"]/" "$d/canto.toml"
     "$CANTO_BIN" --config "$d/canto.toml" check >"$d/check.log" 2>&1 ||
@@ -173,5 +183,5 @@ med() { # server tag key
     done
     for s in $SERVERS; do [ -n "${NOTE[$s]:-}" ] && echo "note: $s: ${NOTE[$s]}"; done
     echo
-    echo "medians of $RUNS runs; $IDLE idle sessions; $PAIRS pairs flooding for ${SECONDS_} s; $(nproc) cores"
+    echo "medians of $RUNS runs; $IDLE idle sessions; $PAIRS pairs flooding for ${SECONDS_} s; $(nproc) cores$([ "$NO_ARCHIVE" = 1 ] && echo '; Canto without mam')"
 } | tee "${OUT:-/dev/null}"

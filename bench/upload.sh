@@ -63,11 +63,12 @@ for r in $(seq 1 "$RUNS"); do
         upload --size-mib "$SIZE" >"$TMP/upload.$r.txt" 2>"$TMP/upload.$r.err" ||
         log "failed: $(tail -1 "$TMP/upload.$r.err")"
     sed 's/^/    /' "$TMP/upload.$r.txt" >&2
-    # The disk alone: write with one fsync at the end, then read (page cache dropped when we can).
-    dd if=/dev/urandom of="$TMP/ref.src" bs=1M count="$SIZE" status=none
-    w=$( { /usr/bin/time -f %e dd if="$TMP/ref.src" of="$TMP/ref" bs=256k conv=fsync status=none; } 2>&1 )
+    # The disk alone: the same bytes written in 256 KiB blocks with one fsync at the end, as the
+    # service does (from /dev/zero: a source file would add its own dirty pages to flush).
+    rm -f "$d"/data/upload/*/data 2>/dev/null
+    w=$( { /usr/bin/time -f %e dd if=/dev/zero of="$TMP/ref" bs=256k count=$(( SIZE * 4 )) conv=fsync status=none; } 2>&1 )
     echo "dd_write_mib_per_s=$(awk -v s="$SIZE" -v t="$w" 'BEGIN { printf "%.1f", s / t }')" >>"$TMP/upload.$r.txt"
-    rm -f "$TMP/ref" "$TMP/ref.src"
+    rm -f "$TMP/ref"
 done
 med() { for r in $(seq 1 "$RUNS"); do field "$TMP/upload.$r.txt" "$1"; done | grep -v '^$' | median; }
 {

@@ -615,3 +615,67 @@ async fn websocket_connections_count_against_http_max_connections_while_they_liv
         "the closed WebSocket's connection was not given back"
     );
 }
+
+#[tokio::test]
+async fn client_state_indication_holds_presence_on_a_websocket_too() {
+    // XEP-0352 is the engine's: over a WebSocket an inactive client's presence updates wait
+    // until it is active again, while messages with a body arrive at once.
+    const CSI: &str = "urn:xmpp:csi:0";
+    let s = plain_server(|_| {}).await;
+    let mut ws = WsClient::connect(http_addr(&s), None, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    ws.login("alice", "pw", "web")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let f = ws.features.clone().unwrap_or_else(|| panic!("features"));
+    assert!(f.has_child("csi", CSI), "{f}");
+    // alice subscribes to bob, so his presence reaches her.
+    let mut bob = s.login("bob", "pw", "b").await;
+    let mut alice_tcp = s.login("alice", "pw", "tcp").await;
+    bob.send("<presence/>").await;
+    alice_tcp.send("<presence/>").await;
+    assert_alive(&mut bob).await;
+    assert_alive(&mut alice_tcp).await;
+    subscribe_to(&mut alice_tcp, &mut bob).await;
+    // Initial presence: the server probes bob for alice's new resource.
+    ws.send("<presence/>").await;
+    let _ = ws
+        .wait_for(|e| {
+            e.is("presence", canto_stanza::ns::CLIENT)
+                && e.attr("from").is_some_and(|f| f.starts_with("bob@"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    ws.send(&format!("<inactive xmlns='{CSI}'/>")).await;
+    let pong = ws
+        .iq("<iq xmlns='jabber:client' type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(pong.attr("type"), Some("result"));
+    bob.send("<presence><show>away</show></presence>").await;
+    bob.sync().await;
+    assert!(
+        ws.nothing_within(Duration::from_millis(300)).await,
+        "presence leaked while inactive"
+    );
+    bob.send(&format!(
+        "<message to='alice@{HOST}/web' type='chat'><body>urgent</body></message>"
+    ))
+    .await;
+    // The message goes out at once, and the held presence with it (XEP-0352 §5: a stanza
+    // that must be delivered flushes what was held before it, in order).
+    let mut got = Vec::new();
+    while !got
+        .iter()
+        .any(|e: &canto_xml::Element| e.is("message", canto_stanza::ns::CLIENT))
+    {
+        got.push(ws.next().await.unwrap_or_else(|e| panic!("{e:#}")));
+    }
+    assert!(
+        got.iter()
+            .any(|e| e.is("presence", canto_stanza::ns::CLIENT)
+                && e.has_child("show", canto_stanza::ns::CLIENT)),
+        "{got:?}"
+    );
+}

@@ -184,6 +184,12 @@ impl ArchiveStore {
             .await
     }
 
+    /// Items of any users' archives in one durable transaction
+    /// ([`canto_storage::ArchiveStore::append_batch`]).
+    pub async fn append_batch(&self, items: &[canto_storage::BatchItem]) -> Result<Vec<String>> {
+        self.storage.archive.append_batch(self.name, items).await
+    }
+
     /// The items matching `q` (keyset paging).
     pub async fn query(
         &self,

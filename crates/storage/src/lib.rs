@@ -136,6 +136,17 @@ pub struct NewArchiveItem {
     pub data: Vec<u8>,
 }
 
+/// One item of [`ArchiveStore::append_batch`]: whose archive, and what.
+#[derive(Clone, Debug)]
+pub struct BatchItem {
+    /// The archive owner's host.
+    pub host: String,
+    /// The archive owner's username.
+    pub user: String,
+    /// The item.
+    pub item: NewArchiveItem,
+}
+
 /// A query; all filters optional; results in ascending order unless `reverse`; `limit` caps
 /// the count.
 ///
@@ -192,6 +203,28 @@ pub trait ArchiveStore: Send + Sync {
         user: &str,
         items: &[NewArchiveItem],
     ) -> Result<Vec<String>>;
+    /// Appends items of any users, each exactly as an [`ArchiveStore::append`] without
+    /// `max_items` would, in ONE transaction that COMMITS durably before returning: all are
+    /// stored or none (group commit: one fsync for messages that arrived together). Returns
+    /// the new ids in order.
+    async fn append_batch(&self, store: &str, items: &[BatchItem]) -> Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(items.len());
+        for b in items {
+            ids.push(
+                self.append(
+                    store,
+                    &b.host,
+                    &b.user,
+                    &b.item.with,
+                    b.item.stamp_ms,
+                    &b.item.data,
+                    None,
+                )
+                .await?,
+            );
+        }
+        Ok(ids)
+    }
     /// The items matching `q` (keyset pagination on `seq`, never OFFSET).
     async fn query(
         &self,

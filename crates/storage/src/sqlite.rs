@@ -19,8 +19,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::metrics::timed;
 use crate::{
-    AccountStore, ArchiveItem, ArchiveQuery, ArchiveStore, Credentials, KeyValueStore, MapStore,
-    NewArchiveItem, Result, ScramKeys, StorageError, new_item_id,
+    AccountStore, ArchiveItem, ArchiveQuery, ArchiveStore, BatchItem, Credentials, KeyValueStore,
+    MapStore, NewArchiveItem, Result, ScramKeys, StorageError, new_item_id,
 };
 
 /// How long a writer waits for another connection's (or process's) write lock.
@@ -932,6 +932,36 @@ impl ArchiveStore for SqliteBackend {
         Ok(ids)
     }
 
+    async fn append_batch(&self, store: &str, items: &[BatchItem]) -> Result<Vec<String>> {
+        let _t = timed("archive_append_batch");
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = items.iter().map(|_| new_item_id()).collect();
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        for (chunk, chunk_ids) in items
+            .chunks(ROWS_PER_INSERT)
+            .zip(ids.chunks(ROWS_PER_INSERT))
+        {
+            // Multi-row VALUES insert in list order, so `seq` follows `items`.
+            let mut b = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO archive (id, store, host, username, with_jid, stamp_ms, data) ",
+            );
+            b.push_values(chunk.iter().zip(chunk_ids), |mut row, (b, id)| {
+                row.push_bind(id.as_str())
+                    .push_bind(store)
+                    .push_bind(b.host.as_str())
+                    .push_bind(b.user.as_str())
+                    .push_bind(b.item.with.as_str())
+                    .push_bind(b.item.stamp_ms)
+                    .push_bind(b.item.data.as_slice());
+            });
+            b.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
     async fn query(
         &self,
         store: &str,
@@ -1729,6 +1759,56 @@ mod tests {
     }
 
     /// `append_many` stores the items in order in one transaction, like that many appends.
+    #[tokio::test]
+    async fn append_batch_stores_several_users_items_in_order() {
+        let (b, dir) = temp_backend("append-batch").await;
+        let item = |host: &str, user: &str, n: i64| BatchItem {
+            host: host.into(),
+            user: user.into(),
+            item: NewArchiveItem {
+                with: "w@h".into(),
+                stamp_ms: n,
+                data: format!("<m n='{n}'/>").into_bytes(),
+            },
+        };
+        let batch = vec![
+            item("h", "a", 1),
+            item("h", "b", 2),
+            item("h", "a", 3),
+            item("g", "a", 4),
+        ];
+        let ids = b
+            .append_batch("archive", &batch)
+            .await
+            .expect("append_batch");
+        assert_eq!(ids.len(), 4);
+        let a = b
+            .query("archive", "h", "a", &ArchiveQuery::default())
+            .await
+            .expect("query");
+        assert_eq!(a.iter().map(|i| i.stamp_ms).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(a[0].id, ids[0]);
+        assert_eq!(a[1].id, ids[2]);
+        let bb = b
+            .query("archive", "h", "b", &ArchiveQuery::default())
+            .await
+            .expect("query");
+        assert_eq!(bb.len(), 1);
+        assert_eq!(bb[0].id, ids[1]);
+        let other_host = b
+            .query("archive", "g", "a", &ArchiveQuery::default())
+            .await
+            .expect("query");
+        assert_eq!(other_host.len(), 1);
+        assert!(
+            b.append_batch("archive", &[])
+                .await
+                .expect("empty")
+                .is_empty()
+        );
+        drop(dir);
+    }
+
     #[tokio::test]
     async fn append_many_is_one_ordered_transaction() {
         let (b, dir) = temp_backend("append-many").await;

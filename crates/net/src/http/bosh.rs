@@ -630,7 +630,7 @@ pub(super) async fn handle(
         }
         Ok(Ok(b)) => b,
     };
-    match request(&ctx, info.peer, info.client, info.secure, &info.cb, &data).await {
+    match request(&ctx, info.client, info.secure, &info.cb, &data).await {
         // A response carries stanzas other users wrote: never let a browser that is tricked
         // into loading it run any of it on our origin (nosniff, and a sandbox with no sources).
         Ok(body) => (
@@ -656,7 +656,7 @@ pub(super) async fn handle(
 pub async fn fuzz_request(ctx: &Arc<HttpContext>, data: &[u8]) -> (u16, Bytes) {
     let peer: SocketAddr = SocketAddr::from(([192, 0, 2, 1], 5280));
     let cb = ChannelBindings::default();
-    match request(ctx, peer, peer, false, &cb, data).await {
+    match request(ctx, peer, false, &cb, data).await {
         Ok(b) => (200, b),
         Err((s, t)) => (s.as_u16(), Bytes::from_static(t.as_bytes())),
     }
@@ -733,7 +733,6 @@ fn number(root: &Element, name: &str) -> Option<u64> {
 /// Handles one request body.
 async fn request(
     ctx: &Arc<HttpContext>,
-    peer: SocketAddr,
     client: SocketAddr,
     secure: bool,
     cb: &ChannelBindings,
@@ -762,7 +761,7 @@ async fn request(
         (Some(_), Some(s)) => s,
         // XEP-0124 §17.2 (item-not-found), with HTTP 200 as §17.1 prefers to the legacy 404.
         (Some(_), None) => return Ok(terminal("item-not-found")),
-        (None, _) => match create(ctx, peer, client, secure, cb, &root, rid) {
+        (None, _) => match create(ctx, client, secure, cb, &root, rid) {
             Ok(s) => s,
             Err(condition) => return Ok(terminal(condition)),
         },
@@ -835,7 +834,6 @@ async fn exchange(ctx: &Arc<HttpContext>, s: &Arc<Session>, rid: u64, payload: P
 /// terminal condition refusing it.
 fn create(
     ctx: &Arc<HttpContext>,
-    peer: SocketAddr,
     client: SocketAddr,
     secure: bool,
     cb: &ChannelBindings,
@@ -878,7 +876,6 @@ fn create(
     // address (behind a trusted proxy, the address the proxy names).
     // Directly connected clients too: one keep-alive connection could otherwise create
     // sessions without end and fill `bosh_max_sessions` for everyone.
-    let _ = peer;
     let slot: Option<ConnectionSlot> = {
         let max = if config.limits.connection_limit_exempt(client.ip()) {
             0

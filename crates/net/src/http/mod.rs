@@ -286,15 +286,19 @@ async fn serve<S>(
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let router = router.clone();
-            let (client, secure) = {
-                let config = sctx.c2s.server.config();
-                real_client(&config, req.headers(), peer, secure_conn)
-            };
+            let (client, secure, proxied) =
+                real_client(&sctx.c2s.server.config(), req.headers(), peer, secure_conn);
             req.extensions_mut().insert(ConnInfo {
                 peer,
                 client,
                 secure,
-                cb: cb.clone(),
+                // Through a proxy the TLS here is the proxy's, not the client's: binding to it
+                // would make the client's SCRAM-PLUS fail (or look like a downgrade).
+                cb: if proxied {
+                    ChannelBindings::default()
+                } else {
+                    cb.clone()
+                },
                 hold: hold.clone(),
             });
             router.oneshot(req.map(Body::new))
@@ -330,15 +334,17 @@ fn is_trusted(config: &canto_core::Config, ip: IpAddr) -> bool {
 /// The real client behind trusted proxies and whether it used HTTPS. Only a trusted peer's
 /// forwarding headers count; the chain is read from the right (the nearest hop), skipping
 /// trusted proxies, so a client cannot pose as another address by sending the header itself
-/// (RFC 7239 §8.1). `Forwarded` (RFC 7239 §4) wins over `X-Forwarded-For`.
+/// (RFC 7239 §8.1). `Forwarded` (RFC 7239 §4) wins over `X-Forwarded-For`. The third value:
+/// the request came through a trusted proxy (a trusted peer that sent forwarding headers; a
+/// client on a trusted address that sends none is served as itself).
 pub fn real_client(
     config: &canto_core::Config,
     headers: &HeaderMap,
     peer: SocketAddr,
     tls: bool,
-) -> (SocketAddr, bool) {
+) -> (SocketAddr, bool, bool) {
     if !is_trusted(config, peer.ip()) {
-        return (peer, tls);
+        return (peer, tls, false);
     }
     let mut hops: Vec<Option<IpAddr>> = Vec::new();
     let mut proto: Option<String> = None;
@@ -393,7 +399,8 @@ pub fn real_client(
             break;
         }
     }
-    (SocketAddr::new(client, 0), secure)
+    let proxied = !hops.is_empty() || proto.is_some();
+    (SocketAddr::new(client, 0), secure, proxied)
 }
 
 /// An RFC 7239 §6 node (`192.0.2.1`, `192.0.2.1:80`, `[2001:db8::1]:80`) or an
@@ -502,11 +509,11 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-proto", "https"),
         ]);
-        let (c, secure) = real_client(&config, &h, proxy, false);
+        let (c, secure, _) = real_client(&config, &h, proxy, false);
         assert_eq!(c.ip().to_string(), "203.0.113.9");
         assert!(secure);
         // An untrusted peer's headers are ignored.
-        let (c, secure) = real_client(&config, &h, outsider, false);
+        let (c, secure, _) = real_client(&config, &h, outsider, false);
         assert_eq!(c.ip(), outsider.ip());
         assert!(!secure);
         // A forged left-most entry does not win: the nearest untrusted hop does.
@@ -520,7 +527,7 @@ mod tests {
             ("forwarded", "for=\"[2001:db8:cafe::17]:4711\";proto=https"),
             ("x-forwarded-for", "203.0.113.9"),
         ]);
-        let (c, secure) = real_client(&config, &h, proxy, false);
+        let (c, secure, _) = real_client(&config, &h, proxy, false);
         assert_eq!(c.ip().to_string(), "2001:db8:cafe::17");
         assert!(secure);
         // A scheme the client claimed in an earlier element does not count.

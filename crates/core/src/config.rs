@@ -48,6 +48,14 @@ pub struct Config {
     pub http: HttpConfig,
     /// The metrics endpoint (`/metrics`, OpenMetrics text), on its own address.
     pub metrics: MetricsConfig,
+    /// Server-to-server federation (RFC 6120, XEP-0220, XEP-0288, XEP-0368).
+    pub s2s: S2sConfig,
+    /// DNS for outgoing server-to-server connections (SRV, A/AAAA, TLSA).
+    pub dns: DnsConfig,
+    /// The external component listener (XEP-0114).
+    pub component: ComponentListenConfig,
+    /// External components by domain (`[components."gateway.example.org"] secret = …`).
+    pub components: BTreeMap<String, ComponentConfig>,
     /// Hosted services by domain (`[services."pubsub.example.org"]`): added with a `kind`,
     /// or a default one (`pubsub.HOST` for each host) switched off with `enabled = false`.
     pub services: BTreeMap<String, ServiceConfig>,
@@ -293,6 +301,114 @@ impl Default for HttpConfig {
             bosh_max_queued_bytes: 1024 * 1024,
         }
     }
+}
+
+/// `[s2s]`: server-to-server streams (docs/federation.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// STARTTLS listeners for incoming server streams (RFC 6120 §5).
+    pub listen: Vec<String>,
+    /// Direct TLS listeners (XEP-0368, `_xmpps-server`).
+    pub direct_tls_listen: Vec<String>,
+    /// Peers must authenticate with a valid certificate (SASL EXTERNAL, or dialback over a
+    /// verified TLS connection); false lets dialback over any TLS or none (Prosody's
+    /// `s2s_secure_auth`).
+    pub secure_auth: bool,
+    /// Extra trusted CA certificates (PEM) beside the system roots.
+    pub ca_file: PathBuf,
+    /// Remote domains exempt from `secure_auth` (dialback without a valid certificate).
+    pub insecure_domains: Vec<String>,
+    /// Remote domains that must present a valid certificate even when `secure_auth` is false.
+    pub secure_domains: Vec<String>,
+    /// Require TLS on every server stream (plaintext streams are refused and not attempted).
+    pub require_encryption: bool,
+    /// Offer and use bidirectional streams (XEP-0288).
+    pub bidi: bool,
+    /// Seconds a server stream may stay without traffic before it is closed.
+    pub idle_timeout: u64,
+    /// Seconds an outgoing connection may take, DNS to authenticated; then the stanzas queued
+    /// for it are bounced with remote-server-timeout.
+    pub connect_timeout: u64,
+    /// Bytes of one stanza from a peer server.
+    pub max_stanza_size: usize,
+    /// Bytes queued for a remote domain while its connection is set up; beyond, stanzas are
+    /// bounced with resource-constraint.
+    pub max_queued_bytes: usize,
+    /// Incoming streams open at once that claim one remote domain.
+    pub max_connections_per_domain: usize,
+    /// Dialback requests (`<db:result/>`, `<db:verify/>`) one incoming stream may make.
+    pub max_dialback_attempts: u32,
+    /// Read rate per server connection (as `[limits.c2s] rate`).
+    pub rate: String,
+    /// Burst of the read rate (as `[limits.c2s] burst`).
+    pub burst: String,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            listen: vec!["0.0.0.0:5269".into()],
+            direct_tls_listen: Vec::new(),
+            secure_auth: true,
+            ca_file: PathBuf::new(),
+            insecure_domains: Vec::new(),
+            secure_domains: Vec::new(),
+            require_encryption: true,
+            bidi: true,
+            idle_timeout: 600,
+            connect_timeout: 30,
+            // Issue 14: 512 KiB, Prosody's s2s_stanza_size_limit.
+            max_stanza_size: 512 * 1024,
+            max_queued_bytes: 1024 * 1024,
+            max_connections_per_domain: 8,
+            max_dialback_attempts: 64,
+            rate: "1mb/s".into(),
+            burst: "2s".into(),
+        }
+    }
+}
+
+impl S2sConfig {
+    /// Whether `domain` must authenticate with a valid certificate: `secure_auth`, unless
+    /// listed in `insecure_domains`; `secure_domains` always.
+    pub fn requires_certificate(&self, domain: &str) -> bool {
+        let listed = |l: &[String]| l.iter().any(|d| d.eq_ignore_ascii_case(domain));
+        if listed(&self.secure_domains) {
+            return true;
+        }
+        self.secure_auth && !listed(&self.insecure_domains)
+    }
+}
+
+/// `[dns]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers (`IP` or `IP:PORT`); empty: those of `/etc/resolv.conf`.
+    pub servers: Vec<String>,
+    /// Use DANE-TLSA records (RFC 7673) when the answers are DNSSEC-validated.
+    pub dane: bool,
+}
+
+/// `[component]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentListenConfig {
+    /// Listeners for external components (XEP-0114, usually port 5347); empty: off.
+    pub listen: Vec<String>,
+}
+
+/// `[components."DOMAIN"]`: one external component.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentConfig {
+    /// The shared secret of the handshake (XEP-0114 §3).
+    pub secret: String,
+    /// The host whose disco#items lists the component; empty: the first host.
+    pub parent: String,
+    /// Its name in disco#items.
+    pub name: String,
 }
 
 /// `[metrics]`
@@ -630,6 +746,10 @@ impl Default for Config {
             csi: CsiConfig::default(),
             http: HttpConfig::default(),
             metrics: MetricsConfig::default(),
+            s2s: S2sConfig::default(),
+            dns: DnsConfig::default(),
+            component: ComponentListenConfig::default(),
+            components: BTreeMap::new(),
             sections: BTreeMap::new(),
         }
     }
@@ -820,6 +940,9 @@ impl Config {
             .chain(&self.c2s.direct_tls_listen)
             .chain(&self.http.listen)
             .chain(&self.http.https_listen)
+            .chain(&self.s2s.listen)
+            .chain(&self.s2s.direct_tls_listen)
+            .chain(&self.component.listen)
             .chain(metrics)
         {
             if addr.parse::<std::net::SocketAddr>().is_err() {
@@ -892,7 +1015,64 @@ impl Config {
                 ConfigError::Invalid(format!("`limits.connection_limit_exempt`: {e}"))
             })?;
         }
-        self.check_http()
+        self.check_http()?;
+        self.check_s2s()
+    }
+
+    fn check_s2s(&self) -> Result<(), ConfigError> {
+        let s = &self.s2s;
+        if s.max_stanza_size < 10_000 {
+            return Err(ConfigError::Invalid(
+                "`s2s.max_stanza_size` must be at least 10000".into(),
+            ));
+        }
+        if s.max_queued_bytes < s.max_stanza_size {
+            return Err(ConfigError::Invalid(
+                "`s2s.max_queued_bytes` must be at least `s2s.max_stanza_size`".into(),
+            ));
+        }
+        if s.idle_timeout == 0 || s.connect_timeout == 0 {
+            return Err(ConfigError::Invalid(
+                "`s2s.idle_timeout` and `s2s.connect_timeout` must be at least 1 second".into(),
+            ));
+        }
+        if s.max_connections_per_domain == 0 || s.max_dialback_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "`s2s.max_connections_per_domain` and `s2s.max_dialback_attempts` must be positive"
+                    .into(),
+            ));
+        }
+        parse_rate(&s.rate).map_err(|e| ConfigError::Invalid(format!("`s2s.rate` = {e}")))?;
+        parse_burst(&s.burst).map_err(|e| ConfigError::Invalid(format!("`s2s.burst` = {e}")))?;
+        for d in &self.dns.servers {
+            let ok = d.parse::<std::net::IpAddr>().is_ok()
+                || d.parse::<std::net::SocketAddr>().is_ok();
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "`dns.servers`: {d:?} is not IP or IP:PORT"
+                )));
+            }
+        }
+        for (domain, c) in &self.components {
+            if c.secret.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "`components.\"{domain}\".secret` must be set"
+                )));
+            }
+            if self.hosts.iter().any(|h| h.eq_ignore_ascii_case(domain))
+                || self.services.contains_key(domain)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "`components.\"{domain}\"` names a host or a hosted service"
+                )));
+            }
+            if !c.parent.is_empty() && !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&c.parent)) {
+                return Err(ConfigError::Invalid(format!(
+                    "`components.\"{domain}\".parent` is not in `hosts`"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn check_http(&self) -> Result<(), ConfigError> {
@@ -1416,6 +1596,83 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "http.bosh_max_queued_bytes",
         "Bytes waiting for a BOSH client to fetch them; beyond, the session ends\n(a client that stopped reading).",
+    ),
+    (
+        "s2s",
+        "Server-to-server federation (docs/federation.md): STARTTLS and direct TLS\n(XEP-0368) streams, SASL EXTERNAL and dialback (XEP-0220), bidirectional\nstreams (XEP-0288).",
+    ),
+    ("s2s.listen", "STARTTLS listeners for other servers (RFC 6120; port 5269)."),
+    (
+        "s2s.direct_tls_listen",
+        "Direct TLS listeners for other servers (XEP-0368, _xmpps-server; often 5270).",
+    ),
+    (
+        "s2s.secure_auth",
+        "Peers must prove their name with a valid certificate (SASL EXTERNAL, or\ndialback over a verified TLS connection); false also accepts dialback\nwithout one (Prosody's s2s_secure_auth).",
+    ),
+    (
+        "s2s.ca_file",
+        "Extra trusted CA certificates (PEM) beside the system roots; empty: none.",
+    ),
+    (
+        "s2s.insecure_domains",
+        "Remote domains exempt from secure_auth (dialback accepted without a valid\ncertificate).",
+    ),
+    (
+        "s2s.secure_domains",
+        "Remote domains that must present a valid certificate even when secure_auth\nis false.",
+    ),
+    (
+        "s2s.require_encryption",
+        "Refuse and do not attempt server streams without TLS.",
+    ),
+    ("s2s.bidi", "Offer and use bidirectional server streams (XEP-0288)."),
+    (
+        "s2s.idle_timeout",
+        "Seconds a server stream may go without traffic before it is closed.",
+    ),
+    (
+        "s2s.connect_timeout",
+        "Seconds an outgoing connection may take from DNS to authenticated; then its\nqueued stanzas are bounced with remote-server-timeout.",
+    ),
+    ("s2s.max_stanza_size", "Bytes of one stanza from another server."),
+    (
+        "s2s.max_queued_bytes",
+        "Bytes queued for a remote domain while its connection is being set up;\nbeyond, stanzas are bounced with resource-constraint.",
+    ),
+    (
+        "s2s.max_connections_per_domain",
+        "Incoming streams open at once from one remote domain; beyond, refused\n(policy-violation).",
+    ),
+    (
+        "s2s.max_dialback_attempts",
+        "Dialback requests one incoming stream may make; beyond, policy-violation.",
+    ),
+    ("s2s.rate", "Read rate per server connection (units as limits.c2s.rate)."),
+    ("s2s.burst", "How long a full read bucket lasts at s2s.rate."),
+    (
+        "dns",
+        "DNS for outgoing server connections: SRV (RFC 2782, XEP-0368), A/AAAA, TLSA.",
+    ),
+    (
+        "dns.servers",
+        "Name servers (IP or IP:PORT); empty: those of /etc/resolv.conf.",
+    ),
+    (
+        "dns.dane",
+        "Check DANE-TLSA records (RFC 7673) of peers when the answers are\nDNSSEC-validated.",
+    ),
+    (
+        "component",
+        "External components (XEP-0114): gateways and bots with their own domain.",
+    ),
+    (
+        "component.listen",
+        "Listeners for external components (usually 127.0.0.1:5347); empty: off.",
+    ),
+    (
+        "components",
+        "External components by domain: [components.\"gateway.example.org\"] with\nsecret (the handshake's shared secret), parent (the host whose disco#items\nlists it) and name.",
     ),
     ("metrics", "Metrics for Prometheus and the like."),
     (

@@ -8,6 +8,7 @@ pub mod http;
 pub mod io;
 pub mod limits;
 pub mod metrics;
+pub mod s2s;
 pub mod tls;
 
 use std::net::SocketAddr;

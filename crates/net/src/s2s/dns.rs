@@ -1,0 +1,1 @@
+//! DNS for outgoing server connections (see `s2s/mod.rs`).

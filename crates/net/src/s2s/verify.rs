@@ -1,0 +1,1 @@
+//! Peer certificates: chain and name verification (see `s2s/mod.rs`).

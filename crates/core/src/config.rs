@@ -1045,8 +1045,8 @@ impl Config {
         parse_rate(&s.rate).map_err(|e| ConfigError::Invalid(format!("`s2s.rate` = {e}")))?;
         parse_burst(&s.burst).map_err(|e| ConfigError::Invalid(format!("`s2s.burst` = {e}")))?;
         for d in &self.dns.servers {
-            let ok = d.parse::<std::net::IpAddr>().is_ok()
-                || d.parse::<std::net::SocketAddr>().is_ok();
+            let ok =
+                d.parse::<std::net::IpAddr>().is_ok() || d.parse::<std::net::SocketAddr>().is_ok();
             if !ok {
                 return Err(ConfigError::Invalid(format!(
                     "`dns.servers`: {d:?} is not IP or IP:PORT"
@@ -1066,7 +1066,8 @@ impl Config {
                     "`components.\"{domain}\"` names a host or a hosted service"
                 )));
             }
-            if !c.parent.is_empty() && !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&c.parent)) {
+            if !c.parent.is_empty() && !self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&c.parent))
+            {
                 return Err(ConfigError::Invalid(format!(
                     "`components.\"{domain}\".parent` is not in `hosts`"
                 )));
@@ -1601,7 +1602,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "s2s",
         "Server-to-server federation (docs/federation.md): STARTTLS and direct TLS\n(XEP-0368) streams, SASL EXTERNAL and dialback (XEP-0220), bidirectional\nstreams (XEP-0288).",
     ),
-    ("s2s.listen", "STARTTLS listeners for other servers (RFC 6120; port 5269)."),
+    (
+        "s2s.listen",
+        "STARTTLS listeners for other servers (RFC 6120; port 5269).",
+    ),
     (
         "s2s.direct_tls_listen",
         "Direct TLS listeners for other servers (XEP-0368, _xmpps-server; often 5270).",
@@ -1626,7 +1630,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "s2s.require_encryption",
         "Refuse and do not attempt server streams without TLS.",
     ),
-    ("s2s.bidi", "Offer and use bidirectional server streams (XEP-0288)."),
+    (
+        "s2s.bidi",
+        "Offer and use bidirectional server streams (XEP-0288).",
+    ),
     (
         "s2s.idle_timeout",
         "Seconds a server stream may go without traffic before it is closed.",
@@ -1635,7 +1642,10 @@ pub const DOCS: &[(&str, &str)] = &[
         "s2s.connect_timeout",
         "Seconds an outgoing connection may take from DNS to authenticated; then its\nqueued stanzas are bounced with remote-server-timeout.",
     ),
-    ("s2s.max_stanza_size", "Bytes of one stanza from another server."),
+    (
+        "s2s.max_stanza_size",
+        "Bytes of one stanza from another server.",
+    ),
     (
         "s2s.max_queued_bytes",
         "Bytes queued for a remote domain while its connection is being set up;\nbeyond, stanzas are bounced with resource-constraint.",
@@ -1648,8 +1658,14 @@ pub const DOCS: &[(&str, &str)] = &[
         "s2s.max_dialback_attempts",
         "Dialback requests one incoming stream may make; beyond, policy-violation.",
     ),
-    ("s2s.rate", "Read rate per server connection (units as limits.c2s.rate)."),
-    ("s2s.burst", "How long a full read bucket lasts at s2s.rate."),
+    (
+        "s2s.rate",
+        "Read rate per server connection (units as limits.c2s.rate).",
+    ),
+    (
+        "s2s.burst",
+        "How long a full read bucket lasts at s2s.rate.",
+    ),
     (
         "dns",
         "DNS for outgoing server connections: SRV (RFC 2782, XEP-0368), A/AAAA, TLSA.",

@@ -13,6 +13,7 @@ pub mod module;
 pub mod offline;
 pub mod presence;
 pub mod register;
+pub mod remote;
 pub mod roster;
 mod router;
 pub mod server;

@@ -36,6 +36,13 @@ pub enum Origin<'a> {
         /// The stanza's `from`, checked to be at `domain`.
         from: &'a Jid,
     },
+    /// Another server, over a stream that authenticated `domain` (RFC 6120 §13.7.1).
+    Remote {
+        /// The authenticated remote domain.
+        domain: &'a str,
+        /// The stanza's `from`, checked to be at `domain`.
+        from: &'a Jid,
+    },
 }
 
 impl Origin<'_> {
@@ -43,7 +50,7 @@ impl Origin<'_> {
     pub fn session(&self) -> Option<&SessionHandle> {
         match self {
             Origin::Session(s) => Some(s),
-            Origin::Service { .. } => None,
+            Origin::Service { .. } | Origin::Remote { .. } => None,
         }
     }
 }

@@ -224,7 +224,12 @@ impl Server {
     /// hosted service (a contact or directed-presence recipient at a service's domain).
     pub fn deliver_presence_to(&self, to: &Jid, p: Element) {
         if !self.serves(to.domain().as_str()) {
-            self.spawn_to_service(to.domain().as_str(), p);
+            if self.modules().service(to.domain().as_str()).is_some() {
+                self.spawn_to_service(to.domain().as_str(), p);
+            } else {
+                // A remote contact (RFC 6121 §4.2.2, §4.3.2, §4.6.2).
+                self.send_remote(p);
+            }
             return;
         }
         match to.clone().try_into_full() {
@@ -353,6 +358,21 @@ impl Server {
         for (contact, item) in roster.iter() {
             if item.subscription.has_from()
                 && !own_unreadable
+                && !self.serves(contact.domain().as_str())
+                && self.modules().service(contact.domain().as_str()).is_none()
+                && !mine
+                    .as_ref()
+                    .is_some_and(|b| crate::blocking::matches(b, &Jid::from(contact.clone())))
+            {
+                // RFC 6121 §4.2.2, §4.4.2: a remote contact's server gets one copy, to the
+                // contact's bare JID; its own blocklist is its server's to apply.
+                let mut p = el.clone();
+                p.set_attr("to", contact.to_string());
+                self.send_remote(p);
+                continue;
+            }
+            if item.subscription.has_from()
+                && !own_unreadable
                 && !unreadable.contains(contact)
                 && self.serves(contact.domain().as_str())
                 && !mine
@@ -398,6 +418,17 @@ impl Server {
         let me = Jid::from(session.jid().clone());
         let user = session.jid().to_bare();
         for (contact, item) in roster.iter() {
+            if item.subscription.has_to()
+                && !self.serves(contact.domain().as_str())
+                && self.modules().service(contact.domain().as_str()).is_none()
+                && !self.blocks(&user, &Jid::from(contact.clone())).await
+            {
+                // RFC 6121 §4.3.1: a probe, from the user's bare JID, to a remote contact;
+                // its server answers with the contact's presence.
+                let probe = presence(Some("probe"), user.as_str(), contact.as_str());
+                self.send_remote(probe);
+                continue;
+            }
             if item.subscription.has_to()
                 && self.serves(contact.domain().as_str())
                 && !self.blocks(&user, &Jid::from(contact.clone())).await
@@ -494,9 +525,8 @@ impl Server {
             Some(PresenceType::Unavailable) => session.remove_directed(to),
             _ => {}
         }
-        if self.serves(to.domain().as_str()) {
-            self.deliver_presence_to(to, el);
-        }
+        // Local, or a remote contact's server (RFC 6121 §4.6.2).
+        self.deliver_presence_to(to, el);
     }
 
     /// A subscription stanza from a local user (RFC 6121 §3, outbound processing), then the
@@ -570,17 +600,22 @@ impl Server {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             if !self.serves(user.domain().as_str()) {
-                // Federation comes later: nothing to do for remote contacts yet.
+                // A remote contact: its server does the inbound processing (RFC 6121 §3.1.3
+                // and the like); a hosted service keeps no roster.
+                if self.modules().service(user.domain().as_str()).is_none() {
+                    self.send_remote(el);
+                }
                 return;
             }
             if !self.account_exists(user).await {
                 // RFC 6121 §3.1.3: no such contact: answer a request with unsubscribed.
-                if t == SubType::Subscribe && self.serves(contact.domain().as_str()) {
+                if t == SubType::Subscribe {
                     let reply = presence(
                         Some("unsubscribed"),
                         &user.to_string(),
                         &contact.to_string(),
                     );
+                    // Local: processed for the contact; remote: sent to its server.
                     self.inbound_subscription(contact, user, SubType::Unsubscribed, reply)
                         .await;
                 }

@@ -190,7 +190,7 @@ impl Server {
     }
 
     /// A validated stanza with a `to`: blocklists, per-message hooks, then its destination.
-    async fn route_addressed(
+    pub(crate) async fn route_addressed(
         self: &Arc<Self>,
         origin: Origin<'_>,
         kind: StanzaKind,
@@ -232,6 +232,22 @@ impl Server {
             el.remove_children(|c| {
                 c.is("stanza-id", crate::carbons::NS_SID) && c.attr("by") == Some(sender.as_str())
             });
+        } else if let Origin::Remote { .. } = origin
+            && kind == StanzaKind::Message
+        {
+            // A message from a remote contact: the recipient's archive (XEP-0313 §4) and
+            // XEP-0359 stanza-id, as for a local sender's.
+            let recipient = match &dest {
+                Destination::Account(b) => Some(b.clone()),
+                Destination::Session(f) => Some(f.to_bare()),
+                _ => None,
+            };
+            if recipient.is_some() {
+                for hook in self.modules().message_hooks() {
+                    hook.on_message(self, &mut el, None, recipient.as_ref())
+                        .await;
+                }
+            }
         }
         self.route_to(origin, kind, el, to, dest).await
     }
@@ -274,7 +290,7 @@ impl Server {
                     None => return true,
                 }
             }
-            Origin::Service { from, .. } => match &recipient {
+            Origin::Service { from, .. } | Origin::Remote { from, .. } => match &recipient {
                 Some(_) => from.clone(),
                 None => return true,
             },
@@ -415,18 +431,7 @@ impl Server {
             }
             Destination::Account(bare) => self.route_to_account(origin, kind, el, bare).await,
             Destination::Session(full) => self.route_to_session(origin, kind, el, full).await,
-            Destination::Remote(_) => {
-                // Federation does not exist yet: RFC 6120 §8.3.3.16.
-                if kind != StanzaKind::Presence
-                    || PresenceType::of(&el) != Some(PresenceType::Unavailable)
-                {
-                    self.reply_error(
-                        origin,
-                        &el,
-                        StanzaError::new(Condition::RemoteServerNotFound),
-                    );
-                }
-            }
+            Destination::Remote(_) => Box::pin(self.route_to_remote(origin, kind, el, to)).await,
         }
     }
 
@@ -477,6 +482,61 @@ impl Server {
         tokio::spawn(async move { service.handle(&ctx, el).await });
     }
 
+    /// RFC 6120 §10.4: to a domain not served here, over federation. Presence from a local
+    /// session gets its local processing first: subscription stanzas change the sender's
+    /// roster (RFC 6121 §3, outbound), directed presence is remembered (§4.6.3).
+    async fn route_to_remote(
+        self: &Arc<Self>,
+        origin: Origin<'_>,
+        kind: StanzaKind,
+        el: Element,
+        to: Jid,
+    ) {
+        if !self.federates() {
+            // RFC 6120 §8.3.3.16
+            if kind != StanzaKind::Presence
+                || PresenceType::of(&el) != Some(PresenceType::Unavailable)
+            {
+                self.reply_error(
+                    origin,
+                    &el,
+                    StanzaError::new(Condition::RemoteServerNotFound),
+                );
+            }
+            return;
+        }
+        match origin {
+            Origin::Session(session) if kind == StanzaKind::Presence => {
+                let sub = match PresenceType::of(&el) {
+                    Some(PresenceType::Subscribe) => Some(SubType::Subscribe),
+                    Some(PresenceType::Subscribed) => Some(SubType::Subscribed),
+                    Some(PresenceType::Unsubscribe) => Some(SubType::Unsubscribe),
+                    Some(PresenceType::Unsubscribed) => Some(SubType::Unsubscribed),
+                    _ => None,
+                };
+                match (sub, PresenceType::of(&el)) {
+                    (Some(t), _) => {
+                        let user = session.jid().to_bare();
+                        self.outbound_subscription(&user, &to.to_bare(), t, el)
+                            .await;
+                    }
+                    (None, Some(PresenceType::Available | PresenceType::Unavailable)) => {
+                        self.directed_presence(session, &to, el).await
+                    }
+                    // Probes and presence errors go as they are.
+                    _ => {
+                        self.send_remote(el);
+                    }
+                }
+            }
+            // A remote server's stanza is never relayed to a third (checked on entry).
+            Origin::Remote { .. } => {}
+            _ => {
+                self.send_remote(el);
+            }
+        }
+    }
+
     /// Sends a reply (an IQ result, an error) back where its request came from.
     pub fn send_to_origin(&self, origin: Origin<'_>, reply: Element) {
         match origin {
@@ -484,6 +544,9 @@ impl Server {
                 let _ = session.deliver(Arc::new(reply));
             }
             Origin::Service { domain, .. } => self.spawn_to_service(domain, reply),
+            Origin::Remote { .. } => {
+                self.send_remote(reply);
+            }
         }
     }
 
@@ -555,8 +618,9 @@ impl Server {
                         self.outbound_subscription(&user, &contact, t, el).await;
                     }
                 }
-                Origin::Service { from, .. } => {
-                    // Inbound processing only: a service keeps no roster here.
+                Origin::Service { from, .. } | Origin::Remote { from, .. } => {
+                    // Inbound processing only: a service keeps no roster here, a remote
+                    // contact's roster is its own server's (RFC 6121 §3.1.3).
                     let sender = from.to_bare();
                     let mut el = el;
                     el.set_attr("from", sender.to_string());
@@ -570,7 +634,7 @@ impl Server {
             Some(PresenceType::Probe) => {
                 let prober = match origin {
                     Origin::Session(s) => Jid::from(s.jid().clone()),
-                    Origin::Service { from, .. } => from.clone(),
+                    Origin::Service { from, .. } | Origin::Remote { from, .. } => from.clone(),
                 };
                 self.answer_probe(&prober, &to.to_bare()).await
             }
@@ -581,7 +645,9 @@ impl Server {
                         Origin::Session(session) => self.directed_presence(session, &to, el).await,
                         // Directed presence from a service (RFC 6121 §4.6.2): delivered; the
                         // service tracks what it sent.
-                        Origin::Service { .. } => self.deliver_presence_to(&to, el),
+                        Origin::Service { .. } | Origin::Remote { .. } => {
+                            self.deliver_presence_to(&to, el)
+                        }
                     }
                 }
             }
@@ -772,7 +838,7 @@ impl Server {
         };
         let from = match origin {
             Origin::Session(s) => Jid::from(s.jid().clone()),
-            Origin::Service { from, .. } => from.clone(),
+            Origin::Service { from, .. } | Origin::Remote { from, .. } => from.clone(),
         };
         let req = IqRequest {
             server: self,
@@ -820,7 +886,7 @@ impl Server {
         let mut reply = error_reply(el, &err);
         let to = match origin {
             Origin::Session(s) => s.jid().to_string(),
-            Origin::Service { from, .. } => from.to_string(),
+            Origin::Service { from, .. } | Origin::Remote { from, .. } => from.to_string(),
         };
         reply.set_attr("to", to);
         self.send_to_origin(origin, reply);
@@ -830,7 +896,7 @@ impl Server {
 /// RFC 6120 §8.2.3 (an IQ has an id and a known type, a get or set exactly one payload) and
 /// §8.3.3.1 (a presence type we know); a message's type falls back to `normal` (RFC 6121
 /// §5.2.2).
-fn check_type_and_id(kind: StanzaKind, el: &Element) -> Result<(), StanzaError> {
+pub(crate) fn check_type_and_id(kind: StanzaKind, el: &Element) -> Result<(), StanzaError> {
     match kind {
         StanzaKind::Iq => {
             let Some(t) = IqType::of(el) else {

@@ -47,6 +47,8 @@ pub struct Server {
     pub sm: crate::sm::SmRegistry,
     /// Secret for unknown accounts' SASL decoys (see `auth.rs`).
     pub(crate) decoy_secret: crate::auth::DecoySecret,
+    /// The federation layer, once the network has installed it (see `remote.rs`).
+    pub(crate) remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteRouter>>,
 }
 
 impl Server {
@@ -76,6 +78,7 @@ impl Server {
             registrations: Default::default(),
             sm: Default::default(),
             decoy_secret: Default::default(),
+            remote: std::sync::OnceLock::new(),
         }))
     }
 

@@ -4,6 +4,7 @@
 pub mod c2s;
 pub mod caps;
 pub mod register;
+pub mod s2s;
 pub mod sasl;
 pub mod sm;
 pub mod upload;

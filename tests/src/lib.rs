@@ -5,7 +5,7 @@
 pub mod ws;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,6 +171,7 @@ pub fn test_config() -> Config {
     c.c2s.direct_tls_listen = vec!["127.0.0.1:0".into()];
     c.http.listen = vec!["127.0.0.1:0".into()];
     c.http.https_listen = vec!["127.0.0.1:0".into()];
+    c.s2s.listen = vec!["127.0.0.1:0".into()];
     c.storage.backend = "memory".into();
     // The read rate limit (limits.c2s, 10 kB/s by default) is off here, as in the benchmark
     // harnesses: tests that flood on purpose would otherwise take minutes. tests/tests/e2e/limits.rs
@@ -216,6 +217,60 @@ impl TestServer {
             dir,
             storage,
         }
+    }
+
+    /// Starts a server whose DNS answers come from `resolver` (federation tests).
+    pub async fn with_resolver(
+        config: Config,
+        resolver: std::sync::Arc<dyn canto_net::s2s::dns::Resolver>,
+    ) -> TestServer {
+        let dir = config.data_dir.clone();
+        let storage = Storage::memory();
+        let running = canto::startup::start_with_resolver(
+            config,
+            Some(storage.clone()),
+            Vec::new(),
+            resolver,
+            &Trace::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("server start: {e:#}"));
+        let addr = running.starttls_addrs[0];
+        let tls_addr = running.direct_tls_addrs.first().copied().unwrap_or(addr);
+        TestServer {
+            running,
+            addr,
+            tls_addr,
+            _cleanup: ScratchDir(dir.clone()),
+            dir,
+            storage,
+        }
+    }
+
+    /// Logs in on `host` over STARTTLS, trusting `ca` (whose certificate names `localhost`),
+    /// and binds `resource`.
+    pub async fn login_with_ca(
+        &self,
+        ca: &Path,
+        host: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Client {
+        let mut c = Client::connect(self.addr, ca.to_path_buf()).await;
+        c.open(host).await;
+        c.starttls()
+            .await
+            .unwrap_or_else(|e| panic!("starttls: {e:#}"));
+        c.open(host).await;
+        c.auth_scram(HashAlgo::Sha256, user, password, None)
+            .await
+            .unwrap_or_else(|e| panic!("auth {user}@{host}: {e:#}"));
+        c.open(host).await;
+        c.bind(Some(resource))
+            .await
+            .unwrap_or_else(|e| panic!("bind {user}@{host}: {e:#}"));
+        c
     }
 
     /// Creates an account (4096 iterations: the minimum the server accepts for new ones).

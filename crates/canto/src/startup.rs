@@ -31,6 +31,9 @@ pub enum Step {
     Modules,
     /// Listening sockets bound.
     Listeners,
+    /// The DNS resolver for outgoing server connections made (hickory: its tasks and
+    /// sockets exist from here on, after the signal handlers, as the seed says).
+    Resolver,
     /// Accept loops and other background tasks started.
     Background,
     /// `READY=1` sent to systemd (when `NOTIFY_SOCKET` is set).
@@ -81,6 +84,12 @@ pub struct Running {
     pub https_addrs: Vec<std::net::SocketAddr>,
     /// The bound `/metrics` address (`[metrics] listen`), if on.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Bound s2s addresses (`[s2s] listen`).
+    pub s2s_addrs: Vec<std::net::SocketAddr>,
+    /// Bound direct TLS s2s addresses (`[s2s] direct_tls_listen`).
+    pub s2s_direct_tls_addrs: Vec<std::net::SocketAddr>,
+    /// Federation.
+    pub s2s: std::sync::Arc<canto_net::s2s::S2s>,
 }
 
 /// The part of startup after signals: storage, certificates, modules, listeners, background
@@ -89,12 +98,33 @@ pub async fn start(config: Config, storage: Option<Storage>, trace: &Trace) -> R
     start_with_modules(config, storage, Vec::new(), trace).await
 }
 
+/// [`start_with_modules`] with the DNS answers of `resolver` (tests inject them).
+pub async fn start_with_resolver(
+    config: Config,
+    storage: Option<Storage>,
+    extra: Vec<std::sync::Arc<dyn canto_core::Module>>,
+    resolver: Arc<dyn canto_net::s2s::dns::Resolver>,
+    trace: &Trace,
+) -> Result<Running> {
+    start_inner(config, storage, extra, Some(resolver), trace).await
+}
+
 /// [`start`] with `extra` modules available besides Canto's own (enabled, like those, by
 /// name in `modules`): tests load test services this way.
 pub async fn start_with_modules(
     config: Config,
     storage: Option<Storage>,
     extra: Vec<std::sync::Arc<dyn canto_core::Module>>,
+    trace: &Trace,
+) -> Result<Running> {
+    start_inner(config, storage, extra, None, trace).await
+}
+
+async fn start_inner(
+    config: Config,
+    storage: Option<Storage>,
+    extra: Vec<std::sync::Arc<dyn canto_core::Module>>,
+    resolver: Option<Arc<dyn canto_net::s2s::dns::Resolver>>,
     trace: &Trace,
 ) -> Result<Running> {
     let storage = match storage {
@@ -135,6 +165,17 @@ pub async fn start_with_modules(
             http_addrs.push(a);
         }
     }
+    let s2s_listeners = canto_net::s2s::bind(&config).await?;
+    let mut s2s_addrs = Vec::new();
+    let mut s2s_direct_tls_addrs = Vec::new();
+    for l in &s2s_listeners {
+        let a = l.local_addr()?;
+        if l.is_direct_tls() {
+            s2s_direct_tls_addrs.push(a);
+        } else {
+            s2s_addrs.push(a);
+        }
+    }
     let metrics_listener = canto_net::metrics::bind(&config).await?;
     let metrics_addr = match &metrics_listener {
         Some(l) => Some(l.local_addr()?),
@@ -148,7 +189,24 @@ pub async fn start_with_modules(
         None => None,
     };
     trace.step(Step::Listeners);
+    // Federation's resolver (the seed: DNS work starts only after the signal handlers), the
+    // peers' certificate verifier and the dialback secret.
+    let resolver: Arc<dyn canto_net::s2s::dns::Resolver> = match resolver {
+        Some(r) => r,
+        None => Arc::new(
+            canto_net::s2s::dns::HickoryResolver::new(&config.dns)
+                .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?,
+        ),
+    };
+    let verifier = Arc::new(
+        canto_net::s2s::verify::Verifier::new(&config.s2s.ca_file)
+            .map_err(|e| anyhow::anyhow!("s2s.ca_file: {e}"))?,
+    );
+    let secret = canto_net::s2s::dialback_secret(&config.data_dir)
+        .context("the dialback secret in data_dir")?;
+    trace.step(Step::Resolver);
     let network = canto_net::start(server.clone(), certs, listeners, http_listeners, admin);
+    let s2s = network.start_s2s(s2s_listeners, resolver, verifier, secret);
     if let Some(l) = metrics_listener {
         network.start_metrics(l);
     }
@@ -163,6 +221,9 @@ pub async fn start_with_modules(
         http_addrs,
         https_addrs,
         metrics_addr,
+        s2s_addrs,
+        s2s_direct_tls_addrs,
+        s2s,
     })
 }
 
@@ -193,6 +254,10 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     keep!("http.listen", http.listen);
     keep!("http.https_listen", http.https_listen);
     keep!("metrics.listen", metrics.listen);
+    keep!("s2s.listen", s2s.listen);
+    keep!("s2s.direct_tls_listen", s2s.direct_tls_listen);
+    keep!("dns", dns);
+    keep!("s2s.ca_file", s2s.ca_file);
     refused
 }
 

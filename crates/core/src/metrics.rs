@@ -55,6 +55,9 @@ pub const DROP_SESSION_QUEUE: &str = "session_queue";
 pub const DROP_OFFLINE_FULL: &str = "offline_full";
 /// `reason` of [`QUEUE_DROPS`]: a subscription request beyond `roster.max_pending`.
 pub const DROP_PENDING_SUBSCRIPTIONS: &str = "pending_subscriptions";
+/// `reason` of [`QUEUE_DROPS`]: a stanza for a remote domain beyond `s2s.max_queued_bytes`
+/// (bounced with resource-constraint).
+pub const DROP_S2S_QUEUE: &str = "s2s_queue";
 
 /// Bucket bounds (seconds) of the latency histograms.
 pub const LATENCY_BUCKETS: &[f64] = &[

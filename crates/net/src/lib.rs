@@ -135,6 +135,30 @@ impl Network {
         self.http.as_ref()
     }
 
+    /// Starts federation: the core's remote router, the s2s listeners. Connections hold the
+    /// shutdown signal and the liveness token like client connections.
+    pub fn start_s2s(
+        &self,
+        listeners: Vec<s2s::S2sListener>,
+        resolver: Arc<dyn s2s::dns::Resolver>,
+        verifier: Arc<s2s::verify::Verifier>,
+        secret: Vec<u8>,
+    ) -> Arc<s2s::S2s> {
+        let s2s = s2s::S2s::new(
+            self.server.clone(),
+            self.certs.clone(),
+            resolver,
+            verifier,
+            secret,
+            self.shutdown.subscribe(),
+        );
+        self.server.set_remote_router(s2s.clone());
+        if let Some(alive) = &self.alive_tx {
+            s2s.start(listeners, alive.clone());
+        }
+        s2s
+    }
+
     /// Serves `/metrics` on `listener` (`[metrics] listen`) until shutdown.
     pub fn start_metrics(&self, listener: metrics::MetricsListener) {
         metrics::start(self.server.clone(), listener, self.shutdown.subscribe());

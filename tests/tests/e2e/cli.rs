@@ -85,7 +85,7 @@ fn write_config(dir: &ScratchDir, listen: &[SocketAddr], level: &str) -> PathBuf
     let path = dir.path("canto.toml");
     let body = format!(
         "data_dir = \"{}\"\nhosts = [\"localhost\", \"example.test\"]\n\n[c2s]\nlisten = [{l}]\n\
-         direct_tls_listen = [{d}]\n\n[http]\nlisten = []\nhttps_listen = []\n\n[storage]\nbackend = \"sqlite\"\n\n[log]\nlevel = \"{level}\"\n",
+         direct_tls_listen = [{d}]\n\n[http]\nlisten = []\nhttps_listen = []\n\n[s2s]\nlisten = []\n\n[storage]\nbackend = \"sqlite\"\n\n[log]\nlevel = \"{level}\"\n",
         dir.path("data").display()
     );
     std::fs::write(&path, body).unwrap_or_else(|e| panic!("{e}"));
@@ -564,6 +564,7 @@ async fn startup_runs_every_step_in_order() {
             Step::Certificates,
             Step::Modules,
             Step::Listeners,
+            Step::Resolver,
             Step::Background,
             Step::Ready,
         ]

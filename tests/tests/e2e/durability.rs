@@ -70,7 +70,7 @@ async fn offline_messages_acknowledged_before_sigkill_are_delivered_after_restar
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[c2s]\nlisten = [\"{addr}\"]\ndirect_tls_listen = []\n[http]\nlisten = []\nhttps_listen = []\n[log]\nlevel = \"warn\"\n",
+            "data_dir = \"{}\"\n[c2s]\nlisten = [\"{addr}\"]\ndirect_tls_listen = []\n[http]\nlisten = []\nhttps_listen = []\n[s2s]\nlisten = []\n[log]\nlevel = \"warn\"\n",
             dir.0.join("data").display()
         ),
     )

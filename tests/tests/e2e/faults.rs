@@ -42,6 +42,7 @@ fn write_config(dir: &Path, data_dir: &Path, addr: SocketAddr, extra: &str) -> P
             "data_dir = \"{}\"\n\
              [c2s]\nlisten = [\"{addr}\"]\ndirect_tls_listen = []\nrequire_encryption = false\n\
              [http]\nlisten = []\nhttps_listen = []\n\
+             [s2s]\nlisten = []\n\
              [limits.c2s]\nrate = \"unlimited\"\n\
              [log]\nlevel = \"warn\"\n{extra}",
             data_dir.display()

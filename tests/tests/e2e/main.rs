@@ -16,6 +16,7 @@ mod disco;
 mod durability;
 mod extdisco;
 mod faults;
+mod federation;
 mod im;
 mod lang;
 mod last;

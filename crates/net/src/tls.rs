@@ -70,7 +70,8 @@ impl fmt::Debug for CertStore {
     }
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The crypto provider: the process default if one is installed, else aws-lc-rs.
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -265,18 +266,32 @@ impl CertStore {
     }
 }
 
+impl CertSet {
+    /// The certificate for `name`: its own, or its parent host's (a subdomain is covered by
+    /// `*.host`).
+    fn lookup(&self, name: &str) -> Option<&HostCert> {
+        let n = name.to_ascii_lowercase();
+        self.by_host.get(&n).or_else(|| {
+            n.split_once('.')
+                .and_then(|(_, parent)| self.by_host.get(parent))
+        })
+    }
+}
+
+impl CertStore {
+    /// The certificate and key served for `host` (or its parent host), without falling back to
+    /// the default host: what s2s presents as a TLS client certificate for a local domain.
+    pub fn certified_key(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        self.set.load().lookup(host).map(|h| h.key.clone())
+    }
+}
+
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let set = self.set.load();
-        let by_sni = hello.server_name().and_then(|n| {
-            let n = n.to_ascii_lowercase();
-            set.by_host.get(&n).or_else(|| {
-                // A subdomain gets its parent host's certificate (covered by `*.host`).
-                n.split_once('.')
-                    .and_then(|(_, parent)| set.by_host.get(parent))
-            })
-        });
-        by_sni
+        hello
+            .server_name()
+            .and_then(|n| set.lookup(n))
             .or_else(|| set.by_host.get(&set.default_host))
             .map(|h| h.key.clone())
     }

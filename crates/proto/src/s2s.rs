@@ -113,8 +113,8 @@ impl PeerFeatures {
     }
 }
 
-/// XEP-0185 §3: the dialback key, `HMAC-SHA256(SHA256(secret), receiving + ' ' + originating
-/// + ' ' + stream id)` in lowercase hex. Only the server holding `secret` (the authoritative
+/// XEP-0185 §3: the dialback key, HMAC-SHA256 keyed with SHA256(secret) over "receiving
+/// originating stream-id", in lowercase hex. Only the server holding `secret` (the authoritative
 /// one) can make or check it, and it needs no state.
 pub fn dialback_key(secret: &[u8], receiving: &str, originating: &str, stream_id: &str) -> String {
     // The HMAC key is SHA256(secret) in hex, as XEP-0185 §3's example writes it.
@@ -205,10 +205,14 @@ pub fn external_auth(domain: &str) -> Element {
         .with_text(base64::engine::general_purpose::STANDARD.encode(domain.as_bytes()))
 }
 
+/// Bad base64 or UTF-8 in a SASL payload (RFC 6120 §6.4.2: `incorrect-encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadEncoding;
+
 /// The authorization identity of an `<auth mechanism='EXTERNAL'>`: `Ok(None)` for none (`=` or
 /// empty), `Ok(Some(domain))`, or `Err` for bad base64/UTF-8 (RFC 6120 §6.4.2:
 /// `incorrect-encoding`).
-pub fn external_authzid(auth: &Element) -> Result<Option<String>, ()> {
+pub fn external_authzid(auth: &Element) -> Result<Option<String>, BadEncoding> {
     let text = auth.text();
     let t = text.trim();
     if t.is_empty() || t == "=" {
@@ -216,8 +220,8 @@ pub fn external_authzid(auth: &Element) -> Result<Option<String>, ()> {
     }
     let raw = base64::engine::general_purpose::STANDARD
         .decode(t)
-        .map_err(|_| ())?;
-    let s = String::from_utf8(raw).map_err(|_| ())?;
+        .map_err(|_| BadEncoding)?;
+    let s = String::from_utf8(raw).map_err(|_| BadEncoding)?;
     Ok((!s.is_empty()).then_some(s))
 }
 
@@ -312,7 +316,7 @@ mod tests {
         let e = Element::new("auth", ns::SASL).with_text("=");
         assert_eq!(external_authzid(&e), Ok(None));
         let e = Element::new("auth", ns::SASL).with_text("!!!");
-        assert_eq!(external_authzid(&e), Err(()));
+        assert_eq!(external_authzid(&e), Err(BadEncoding));
     }
 
     #[test]

@@ -34,7 +34,8 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, "Canto federation test CA");
+        p.distinguished_name
+            .push(DnType::CommonName, "Canto federation test CA");
         let ca = p.self_signed(&ca_key).unwrap_or_else(|e| panic!("{e}"));
         let ca_pem = dir.path("ca.pem");
         std::fs::write(&ca_pem, ca.pem()).unwrap_or_else(|e| panic!("{e}"));
@@ -87,7 +88,7 @@ fn resolver(peers: &[(&str, u16)]) -> StaticResolver {
     for (d, port) in peers {
         r = r
             .srv(
-                &format!("_xmpp-server._tcp.{d}."),
+                &format!("_xmpp-server._tcp.{d}"),
                 vec![SrvRecord::new(0, 1, *port, *d)],
             )
             .ips(d, vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
@@ -141,7 +142,13 @@ impl Pair {
         let pki = Pki::new();
         let (pa, pb) = (free_addr().port(), free_addr().port());
         let dns = || resolver(&[("a.test", pa), ("b.test", pb)]);
-        let cert = |d| if trusted { pki.issue(&[d]) } else { pki.self_signed(d) };
+        let cert = |d| {
+            if trusted {
+                pki.issue(&[d])
+            } else {
+                pki.self_signed(d)
+            }
+        };
         let trust = trusted.then(|| pki.ca_pem.clone());
         let a = server(
             Opts {
@@ -175,12 +182,21 @@ impl Pair {
     /// The CA file the c2s clients trust: the test CA, or (self-signed) each server's own.
     fn client_ca(&self, domain: &str) -> PathBuf {
         let own = self.pki.dir.path(&format!("{domain}.self.crt"));
-        if own.exists() { own } else { self.pki.ca_pem.clone() }
+        if own.exists() {
+            own
+        } else {
+            self.pki.ca_pem.clone()
+        }
     }
 
     async fn login(&self, on_a: bool, user: &str, res: &str) -> Client {
-        let (s, d) = if on_a { (&self.a, "a.test") } else { (&self.b, "b.test") };
-        s.login_with_ca(&self.client_ca(d), d, user, "pw", res).await
+        let (s, d) = if on_a {
+            (&self.a, "a.test")
+        } else {
+            (&self.b, "b.test")
+        };
+        s.login_with_ca(&self.client_ca(d), d, user, "pw", res)
+            .await
     }
 }
 
@@ -262,7 +278,11 @@ async fn secure_auth_refuses_a_peer_without_a_valid_certificate() {
         .wait_for(|e| e.name() == "message" && e.attr("type") == Some("error"))
         .await
         .unwrap_or_else(|e| panic!("no bounce: {e:#}"));
-    assert_eq!(canto_tests::error_condition(&e).as_deref(), Some("remote-server-not-found"), "{e}");
+    assert_eq!(
+        canto_tests::error_condition(&e).as_deref(),
+        Some("remote-server-not-found"),
+        "{e}"
+    );
     assert_eq!(e.attr("from"), Some("bob@b.test"));
     assert_eq!(p.b.running.s2s.auth_method("a.test"), None);
 }
@@ -272,7 +292,10 @@ async fn unknown_and_unreachable_domains_bounce() {
     let pki = Pki::new();
     let port = free_addr().port();
     // nowhere.test has no records at all; slow.test never answers.
-    let dns = resolver(&[("a.test", port)]).hang("_xmpp-server._tcp.slow.test.").hang("_xmpps-server._tcp.slow.test.").hang("slow.test");
+    let dns = resolver(&[("a.test", port)])
+        .hang("_xmpp-server._tcp.slow.test")
+        .hang("_xmpps-server._tcp.slow.test")
+        .hang("slow.test");
     let a = server(
         Opts {
             domain: "a.test",
@@ -286,7 +309,9 @@ async fn unknown_and_unreachable_domains_bounce() {
         dns,
     )
     .await;
-    let mut alice = a.login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "r").await;
+    let mut alice = a
+        .login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "r")
+        .await;
     alice
         .send("<iq type='get' id='q1' to='nowhere.test'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
@@ -294,7 +319,11 @@ async fn unknown_and_unreachable_domains_bounce() {
         .wait_for(|e| e.attr("id") == Some("q1"))
         .await
         .unwrap_or_else(|e| panic!("no bounce: {e:#}"));
-    assert_eq!(canto_tests::error_condition(&e).as_deref(), Some("remote-server-not-found"), "{e}");
+    assert_eq!(
+        canto_tests::error_condition(&e).as_deref(),
+        Some("remote-server-not-found"),
+        "{e}"
+    );
     let t = std::time::Instant::now();
     alice
         .send("<message to='x@slow.test' id='m2'><body>x</body></message>")
@@ -303,10 +332,16 @@ async fn unknown_and_unreachable_domains_bounce() {
         .wait_for(|e| e.attr("id") == Some("m2"))
         .await
         .unwrap_or_else(|e| panic!("no bounce: {e:#}"));
-    assert_eq!(canto_tests::error_condition(&e).as_deref(), Some("remote-server-timeout"), "{e}");
+    assert_eq!(
+        canto_tests::error_condition(&e).as_deref(),
+        Some("remote-server-timeout"),
+        "{e}"
+    );
     assert!(t.elapsed() < WAIT);
     // Unavailable presence to such a domain is not bounced (RFC 6120 §8.3.1).
-    alice.send("<presence to='x@nowhere.test' type='unavailable'/>").await;
+    alice
+        .send("<presence to='x@nowhere.test' type='unavailable'/>")
+        .await;
     assert!(alice.nothing_within(Duration::from_millis(500)).await);
 }
 
@@ -318,7 +353,9 @@ async fn raw_peer(port: u16, from: &str, to: &str) -> (TcpStream, String) {
     let h = format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>"
     );
-    tcp.write_all(h.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(h.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let got = read_until(&mut tcp, "</stream:features>").await;
     (tcp, got)
 }
@@ -388,7 +425,10 @@ async fn spoofing_is_refused() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let got = read_until(&mut tcp, "type=").await;
-    assert!(got.contains("type='error'") || got.contains("type='invalid'"), "{got}");
+    assert!(
+        got.contains("type='error'") || got.contains("type='invalid'"),
+        "{got}"
+    );
     tcp.write_all(b"<message from='x@a.test' to='bob@b.test'><body>hi</body></message>")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -404,7 +444,9 @@ async fn spoofing_is_refused() {
     assert!(got.contains("type='invalid'"), "{got}");
 
     // A stream to a domain not served here.
-    let mut tcp = TcpStream::connect(("127.0.0.1", pb)).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut tcp = TcpStream::connect(("127.0.0.1", pb))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     tcp.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='a.test' to='elsewhere.test' version='1.0'>")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -440,10 +482,13 @@ async fn evil_peer(ca: &Path, cert: &(PathBuf, PathBuf), port: u16) -> String {
         .unwrap_or_else(|e| panic!("{e}"))
         .filter_map(Result::ok)
         .collect();
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.1).unwrap_or_else(|e| panic!("{e}"));
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.1).unwrap_or_else(|e| panic!("{e}"));
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| panic!("{e}")) {
-        roots.add(c.unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+        roots
+            .add(c.unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let cfg = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
@@ -451,43 +496,56 @@ async fn evil_peer(ca: &Path, cert: &(PathBuf, PathBuf), port: u16) -> String {
         .unwrap_or_else(|e| panic!("{e}"));
     let (mut tcp, features) = raw_peer(port, "evil.test", "b.test").await;
     assert!(features.contains("starttls"), "{features}");
-    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await.unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let got = read_until(&mut tcp, "proceed").await;
     assert!(got.contains("proceed"), "{got}");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let name = rustls_pki_types::ServerName::try_from("b.test").unwrap_or_else(|e| panic!("{e}"));
-    let mut tls = connector.connect(name, tcp).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='evil.test' to='b.test' version='1.0'>";
-    let read = |tls: &mut tokio_rustls::client::TlsStream<TcpStream>, needle: &'static str| {
-        let mut got = Vec::new();
-        async move {
-            let mut buf = [0u8; 4096];
-            let _ = tokio::time::timeout(WAIT, async {
-                loop {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                    if String::from_utf8_lossy(&got).contains(needle) {
-                        break;
-                    }
-                }
-            })
-            .await;
-            String::from_utf8_lossy(&got).into_owned()
-        }
-    };
-    tls.write_all(header.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
-    let f = read(&mut tls, "</stream:features>").await;
-    assert!(f.contains("EXTERNAL"), "EXTERNAL offered for a valid certificate: {f}");
-    tls.write_all(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>").await.unwrap_or_else(|e| panic!("{e}"));
-    let s = read(&mut tls, "success").await;
+    tls.write_all(header.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let f = read_tls(&mut tls, "</stream:features>").await;
+    assert!(
+        f.contains("EXTERNAL"),
+        "EXTERNAL offered for a valid certificate: {f}"
+    );
+    tls.write_all(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = read_tls(&mut tls, "success").await;
     assert!(s.contains("<success"), "{s}");
-    tls.write_all(header.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
-    let _ = read(&mut tls, "</stream:features>").await;
+    tls.write_all(header.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = read_tls(&mut tls, "</stream:features>").await;
     // evil.test may send as itself (a stanza to a missing account is answered)...
     tls.write_all(b"<message from='mallory@a.test' to='bob@b.test' type='chat'><body>I am alice's server</body></message>")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    read(&mut tls, "</stream:stream>").await
+    read_tls(&mut tls, "</stream:stream>").await
+}
+
+async fn read_tls(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(WAIT, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if String::from_utf8_lossy(&got).contains(needle) {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
 }

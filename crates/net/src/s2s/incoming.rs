@@ -39,7 +39,11 @@ pub(crate) async fn serve(s2s: Arc<S2s>, io: S2sIo, peer: String, direct_tls: bo
     if direct_tls {
         // XEP-0368 §3: TLS before the stream.
         let cfg = super::verify::server_config(&s2s.certs);
-        if conn.accept_tls(cfg, Instant::now() + negotiation).await.is_err() {
+        if conn
+            .accept_tls(cfg, Instant::now() + negotiation)
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -173,7 +177,11 @@ impl State {
         self.claimed = from;
         self.id = random_id();
         self.opened = true;
-        let mut out = proto::stream_header(&self.local, self.claimed.as_deref().unwrap_or(""), Some(&self.id));
+        let mut out = proto::stream_header(
+            &self.local,
+            self.claimed.as_deref().unwrap_or(""),
+            Some(&self.id),
+        );
         let config = self.s2s.config();
         let tls = conn.is_tls();
         let starttls = (!tls && self.tls_available).then_some(config.s2s.require_encryption);
@@ -215,11 +223,15 @@ impl State {
         if el.is("starttls", ns::TLS) {
             if conn.is_tls() || !self.tls_available {
                 // RFC 6120 §5.4.2.2
-                conn.send(&Element::new("failure", ns::TLS)).await.map_err(write_err)?;
+                conn.send(&Element::new("failure", ns::TLS))
+                    .await
+                    .map_err(write_err)?;
                 conn.close().await;
                 return Err(StreamError::new(StreamCondition::PolicyViolation));
             }
-            conn.send(&Element::new("proceed", ns::TLS)).await.map_err(write_err)?;
+            conn.send(&Element::new("proceed", ns::TLS))
+                .await
+                .map_err(write_err)?;
             let cfg = super::verify::server_config(&self.s2s.certs);
             let deadline = Instant::now() + Duration::from_secs(10);
             if conn.accept_tls(cfg, deadline).await.is_err() {
@@ -230,8 +242,9 @@ impl State {
         }
         if self.s2s.config().s2s.require_encryption && !conn.is_tls() {
             // RFC 6120 §5.3.1: nothing but STARTTLS before TLS when it is required.
-            return Err(StreamError::new(StreamCondition::PolicyViolation)
-                .with_text("TLS is required"));
+            return Err(
+                StreamError::new(StreamCondition::PolicyViolation).with_text("TLS is required")
+            );
         }
         if el.is("auth", ns::SASL) {
             return self.sasl_external(conn, &el).await;
@@ -249,19 +262,26 @@ impl State {
     }
 
     /// RFC 6120 §6.4 with EXTERNAL (§6.3.4, XEP-0178): the certificate proves the domain.
-    async fn sasl_external(&mut self, conn: &mut XmlConn, el: &Element) -> Result<bool, StreamError> {
+    async fn sasl_external(
+        &mut self,
+        conn: &mut XmlConn,
+        el: &Element,
+    ) -> Result<bool, StreamError> {
         let write_err = |_| StreamError::new(StreamCondition::UndefinedCondition);
-        let failure = |cond: &str| {
-            Element::new("failure", ns::SASL).with_child(Element::new(cond, ns::SASL))
-        };
+        let failure =
+            |cond: &str| Element::new("failure", ns::SASL).with_child(Element::new(cond, ns::SASL));
         if self.sasl_done || el.attr("mechanism") != Some("EXTERNAL") {
-            conn.send(&failure("invalid-mechanism")).await.map_err(write_err)?;
+            conn.send(&failure("invalid-mechanism"))
+                .await
+                .map_err(write_err)?;
             return Ok(false);
         }
         let authzid = match proto::external_authzid(el) {
             Ok(a) => a,
-            Err(()) => {
-                conn.send(&failure("incorrect-encoding")).await.map_err(write_err)?;
+            Err(_) => {
+                conn.send(&failure("incorrect-encoding"))
+                    .await
+                    .map_err(write_err)?;
                 return Ok(false);
             }
         };
@@ -270,24 +290,35 @@ impl State {
             .and_then(canto_stanza::jid::normalize_domain)
             .or_else(|| self.claimed.clone())
         else {
-            conn.send(&failure("not-authorized")).await.map_err(write_err)?;
+            conn.send(&failure("not-authorized"))
+                .await
+                .map_err(write_err)?;
             return Ok(false);
         };
         // XEP-0178 §3.1: the authorization identity, when given, is the header's `from`.
-        let matches_claim = self.claimed.as_deref().is_none_or(|c| c.eq_ignore_ascii_case(&domain));
+        let matches_claim = self
+            .claimed
+            .as_deref()
+            .is_none_or(|c| c.eq_ignore_ascii_case(&domain));
         if !matches_claim {
-            conn.send(&failure("invalid-authzid")).await.map_err(write_err)?;
+            conn.send(&failure("invalid-authzid"))
+                .await
+                .map_err(write_err)?;
             return Ok(false);
         }
         if !conn.is_tls() || !self.cert_valid(conn, &domain) {
-            conn.send(&failure("not-authorized")).await.map_err(write_err)?;
+            conn.send(&failure("not-authorized"))
+                .await
+                .map_err(write_err)?;
             return Ok(false);
         }
         if !self.count(&domain) {
             return Err(StreamError::new(StreamCondition::PolicyViolation)
                 .with_text("too many connections from your domain"));
         }
-        conn.send(&Element::new("success", ns::SASL)).await.map_err(write_err)?;
+        conn.send(&Element::new("success", ns::SASL))
+            .await
+            .map_err(write_err)?;
         info!(remote = %domain, local = %self.local, peer = %self.peer, method = "SASL EXTERNAL", "s2s: incoming stream authenticated");
         self.s2s.authenticated(&domain, "EXTERNAL");
         self.pairs.insert((domain, self.local.clone()));
@@ -322,7 +353,8 @@ impl State {
                 .with_text("too many dialback requests"));
         }
         let (Some(remote), Some(local)) = (
-            el.attr("from").and_then(canto_stanza::jid::normalize_domain),
+            el.attr("from")
+                .and_then(canto_stanza::jid::normalize_domain),
             el.attr("to").and_then(canto_stanza::jid::normalize_domain),
         ) else {
             return Err(StreamError::new(StreamCondition::ImproperAddressing));
@@ -335,9 +367,15 @@ impl State {
         }
         if !self.s2s.is_local(&local) {
             // XEP-0220 §2.4: a domain not served here.
-            conn.send(&proto::db_error("result", &local, &remote, "item-not-found", "cancel"))
-                .await
-                .map_err(write_err)?;
+            conn.send(&proto::db_error(
+                "result",
+                &local,
+                &remote,
+                "item-not-found",
+                "cancel",
+            ))
+            .await
+            .map_err(write_err)?;
             return Ok(());
         }
         if self.pairs.contains(&(remote.clone(), local.clone())) {
@@ -350,9 +388,15 @@ impl State {
         if self.s2s.config().s2s.requires_certificate(&remote) && !cert_ok {
             // s2s.secure_auth: dialback alone is not enough for this domain.
             warn!(%remote, peer = %self.peer, "s2s: dialback refused: no valid certificate");
-            conn.send(&proto::db_error("result", &local, &remote, "not-authorized", "auth"))
-                .await
-                .map_err(write_err)?;
+            conn.send(&proto::db_error(
+                "result",
+                &local,
+                &remote,
+                "not-authorized",
+                "auth",
+            ))
+            .await
+            .map_err(write_err)?;
             return Ok(());
         }
         if cert_ok {
@@ -397,9 +441,15 @@ impl State {
     async fn verdict(&mut self, conn: &mut XmlConn, v: Verdict) -> Result<(), StreamError> {
         let write_err = |_| StreamError::new(StreamCondition::UndefinedCondition);
         if v.unreachable {
-            conn.send(&proto::db_error("result", &v.local, &v.remote, "remote-server-not-found", "cancel"))
-                .await
-                .map_err(write_err)?;
+            conn.send(&proto::db_error(
+                "result",
+                &v.local,
+                &v.remote,
+                "remote-server-not-found",
+                "cancel",
+            ))
+            .await
+            .map_err(write_err)?;
             return Ok(());
         }
         if v.valid {
@@ -413,9 +463,11 @@ impl State {
         } else {
             warn!(remote = %v.remote, peer = %self.peer, "s2s: dialback key invalid");
         }
-        conn.send(&proto::db_answer("result", &v.local, &v.remote, None, v.valid))
-            .await
-            .map_err(write_err)?;
+        conn.send(&proto::db_answer(
+            "result", &v.local, &v.remote, None, v.valid,
+        ))
+        .await
+        .map_err(write_err)?;
         if !v.valid {
             // XEP-0220 §2.1.3: an invalid key ends the stream.
             return Err(StreamError::new(StreamCondition::NotAuthorized));
@@ -425,7 +477,11 @@ impl State {
 
     /// XEP-0220 §2.2: `<db:verify from='receiving' to='originating' id>key</db:verify>`,
     /// answered from our secret (we are the originating domain's authoritative server).
-    async fn dialback_verify(&mut self, conn: &mut XmlConn, el: &Element) -> Result<(), StreamError> {
+    async fn dialback_verify(
+        &mut self,
+        conn: &mut XmlConn,
+        el: &Element,
+    ) -> Result<(), StreamError> {
         let write_err = |_| StreamError::new(StreamCondition::UndefinedCondition);
         self.attempts += 1;
         if self.attempts > self.s2s.config().s2s.max_dialback_attempts {
@@ -433,7 +489,8 @@ impl State {
                 .with_text("too many dialback requests"));
         }
         let (Some(receiving), Some(originating), Some(id)) = (
-            el.attr("from").and_then(canto_stanza::jid::normalize_domain),
+            el.attr("from")
+                .and_then(canto_stanza::jid::normalize_domain),
             el.attr("to").and_then(canto_stanza::jid::normalize_domain),
             el.attr("id"),
         ) else {
@@ -444,15 +501,28 @@ impl State {
                 .with_text("unsolicited dialback verification result"));
         }
         if !self.s2s.is_local(&originating) {
-            conn.send(&proto::db_error("verify", &originating, &receiving, "item-not-found", "cancel"))
-                .await
-                .map_err(write_err)?;
-            return Ok(());
-        }
-        let valid = proto::dialback_key_valid(&self.s2s.secret, &receiving, &originating, id, &el.text());
-        conn.send(&proto::db_answer("verify", &originating, &receiving, Some(id), valid))
+            conn.send(&proto::db_error(
+                "verify",
+                &originating,
+                &receiving,
+                "item-not-found",
+                "cancel",
+            ))
             .await
             .map_err(write_err)?;
+            return Ok(());
+        }
+        let valid =
+            proto::dialback_key_valid(&self.s2s.secret, &receiving, &originating, id, &el.text());
+        conn.send(&proto::db_answer(
+            "verify",
+            &originating,
+            &receiving,
+            Some(id),
+            valid,
+        ))
+        .await
+        .map_err(write_err)?;
         Ok(())
     }
 

@@ -55,11 +55,14 @@ impl S2sListener {
 /// Binds `[s2s] listen` and `direct_tls_listen`.
 pub async fn bind(config: &canto_core::Config) -> std::io::Result<Vec<S2sListener>> {
     let mut out = Vec::new();
-    for (list, direct_tls) in [(&config.s2s.listen, false), (&config.s2s.direct_tls_listen, true)] {
+    for (list, direct_tls) in [
+        (&config.s2s.listen, false),
+        (&config.s2s.direct_tls_listen, true),
+    ] {
         for a in list {
-            let socket = TcpListener::bind(a).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}"))
-            })?;
+            let socket = TcpListener::bind(a)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {a}: {e}")))?;
             out.push(S2sListener { socket, direct_tls });
         }
     }
@@ -186,10 +189,16 @@ impl S2s {
     /// Serves one incoming stream over an in-memory pipe (the fuzzer): no TLS, so only what
     /// `s2s.require_encryption = false` allows.
     pub async fn serve_memory(self: &Arc<Self>, io: tokio::io::DuplexStream) {
-        incoming::serve(self.clone(), stream::S2sIo::Memory(io), "memory".into(), false).await;
+        incoming::serve(
+            self.clone(),
+            stream::S2sIo::Memory(io),
+            "memory".into(),
+            false,
+        )
+        .await;
     }
 
-    pub(crate) fn config(&self) -> arc_swap::Guard<Arc<canto_core::Config>> {
+    pub(crate) fn config(&self) -> Arc<canto_core::Config> {
         self.server.config()
     }
 
@@ -292,7 +301,13 @@ impl S2s {
             let (tx, rx) = mpsc::unbounded_channel();
             let queued = Arc::new(AtomicUsize::new(0));
             if let Some(me) = self.me.upgrade() {
-                tokio::spawn(outgoing::run(me, key.0.clone(), key.1.clone(), rx, queued.clone()));
+                tokio::spawn(outgoing::run(
+                    me,
+                    key.0.clone(),
+                    key.1.clone(),
+                    rx,
+                    queued.clone(),
+                ));
             }
             Route { tx, queued }
         });
@@ -327,13 +342,6 @@ impl RemoteRouter for S2s {
     fn send(&self, from_domain: &str, to_domain: &str, stanza: Element) {
         let mut bytes = Vec::with_capacity(256);
         stanza.write_to(&mut bytes, canto_stanza::ns::CLIENT);
-        self.enqueue(
-            from_domain,
-            to_domain,
-            Queued {
-                el: stanza,
-                bytes,
-            },
-        );
+        self.enqueue(from_domain, to_domain, Queued { el: stanza, bytes });
     }
 }

@@ -61,7 +61,14 @@ pub(crate) async fn run(
         Err(_) => {
             warn!(%local, %remote, "s2s: outgoing connection timed out");
             // RFC 6120 §8.3.3.17
-            return drain(&s2s, &local, &remote, rx, &queued, Condition::RemoteServerTimeout);
+            return drain(
+                &s2s,
+                &local,
+                &remote,
+                rx,
+                &queued,
+                Condition::RemoteServerTimeout,
+            );
         }
     };
     info!(%local, %remote, ms = started.elapsed().as_millis() as u64, "s2s: outgoing stream authenticated");
@@ -113,6 +120,7 @@ async fn serve(
     let mut stop = s2s.shutdown.clone();
     let mut out = Vec::with_capacity(4096);
     loop {
+        let idle_at = conn.last_activity + idle;
         tokio::select! {
             q = rx.recv() => {
                 let Some(first) = q else {
@@ -160,7 +168,7 @@ async fn serve(
                 }
                 Err(ReadFail::Gone(_)) => return Vec::new(),
             },
-            _ = tokio::time::sleep_until(conn.last_activity + idle) => {
+            _ = tokio::time::sleep_until(idle_at) => {
                 debug!("s2s: idle outgoing stream closed");
                 conn.close().await;
                 return Vec::new();
@@ -176,6 +184,7 @@ async fn serve(
 /// Resolves, connects, secures and authenticates a stream from `local` to `remote`.
 async fn establish(s2s: &Arc<S2s>, local: &str, remote: &str) -> Result<XmlConn, SetupError> {
     let mut opened = open(s2s, local, remote).await?;
+    debug!(%remote, cert_ok = opened.cert_ok, "s2s: outgoing stream secured");
     authenticate(s2s, local, remote, &mut opened).await?;
     Ok(opened.conn)
 }
@@ -217,7 +226,7 @@ async fn open_target(
     drop(config);
     let mut conn = XmlConn::new(S2sIo::Plain(tcp), max, s2s.read_limit());
     let deadline = Instant::now() + Duration::from_secs(s2s.config().s2s.connect_timeout);
-    let client_tls = super::verify::client_config(&s2s.certs, local);
+    let client_tls = super::verify::client_config(&s2s.certs, local, target.direct_tls);
     if target.direct_tls {
         // XEP-0368 §3: TLS first, ALPN xmpp-server.
         conn.connect_tls(client_tls.clone(), remote, deadline)
@@ -230,14 +239,21 @@ async fn open_target(
             .map_err(|_| fail(Condition::RemoteServerNotFound, "write failed"))?;
         let header = next_element(&mut conn, true).await?;
         if header.ns() != ns::STREAMS || header.attr("xmlns") != Some(ns::SERVER) {
-            conn.fail(StreamError::new(StreamCondition::InvalidNamespace)).await;
-            return Err(fail(Condition::RemoteServerNotFound, "not an XMPP server stream"));
+            conn.fail(StreamError::new(StreamCondition::InvalidNamespace))
+                .await;
+            return Err(fail(
+                Condition::RemoteServerNotFound,
+                "not an XMPP server stream",
+            ));
         }
         let id = header.attr("id").unwrap_or_default().to_string();
         if header.attr("version").is_none() {
             // Pre-1.0 servers (no features, no TLS) are not spoken to.
             conn.close().await;
-            return Err(fail(Condition::RemoteServerNotFound, "peer does not speak XMPP 1.0"));
+            return Err(fail(
+                Condition::RemoteServerNotFound,
+                "peer does not speak XMPP 1.0",
+            ));
         }
         let features = next_element(&mut conn, false).await?;
         if features.is("error", ns::STREAMS) {
@@ -257,11 +273,18 @@ async fn open_target(
                 conn.close().await;
                 return Box::pin(open_target(s2s, local, remote, &t, false)).await;
             }
-            return Err(fail(Condition::RemoteServerNotFound, "stream error from peer"));
+            return Err(fail(
+                Condition::RemoteServerNotFound,
+                "stream error from peer",
+            ));
         }
         if !features.is("features", ns::STREAMS) {
-            conn.fail(StreamError::new(StreamCondition::InvalidXml)).await;
-            return Err(fail(Condition::RemoteServerNotFound, "expected stream features"));
+            conn.fail(StreamError::new(StreamCondition::InvalidXml))
+                .await;
+            return Err(fail(
+                Condition::RemoteServerNotFound,
+                "expected stream features",
+            ));
         }
         let pf = PeerFeatures::parse(&features);
         if !conn.is_tls() {
@@ -280,8 +303,10 @@ async fn open_target(
                 continue;
             }
             if require_tls || needs_cert {
-                conn.fail(StreamError::new(StreamCondition::PolicyViolation).with_text("TLS required"))
-                    .await;
+                conn.fail(
+                    StreamError::new(StreamCondition::PolicyViolation).with_text("TLS required"),
+                )
+                .await;
                 return Err(fail(Condition::RemoteServerNotFound, "peer offers no TLS"));
             }
         }
@@ -294,7 +319,10 @@ async fn open_target(
                     .with_text("your certificate is not valid for your domain"),
             )
             .await;
-            return Err(fail(Condition::RemoteServerNotFound, "the peer's certificate is not valid"));
+            return Err(fail(
+                Condition::RemoteServerNotFound,
+                "the peer's certificate is not valid",
+            ));
         }
         return Ok(Opened {
             conn,
@@ -332,12 +360,18 @@ async fn authenticate(
         }
         debug!(%remote, "s2s: SASL EXTERNAL refused; trying dialback");
         if !o.features.dialback {
-            return Err(fail(Condition::RemoteServerNotFound, "SASL EXTERNAL refused"));
+            return Err(fail(
+                Condition::RemoteServerNotFound,
+                "SASL EXTERNAL refused",
+            ));
         }
     }
     if !o.features.dialback {
         o.conn.close().await;
-        return Err(fail(Condition::RemoteServerNotFound, "no authentication method in common"));
+        return Err(fail(
+            Condition::RemoteServerNotFound,
+            "no authentication method in common",
+        ));
     }
     // XEP-0220 §2.1.1: the key for this stream, which only our authoritative side can check.
     let key = proto::dialback_key(&s2s.secret, remote, local, &o.id);
@@ -348,8 +382,12 @@ async fn authenticate(
     loop {
         let el = next_element(&mut o.conn, false).await?;
         if el.is("result", proto::NS_DIALBACK) {
-            if el.attr("from").is_some_and(|f| !f.eq_ignore_ascii_case(remote))
-                || el.attr("to").is_some_and(|t| !t.eq_ignore_ascii_case(local))
+            if el
+                .attr("from")
+                .is_some_and(|f| !f.eq_ignore_ascii_case(remote))
+                || el
+                    .attr("to")
+                    .is_some_and(|t| !t.eq_ignore_ascii_case(local))
             {
                 continue;
             }
@@ -362,29 +400,29 @@ async fn authenticate(
             };
         }
         if el.is("error", ns::STREAMS) {
-            return Err(fail(Condition::RemoteServerNotFound, "stream error during dialback"));
+            return Err(fail(
+                Condition::RemoteServerNotFound,
+                "stream error during dialback",
+            ));
         }
     }
 }
 
 /// The next element (or, with `header`, the next stream header) of a stream being set up.
 async fn next_element(conn: &mut XmlConn, header: bool) -> Result<Element, SetupError> {
-    loop {
-        match conn.next().await {
-            Ok(StreamEvent::Header(h)) if header => return Ok(h),
-            Ok(StreamEvent::Stanza(e)) if !header => return Ok(e),
-            Ok(StreamEvent::Close) => {
-                return Err(fail(Condition::RemoteServerNotFound, "peer closed the stream"));
-            }
-            Ok(_) => {
-                return Err(fail(Condition::RemoteServerNotFound, "unexpected element"));
-            }
-            Err(ReadFail::Stream(e)) => {
-                conn.fail(e).await;
-                return Err(fail(Condition::RemoteServerNotFound, "bad XML from peer"));
-            }
-            Err(ReadFail::Gone(r)) => return Err(fail(Condition::RemoteServerNotFound, r)),
+    match conn.next().await {
+        Ok(StreamEvent::Header(h)) if header => Ok(h),
+        Ok(StreamEvent::Stanza(e)) if !header => Ok(e),
+        Ok(StreamEvent::Close) => Err(fail(
+            Condition::RemoteServerNotFound,
+            "peer closed the stream",
+        )),
+        Ok(_) => Err(fail(Condition::RemoteServerNotFound, "unexpected element")),
+        Err(ReadFail::Stream(e)) => {
+            conn.fail(e).await;
+            Err(fail(Condition::RemoteServerNotFound, "bad XML from peer"))
         }
+        Err(ReadFail::Gone(r)) => Err(fail(Condition::RemoteServerNotFound, r)),
     }
 }
 
@@ -393,7 +431,10 @@ fn split_host_port(s: &str) -> (String, Option<u16>) {
     if let Some(rest) = s.strip_prefix('[')
         && let Some((h, p)) = rest.split_once(']')
     {
-        return (h.to_string(), p.strip_prefix(':').and_then(|p| p.parse().ok()));
+        return (
+            h.to_string(),
+            p.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
     }
     match s.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().ok()),
@@ -427,5 +468,10 @@ pub(crate) async fn verify_key(
         }
     })
     .await
-    .unwrap_or_else(|_| Err(fail(Condition::RemoteServerTimeout, "dialback verification timed out")))
+    .unwrap_or_else(|_| {
+        Err(fail(
+            Condition::RemoteServerTimeout,
+            "dialback verification timed out",
+        ))
+    })
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use canto_core::config::ReadLimit;
 use canto_stanza::{StreamError, ns};
 use canto_xml::{Element, Limits, StreamEvent, StreamParser};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -237,7 +237,8 @@ impl XmlConn {
         let S2sIo::Plain(tcp) = std::mem::replace(&mut self.io, S2sIo::Closed) else {
             return Err("TLS on a non-TCP connection");
         };
-        let Ok(server_name) = ServerName::try_from(name.to_string()) else {
+        // The A-label form for SNI (RFC 6066 §3).
+        let Some(server_name) = super::verify::sni_name(name) else {
             return Err("the remote domain is not a valid TLS server name");
         };
         let connector = tokio_rustls::TlsConnector::from(config);
@@ -262,13 +263,5 @@ impl XmlConn {
         certs
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
             .unwrap_or_default()
-    }
-
-    /// The SNI the peer asked for on an incoming TLS connection.
-    pub(crate) fn sni(&self) -> Option<String> {
-        match &self.io {
-            S2sIo::Server(t) => t.get_ref().1.server_name().map(str::to_string),
-            _ => None,
-        }
     }
 }

@@ -571,3 +571,86 @@ async fn startup_runs_every_step_in_order() {
     );
     let _ = std::fs::remove_dir_all(data);
 }
+
+/// The seed's lesson for federation (issue 14): SIGTERM while an outgoing server connection is
+/// being attempted (its DNS lookup hanging on a name server that never answers) stops the
+/// server at once and cleanly: the resolver started after the signal handlers, and nothing
+/// waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_outgoing_connection_attempt_stops_fast() {
+    let dir = ScratchDir::new("cli-s2s-term");
+    let addr = free_addr();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let dns = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path("canto.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\nhosts = [\"localhost\"]\n\n[c2s]\nlisten = [\"{addr}\"]\n\
+             direct_tls_listen = []\n\n[http]\nlisten = []\nhttps_listen = []\n\n\
+             [s2s]\nlisten = []\nconnect_timeout = 120\n\n[dns]\nservers = [\"{dns}\"]\n\n\
+             [log]\nlevel = \"debug\"\n",
+            dir.path("data").display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    ok(
+        canto(
+            Some(&cfg),
+            &["user", "add", "bob@localhost", "--password", "builder"],
+            None,
+        ),
+        "user add",
+    );
+    let notify_path = dir.path("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = canto_cmd(Some(&cfg), &["serve"]);
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{BIN} serve: {e}"));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    if let Some(pipe) = child.stderr.take() {
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(line);
+                }
+            }
+        });
+    }
+    let mut server = Server {
+        proc: Proc(child),
+        stderr,
+    };
+    notified(&notify, "READY=1").await;
+    let cert = dir.path("data").join("certs").join("localhost.crt");
+    let mut bob = login(addr, cert, "bob", "builder", "one").await;
+    bob.send("<message to='someone@far.example' id='m1'><body>hi</body></message>")
+        .await;
+    // The lookup is under way: the silent name server got the query.
+    let mut buf = [0u8; 512];
+    silent
+        .set_read_timeout(Some(WAIT))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let n = silent
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no DNS query: {e}"));
+    assert!(n > 12, "a DNS query");
+    let t = Instant::now();
+    server.proc.signal("TERM");
+    let status = server.proc.wait_exit(WAIT).await;
+    assert!(
+        status.success(),
+        "exit status {status:?}: {:?}",
+        server.log_lines()
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?} to stop",
+        t.elapsed()
+    );
+    assert_eq!(bob.closed().await, Closed::Error("system-shutdown".into()));
+}

@@ -21,15 +21,15 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A test CA that issues certificates (all also naming `localhost`, the name the test client
 /// checks on c2s).
-struct Pki {
-    dir: ScratchDir,
-    ca_pem: PathBuf,
+pub(super) struct Pki {
+    pub(super) dir: ScratchDir,
+    pub(super) ca_pem: PathBuf,
     ca_params: CertificateParams,
     ca_key: KeyPair,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(super) fn new() -> Pki {
         let dir = ScratchDir::new("fed-pki");
         let ca_key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
@@ -48,7 +48,7 @@ impl Pki {
     }
 
     /// A certificate for `names` (DNS-IDs) signed by the CA: (chain, key) paths.
-    fn issue(&self, names: &[&str]) -> (PathBuf, PathBuf) {
+    pub(super) fn issue(&self, names: &[&str]) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
         let mut sans: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         sans.push("localhost".into());
@@ -68,7 +68,7 @@ impl Pki {
     }
 
     /// A self-signed certificate for `name` (and localhost), trusted by nobody.
-    fn self_signed(&self, name: &str) -> (PathBuf, PathBuf) {
+    pub(super) fn self_signed(&self, name: &str) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
         let p = CertificateParams::new(vec![name.to_string(), "localhost".into()])
             .unwrap_or_else(|e| panic!("{e}"));
@@ -83,7 +83,7 @@ impl Pki {
 
 /// DNS for `peers`: each domain has an `_xmpp-server` SRV record to itself on its port, and
 /// an A record 127.0.0.1.
-fn resolver(peers: &[(&str, u16)]) -> StaticResolver {
+pub(super) fn resolver(peers: &[(&str, u16)]) -> StaticResolver {
     let mut r = StaticResolver::new();
     for (d, port) in peers {
         r = r
@@ -97,16 +97,16 @@ fn resolver(peers: &[(&str, u16)]) -> StaticResolver {
 }
 
 /// How a test server is set up.
-struct Opts {
-    domain: &'static str,
-    cert: (PathBuf, PathBuf),
-    trust_ca: Option<PathBuf>,
-    secure_auth: bool,
-    require_encryption: bool,
-    connect_timeout: u64,
+pub(super) struct Opts {
+    pub(super) domain: &'static str,
+    pub(super) cert: (PathBuf, PathBuf),
+    pub(super) trust_ca: Option<PathBuf>,
+    pub(super) secure_auth: bool,
+    pub(super) require_encryption: bool,
+    pub(super) connect_timeout: u64,
 }
 
-async fn server(o: Opts, port: u16, dns: StaticResolver) -> TestServer {
+pub(super) async fn server(o: Opts, port: u16, dns: StaticResolver) -> TestServer {
     let mut c = test_config();
     c.hosts = vec![o.domain.to_string()];
     c.s2s.listen = vec![format!("127.0.0.1:{port}")];
@@ -131,14 +131,14 @@ async fn server(o: Opts, port: u16, dns: StaticResolver) -> TestServer {
 }
 
 /// Two servers, a.test and b.test, that find each other.
-struct Pair {
-    pki: Pki,
-    a: TestServer,
-    b: TestServer,
+pub(super) struct Pair {
+    pub(super) pki: Pki,
+    pub(super) a: TestServer,
+    pub(super) b: TestServer,
 }
 
 impl Pair {
-    async fn new(trusted: bool, secure_auth: bool) -> Pair {
+    pub(super) async fn new(trusted: bool, secure_auth: bool) -> Pair {
         let pki = Pki::new();
         let (pa, pb) = (free_addr().port(), free_addr().port());
         let dns = || resolver(&[("a.test", pa), ("b.test", pb)]);
@@ -180,7 +180,7 @@ impl Pair {
     }
 
     /// The CA file the c2s clients trust: the test CA, or (self-signed) each server's own.
-    fn client_ca(&self, domain: &str) -> PathBuf {
+    pub(super) fn client_ca(&self, domain: &str) -> PathBuf {
         let own = self.pki.dir.path(&format!("{domain}.self.crt"));
         if own.exists() {
             own
@@ -189,7 +189,7 @@ impl Pair {
         }
     }
 
-    async fn login(&self, on_a: bool, user: &str, res: &str) -> Client {
+    pub(super) async fn login(&self, on_a: bool, user: &str, res: &str) -> Client {
         let (s, d) = if on_a {
             (&self.a, "a.test")
         } else {

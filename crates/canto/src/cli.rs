@@ -29,8 +29,12 @@ pub enum Command {
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
-    /// Validate the configuration and certificates.
-    Check,
+    /// Validate the configuration and certificates; `check dns`: what other servers find.
+    Check {
+        /// What to check besides the configuration.
+        #[command(subcommand)]
+        what: Option<CheckCommand>,
+    },
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -70,6 +74,14 @@ pub enum UserCommand {
         /// The file.
         file: Option<PathBuf>,
     },
+}
+
+/// `canto check …`
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// For each host: SRV records (`_xmpp-server`, `_xmpps-server`), their addresses, and
+    /// whether the certificate names the host (for federation, docs/federation.md).
+    Dns,
 }
 
 /// `canto config …`
@@ -128,10 +140,24 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", specs_table());
             Ok(())
         }
-        Command::Check => {
+        Command::Check { what: None } => {
             let config = load_config(cli.config.as_ref())?;
             check(&config)?;
             println!("configuration OK: hosts {}", config.hosts.join(", "));
+            Ok(())
+        }
+        Command::Check {
+            what: Some(CheckCommand::Dns),
+        } => {
+            let config = load_config(cli.config.as_ref())?;
+            let resolver = canto_net::s2s::dns::HickoryResolver::new(&config.dns)
+                .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
+            let mut out = String::new();
+            let ok = runtime()?.block_on(crate::checkdns::check(&config, &resolver, &mut out));
+            print!("{out}");
+            if !ok {
+                anyhow::bail!("problems found for federation (see above)");
+            }
             Ok(())
         }
         Command::Serve => {

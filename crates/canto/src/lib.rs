@@ -1,6 +1,7 @@
 //! The `canto` binary's library: command line, startup sequence, account administration.
 #![forbid(unsafe_code)]
 
+pub mod checkdns;
 pub mod cli;
 pub mod logging;
 pub mod startup;

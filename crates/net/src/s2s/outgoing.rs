@@ -311,7 +311,30 @@ async fn open_target(
             }
         }
         let chain = conn.peer_chain();
-        let cert_ok = !chain.is_empty() && s2s.verifier.verify(&chain, remote).is_ok();
+        let mut cert_ok = !chain.is_empty() && s2s.verifier.verify(&chain, remote).is_ok();
+        if s2s.config().dns.dane
+            && conn.is_tls()
+            && let Some(tlsa) = dns::tlsa_for(&*s2s.resolver, target).await
+        {
+            let records: Vec<super::verify::TlsaRecord> = tlsa
+                .into_iter()
+                .map(|t| (t.usage, t.selector, t.matching, t.data))
+                .collect();
+            // RFC 7671 §4.1: usable TLSA records decide, without falling back to the PKI;
+            // unusable ones are as if absent. RFC 7673 §4: the reference names are the source
+            // domain and the SRV target.
+            if super::verify::dane_usable(&records) {
+                cert_ok = super::verify::dane_matches(&chain, &[remote, &target.host], &records);
+                if !cert_ok {
+                    conn.fail(StreamError::new(StreamCondition::PolicyViolation))
+                        .await;
+                    return Err(fail(
+                        Condition::RemoteServerNotFound,
+                        "the certificate does not match the DANE-TLSA records",
+                    ));
+                }
+            }
+        }
         if needs_cert && !cert_ok {
             // s2s.secure_auth (Prosody's s2s_secure_auth): no valid certificate, no stream.
             conn.fail(

@@ -104,6 +104,8 @@ pub(super) struct Opts {
     pub(super) secure_auth: bool,
     pub(super) require_encryption: bool,
     pub(super) connect_timeout: u64,
+    /// Further configuration.
+    pub(super) tweak: Option<fn(&mut canto_core::Config)>,
 }
 
 pub(super) async fn server(o: Opts, port: u16, dns: StaticResolver) -> TestServer {
@@ -115,6 +117,9 @@ pub(super) async fn server(o: Opts, port: u16, dns: StaticResolver) -> TestServe
     c.s2s.connect_timeout = o.connect_timeout;
     if let Some(ca) = o.trust_ca {
         c.s2s.ca_file = ca;
+    }
+    if let Some(f) = o.tweak {
+        f(&mut c);
     }
     c.certificates.insert(
         o.domain.to_string(),
@@ -158,6 +163,7 @@ impl Pair {
                 secure_auth,
                 require_encryption: true,
                 connect_timeout: 10,
+                tweak: None,
             },
             pa,
             dns(),
@@ -171,6 +177,7 @@ impl Pair {
                 secure_auth,
                 require_encryption: true,
                 connect_timeout: 10,
+                tweak: None,
             },
             pb,
             dns(),
@@ -304,6 +311,7 @@ async fn unknown_and_unreachable_domains_bounce() {
             secure_auth: true,
             require_encryption: true,
             connect_timeout: 1,
+            tweak: None,
         },
         port,
         dns,
@@ -380,6 +388,15 @@ async fn read_until(tcp: &mut TcpStream, needle: &str) -> String {
 
 /// A server that allows plaintext streams, so a raw peer can speak to it without TLS.
 async fn plaintext_server(pki: &Pki, port: u16, other: u16) -> TestServer {
+    plaintext_server_with(pki, port, other, None).await
+}
+
+async fn plaintext_server_with(
+    pki: &Pki,
+    port: u16,
+    other: u16,
+    tweak: Option<fn(&mut canto_core::Config)>,
+) -> TestServer {
     server(
         Opts {
             domain: "b.test",
@@ -388,6 +405,7 @@ async fn plaintext_server(pki: &Pki, port: u16, other: u16) -> TestServer {
             secure_auth: false,
             require_encryption: false,
             connect_timeout: 3,
+            tweak,
         },
         port,
         resolver(&[("a.test", other), ("b.test", port)]),
@@ -548,4 +566,227 @@ async fn read_tls(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, needle: 
     })
     .await;
     String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn limits_close_only_the_offending_stream() {
+    let pki = Pki::new();
+    let (pa, pb) = (free_addr().port(), free_addr().port());
+    let b = plaintext_server_with(
+        &pki,
+        pb,
+        pa,
+        Some(|c| {
+            c.s2s.max_stanza_size = 20_000;
+            c.s2s.max_queued_bytes = 20_000;
+            c.s2s.max_dialback_attempts = 2;
+        }),
+    )
+    .await;
+    let _ = &b;
+    // A stanza over s2s.max_stanza_size: policy-violation with <stanza-too-big/>.
+    let (mut tcp, _) = raw_peer(pb, "a.test", "b.test").await;
+    let big = format!(
+        "<message from='x@a.test' to='bob@b.test'><body>{}</body></message>",
+        "x".repeat(30_000)
+    );
+    tcp.write_all(big.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got = read_until(&mut tcp, "</stream:stream>").await;
+    assert!(
+        got.contains("<policy-violation") && got.contains("stanza-too-big"),
+        "{got}"
+    );
+
+    // Dialback requests beyond s2s.max_dialback_attempts.
+    let (mut tcp, _) = raw_peer(pb, "a.test", "b.test").await;
+    for i in 0..3 {
+        let v = format!("<db:verify from='a.test' to='b.test' id='i{i}'>00</db:verify>");
+        tcp.write_all(v.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let got = read_until(&mut tcp, "</stream:stream>").await;
+    assert_eq!(got.matches("type='invalid'").count(), 2, "{got}");
+    assert!(got.contains("<policy-violation"), "{got}");
+
+    // Meanwhile the server serves its users.
+    let mut bob = b
+        .login_with_ca(&pki.ca_pem, "b.test", "bob", "pw", "r")
+        .await;
+    canto_tests::assert_alive(&mut bob).await;
+}
+
+#[tokio::test]
+async fn the_queue_for_a_remote_domain_is_bounded() {
+    let pki = Pki::new();
+    let port = free_addr().port();
+    let a = server(
+        Opts {
+            domain: "a.test",
+            cert: pki.issue(&["a.test"]),
+            trust_ca: Some(pki.ca_pem.clone()),
+            secure_auth: true,
+            require_encryption: true,
+            connect_timeout: 5,
+            tweak: Some(|c| {
+                c.s2s.max_stanza_size = 10_000;
+                c.s2s.max_queued_bytes = 10_000;
+            }),
+        },
+        port,
+        resolver(&[("a.test", port)])
+            .hang("_xmpp-server._tcp.slow.test")
+            .hang("_xmpps-server._tcp.slow.test"),
+    )
+    .await;
+    let mut alice = a
+        .login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "r")
+        .await;
+    let body = "y".repeat(4000);
+    for i in 0..3 {
+        alice
+            .send(&format!(
+                "<message to='x@slow.test' id='q{i}'><body>{body}</body></message>"
+            ))
+            .await;
+    }
+    // Two fit in 10,000 bytes; the third is refused at once (RFC 6120 §8.3.3.18).
+    let e = alice
+        .wait_for(|e| e.attr("id") == Some("q2"))
+        .await
+        .unwrap_or_else(|e| panic!("no bounce: {e:#}"));
+    assert_eq!(
+        canto_tests::error_condition(&e).as_deref(),
+        Some("resource-constraint"),
+        "{e}"
+    );
+    // The first two wait for the connection, then bounce with remote-server-timeout.
+    for id in ["q0", "q1"] {
+        let e = alice
+            .wait_for(|e| e.attr("id") == Some(id))
+            .await
+            .unwrap_or_else(|e| panic!("no bounce for {id}: {e:#}"));
+        assert_eq!(
+            canto_tests::error_condition(&e).as_deref(),
+            Some("remote-server-timeout"),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn idle_streams_close_and_come_back() {
+    let pki = Pki::new();
+    let (pa, pb) = (free_addr().port(), free_addr().port());
+    let dns = || resolver(&[("a.test", pa), ("b.test", pb)]);
+    let opts = |d: &'static str| Opts {
+        domain: d,
+        cert: pki.issue(&[d]),
+        trust_ca: Some(pki.ca_pem.clone()),
+        secure_auth: true,
+        require_encryption: true,
+        connect_timeout: 10,
+        tweak: Some(|c| c.s2s.idle_timeout = 1),
+    };
+    let a = server(opts("a.test"), pa, dns()).await;
+    let b = server(opts("b.test"), pb, dns()).await;
+    let mut alice = a
+        .login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "r")
+        .await;
+    let mut bob = b
+        .login_with_ca(&pki.ca_pem, "b.test", "bob", "pw", "r")
+        .await;
+    canto_tests::assert_message_flows(&mut alice, &mut bob).await;
+    assert_eq!(a.running.s2s.outgoing_routes().len(), 1);
+    // s2s.idle_timeout: the stream closes after a second without traffic...
+    let t = std::time::Instant::now();
+    while !a.running.s2s.outgoing_routes().is_empty() {
+        assert!(t.elapsed() < WAIT, "the idle stream stayed open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and the next stanza opens a new one.
+    canto_tests::assert_message_flows(&mut alice, &mut bob).await;
+}
+
+/// DANE-EE (RFC 7673, RFC 7671 §5.1): with `dns.dane` and DNSSEC-validated answers, a TLSA
+/// record for the SRV target stands for the PKI: b.test's self-signed certificate is accepted
+/// when the record names its key, and refused when it names another.
+#[tokio::test]
+async fn dane_tlsa_records_decide() {
+    use canto_net::s2s::dns::Tlsa;
+    use rcgen::PublicKeyData;
+    use sha2::Digest;
+    for matching in [true, false] {
+        let pki = Pki::new();
+        let (pa, pb) = (free_addr().port(), free_addr().port());
+        let (bc, bk) = pki.self_signed("b.test");
+        let pem = std::fs::read_to_string(&bk).unwrap_or_else(|e| panic!("{e}"));
+        let key = KeyPair::from_pem(&pem).unwrap_or_else(|e| panic!("{e}"));
+        let mut spki = sha2::Sha256::digest(key.subject_public_key_info()).to_vec();
+        if !matching {
+            spki[0] ^= 1;
+        }
+        let dns_a = resolver(&[("a.test", pa), ("b.test", pb)])
+            .secure(true)
+            .tlsa(
+                &format!("_{pb}._tcp.b.test"),
+                vec![Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 1,
+                    data: spki,
+                }],
+            );
+        let a = server(
+            Opts {
+                domain: "a.test",
+                cert: pki.issue(&["a.test"]),
+                trust_ca: Some(pki.ca_pem.clone()),
+                secure_auth: true,
+                require_encryption: true,
+                connect_timeout: 10,
+                tweak: Some(|c| c.dns.dane = true),
+            },
+            pa,
+            dns_a,
+        )
+        .await;
+        let b = server(
+            Opts {
+                domain: "b.test",
+                cert: (bc, bk),
+                trust_ca: Some(pki.ca_pem.clone()),
+                secure_auth: true,
+                require_encryption: true,
+                connect_timeout: 10,
+                tweak: None,
+            },
+            pb,
+            resolver(&[("a.test", pa), ("b.test", pb)]),
+        )
+        .await;
+        let mut alice = a
+            .login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "r")
+            .await;
+        let b_ca = pki.dir.path("b.test.self.crt");
+        let mut bob = b.login_with_ca(&b_ca, "b.test", "bob", "pw", "r").await;
+        if matching {
+            canto_tests::assert_message_flows(&mut alice, &mut bob).await;
+        } else {
+            alice
+                .send("<message to='bob@b.test' id='d1' type='chat'><body>x</body></message>")
+                .await;
+            let e = alice
+                .wait_for(|e| e.attr("id") == Some("d1"))
+                .await
+                .unwrap_or_else(|e| panic!("no bounce: {e:#}"));
+            assert_eq!(
+                canto_tests::error_condition(&e).as_deref(),
+                Some("remote-server-not-found"),
+                "{e}"
+            );
+        }
+    }
 }

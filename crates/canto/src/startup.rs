@@ -81,6 +81,8 @@ pub struct Running {
     pub https_addrs: Vec<std::net::SocketAddr>,
     /// The bound `/metrics` address (`[metrics] listen`), if on.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Bound external component addresses (`[component] listen`, XEP-0114).
+    pub component_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// The part of startup after signals: storage, certificates, modules, listeners, background
@@ -140,6 +142,11 @@ pub async fn start_with_modules(
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
+    let component_listeners = canto_net::component::bind(&config).await?;
+    let component_addrs = component_listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
     let admin = match config.admin_socket_path() {
         Some(p) => Some((
             canto_net::admin::bind(&p).with_context(|| format!("binding {}", p.display()))?,
@@ -152,6 +159,7 @@ pub async fn start_with_modules(
     if let Some(l) = metrics_listener {
         network.start_metrics(l);
     }
+    network.start_components(component_listeners);
     // Background work (the seed's lesson: after signals and listeners): module timers.
     server.start_timers();
     trace.step(Step::Background);
@@ -163,6 +171,7 @@ pub async fn start_with_modules(
         http_addrs,
         https_addrs,
         metrics_addr,
+        component_addrs,
     })
 }
 
@@ -193,6 +202,19 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     keep!("http.listen", http.listen);
     keep!("http.https_listen", http.https_listen);
     keep!("metrics.listen", metrics.listen);
+    keep!("component.listen", component.listen);
+    // External components are hosted services, built once: which there are and where they are
+    // listed need a restart; a new secret applies from the next handshake.
+    let shape = |c: &Config| {
+        c.components
+            .iter()
+            .map(|(d, c)| (d.clone(), c.parent.clone(), c.name.clone()))
+            .collect::<Vec<_>>()
+    };
+    if shape(new) != shape(running) {
+        refused.push("components");
+        new.components = running.components.clone();
+    }
     refused
 }
 
@@ -302,6 +324,31 @@ mod tests {
         // Nothing changed: nothing refused.
         let mut same = running.clone();
         assert!(keep_restart_only(&running, &mut same).is_empty());
+    }
+
+    #[test]
+    fn reload_applies_a_component_secret_but_not_new_components() {
+        let mut running = Config::default();
+        let gw = canto_core::config::ComponentConfig {
+            secret: "old".into(),
+            ..Default::default()
+        };
+        running.components.insert("gw.localhost".into(), gw.clone());
+        // A new secret: applied (the next handshake uses it).
+        let mut new = running.clone();
+        if let Some(c) = new.components.get_mut("gw.localhost") {
+            c.secret = "new".into();
+        }
+        assert!(keep_restart_only(&running, &mut new).is_empty());
+        assert_eq!(new.components["gw.localhost"].secret, "new");
+        // Another component, or another listener: refused and kept.
+        let mut new = running.clone();
+        new.components.insert("other.localhost".into(), gw);
+        new.component.listen = vec!["127.0.0.1:5347".into()];
+        let refused = keep_restart_only(&running, &mut new);
+        assert_eq!(refused, vec!["component.listen", "components"]);
+        assert_eq!(new.components, running.components);
+        assert_eq!(new.component.listen, running.component.listen);
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use canto_stanza::StanzaKind;
 use metrics::{Counter, Gauge, Histogram, Unit};
 
 /// Gauge: client connections whose session engine runs, label `kind` (`tcp`, `websocket`,
-/// `bosh`).
+/// `bosh`), and external component connections (`component`, XEP-0114).
 pub const CONNECTIONS: &str = "canto_connections";
 /// Gauge: HTTP connections open on the `[http]` listeners.
 pub const HTTP_CONNECTIONS: &str = "canto_http_connections";
@@ -55,6 +55,8 @@ pub const DROP_SESSION_QUEUE: &str = "session_queue";
 pub const DROP_OFFLINE_FULL: &str = "offline_full";
 /// `reason` of [`QUEUE_DROPS`]: a subscription request beyond `roster.max_pending`.
 pub const DROP_PENDING_SUBSCRIPTIONS: &str = "pending_subscriptions";
+/// `reason` of [`QUEUE_DROPS`]: an external component's queue was full (it is closed).
+pub const DROP_COMPONENT_QUEUE: &str = "component_queue";
 
 /// Bucket bounds (seconds) of the latency histograms.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -269,13 +271,15 @@ impl fmt::Debug for GaugeGuard {
     }
 }
 
-/// A client connection of `kind` (`tcp`, `websocket`, `bosh`) is served while the guard lives.
+/// A client connection of `kind` (`tcp`, `websocket`, `bosh`), or an external component
+/// connection (`component`), is served while the guard lives.
 pub fn connection(kind: &'static str) -> GaugeGuard {
-    static G: [OnceLock<Gauge>; 4] = [const { OnceLock::new() }; 4];
+    static G: [OnceLock<Gauge>; 5] = [const { OnceLock::new() }; 5];
     let i = match kind {
         "tcp" => 0,
         "websocket" => 1,
         "bosh" => 2,
+        "component" => 4,
         _ => 3,
     };
     GaugeGuard::cached(&G[i], || metrics::gauge!(CONNECTIONS, "kind" => kind))

@@ -830,7 +830,7 @@ impl Server {
 /// RFC 6120 §8.2.3 (an IQ has an id and a known type, a get or set exactly one payload) and
 /// §8.3.3.1 (a presence type we know); a message's type falls back to `normal` (RFC 6121
 /// §5.2.2).
-fn check_type_and_id(kind: StanzaKind, el: &Element) -> Result<(), StanzaError> {
+pub(crate) fn check_type_and_id(kind: StanzaKind, el: &Element) -> Result<(), StanzaError> {
     match kind {
         StanzaKind::Iq => {
             let Some(t) = IqType::of(el) else {

@@ -90,6 +90,8 @@ pub struct Running {
     pub s2s_direct_tls_addrs: Vec<std::net::SocketAddr>,
     /// Federation.
     pub s2s: std::sync::Arc<canto_net::s2s::S2s>,
+    /// Bound external component addresses (`[component] listen`, XEP-0114).
+    pub component_addrs: Vec<std::net::SocketAddr>,
 }
 
 /// The part of startup after signals: storage, certificates, modules, listeners, background
@@ -181,6 +183,11 @@ async fn start_inner(
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
+    let component_listeners = canto_net::component::bind(&config).await?;
+    let component_addrs = component_listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
     let admin = match config.admin_socket_path() {
         Some(p) => Some((
             canto_net::admin::bind(&p).with_context(|| format!("binding {}", p.display()))?,
@@ -210,6 +217,7 @@ async fn start_inner(
     if let Some(l) = metrics_listener {
         network.start_metrics(l);
     }
+    network.start_components(component_listeners);
     // Background work (the seed's lesson: after signals and listeners): module timers.
     server.start_timers();
     trace.step(Step::Background);
@@ -224,6 +232,7 @@ async fn start_inner(
         s2s_addrs,
         s2s_direct_tls_addrs,
         s2s,
+        component_addrs,
     })
 }
 
@@ -258,6 +267,19 @@ pub fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<&'static str
     keep!("s2s.direct_tls_listen", s2s.direct_tls_listen);
     keep!("dns", dns);
     keep!("s2s.ca_file", s2s.ca_file);
+    keep!("component.listen", component.listen);
+    // External components are hosted services, built once: which there are and where they are
+    // listed need a restart; a new secret applies from the next handshake.
+    let shape = |c: &Config| {
+        c.components
+            .iter()
+            .map(|(d, c)| (d.clone(), c.parent.clone(), c.name.clone()))
+            .collect::<Vec<_>>()
+    };
+    if shape(new) != shape(running) {
+        refused.push("components");
+        new.components = running.components.clone();
+    }
     refused
 }
 
@@ -367,6 +389,31 @@ mod tests {
         // Nothing changed: nothing refused.
         let mut same = running.clone();
         assert!(keep_restart_only(&running, &mut same).is_empty());
+    }
+
+    #[test]
+    fn reload_applies_a_component_secret_but_not_new_components() {
+        let mut running = Config::default();
+        let gw = canto_core::config::ComponentConfig {
+            secret: "old".into(),
+            ..Default::default()
+        };
+        running.components.insert("gw.localhost".into(), gw.clone());
+        // A new secret: applied (the next handshake uses it).
+        let mut new = running.clone();
+        if let Some(c) = new.components.get_mut("gw.localhost") {
+            c.secret = "new".into();
+        }
+        assert!(keep_restart_only(&running, &mut new).is_empty());
+        assert_eq!(new.components["gw.localhost"].secret, "new");
+        // Another component, or another listener: refused and kept.
+        let mut new = running.clone();
+        new.components.insert("other.localhost".into(), gw);
+        new.component.listen = vec!["127.0.0.1:5347".into()];
+        let refused = keep_restart_only(&running, &mut new);
+        assert_eq!(refused, vec!["component.listen", "components"]);
+        assert_eq!(new.components, running.components);
+        assert_eq!(new.component.listen, running.component.listen);
     }
 
     #[tokio::test]

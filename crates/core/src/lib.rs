@@ -6,6 +6,7 @@ pub mod auth;
 pub mod blocking;
 pub mod caps;
 pub mod carbons;
+pub mod component;
 pub mod config;
 pub mod locks;
 pub mod metrics;

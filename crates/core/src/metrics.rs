@@ -16,7 +16,7 @@ use canto_stanza::StanzaKind;
 use metrics::{Counter, Gauge, Histogram, Unit};
 
 /// Gauge: client connections whose session engine runs, label `kind` (`tcp`, `websocket`,
-/// `bosh`).
+/// `bosh`), and external component connections (`component`, XEP-0114).
 pub const CONNECTIONS: &str = "canto_connections";
 /// Gauge: HTTP connections open on the `[http]` listeners.
 pub const HTTP_CONNECTIONS: &str = "canto_http_connections";
@@ -58,6 +58,8 @@ pub const DROP_PENDING_SUBSCRIPTIONS: &str = "pending_subscriptions";
 /// `reason` of [`QUEUE_DROPS`]: a stanza for a remote domain beyond `s2s.max_queued_bytes`
 /// (bounced with resource-constraint).
 pub const DROP_S2S_QUEUE: &str = "s2s_queue";
+/// `reason` of [`QUEUE_DROPS`]: an external component's queue was full (it is closed).
+pub const DROP_COMPONENT_QUEUE: &str = "component_queue";
 
 /// Bucket bounds (seconds) of the latency histograms.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -272,13 +274,18 @@ impl fmt::Debug for GaugeGuard {
     }
 }
 
-/// A client connection of `kind` (`tcp`, `websocket`, `bosh`) is served while the guard lives.
+/// A client connection of `kind` (`tcp`, `websocket`, `bosh`), an external component
+/// connection (`component`) or a server-to-server stream (`s2s_in`, `s2s_out`) is served
+/// while the guard lives.
 pub fn connection(kind: &'static str) -> GaugeGuard {
-    static G: [OnceLock<Gauge>; 4] = [const { OnceLock::new() }; 4];
+    static G: [OnceLock<Gauge>; 7] = [const { OnceLock::new() }; 7];
     let i = match kind {
         "tcp" => 0,
         "websocket" => 1,
         "bosh" => 2,
+        "component" => 4,
+        "s2s_in" => 5,
+        "s2s_out" => 6,
         _ => 3,
     };
     GaugeGuard::cached(&G[i], || metrics::gauge!(CONNECTIONS, "kind" => kind))

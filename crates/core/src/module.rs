@@ -296,6 +296,8 @@ pub struct ModuleTable {
     account_disco: Vec<Arc<dyn AccountDisco>>,
     stream_features: Vec<Element>,
     services: HashMap<String, ServiceEntry>,
+    /// External components (XEP-0114), each also one of `services`.
+    components: crate::component::Components,
     /// Which module opened which store (a name belongs to one module).
     store_owners: HashMap<&'static str, &'static str>,
     /// Module sections' reloaders.
@@ -510,6 +512,16 @@ impl ModuleTable {
                 .map_err(|e| format!("module {name}: {e}"))?;
             table.loaded.push(m.name());
         }
+        // External components (XEP-0114) are hosted services of the core, always on: one per
+        // `[components."DOMAIN"]`, after the modules so a domain one of them serves is refused.
+        let mut ctx = ModuleCtx {
+            table: &mut table,
+            config,
+            storage,
+            module: "components",
+        };
+        let components = crate::component::register(&mut ctx)?;
+        table.components = components;
         Ok(table)
     }
 
@@ -640,6 +652,11 @@ impl ModuleTable {
     /// The hosted service at `domain`, if one is registered.
     pub fn service(&self, domain: &str) -> Option<&ServiceEntry> {
         self.services.get(domain)
+    }
+
+    /// The external component configured at `domain`, if any.
+    pub fn component(&self, domain: &str) -> Option<std::sync::Arc<crate::component::Component>> {
+        self.components.get(domain).cloned()
     }
 
     /// The hosted services whose parent is `host`, sorted by domain (disco#items on the host).

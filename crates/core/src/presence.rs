@@ -601,8 +601,11 @@ impl Server {
         Box::pin(async move {
             if !self.serves(user.domain().as_str()) {
                 // A remote contact: its server does the inbound processing (RFC 6121 §3.1.3
-                // and the like); a hosted service keeps no roster.
-                if self.modules().service(user.domain().as_str()).is_none() {
+                // and the like); a hosted service (an external component, a gateway) gets the
+                // stanza and keeps its own state.
+                if self.modules().service(user.domain().as_str()).is_some() {
+                    self.spawn_to_service(user.domain().as_str(), el);
+                } else {
                     self.send_remote(el);
                 }
                 return;

@@ -232,11 +232,16 @@ impl Server {
             el.remove_children(|c| {
                 c.is("stanza-id", crate::carbons::NS_SID) && c.attr("by") == Some(sender.as_str())
             });
-        } else if let Origin::Remote { .. } = origin
-            && kind == StanzaKind::Message
+        } else if kind == StanzaKind::Message
+            && match origin {
+                Origin::Remote { .. } => true,
+                Origin::Service { domain, .. } => self.component(domain).is_some(),
+                Origin::Session(_) => false,
+            }
         {
-            // A message from a remote contact: the recipient's archive (XEP-0313 §4) and
-            // XEP-0359 stanza-id, as for a local sender's.
+            // A message from a remote contact or an external component (a gateway's user):
+            // the recipient's archive (XEP-0313 §4) and XEP-0359 stanza-id, as for a local
+            // sender's.
             let recipient = match &dest {
                 Destination::Account(b) => Some(b.clone()),
                 Destination::Session(f) => Some(f.to_bare()),
@@ -402,6 +407,17 @@ impl Server {
             }
             // Every stanza to a service's domain, of every kind, is the service's.
             Destination::Service(domain) => {
+                // RFC 6121 §3: a subscription to a JID at a service (a gateway's contact)
+                // changes the user's roster like any other; the service gets the stanza.
+                if kind == StanzaKind::Presence
+                    && let Origin::Session(session) = origin
+                    && let Some(t) = sub_type(&el)
+                {
+                    let user = session.jid().to_bare();
+                    let contact = to.to_bare();
+                    Box::pin(self.outbound_subscription(&user, &contact, t, el)).await;
+                    return;
+                }
                 // RFC 6121 §4.6.3: directed presence to a service (a group chat room above
                 // all) is remembered so that the service hears unavailable when the session
                 // ends; as Prosody does, also before initial presence (clients join rooms
@@ -507,14 +523,7 @@ impl Server {
         }
         match origin {
             Origin::Session(session) if kind == StanzaKind::Presence => {
-                let sub = match PresenceType::of(&el) {
-                    Some(PresenceType::Subscribe) => Some(SubType::Subscribe),
-                    Some(PresenceType::Subscribed) => Some(SubType::Subscribed),
-                    Some(PresenceType::Unsubscribe) => Some(SubType::Unsubscribe),
-                    Some(PresenceType::Unsubscribed) => Some(SubType::Unsubscribed),
-                    _ => None,
-                };
-                match (sub, PresenceType::of(&el)) {
+                match (sub_type(&el), PresenceType::of(&el)) {
                     (Some(t), _) => {
                         let user = session.jid().to_bare();
                         self.outbound_subscription(&user, &to.to_bare(), t, el)
@@ -896,6 +905,17 @@ impl Server {
 /// RFC 6120 §8.2.3 (an IQ has an id and a known type, a get or set exactly one payload) and
 /// §8.3.3.1 (a presence type we know); a message's type falls back to `normal` (RFC 6121
 /// §5.2.2).
+/// The subscription type of a presence stanza (RFC 6121 §3), if it is one.
+fn sub_type(el: &Element) -> Option<SubType> {
+    match PresenceType::of(el) {
+        Some(PresenceType::Subscribe) => Some(SubType::Subscribe),
+        Some(PresenceType::Subscribed) => Some(SubType::Subscribed),
+        Some(PresenceType::Unsubscribe) => Some(SubType::Unsubscribe),
+        Some(PresenceType::Unsubscribed) => Some(SubType::Unsubscribed),
+        _ => None,
+    }
+}
+
 pub(crate) fn check_type_and_id(kind: StanzaKind, el: &Element) -> Result<(), StanzaError> {
     match kind {
         StanzaKind::Iq => {

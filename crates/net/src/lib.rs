@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod c2s;
+pub mod component;
 pub mod http;
 pub mod io;
 pub mod limits;

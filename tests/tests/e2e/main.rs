@@ -11,6 +11,7 @@ mod bookmarks;
 mod bosh;
 mod carbons;
 mod cli;
+mod component;
 mod csi;
 mod disco;
 mod durability;

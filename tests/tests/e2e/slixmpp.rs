@@ -17,6 +17,10 @@
 //! - tests/python/upload_flow.py: XEP-0363 on the service upload.localhost through slixmpp's
 //!   xep_0363 (discovery with max-file-size, slot, the PUT over HTTPS with the slot's
 //!   Authorization header), the file fetched back byte-identical, the §4.2 file-too-large error.
+//! - tests/python/component_flow.py: an external component (XEP-0114) written with slixmpp's
+//!   `ComponentXMPP` on `[component] listen`: handshake, messages each way with a local user
+//!   (a slixmpp client), the user's disco#info and version IQs answered by the component's
+//!   plugins, disco#items on the host listing it, the server's answer once it is gone.
 //!
 //! `.ci/run` installs slixmpp, slixmpp-omemo and aiohttp (xep_0363's HTTP client); without them these tests fail and say so. To leave them out, run
 //! nextest with `--profile no-python` (.config/nextest.toml): they are then counted as skipped.
@@ -169,6 +173,50 @@ async fn slixmpp_http_file_upload_over_https() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(ok && passed > 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    println!("{stdout}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_component_exchanges_messages_with_a_local_user() {
+    require_slixmpp();
+    let mut cfg = test_config();
+    cfg.component.listen = vec!["127.0.0.1:0".into()];
+    cfg.components.insert(
+        "gw.localhost".into(),
+        canto_core::config::ComponentConfig {
+            secret: "gw-secret".into(),
+            ..Default::default()
+        },
+    );
+    let s = TestServer::with_config(cfg).await;
+    s.add_user("alice", "alicepw").await;
+    let script = format!("{}/python/component_flow.py", env!("CARGO_MANIFEST_DIR"));
+    let args = [
+        s.addr.port().to_string(),
+        s.cert_pem_path().display().to_string(),
+        s.running.component_addrs[0].port().to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("join: {e}"))
+    .unwrap_or_else(|e| panic!("running python3: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let summary = stdout.lines().last().unwrap_or_default();
+    let passed: u32 = summary
+        .strip_suffix(" passed, 0 failed")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        out.status.success() && passed > 0,
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     println!("{stdout}");
     s.stop().await;
 }

@@ -260,9 +260,42 @@ async fn exchange_everything(p: &Pair) {
 async fn sasl_external_between_two_cantos() {
     let p = Pair::new(true, true).await;
     exchange_everything(&p).await;
-    // Both directions authenticated with certificates.
-    assert_eq!(p.a.running.s2s.auth_method("b.test"), Some("EXTERNAL"));
+    // a.test opened the stream and authenticated with its certificate; b.test answered on
+    // the same stream (XEP-0288), proving its domain there, and opened none of its own.
     assert_eq!(p.b.running.s2s.auth_method("a.test"), Some("EXTERNAL"));
+    assert_eq!(p.a.running.s2s.auth_method("b.test"), Some("dialback"));
+    assert_eq!(p.a.running.s2s.outgoing_connects(), 1);
+    assert_eq!(p.b.running.s2s.outgoing_connects(), 0);
+}
+
+#[tokio::test]
+async fn without_bidi_each_side_opens_its_own_stream() {
+    let pki = Pki::new();
+    let (pa, pb) = (free_addr().port(), free_addr().port());
+    let dns = || resolver(&[("a.test", pa), ("b.test", pb)]);
+    let opts = |d: &'static str| Opts {
+        domain: d,
+        cert: pki.issue(&[d]),
+        trust_ca: Some(pki.ca_pem.clone()),
+        secure_auth: true,
+        require_encryption: true,
+        connect_timeout: 10,
+        tweak: Some(|c| c.s2s.bidi = false),
+    };
+    let a = server(opts("a.test"), pa, dns()).await;
+    let b = server(opts("b.test"), pb, dns()).await;
+    let mut alice = a
+        .login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "r")
+        .await;
+    let mut bob = b
+        .login_with_ca(&pki.ca_pem, "b.test", "bob", "pw", "r")
+        .await;
+    canto_tests::assert_message_flows(&mut alice, &mut bob).await;
+    canto_tests::assert_message_flows(&mut bob, &mut alice).await;
+    assert_eq!(a.running.s2s.auth_method("b.test"), Some("EXTERNAL"));
+    assert_eq!(b.running.s2s.auth_method("a.test"), Some("EXTERNAL"));
+    assert_eq!(a.running.s2s.outgoing_connects(), 1);
+    assert_eq!(b.running.s2s.outgoing_connects(), 1);
 }
 
 #[tokio::test]

@@ -60,11 +60,31 @@ pub(crate) async fn serve(s2s: Arc<S2s>, io: S2sIo, peer: String, direct_tls: bo
         tls_available,
         sasl_done: false,
         opened: false,
+        bidi_requested: false,
+        bidi: Bidi::Off,
     };
     let (tx, mut rx) = mpsc::channel::<Verdict>(16);
     let result = st.run(&mut conn, tx, &mut rx).await;
     if let Err(e) = result {
         conn.fail(e).await;
+    }
+    if let Bidi::Active {
+        local,
+        remote,
+        mut rx,
+        queued,
+    } = std::mem::replace(&mut st.bidi, Bidi::Done)
+    {
+        // The stream was a route: what is left goes on a new one.
+        s2s.remove_route(&local, &remote, &queued);
+        rx.close();
+        let mut left = Vec::new();
+        while let Ok(q) = rx.try_recv() {
+            left.push(q);
+        }
+        if !left.is_empty() && !*s2s.shutdown.borrow() {
+            s2s.requeue(&local, &remote, left);
+        }
     }
     for d in &st.counted {
         s2s.incoming_release(d);
@@ -91,6 +111,30 @@ struct State {
     tls_available: bool,
     sasl_done: bool,
     opened: bool,
+    /// XEP-0288: the peer asked for a bidirectional stream.
+    bidi_requested: bool,
+    /// XEP-0288: our side of it.
+    bidi: Bidi,
+}
+
+/// Our use of a bidirectional stream (XEP-0288 §3): we prove our domain with dialback on it,
+/// then it carries our stanzas for the peer.
+enum Bidi {
+    Off,
+    /// Our `<db:result/>` for (local, remote) is out; waiting for the verdict.
+    Pending {
+        local: String,
+        remote: String,
+    },
+    /// The stream is the route for (local, remote).
+    Active {
+        local: String,
+        remote: String,
+        rx: mpsc::UnboundedReceiver<super::Queued>,
+        queued: Arc<std::sync::atomic::AtomicUsize>,
+    },
+    /// Refused, or another route existed: stanzas go the usual way.
+    Done,
 }
 
 impl State {
@@ -113,7 +157,18 @@ impl State {
             } else {
                 conn.last_activity + idle
             };
+            let bidi_rx = async {
+                match &mut self.bidi {
+                    Bidi::Active { rx, .. } => rx.recv().await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                q = bidi_rx => {
+                    if let Some(q) = q {
+                        self.write_bidi(conn, q).await?;
+                    }
+                }
                 ev = conn.next() => match ev {
                     Ok(StreamEvent::Header(h)) => self.header(conn, &h).await?,
                     Ok(StreamEvent::Stanza(el)) => {
@@ -197,14 +252,57 @@ impl State {
             starttls,
             external,
             dialback: usable,
-            bidi: false,
+            // XEP-0288 §2: before authentication.
+            bidi: usable && config.s2s.bidi && self.pairs.is_empty(),
         };
         drop(config);
         proto::features(offer).write_to(&mut out, ns::CLIENT);
         conn.write(&out)
             .await
             .map_err(|_| StreamError::new(StreamCondition::UndefinedCondition))?;
+        // After SASL's restart: our half of a bidirectional stream starts now.
+        self.start_bidi(conn).await
+    }
+
+    /// XEP-0288 §3: once the peer is authenticated on a stream it made bidirectional, we prove
+    /// our own domain on it with dialback (a key only our authoritative side can check).
+    async fn start_bidi(&mut self, conn: &mut XmlConn) -> Result<(), StreamError> {
+        if !self.bidi_requested || !matches!(self.bidi, Bidi::Off) || !self.s2s.config().s2s.bidi {
+            return Ok(());
+        }
+        let Some((remote, local)) = self.pairs.iter().next().cloned() else {
+            return Ok(());
+        };
+        let key = proto::dialback_key(&self.s2s.secret, &remote, &local, &self.id);
+        conn.send(&proto::db_result(&local, &remote, &key))
+            .await
+            .map_err(|_| StreamError::new(StreamCondition::UndefinedCondition))?;
+        self.bidi = Bidi::Pending { local, remote };
         Ok(())
+    }
+
+    /// Writes stanzas of our route on the bidirectional stream, batched.
+    async fn write_bidi(
+        &mut self,
+        conn: &mut XmlConn,
+        first: super::Queued,
+    ) -> Result<(), StreamError> {
+        let Bidi::Active { rx, queued, .. } = &mut self.bidi else {
+            return Ok(());
+        };
+        let mut out = first.bytes;
+        let mut n = out.len();
+        while let Ok(q) = rx.try_recv() {
+            n += q.bytes.len();
+            out.extend_from_slice(&q.bytes);
+            if out.len() > 64 * 1024 {
+                break;
+            }
+        }
+        queued.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        conn.write(&out)
+            .await
+            .map_err(|_| StreamError::new(StreamCondition::UndefinedCondition))
     }
 
     fn cert_valid(&self, conn: &XmlConn, domain: &str) -> bool {
@@ -248,6 +346,15 @@ impl State {
         }
         if el.is("auth", ns::SASL) {
             return self.sasl_external(conn, &el).await;
+        }
+        if el.is("bidi", proto::NS_BIDI) {
+            // XEP-0288 §2: only before authentication, and only where offered.
+            if !self.pairs.is_empty() || !self.s2s.config().s2s.bidi {
+                return Err(StreamError::new(StreamCondition::PolicyViolation)
+                    .with_text("bidi is requested before authentication"));
+            }
+            self.bidi_requested = true;
+            return Ok(false);
         }
         if el.is("result", proto::NS_DIALBACK) {
             self.dialback_result(conn, &el, tx).await?;
@@ -359,9 +466,32 @@ impl State {
         ) else {
             return Err(StreamError::new(StreamCondition::ImproperAddressing));
         };
-        if el.attr("type").is_some() {
-            // A verdict is ours to give, not the peer's (XEP-0220 §2.1.3): an unsolicited
-            // result on this stream is refused.
+        if let Some(t) = el.attr("type") {
+            // The verdict on our own key, on a bidirectional stream (XEP-0288 §3)...
+            if let Bidi::Pending {
+                local: l,
+                remote: r,
+            } = &self.bidi
+                && *l == local
+                && *r == remote
+            {
+                let (l, r) = (l.clone(), r.clone());
+                self.bidi = Bidi::Done;
+                if t == "valid"
+                    && let Some((rx, queued)) = self.s2s.attach_route(&l, &r)
+                {
+                    info!(%l, %r, "s2s: our stanzas go on the peer's stream (XEP-0288)");
+                    self.bidi = Bidi::Active {
+                        local: l,
+                        remote: r,
+                        rx,
+                        queued,
+                    };
+                }
+                return Ok(());
+            }
+            // ...otherwise a verdict is ours to give, not the peer's (XEP-0220 §2.1.3): an
+            // unsolicited result on this stream is refused.
             return Err(StreamError::new(StreamCondition::NotAuthorized)
                 .with_text("unsolicited dialback result"));
         }
@@ -472,7 +602,7 @@ impl State {
             // XEP-0220 §2.1.3: an invalid key ends the stream.
             return Err(StreamError::new(StreamCondition::NotAuthorized));
         }
-        Ok(())
+        self.start_bidi(conn).await
     }
 
     /// XEP-0220 §2.2: `<db:verify from='receiving' to='originating' id>key</db:verify>`,

@@ -123,6 +123,8 @@ pub struct S2s {
     incoming: Mutex<HashMap<String, usize>>,
     /// How each remote domain last authenticated an incoming stream (logs, tests).
     methods: Mutex<HashMap<String, &'static str>>,
+    /// Outgoing TCP connections made (tests: XEP-0288 saves them).
+    pub(crate) connects: AtomicUsize,
     pub(crate) shutdown: watch::Receiver<bool>,
     me: std::sync::Weak<S2s>,
 }
@@ -147,6 +149,7 @@ impl S2s {
             routes: Mutex::new(HashMap::new()),
             incoming: Mutex::new(HashMap::new()),
             methods: Mutex::new(HashMap::new()),
+            connects: AtomicUsize::new(0),
             shutdown,
             me: me.clone(),
         })
@@ -255,6 +258,11 @@ impl S2s {
         }
     }
 
+    /// Outgoing TCP connections made so far (streams and dialback callbacks).
+    pub fn outgoing_connects(&self) -> usize {
+        self.connects.load(Ordering::Relaxed)
+    }
+
     /// How `remote` last authenticated a stream to this server, if it did.
     pub fn auth_method(&self, remote: &str) -> Option<&'static str> {
         self.methods.lock().ok()?.get(remote).copied()
@@ -327,6 +335,31 @@ impl S2s {
             drop(m);
             self.bounce(e.0, Condition::RemoteServerNotFound);
         }
+    }
+
+    /// XEP-0288: makes an incoming bidirectional stream the route for (local, remote), unless
+    /// a route exists already (an outgoing stream, or one being set up, keeps it). Returns the
+    /// route's queue for the stream's task to write.
+    pub(crate) fn attach_route(
+        &self,
+        local: &str,
+        remote: &str,
+    ) -> Option<(mpsc::UnboundedReceiver<Queued>, Arc<AtomicUsize>)> {
+        let mut m = self.routes.lock().ok()?;
+        let key = (local.to_ascii_lowercase(), remote.to_ascii_lowercase());
+        if m.contains_key(&key) {
+            return None;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        m.insert(
+            key,
+            Route {
+                tx,
+                queued: queued.clone(),
+            },
+        );
+        Some((rx, queued))
     }
 
     /// Stanzas left in a route whose connection ended after it was established: they go to a

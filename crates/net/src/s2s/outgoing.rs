@@ -39,6 +39,8 @@ pub(crate) struct Opened {
     pub(crate) features: PeerFeatures,
     /// The peer's certificate is valid for the remote domain.
     pub(crate) cert_ok: bool,
+    /// XEP-0288: we asked for a bidirectional stream.
+    pub(crate) bidi: bool,
 }
 
 /// The route task: set up, then serve; stanzas left when it ends are bounced or requeued.
@@ -73,7 +75,7 @@ pub(crate) async fn run(
     };
     info!(%local, %remote, ms = started.elapsed().as_millis() as u64, "s2s: outgoing stream authenticated");
     let _gauge = canto_core::metrics::connection("s2s_out");
-    let left = serve(&s2s, conn, &mut rx, &queued).await;
+    let left = serve(&s2s, &local, &remote, conn, &mut rx, &queued).await;
     debug!(%local, %remote, "s2s: outgoing stream ended");
     s2s.remove_route(&local, &remote, &queued);
     rx.close();
@@ -112,13 +114,27 @@ fn drain(
 /// queue but not written.
 async fn serve(
     s2s: &Arc<S2s>,
-    mut conn: XmlConn,
+    local: &str,
+    remote: &str,
+    opened: Opened,
     rx: &mut mpsc::UnboundedReceiver<Queued>,
     queued: &AtomicUsize,
 ) -> Vec<Queued> {
     let idle = Duration::from_secs(s2s.config().s2s.idle_timeout);
     let mut stop = s2s.shutdown.clone();
     let mut out = Vec::with_capacity(4096);
+    let Opened {
+        mut conn,
+        id,
+        cert_ok,
+        bidi,
+        ..
+    } = opened;
+    // XEP-0288 §3: on a bidirectional stream the peer may send to us once it has proved its
+    // domain: by dialback on this stream (its key checked by a callback to its authoritative
+    // server, or accepted at once when its certificate is valid, XEP-0344).
+    let mut peer_proved = false;
+    let (vtx, mut vrx) = mpsc::channel::<bool>(1);
     loop {
         let idle_at = conn.last_activity + idle;
         tokio::select! {
@@ -160,7 +176,44 @@ async fn serve(
                     conn.close().await;
                     return Vec::new();
                 }
-                // Nothing else is expected on an outgoing stream (no XEP-0288 here): ignored.
+                Ok(StreamEvent::Stanza(el)) if bidi && el.is("result", proto::NS_DIALBACK) && el.attr("type").is_none() => {
+                    let from_ok = el.attr("from").is_some_and(|f| f.eq_ignore_ascii_case(remote));
+                    let to_ok = el.attr("to").is_some_and(|t| t.eq_ignore_ascii_case(local));
+                    if !from_ok || !to_ok {
+                        conn.fail(StreamError::new(StreamCondition::InvalidFrom)).await;
+                        return Vec::new();
+                    }
+                    if cert_ok {
+                        let _ = vtx.try_send(true);
+                    } else if s2s.config().s2s.requires_certificate(remote) {
+                        let _ = vtx.try_send(false);
+                    } else {
+                        let (s2s, local, remote, id, vtx) = (s2s.clone(), local.to_string(), remote.to_string(), id.clone(), vtx.clone());
+                        let key = el.text();
+                        tokio::spawn(async move {
+                            let ok = verify_key(&s2s, &local, &remote, &id, key.trim()).await.unwrap_or(false);
+                            let _ = vtx.send(ok).await;
+                        });
+                    }
+                }
+                Ok(StreamEvent::Stanza(el)) if bidi && matches!(el.name(), "message" | "presence" | "iq") && el.ns() == ns::SERVER => {
+                    // RFC 6120 §4.9.3.9 / XEP-0288 §3: only what the peer proved, to us.
+                    let from_ok = el.attr("from").and_then(|f| canto_stanza::parse_jid(f).ok()).is_some_and(|j| j.domain().as_str().eq_ignore_ascii_case(remote));
+                    let to_ok = el.attr("to").and_then(|t| canto_stanza::parse_jid(t).ok()).is_some_and(|j| j.domain().as_str().eq_ignore_ascii_case(local));
+                    if !peer_proved || !from_ok {
+                        let cond = if peer_proved { StreamCondition::InvalidFrom } else { StreamCondition::NotAuthorized };
+                        conn.fail(StreamError::new(cond)).await;
+                        return Vec::new();
+                    }
+                    if !to_ok {
+                        conn.fail(StreamError::new(StreamCondition::HostUnknown)).await;
+                        return Vec::new();
+                    }
+                    let mut el = el;
+                    canto_core::remote::from_server_namespace(&mut el);
+                    s2s.server.route_from_remote(remote, el).await;
+                }
+                // Nothing else is expected on an outgoing stream: ignored.
                 Ok(_) => {}
                 Err(ReadFail::Stream(e)) => {
                     conn.fail(e).await;
@@ -168,6 +221,20 @@ async fn serve(
                 }
                 Err(ReadFail::Gone(_)) => return Vec::new(),
             },
+            Some(valid) = vrx.recv() => {
+                let answer = proto::db_answer("result", local, remote, None, valid);
+                if conn.send(&answer).await.is_err() {
+                    return Vec::new();
+                }
+                if valid {
+                    info!(%local, %remote, "s2s: the peer may send on our stream (XEP-0288)");
+                    s2s.authenticated(remote, "dialback");
+                    peer_proved = true;
+                } else {
+                    conn.fail(StreamError::new(StreamCondition::NotAuthorized)).await;
+                    return Vec::new();
+                }
+            }
             _ = tokio::time::sleep_until(idle_at) => {
                 debug!("s2s: idle outgoing stream closed");
                 conn.close().await;
@@ -182,11 +249,11 @@ async fn serve(
 }
 
 /// Resolves, connects, secures and authenticates a stream from `local` to `remote`.
-async fn establish(s2s: &Arc<S2s>, local: &str, remote: &str) -> Result<XmlConn, SetupError> {
+async fn establish(s2s: &Arc<S2s>, local: &str, remote: &str) -> Result<Opened, SetupError> {
     let mut opened = open(s2s, local, remote).await?;
     debug!(%remote, cert_ok = opened.cert_ok, "s2s: outgoing stream secured");
     authenticate(s2s, local, remote, &mut opened).await?;
-    Ok(opened.conn)
+    Ok(opened)
 }
 
 /// Connects to the first target of `remote` that answers and opens a secured stream
@@ -219,6 +286,8 @@ async fn open_target(
         .await
         .map_err(|e| fail(Condition::RemoteServerNotFound, format!("connect: {e}")))?;
     let _ = tcp.set_nodelay(true);
+    s2s.connects
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let config = s2s.config();
     let max = config.s2s.max_stanza_size;
     let require_tls = config.s2s.require_encryption;
@@ -352,6 +421,7 @@ async fn open_target(
             id,
             features: pf,
             cert_ok,
+            bidi: false,
         });
     }
 }
@@ -364,6 +434,14 @@ async fn authenticate(
     remote: &str,
     o: &mut Opened,
 ) -> Result<(), SetupError> {
+    if o.features.bidi && s2s.config().s2s.bidi {
+        // XEP-0288 §2: asked for after TLS, before authentication.
+        o.conn
+            .send(&Element::new("bidi", proto::NS_BIDI))
+            .await
+            .map_err(|_| fail(Condition::RemoteServerNotFound, "write failed"))?;
+        o.bidi = true;
+    }
     if o.features.external && o.conn.is_tls() {
         o.conn
             .send(&proto::external_auth(local))
@@ -377,7 +455,9 @@ async fn authenticate(
                 .write(&proto::stream_header(local, remote, None))
                 .await
                 .map_err(|_| fail(Condition::RemoteServerNotFound, "write failed"))?;
-            let _header = next_element(&mut o.conn, true).await?;
+            let header = next_element(&mut o.conn, true).await?;
+            // The new stream's id (a dialback key on a bidirectional stream names it).
+            o.id = header.attr("id").unwrap_or_default().to_string();
             let _features = next_element(&mut o.conn, false).await?;
             return Ok(());
         }

@@ -157,6 +157,14 @@ enum Workload {
         /// XEP-0352: every session announces this client state after its presence.
         #[arg(long, value_enum)]
         csi: Option<msg::Csi>,
+        /// Federation: the partner of each pair logs in on this other server (its accounts
+        /// are PREFIX<FIRST>… there too), so every message crosses server-to-server; the
+        /// first message each way, which sets up the connection, is timed on its own.
+        #[arg(long, requires = "peer_domain")]
+        peer_addr: Option<SocketAddr>,
+        /// The other server's XMPP domain (with --peer-addr).
+        #[arg(long, requires = "peer_addr")]
+        peer_domain: Option<String>,
     },
     /// Fills one account's archive in Canto's SQLite file with N messages (through
     /// canto_storage, as the server's `mam` module stores them), for the `mam` workload. Run
@@ -454,6 +462,8 @@ async fn run(cli: Cli) -> Result<()> {
             sm,
             sm_request_every,
             csi,
+            peer_addr,
+            ref peer_domain,
         } => {
             let pace = match (flood, rate) {
                 (true, _) => msg::Pace::Flood { window },
@@ -471,6 +481,14 @@ async fn run(cli: Cli) -> Result<()> {
                     concurrency,
                     sm: sm.then_some(sm_request_every),
                     csi,
+                    peer: match (peer_addr, peer_domain) {
+                        (Some(addr), Some(domain)) => Some(Arc::new(Target {
+                            addr,
+                            domain: domain.clone(),
+                            ..target(&cli)
+                        })),
+                        _ => None,
+                    },
                 },
             )
             .await?

@@ -42,7 +42,7 @@ pub enum Pace {
 }
 
 /// Parameters of a run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct MsgOpts {
     /// Pairs of accounts (2 × pairs sessions, each sending to its partner).
     pub pairs: usize,
@@ -59,6 +59,8 @@ pub struct MsgOpts {
     pub sm: Option<usize>,
     /// XEP-0352: the client state every session announces.
     pub csi: Option<Csi>,
+    /// Federation: partners log in on this other server.
+    pub peer: Option<Arc<crate::client::Target>>,
 }
 
 /// XEP-0352 client states.
@@ -456,12 +458,52 @@ async fn writer(mut w: ClientWriter, p: SendPlan) -> Result<(ClientWriter, u64, 
 }
 
 /// Runs the workload and prints one line of figures.
+/// Sends one message from `clients[from]` to `clients[to]` and waits for it: the time taken.
+async fn one_message(
+    clients: &mut [crate::client::Client],
+    from: usize,
+    to: usize,
+) -> Result<Duration> {
+    let jid = clients[to].jid.clone();
+    let id = format!("setup-{}", rand::random::<u32>());
+    let start = Instant::now();
+    clients[from]
+        .send(
+            format!("<message to='{jid}' id='{id}' type='chat'><body>hello</body></message>")
+                .as_bytes(),
+        )
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let el = tokio::time::timeout_at(deadline, clients[to].next())
+            .await
+            .map_err(|_| anyhow::anyhow!("the first message across did not arrive in 60 s"))??;
+        if el.name() == "message" && el.attr("id") == Some(id.as_str()) {
+            return Ok(start.elapsed());
+        }
+        if el.name() == "message" && el.attr("type") == Some("error") {
+            bail!("the message bounced: {el}");
+        }
+    }
+}
+
 pub async fn run(cli: &Cli, t: &Arc<crate::client::Target>, o: MsgOpts) -> Result<()> {
     if o.pairs == 0 {
         bail!("--pairs must be at least 1");
     }
     let n = 2 * o.pairs;
-    let (mut clients, _) = login_range(cli, t, 0, n, o.concurrency, 0).await?;
+    let mut clients = match &o.peer {
+        None => login_range(cli, t, 0, n, o.concurrency, 0).await?.0,
+        Some(peer) => {
+            // Partners (i ^ 1) on different servers: every message crosses federation.
+            let (here, _) = login_range(cli, t, 0, o.pairs, o.concurrency, 0).await?;
+            let (there, _) = login_range(cli, peer, 0, o.pairs, o.concurrency, 0).await?;
+            here.into_iter()
+                .zip(there)
+                .flat_map(|(a, b)| [a, b])
+                .collect()
+        }
+    };
     for c in &mut clients {
         if o.sm.is_some() {
             // XEP-0198 §3: after binding; the counters start at zero with <enabled/>.
@@ -481,6 +523,18 @@ pub async fn run(cli: &Cli, t: &Arc<crate::client::Target>, o: MsgOpts) -> Resul
     }
     // Let the presence echoes arrive before the clock starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if o.peer.is_some() && clients.len() >= 2 {
+        // The first message each way sets up the server-to-server connection (DNS, TCP, TLS,
+        // authentication: SASL EXTERNAL or dialback); a second one is warm.
+        for (label, from, to) in [
+            ("first message, connection set up on the way", 0, 1),
+            ("first message back", 1, 0),
+            ("second message (warm)", 0, 1),
+        ] {
+            let took = one_message(&mut clients, from, to).await?;
+            println!("s2s {label}: {:.1} ms", took.as_secs_f64() * 1000.0);
+        }
+    }
     let jids: Vec<String> = clients.iter().map(|c| c.jid.clone()).collect();
     let window_size = match o.pace {
         Pace::Flood { window } => window.max(1),

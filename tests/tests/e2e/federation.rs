@@ -823,3 +823,288 @@ async fn dane_tlsa_records_decide() {
         }
     }
 }
+
+/// XEP-0368: a `_xmpps-server` SRV record sends the outgoing stream to a direct TLS listener.
+#[tokio::test]
+async fn direct_tls_targets_are_used() {
+    let pki = Pki::new();
+    let pa = free_addr().port();
+    let (pb, pb_tls) = (free_addr().port(), free_addr().port());
+    // b.test publishes only its direct TLS port.
+    let dns = || {
+        StaticResolver::new()
+            .srv(
+                "_xmpp-server._tcp.a.test",
+                vec![SrvRecord::new(0, 1, pa, "a.test")],
+            )
+            .srv(
+                "_xmpps-server._tcp.b.test",
+                vec![SrvRecord::new(0, 1, pb_tls, "b.test")],
+            )
+            .ips("a.test", vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
+            .ips("b.test", vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
+    };
+    let a = server(
+        Opts {
+            domain: "a.test",
+            cert: pki.issue(&["a.test"]),
+            trust_ca: Some(pki.ca_pem.clone()),
+            secure_auth: true,
+            require_encryption: true,
+            connect_timeout: 10,
+            tweak: Some(|c| c.s2s.bidi = false),
+        },
+        pa,
+        dns(),
+    )
+    .await;
+    let mut c = test_config();
+    c.hosts = vec!["b.test".into()];
+    c.s2s.listen = vec![format!("127.0.0.1:{pb}")];
+    c.s2s.direct_tls_listen = vec![format!("127.0.0.1:{pb_tls}")];
+    c.s2s.ca_file = pki.ca_pem.clone();
+    c.s2s.bidi = false;
+    let (bc, bk) = pki.issue(&["b.test"]);
+    c.certificates.insert(
+        "b.test".into(),
+        canto_core::config::CertificateConfig {
+            certificate: bc,
+            key: bk,
+        },
+    );
+    let b = TestServer::with_resolver(c, Arc::new(dns())).await;
+    b.add_user_on("b.test", "bob", "pw").await;
+    assert_eq!(b.running.s2s_direct_tls_addrs[0].port(), pb_tls);
+    let mut alice = a
+        .login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "r")
+        .await;
+    let mut bob = b
+        .login_with_ca(&pki.ca_pem, "b.test", "bob", "pw", "r")
+        .await;
+    canto_tests::assert_message_flows(&mut alice, &mut bob).await;
+    assert_eq!(b.running.s2s.auth_method("a.test"), Some("EXTERNAL"));
+}
+
+/// RFC 6120 §4.9.3.19: a server that answers `<see-other-host/>` is left for the host it
+/// names.
+#[tokio::test]
+async fn see_other_host_is_followed() {
+    let pki = Pki::new();
+    let (pa, pb) = (free_addr().port(), free_addr().port());
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pr = redirector
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = redirector.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+            let answer = format!(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' id='r1' from='b.test' version='1.0'><stream:error><see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>127.0.0.1:{pb}</see-other-host></stream:error></stream:stream>"
+            );
+            let _ = tcp.write_all(answer.as_bytes()).await;
+        }
+    });
+    let dns = || {
+        resolver(&[("a.test", pa)])
+            .srv(
+                "_xmpp-server._tcp.b.test",
+                vec![SrvRecord::new(0, 1, pr, "b.test")],
+            )
+            .ips("b.test", vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
+    };
+    let opts = |d: &'static str| Opts {
+        domain: d,
+        cert: pki.issue(&[d]),
+        trust_ca: Some(pki.ca_pem.clone()),
+        secure_auth: true,
+        require_encryption: true,
+        connect_timeout: 10,
+        tweak: None,
+    };
+    let a = server(opts("a.test"), pa, dns()).await;
+    let b = server(opts("b.test"), pb, dns()).await;
+    let mut alice = a
+        .login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "r")
+        .await;
+    let mut bob = b
+        .login_with_ca(&pki.ca_pem, "b.test", "bob", "pw", "r")
+        .await;
+    canto_tests::assert_message_flows(&mut alice, &mut bob).await;
+}
+
+/// XEP-0220 §2.1.3 (piggybacking): one stream authenticates several domains of the same
+/// originating server, each by its own key; a stanza from a domain it has not proved still
+/// closes it. The keys are made from a.test's real secret, so b.test's callback to a.test
+/// confirms them.
+#[tokio::test]
+async fn dialback_piggybacks_several_domains_on_one_stream() {
+    let pki = Pki::new();
+    let (pa, pb) = (free_addr().port(), free_addr().port());
+    let a = server(
+        Opts {
+            domain: "a.test",
+            cert: pki.issue(&["a.test"]),
+            trust_ca: Some(pki.ca_pem.clone()),
+            secure_auth: false,
+            require_encryption: false,
+            connect_timeout: 10,
+            tweak: Some(|c| c.hosts.push("a2.test".into())),
+        },
+        pa,
+        resolver(&[("a.test", pa), ("a2.test", pa), ("b.test", pb)]),
+    )
+    .await;
+    let b = server(
+        Opts {
+            domain: "b.test",
+            cert: pki.issue(&["b.test"]),
+            trust_ca: Some(pki.ca_pem.clone()),
+            secure_auth: false,
+            require_encryption: false,
+            connect_timeout: 10,
+            tweak: None,
+        },
+        pb,
+        resolver(&[("a.test", pa), ("a2.test", pa), ("b.test", pb)]),
+    )
+    .await;
+    let secret = std::fs::read(a.dir.join("dialback.secret")).unwrap_or_else(|e| panic!("{e}"));
+    let mut bob = b
+        .login_with_ca(&pki.ca_pem, "b.test", "bob", "pw", "r")
+        .await;
+    let (mut tcp, features) = raw_peer(pb, "a.test", "b.test").await;
+    let id = features
+        .split("id='")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("no stream id: {features}"))
+        .to_string();
+    for domain in ["a.test", "a2.test"] {
+        let key = canto_proto::s2s::dialback_key(&secret, "b.test", domain, &id);
+        tcp.write_all(
+            format!("<db:result from='{domain}' to='b.test'>{key}</db:result>").as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let got = read_until(&mut tcp, "type=").await;
+        assert!(
+            got.contains("type='valid'") && got.contains(domain),
+            "{domain}: {got}"
+        );
+    }
+    for domain in ["a.test", "a2.test"] {
+        tcp.write_all(
+            format!("<message from='x@{domain}' to='bob@b.test/r' type='chat'><body>via {domain}</body></message>")
+                .as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let m = bob
+            .wait_for(|e| e.name() == "message")
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(m.attr("from"), Some(format!("x@{domain}").as_str()));
+    }
+    tcp.write_all(b"<message from='x@a3.test' to='bob@b.test/r'><body>no</body></message>")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got = read_until(&mut tcp, "</stream:stream>").await;
+    assert!(got.contains("<invalid-from"), "{got}");
+}
+
+/// `s2s.max_connections_per_domain`: authenticated streams from one domain beyond the limit
+/// are refused (policy-violation); metrics count the s2s streams and how they authenticated.
+#[tokio::test]
+async fn connections_per_remote_domain_are_capped_and_counted() {
+    let p = Pair::new(true, true).await;
+    let mut alice = p.login(true, "alice", "r").await;
+    let mut bob = p.login(false, "bob", "r").await;
+    canto_tests::assert_message_flows(&mut alice, &mut bob).await;
+    let evil = p.pki.issue(&["evil.test"]);
+    let port = p.b.running.s2s_addrs[0].port();
+    // The default cap (8) lets a second evil.test stream in; the test server's is changed below.
+    let cfg = {
+        let mut c = (*p.b.running.server.config()).clone();
+        c.s2s.max_connections_per_domain = 1;
+        c
+    };
+    p.b.running
+        .server
+        .reload_config(cfg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (first, second) = tokio::join!(
+        external_stream(&p.pki.ca_pem, &evil, port, "evil.test"),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            external_stream(&p.pki.ca_pem, &evil, port, "evil.test").await
+        }
+    );
+    assert!(first.contains("<success"), "{first}");
+    assert!(second.contains("<policy-violation"), "{second}");
+    let text = canto_net::metrics::render(&p.b.running.server);
+    assert!(
+        text.contains("canto_connections{kind=\"s2s_in\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("canto_s2s_authentications_total{method=\"EXTERNAL\"}"),
+        "{text}"
+    );
+}
+
+/// TLS with a client certificate, SASL EXTERNAL as `domain`; returns what the server said,
+/// after holding the stream open a moment.
+async fn external_stream(ca: &Path, cert: &(PathBuf, PathBuf), port: u16, domain: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert.0)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .collect();
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.1).unwrap_or_else(|e| panic!("{e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| panic!("{e}")) {
+        roots
+            .add(c.unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut tcp, _) = raw_peer(port, domain, "b.test").await;
+    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = read_until(&mut tcp, "proceed").await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let name = rustls_pki_types::ServerName::try_from("b.test").unwrap_or_else(|e| panic!("{e}"));
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let header = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='{domain}' to='b.test' version='1.0'>"
+    );
+    tls.write_all(header.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = read_tls(&mut tls, "</stream:features>").await;
+    tls.write_all(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got = read_tls(&mut tls, ">").await;
+    // Keep the first stream open while the second tries.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let more = tokio::time::timeout(
+        Duration::from_millis(200),
+        read_tls(&mut tls, "</stream:stream>"),
+    )
+    .await
+    .unwrap_or_default();
+    format!("{got}{more}")
+}

@@ -16,6 +16,8 @@ mod disco;
 mod durability;
 mod extdisco;
 mod faults;
+mod federation_harness;
+// mod federation_peers; (Canto against Prosody and ejabberd: registered once s2s lands)
 mod im;
 mod lang;
 mod last;

@@ -18,6 +18,8 @@ mod durability;
 mod extdisco;
 mod faults;
 mod federation;
+mod federation_harness;
+mod federation_peers;
 mod im;
 mod lang;
 mod last;

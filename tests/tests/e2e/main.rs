@@ -17,6 +17,7 @@ mod durability;
 mod extdisco;
 mod faults;
 mod federation;
+mod federation_im;
 mod im;
 mod lang;
 mod last;

@@ -65,6 +65,25 @@ impl Server {
         }
     }
 
+    /// Sends a stanza a module built — `from` a local JID (a host's, an account's, a hosted
+    /// service's), `to` a JID at a remote domain — over federation, as the router would after
+    /// its own checks; the module has applied its rules (who may see what, blocking). Like
+    /// [`Server::deliver_to_session`] for local resources, this is delivery only and keeps
+    /// module code off the session table and the federation layer. Returns whether it was
+    /// handed over: false when `to` is not remote, `from` not local, or nothing federates.
+    pub fn send_to_remote(&self, el: Element) -> bool {
+        let local = |j: &Jid| {
+            let d = j.domain().as_str();
+            self.serves(d) || self.modules().service(d).is_some()
+        };
+        let from = el.attr("from").and_then(|f| parse_jid(f).ok());
+        let to = el.attr("to").and_then(|t| parse_jid(t).ok());
+        match (from, to) {
+            (Some(f), Some(t)) if local(&f) && !local(&t) => self.send_remote(el),
+            _ => false,
+        }
+    }
+
     /// Routes a stanza that arrived from the remote domain `remote_domain` over a stream that
     /// authenticated it. The network layer has checked the stream-level rules (RFC 6120 §8.1.1.2,
     /// §8.1.2.2): a `to` at a domain served here (a host, a hosted service or a component) and a

@@ -19,6 +19,7 @@ mod extdisco;
 mod faults;
 mod federation;
 mod federation_harness;
+mod federation_im;
 mod federation_peers;
 mod im;
 mod lang;

@@ -106,9 +106,14 @@ impl CapsCache {
     /// The features of `caps` as announced by `from`: from the cache, else asked of `from`
     /// with disco#info (XEP-0115 §6.2) and, when the answer hashes to `ver`, cached. An answer
     /// that does not verify is used for this resource only (§5.4 step 3.?: not cached).
+    /// `host` is the local domain the question comes from (the answer is an IQ to it, taken
+    /// by [`Answers`]): the resource's own for a local session; for a remote contact's
+    /// resource, the domain of the account its presence was for, and the question goes over
+    /// federation.
     pub async fn resolve(
         &self,
         server: &Arc<canto_core::Server>,
+        host: &str,
         from: &FullJid,
         caps: &Caps,
     ) -> Arc<HashSet<String>> {
@@ -162,13 +167,18 @@ impl CapsCache {
         let query = Element::new("iq", ns::CLIENT)
             .with_attr("type", "get")
             .with_attr("id", &id)
-            .with_attr("from", from.domain().as_str())
+            .with_attr("from", host)
             .with_attr("to", from.to_string())
             .with_child(
                 Element::new("query", ns::DISCO_INFO)
                     .with_attr("node", format!("{}#{}", caps.node, caps.ver)),
             );
-        let answer = if server.deliver_to_session(from, Arc::new(query)) {
+        let sent = if server.serves(from.domain().as_str()) {
+            server.deliver_to_session(from, Arc::new(query))
+        } else {
+            server.send_to_remote(query)
+        };
+        let answer = if sent {
             tokio::time::timeout(TIMEOUT, rx)
                 .await
                 .ok()

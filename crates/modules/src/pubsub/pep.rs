@@ -2,7 +2,10 @@
 //! account's bare JID, run by the engine with PEP's defaults (presence access, one item, the
 //! last item on presence), notifications to the owner's and contacts' resources that asked
 //! for the node with `+notify` in their entity capabilities (XEP-0115), and to explicit
-//! subscribers; private nodes (XEP-0223) are whitelist nodes.
+//! subscribers; private nodes (XEP-0223) are whitelist nodes. Remote contacts (federation)
+//! are notified the same way: their presence arriving at the account tells their caps
+//! (asked of them with disco#info across federation), kept per (account, contact resource),
+//! and notifications go to them through [`Server::send_to_remote`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -73,6 +76,9 @@ pub struct PepConfig {
     pub max_id_bytes: usize,
     /// Entity capabilities hashes remembered (XEP-0115), most recent kept.
     pub caps_cache_size: usize,
+    /// Remote contacts' resources whose `+notify` interest is remembered per account (learnt
+    /// from their presence over federation), the least recently heard from dropped first.
+    pub max_remote_resources: usize,
 }
 
 impl Default for PepConfig {
@@ -85,6 +91,7 @@ impl Default for PepConfig {
             max_subscriptions: l.max_subscriptions,
             max_id_bytes: l.max_id_bytes,
             caps_cache_size: 10_000,
+            max_remote_resources: 1_000,
         }
     }
 }
@@ -132,11 +139,18 @@ impl ModuleConfig for PepConfig {
             "caps_cache_size",
             "Client capability hashes (XEP-0115) remembered for +notify filtering.",
         ),
+        (
+            "max_remote_resources",
+            "Remote contacts' resources whose +notify interest is remembered per account\n(from their presence over federation); beyond, the least recently heard from is forgotten.",
+        ),
     ];
 
     fn validate(&self) -> Result<(), String> {
         if self.caps_cache_size == 0 {
             return Err("caps_cache_size must be positive".into());
+        }
+        if self.max_remote_resources == 0 {
+            return Err("max_remote_resources must be positive".into());
         }
         self.limits().validate()
     }
@@ -187,11 +201,136 @@ impl Interest {
     }
 }
 
+/// What remote contacts' resources asked for with `+notify` (XEP-0163 §4.3.3), learnt from
+/// their presence arriving over federation, per local account the presence was for: that
+/// presence is what lets the account's server know the resource (XEP-0163 §4.3.1), and
+/// unavailable from it ends it. At most `max` resources per account, the least recently heard
+/// from dropped first, so a remote server cannot grow it without bound.
+#[derive(Default)]
+struct RemoteInterest {
+    by_owner: RwLock<HashMap<BareJid, HashMap<FullJid, RemoteEntry>>>,
+    clock: std::sync::atomic::AtomicU64,
+}
+
+struct RemoteEntry {
+    nodes: Arc<HashSet<String>>,
+    /// The last items were sent since the resource became available.
+    primed: bool,
+    /// When it was last heard from (a counter): the presence whose caps are being resolved,
+    /// and the order in which entries are dropped.
+    heard: u64,
+}
+
+impl RemoteInterest {
+    /// `jid` sent `owner` available presence: remembered (with the interest it had, until
+    /// its caps are resolved); returns the mark [`RemoteInterest::set`] wants.
+    fn heard(&self, owner: &BareJid, jid: &FullJid, max: usize) -> u64 {
+        let now = self
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Ok(mut m) = self.by_owner.write() else {
+            return now;
+        };
+        let entries = m.entry(owner.clone()).or_default();
+        if !entries.contains_key(jid) && entries.len() >= max.max(1) {
+            let oldest = entries
+                .iter()
+                .min_by_key(|(_, e)| e.heard)
+                .map(|(j, _)| j.clone());
+            if let Some(o) = oldest {
+                entries.remove(&o);
+            }
+        }
+        let e = entries.entry(jid.clone()).or_insert_with(|| RemoteEntry {
+            nodes: Arc::default(),
+            primed: false,
+            heard: now,
+        });
+        e.heard = now;
+        now
+    }
+
+    /// Records the interest resolved for the presence marked `heard`; None when the resource
+    /// went (or sent newer presence) meanwhile, else whether the last items are due (the first
+    /// interest since it became available, XEP-0163 §4.3.1).
+    fn set(
+        &self,
+        owner: &BareJid,
+        jid: &FullJid,
+        heard: u64,
+        nodes: Arc<HashSet<String>>,
+    ) -> Option<bool> {
+        let mut m = self.by_owner.write().ok()?;
+        let e = m.get_mut(owner)?.get_mut(jid)?;
+        if e.heard != heard {
+            return None;
+        }
+        let prime = !e.primed && !nodes.is_empty();
+        e.primed |= prime;
+        e.nodes = nodes;
+        Some(prime)
+    }
+
+    /// The remembered resources of `owner`'s remote contacts that want `node`.
+    fn wanting(&self, owner: &BareJid, node: &str) -> Vec<FullJid> {
+        self.by_owner
+            .read()
+            .ok()
+            .and_then(|m| {
+                m.get(owner).map(|entries| {
+                    entries
+                        .iter()
+                        .filter(|(_, e)| e.nodes.contains(node))
+                        .map(|(j, _)| j.clone())
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// The remembered resources of `contact` (a remote account) that want `node`.
+    fn of_contact(&self, owner: &BareJid, contact: &BareJid, node: &str) -> Vec<FullJid> {
+        let mut v = self.wanting(owner, node);
+        v.retain(|j| j.to_bare() == *contact);
+        v
+    }
+
+    fn forget(&self, owner: &BareJid, jid: &FullJid) {
+        if let Ok(mut m) = self.by_owner.write()
+            && let Some(entries) = m.get_mut(owner)
+        {
+            entries.remove(jid);
+            if entries.is_empty() {
+                m.remove(owner);
+            }
+        }
+    }
+
+    /// Forgets every resource of `contact` (it has none available).
+    fn forget_contact(&self, owner: &BareJid, contact: &BareJid) {
+        if let Ok(mut m) = self.by_owner.write()
+            && let Some(entries) = m.get_mut(owner)
+        {
+            entries.retain(|j, _| j.to_bare() != *contact);
+            if entries.is_empty() {
+                m.remove(owner);
+            }
+        }
+    }
+
+    fn forget_owner(&self, owner: &BareJid) {
+        if let Ok(mut m) = self.by_owner.write() {
+            m.remove(owner);
+        }
+    }
+}
+
 /// Everything the module's hooks share.
 pub struct PepState {
     engine: Engine,
     config: Section<PepConfig>,
     interest: Interest,
+    remote: RemoteInterest,
     caps: Arc<CapsCache>,
     defaults: NodeConfig,
     listeners: RwLock<Vec<Arc<dyn PepListener>>>,
@@ -235,6 +374,7 @@ impl Module for Pep {
             engine: Engine::new(ctx.open_pubsub("pep")?),
             config,
             interest: Interest::default(),
+            remote: RemoteInterest::default(),
             caps: caps.clone(),
             defaults: NodeConfig::pep(),
             listeners: RwLock::default(),
@@ -269,6 +409,19 @@ impl Module for Pep {
             0,
             Arc::new(PresenceWatch(state.clone())),
         );
+        // Remote contacts' presence, arriving over federation at the account (to its bare
+        // JID, as broadcasts and probe answers are; or to one of its resources).
+        for to in [Addressed::Bare, Addressed::Full] {
+            ctx.hook_stanza(
+                HookPoint {
+                    kind: StanzaKind::Presence,
+                    to,
+                    direction: Direction::In,
+                },
+                0,
+                Arc::new(RemotePresenceWatch(state.clone())),
+            );
+        }
         // Clients answer the caps queries to the host.
         ctx.hook_stanza(
             HookPoint {
@@ -422,11 +575,12 @@ impl PepState {
             let mut msg = template.clone();
             msg.set_attr("to", to.to_string());
             msg.set_attr("id", super::engine::new_id());
-            server.deliver_to_session(&to, Arc::new(msg));
+            deliver(server, &to, msg);
         }
     }
 
-    /// The local resources a notification of `node` goes to; `affiliations` are the node's
+    /// The resources a notification of `node` goes to (local ones, and remote contacts'
+    /// that told this server their interest); `affiliations` are the node's
     /// when the store no longer has them (a deleted node), else they are read.
     async fn recipients(
         &self,
@@ -436,7 +590,7 @@ impl PepState {
         config: &NodeConfig,
         explicit: &[PubsubSubscription],
         affiliations: Option<&[(String, String, String)]>,
-    ) -> Vec<FullJid> {
+    ) -> Vec<Jid> {
         let service = owner.to_string();
         let affs = if let Some(list) = affiliations {
             Self::affiliations_of(list)
@@ -457,12 +611,17 @@ impl PepState {
                 .copied()
                 .unwrap_or(Affiliation::None)
         };
-        let mut out: Vec<FullJid> = Vec::new();
-        let mut seen: HashSet<FullJid> = HashSet::new();
+        let mut out: Vec<Jid> = Vec::new();
+        let mut seen: HashSet<Jid> = HashSet::new();
+        let mut add = |j: Jid| {
+            if seen.insert(j.clone()) {
+                out.push(j);
+            }
+        };
         // The owner's own interested resources.
         for (full, _) in server.available_resources(owner) {
-            if self.interest.wants(&full, node) && seen.insert(full.clone()) {
-                out.push(full);
+            if self.interest.wants(&full, node) {
+                add(Jid::from(full));
             }
         }
         // Contacts allowed to see the owner's presence (XEP-0163 §4.3.2: implicit
@@ -476,9 +635,21 @@ impl PepState {
                 continue;
             }
             for (full, _) in server.available_resources(contact) {
-                if self.interest.wants(&full, node) && seen.insert(full.clone()) {
-                    out.push(full);
+                if self.interest.wants(&full, node) {
+                    add(Jid::from(full));
                 }
+            }
+        }
+        // Remote contacts (XEP-0163 §4.3.2 across servers): their resources whose presence
+        // reached the owner over federation with caps asking for the node, entitled as local
+        // contacts are.
+        for full in self.remote.wanting(owner, node) {
+            let bare = full.to_bare();
+            let entitled = roster.get(&bare).is_some_and(|item| {
+                item.subscription.has_from() && contact_allowed(config, Some(item), aff_of(&bare))
+            });
+            if entitled {
+                add(Jid::from(full));
             }
         }
         // Explicit subscribers (XEP-0060 §6.1), still entitled.
@@ -490,10 +661,8 @@ impl PepState {
             if bare != *owner && !contact_allowed(config, roster.get(&bare), aff_of(&bare)) {
                 continue;
             }
-            for full in jid_targets(server, &jid) {
-                if seen.insert(full.clone()) {
-                    out.push(full);
-                }
+            for to in jid_targets(server, &jid) {
+                add(to);
             }
         }
         unblocked(server, owner, out).await
@@ -507,7 +676,7 @@ impl PepState {
         owner: &BareJid,
         node: &str,
         config: &NodeConfig,
-        targets: &[FullJid],
+        targets: &[Jid],
     ) {
         if targets.is_empty() || !config.persist_items {
             return;
@@ -545,15 +714,14 @@ impl PepState {
         for to in targets {
             let bare = to.to_bare();
             if bare != *owner
-                && (server.blocks(owner, &Jid::from(to.clone())).await
-                    || server.blocks(&bare, &owner_jid).await)
+                && (server.blocks(owner, to).await || server.blocks(&bare, &owner_jid).await)
             {
                 continue;
             }
             let mut msg = event_message(&service, &to.to_string(), "headline", child.clone());
             // XEP-0163 §4.3.4: a last item is old news; XEP-0203 says when it was published.
             msg.push_child(delay(&service, item.stamp_ms));
-            server.deliver_to_session(to, Arc::new(msg));
+            deliver(server, to, msg);
         }
     }
 
@@ -609,10 +777,78 @@ impl PepState {
                         continue;
                     }
                 }
-                self.send_last_to(server, &owner, &node, &config, std::slice::from_ref(full))
-                    .await;
+                let to = [Jid::from(full.clone())];
+                self.send_last_to(server, &owner, &node, &config, &to).await;
             }
         }
+    }
+}
+
+impl PepState {
+    /// A remote contact's resource told this server what it wants (`new`, from the caps in
+    /// its presence): it gets the last item of each of those nodes of `owner`'s that it may
+    /// see (XEP-0163 §4.3.1: the account owner's server sends them on receiving presence from
+    /// a subscribed contact).
+    async fn remote_interest_changed(
+        &self,
+        server: &Arc<Server>,
+        owner: &BareJid,
+        full: &FullJid,
+        new: &HashSet<String>,
+    ) {
+        if new.is_empty() {
+            return;
+        }
+        let contact = full.to_bare();
+        let item = server.roster(owner).await.get(&contact).cloned();
+        if !item.as_ref().is_some_and(|i| i.subscription.has_from()) {
+            return;
+        }
+        let service = owner.to_string();
+        let Ok(nodes) = self.engine.store().nodes(&service).await else {
+            return;
+        };
+        let mut affs: Option<HashMap<String, Affiliation>> = None;
+        for (node, raw) in nodes {
+            if !new.contains(&node) {
+                continue;
+            }
+            let config =
+                NodeConfig::decode(&raw, &self.defaults).unwrap_or_else(|| self.defaults.clone());
+            if config.send_last_published_item != SendLast::OnSubAndPresence {
+                continue;
+            }
+            if affs.is_none() {
+                affs = Some(Self::affiliations_by_node(
+                    &self
+                        .engine
+                        .store()
+                        .affiliations(&service, None, Some(&contact.to_string()))
+                        .await
+                        .unwrap_or_default(),
+                ));
+            }
+            let aff = affs
+                .as_ref()
+                .and_then(|a| a.get(&node).copied())
+                .unwrap_or(Affiliation::None);
+            if contact_allowed(&config, item.as_ref(), aff) {
+                let to = [Jid::from(full.clone())];
+                self.send_last_to(server, owner, &node, &config, &to).await;
+            }
+        }
+    }
+}
+
+/// Sends a notification to a local session (a full JID, as [`jid_targets`] gives them), or
+/// to a remote JID over federation (the caller has applied the access and blocking rules).
+fn deliver(server: &Arc<Server>, to: &Jid, msg: Element) {
+    if server.serves(to.domain().as_str()) {
+        if let Ok(full) = to.clone().try_into_full() {
+            server.deliver_to_session(&full, Arc::new(msg));
+        }
+    } else {
+        server.send_to_remote(msg);
     }
 }
 
@@ -620,7 +856,7 @@ impl PepState {
 /// account blocked the owner; the owner's own resources always stay. Each blocklist is read
 /// once (both are cached for online users); one that cannot be read keeps its side out (XEP-0191
 /// fails closed).
-async fn unblocked(server: &Arc<Server>, owner: &BareJid, targets: Vec<FullJid>) -> Vec<FullJid> {
+async fn unblocked(server: &Arc<Server>, owner: &BareJid, targets: Vec<Jid>) -> Vec<Jid> {
     let mine = server.try_blocklist(owner).await.ok();
     let owner_jid = Jid::from(owner.clone());
     let mut theirs: HashMap<BareJid, bool> = HashMap::new();
@@ -632,7 +868,7 @@ async fn unblocked(server: &Arc<Server>, owner: &BareJid, targets: Vec<FullJid>)
             continue;
         }
         let Some(mine) = &mine else { continue };
-        if canto_core::blocking::matches(mine, &Jid::from(full.clone())) {
+        if canto_core::blocking::matches(mine, &full) {
             continue;
         }
         let blocks_owner = match theirs.get(&bare) {
@@ -657,24 +893,30 @@ pub fn delay(from: &str, stamp_ms: i64) -> Element {
         .with_attr("stamp", canto_stanza::datetime::from_millis_exact(stamp_ms))
 }
 
-/// The local resources a JID stands for: itself if it is a bound full JID; for a bare JID,
-/// its available resources of non-negative priority (RFC 6121 §8.5.2.1.1 for headlines).
-fn jid_targets(server: &Arc<Server>, jid: &Jid) -> Vec<FullJid> {
-    if !server.serves(jid.domain().as_str()) {
-        return Vec::new();
+/// Where a notification to a subscribed JID goes. A local JID stands for local resources:
+/// itself if it is a bound full JID; for a bare JID, its available resources of non-negative
+/// priority (RFC 6121 §8.5.2.1.1 for headlines). A remote JID (an explicit subscriber at
+/// another server, XEP-0060 §6.1) is itself: its server delivers it (RFC 6121 §8.5.2, §8.5.3).
+fn jid_targets(server: &Arc<Server>, jid: &Jid) -> Vec<Jid> {
+    let domain = jid.domain().as_str();
+    if !server.serves(domain) {
+        if server.modules().service(domain).is_some() {
+            return Vec::new();
+        }
+        return vec![jid.clone()];
     }
     match jid.clone().try_into_full() {
         Ok(full) => server
             .available_resources(&full.to_bare())
             .into_iter()
             .filter(|(f, _)| *f == full)
-            .map(|(f, _)| f)
+            .map(|(f, _)| Jid::from(f))
             .collect(),
         Err(bare) => server
             .available_resources(&bare)
             .into_iter()
             .filter(|(_, p)| *p >= 0)
-            .map(|(f, _)| f)
+            .map(|(f, _)| Jid::from(f))
             .collect(),
     }
 }
@@ -701,7 +943,10 @@ impl StanzaHook for PresenceWatch {
                 tokio::spawn(async move {
                     // XEP-0163 §4.3.3: presence without caps means no interest (as Prosody).
                     let features = match &caps {
-                        Some(c) => state.caps.resolve(&server, &full, c).await,
+                        Some(c) => {
+                            let host = full.domain().as_str();
+                            state.caps.resolve(&server, host, &full, c).await
+                        }
                         None => Arc::default(),
                     };
                     let nodes: HashSet<String> = features
@@ -727,6 +972,79 @@ impl StanzaHook for PresenceWatch {
                 });
             }
             Some("unavailable") => self.0.interest.forget(&full),
+            _ => {}
+        }
+        Hooked::Pass
+    }
+}
+
+/// Watches remote contacts' presence arriving over federation at an account: as for the
+/// user's own sessions, the caps in it (XEP-0115, resolved by a disco#info query from the
+/// account's domain to the contact's resource, across federation) decide the resource's
+/// `+notify` interest (XEP-0163 §4.3.3), its first interest brings the last items (§4.3.1),
+/// and unavailable ends it. Kept per (account, contact resource); only for contacts in the
+/// account's roster — one the account is subscribed to may be approved as a subscriber later
+/// (§4.3.1: the last items then) — never for a stranger's directed presence (no query to it,
+/// nothing kept). Whether a resource gets a notification is decided when it is sent
+/// (presence subscription, access model, blocking).
+struct RemotePresenceWatch(Arc<PepState>);
+
+#[async_trait]
+impl StanzaHook for RemotePresenceWatch {
+    async fn on_stanza(&self, ev: StanzaEvent<'_>) -> Hooked {
+        let Origin::Remote { from, .. } = ev.origin else {
+            return Hooked::Pass;
+        };
+        let owner = ev.to.to_bare();
+        let full = match from.clone().try_into_full() {
+            Ok(f) => f,
+            // Unavailable from the bare JID (the answer to a probe, RFC 6121 §4.3.2): the
+            // contact has no available resource.
+            Err(bare) => {
+                if ev.stanza.attr("type") == Some("unavailable") {
+                    self.0.remote.forget_contact(&owner, &bare);
+                }
+                return Hooked::Pass;
+            }
+        };
+        match ev.stanza.attr("type") {
+            None => {
+                if !ev.server.roster(&owner).await.contains_key(&full.to_bare()) {
+                    self.0.remote.forget(&owner, &full);
+                    return Hooked::Pass;
+                }
+                let max = self.0.config.get().max_remote_resources;
+                let heard = self.0.remote.heard(&owner, &full, max);
+                let caps = Caps::of(ev.stanza);
+                let state = self.0.clone();
+                let server = ev.server.clone();
+                tokio::spawn(async move {
+                    // XEP-0163 §4.3.3: presence without caps means no interest.
+                    let features = match &caps {
+                        Some(c) => {
+                            let host = owner.domain().as_str();
+                            state.caps.resolve(&server, host, &full, c).await
+                        }
+                        None => Arc::default(),
+                    };
+                    let nodes: HashSet<String> = features
+                        .iter()
+                        .filter_map(|f| f.strip_suffix("+notify").map(str::to_string))
+                        .collect();
+                    // None: the resource went, or sent newer presence, while the caps were
+                    // fetched.
+                    if state
+                        .remote
+                        .set(&owner, &full, heard, Arc::new(nodes.clone()))
+                        == Some(true)
+                    {
+                        state
+                            .remote_interest_changed(&server, &owner, &full, &nodes)
+                            .await;
+                    }
+                });
+            }
+            Some("unavailable") => self.0.remote.forget(&owner, &full),
             _ => {}
         }
         Hooked::Pass
@@ -787,11 +1105,20 @@ impl SubscriptionHook for NewSubscriber {
             {
                 continue;
             }
-            let targets: Vec<FullJid> = resources
+            let mut targets: Vec<Jid> = resources
                 .iter()
                 .filter(|f| state.interest.wants(f, &node))
-                .cloned()
+                .map(|f| Jid::from(f.clone()))
                 .collect();
+            // A remote contact's resources whose interest this server knows (their presence
+            // came before the approval: the user is subscribed to them).
+            targets.extend(
+                state
+                    .remote
+                    .of_contact(user, contact, &node)
+                    .into_iter()
+                    .map(Jid::from),
+            );
             state
                 .send_last_to(server, user, &node, &config, &targets)
                 .await;
@@ -806,6 +1133,7 @@ impl SubscriptionHook for NewSubscriber {
     async fn account_deleted(&self, _server: &Arc<Server>, user: &BareJid) {
         // The storage removed the account's PEP service with its stores.
         self.0.engine.forget_service(&user.to_string());
+        self.0.remote.forget_owner(user);
         let _ = self.0.engine.store().forget_jid(&user.to_string()).await;
     }
 
@@ -1129,4 +1457,71 @@ pub async fn latest(state: &PepState, owner: &BareJid, node: &str) -> Option<(St
     let item = items.into_iter().next()?;
     let payload = canto_core::roster::decode_element(&item.payload)?;
     Some((item.id, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(s: &str) -> FullJid {
+        FullJid::new(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn bare(s: &str) -> BareJid {
+        BareJid::new(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn nodes(n: &[&str]) -> Arc<HashSet<String>> {
+        Arc::new(n.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn remote_interest_is_bounded_per_account_least_recently_heard_out() {
+        let r = RemoteInterest::default();
+        let (alice, carol) = (bare("alice@a.test"), bare("carol@a.test"));
+        let (b1, b2, b3) = (
+            full("bob@b.test/1"),
+            full("bob@b.test/2"),
+            full("bob@b.test/3"),
+        );
+        for j in [&b1, &b2] {
+            let h = r.heard(&alice, j, 2);
+            assert_eq!(r.set(&alice, j, h, nodes(&["tune"])), Some(true));
+        }
+        // b1 is heard from again: b2 is now the least recent, and goes for b3.
+        let h = r.heard(&alice, &b1, 2);
+        // Already primed: no last items again for a presence update.
+        assert_eq!(r.set(&alice, &b1, h, nodes(&["tune"])), Some(false));
+        let h = r.heard(&alice, &b3, 2);
+        assert_eq!(r.set(&alice, &b3, h, nodes(&["tune"])), Some(true));
+        let mut got = r.wanting(&alice, "tune");
+        got.sort_by_key(|j| j.to_string());
+        assert_eq!(got, vec![b1.clone(), b3.clone()]);
+        // Per account: carol's are counted apart.
+        let h = r.heard(&carol, &b2, 2);
+        assert_eq!(r.set(&carol, &b2, h, nodes(&["tune"])), Some(true));
+        assert_eq!(r.wanting(&alice, "tune").len(), 2);
+        assert_eq!(r.of_contact(&carol, &bare("bob@b.test"), "tune"), vec![b2]);
+    }
+
+    #[test]
+    fn remote_interest_resolved_late_is_dropped() {
+        let r = RemoteInterest::default();
+        let alice = bare("alice@a.test");
+        let b1 = full("bob@b.test/1");
+        // Unavailable came while the caps were fetched: nothing is recorded.
+        let h = r.heard(&alice, &b1, 10);
+        r.forget(&alice, &b1);
+        assert_eq!(r.set(&alice, &b1, h, nodes(&["tune"])), None);
+        assert!(r.wanting(&alice, "tune").is_empty());
+        // Newer presence meanwhile: the older answer does not count.
+        let old = r.heard(&alice, &b1, 10);
+        let new = r.heard(&alice, &b1, 10);
+        assert_eq!(r.set(&alice, &b1, old, nodes(&["tune"])), None);
+        assert_eq!(r.set(&alice, &b1, new, nodes(&["mood"])), Some(true));
+        assert_eq!(r.wanting(&alice, "mood"), vec![b1.clone()]);
+        // Unavailable from the contact's bare JID forgets every resource of it.
+        r.forget_contact(&alice, &bare("bob@b.test"));
+        assert!(r.wanting(&alice, "mood").is_empty());
+    }
 }

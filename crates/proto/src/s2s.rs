@@ -191,7 +191,9 @@ pub fn db_error(name: &str, from: &str, to: &str, condition: &str, kind: &str) -
         .with_attr("to", to)
         .with_attr("type", "error")
         .with_child(
-            Element::new("error", NS_DIALBACK)
+            // XEP-0220 §2.4: `<error/>` in the stream's default namespace (jabber:server,
+            // written without a declaration, as stanzas are).
+            Element::new("error", ns::CLIENT)
                 .with_attr("type", kind)
                 .with_child(Element::new(condition, ns::STANZAS)),
         )

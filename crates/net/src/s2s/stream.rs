@@ -176,7 +176,11 @@ impl XmlConn {
     /// stream's default namespace, `jabber:server`, with no declaration (RFC 6120 §4.8.3).
     pub(crate) async fn send(&mut self, el: &Element) -> io::Result<()> {
         let mut out = Vec::with_capacity(256);
-        el.write_to(&mut out, ns::CLIENT);
+        if el.ns() == canto_proto::s2s::NS_DIALBACK {
+            write_dialback(el, &mut out);
+        } else {
+            el.write_to(&mut out, ns::CLIENT);
+        }
         self.write(&out).await
     }
 
@@ -263,5 +267,74 @@ impl XmlConn {
         certs
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
             .unwrap_or_default()
+    }
+}
+
+/// Writes a dialback element with the `db:` prefix the stream header declares (XEP-0220 §2.1:
+/// `<db:result/>`, `<db:verify/>`). Namespace-wise `<result xmlns='jabber:server:dialback'/>`
+/// is the same element, but ejabberd 23.01 recognises dialback only by the literal prefix
+/// (tests/federation/README.md). Children (an `<error/>`, XEP-0220 §2.4) are in the stream's
+/// default namespace.
+fn write_dialback(el: &Element, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"<db:");
+    out.extend_from_slice(el.name().as_bytes());
+    for (k, v) in el.attrs() {
+        out.push(b' ');
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"='");
+        canto_xml::escape_attr_into(out, v);
+        out.push(b'\'');
+    }
+    if el.nodes().is_empty() {
+        out.extend_from_slice(b"/>");
+        return;
+    }
+    out.push(b'>');
+    for n in el.nodes() {
+        match n {
+            canto_xml::Node::Element(c) => c.write_to(out, ns::CLIENT),
+            canto_xml::Node::Text(t) => canto_xml::escape_into(out, t),
+        }
+    }
+    out.extend_from_slice(b"</db:");
+    out.extend_from_slice(el.name().as_bytes());
+    out.push(b'>');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialback_elements_carry_the_db_prefix() {
+        let mut out = Vec::new();
+        write_dialback(
+            &canto_proto::s2s::db_result("a.example", "b'x", "k<1"),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "<db:result from='a.example' to='b&apos;x'>k&lt;1</db:result>"
+        );
+        let mut out = Vec::new();
+        write_dialback(
+            &canto_proto::s2s::db_error("result", "a", "b", "item-not-found", "cancel"),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "<db:result from='a' to='b' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>"
+        );
+        // What we write parses back into the dialback namespace under a header declaring db.
+        let mut p = canto_xml::StreamParser::new(canto_xml::Limits::AUTHENTICATED);
+        let mut ev = Vec::new();
+        let mut doc = canto_proto::s2s::stream_header("a", "b", None);
+        write_dialback(&canto_proto::s2s::db_verify("a", "b", "i", "k"), &mut doc);
+        p.feed(&doc, &mut ev).unwrap_or_else(|e| panic!("{e}"));
+        let parsed = ev.iter().find_map(|e| match e {
+            canto_xml::StreamEvent::Stanza(el) => Some(el.clone()),
+            _ => None,
+        });
+        assert!(parsed.is_some_and(|el| el.is("verify", canto_proto::s2s::NS_DIALBACK)));
     }
 }

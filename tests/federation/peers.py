@@ -87,7 +87,12 @@ def make_certs(d):
     No XmppAddr (id-on-xmppAddr, 1.3.6.1.5.5.7.8.5): ejabberd 23.01 (p1_xmpp 1.6.1,
     xmpp_stream_pkix:get_domains_from_san/1) crashes on a peer certificate whose XmppAddr is a
     bare domain (its flatmap returns a binary, not a list: badarg), closing the stream on
-    SASL EXTERNAL."""
+    SASL EXTERNAL.
+
+    Both serverAuth and clientAuth extended key usages: ejabberd 23.01 refuses SASL EXTERNAL
+    ("unsupported certificate purpose") from a peer whose certificate lacks clientAuth, as
+    public CAs' certificates increasingly do (Let's Encrypt's from 2026); Prosody 0.12 accepts
+    them."""
     ca_dir, cert_dir = os.path.join(d, "ca"), os.path.join(d, "certs")
     os.makedirs(ca_dir)
     os.makedirs(cert_dir)
@@ -117,10 +122,14 @@ def make_certs(d):
             for p in (crt, key):
                 with open(p) as f:
                     out.write(f.read())
-    # Every server runs as root here (Prosody with run_as_root): keys can be private.
+    # Every server runs as root here (Prosody with run_as_root): keys can be private. Canto's
+    # is for the test that started us, maybe through sudo: it becomes that user's.
     for name in os.listdir(cert_dir):
         if name.endswith((".key", ".pem")):
-            os.chmod(os.path.join(cert_dir, name), 0o600)
+            path = os.path.join(cert_dir, name)
+            os.chmod(path, 0o600)
+            if name.startswith(CANTO + ".") and os.environ.get("SUDO_UID"):
+                os.chown(path, int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID", -1)))
     return ca_crt
 
 
@@ -514,6 +523,8 @@ def info(d, mode, ca, direct_tls):
         "direct_tls": direct_tls,
         "dir": d,
         "ca": ca,
+        # To make more certificates (another name, another CA's...) for spoofing tests.
+        "ca_key": os.path.join(d, "ca", "ca.key"),
         "dns": {"addr": DNS_ADDR, "port": DNS_PORT, "server": f"{DNS_ADDR}:{DNS_PORT}"},
         "servers": {
             "prosody": server(PROSODY, {"log": os.path.join(d, "prosody", "prosody.log")}),

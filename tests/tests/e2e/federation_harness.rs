@@ -14,10 +14,6 @@
 //! them run one at a time, also across nextest's processes, and `sudo -n` is used when not
 //! root. `.ci/run` installs prosody, ejabberd, dnsmasq-base and lua-unbound.
 
-// Canto's side (`Peers::canto`, `dns`, the certificate paths…) is used by federation_peers.rs,
-// which main.rs does not compile until Canto's s2s lands.
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

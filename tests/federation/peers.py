@@ -2,9 +2,10 @@
 """Real XMPP peers for federation tests: Prosody and ejabberd from Debian, a local DNS server
 (dnsmasq) and a test CA, all on loopback addresses. See README.md beside this file.
 
-    peers.py start DIR MODE [--direct-tls]
+    peers.py start DIR MODE [--direct-tls] [--bidi]
                                 MODE: external (SASL EXTERNAL) or dialback; --direct-tls
-                                publishes _xmpps-server records (XEP-0368), preferred
+                                publishes _xmpps-server records (XEP-0368), preferred;
+                                --bidi enables Prosody's mod_s2s_bidi (XEP-0288)
     peers.py stop DIR
     peers.py auth DIR           the s2s authentications the peers logged, one per line
     peers.py verify-auth DIR PEER:DOMAIN...
@@ -87,7 +88,12 @@ def make_certs(d):
     No XmppAddr (id-on-xmppAddr, 1.3.6.1.5.5.7.8.5): ejabberd 23.01 (p1_xmpp 1.6.1,
     xmpp_stream_pkix:get_domains_from_san/1) crashes on a peer certificate whose XmppAddr is a
     bare domain (its flatmap returns a binary, not a list: badarg), closing the stream on
-    SASL EXTERNAL."""
+    SASL EXTERNAL.
+
+    Both serverAuth and clientAuth extended key usages: ejabberd 23.01 refuses SASL EXTERNAL
+    ("unsupported certificate purpose") from a peer whose certificate lacks clientAuth, as
+    public CAs' certificates increasingly do (Let's Encrypt's from 2026); Prosody 0.12 accepts
+    them."""
     ca_dir, cert_dir = os.path.join(d, "ca"), os.path.join(d, "certs")
     os.makedirs(ca_dir)
     os.makedirs(cert_dir)
@@ -117,10 +123,14 @@ def make_certs(d):
             for p in (crt, key):
                 with open(p) as f:
                     out.write(f.read())
-    # Every server runs as root here (Prosody with run_as_root): keys can be private.
+    # Every server runs as root here (Prosody with run_as_root): keys can be private. Canto's
+    # is for the test that started us, maybe through sudo: it becomes that user's.
     for name in os.listdir(cert_dir):
         if name.endswith((".key", ".pem")):
-            os.chmod(os.path.join(cert_dir, name), 0o600)
+            path = os.path.join(cert_dir, name)
+            os.chmod(path, 0o600)
+            if name.startswith(CANTO + ".") and os.environ.get("SUDO_UID"):
+                os.chown(path, int(os.environ["SUDO_UID"]), int(os.environ.get("SUDO_GID", -1)))
     return ca_crt
 
 
@@ -308,7 +318,7 @@ end, 1000);
 """
 
 
-def start_prosody(d, mode, ca):
+def start_prosody(d, mode, ca, bidi):
     pd = os.path.join(d, "prosody")
     os.makedirs(os.path.join(pd, "data"))
     os.makedirs(os.path.join(pd, "plugins"))
@@ -343,7 +353,7 @@ s2s_direct_tls_ports = {{ {DIRECT_TLS_S2S_PORT} }}
 unbound = {{ resolvconf = false; hoststxt = false; forward = {{ "{DNS_ADDR}@{DNS_PORT}" }}; }}
 modules_enabled = {{
 	"roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "version"; "posix";
-	"fedharness_authlog";
+	"fedharness_authlog";{' "s2s_bidi";' if bidi else ''}
 }}
 modules_disabled = {{ "offline"; "c2s_timeout"; }}
 authentication = "internal_hashed"
@@ -491,7 +501,7 @@ def ejabberd_register(deadline):
 # ---------------------------------------------------------------- start
 
 
-def info(d, mode, ca, direct_tls):
+def info(d, mode, ca, direct_tls, bidi):
     def server(domain, extra):
         s = {
             "domain": domain,
@@ -512,8 +522,12 @@ def info(d, mode, ca, direct_tls):
         "mechanism": EXPECTED_MECHANISM[mode],
         # Whether DNS has _xmpps-server records (XEP-0368), preferred to _xmpp-server.
         "direct_tls": direct_tls,
+        # Whether Prosody has mod_s2s_bidi (XEP-0288; off by default in 0.12, as here).
+        "bidi": bidi,
         "dir": d,
         "ca": ca,
+        # To make more certificates (another name, another CA's...) for spoofing tests.
+        "ca_key": os.path.join(d, "ca", "ca.key"),
         "dns": {"addr": DNS_ADDR, "port": DNS_PORT, "server": f"{DNS_ADDR}:{DNS_PORT}"},
         "servers": {
             "prosody": server(PROSODY, {"log": os.path.join(d, "prosody", "prosody.log")}),
@@ -540,7 +554,7 @@ def stop_stale():
         stop(last)
 
 
-def start(d, mode, direct_tls=False):
+def start(d, mode, direct_tls=False, bidi=False):
     if mode not in MODES:
         raise Failure(f"MODE must be one of {', '.join(MODES)}, not {mode!r}")
     if os.geteuid() != 0:
@@ -569,7 +583,7 @@ def start(d, mode, direct_tls=False):
     try:
         ca = make_certs(d)
         start_dns(d, direct_tls)
-        prosody = start_prosody(d, mode, ca)
+        prosody = start_prosody(d, mode, ca, bidi)
         ejabberd = start_ejabberd(d, mode, ca)
         for port in (C2S_PORT, S2S_PORT, DIRECT_TLS_S2S_PORT):
             wait_port(ADDRS[PROSODY], port, "prosody", prosody, deadline)
@@ -580,7 +594,7 @@ def start(d, mode, direct_tls=False):
         show_logs(d)
         stop(d)
         raise
-    data = info(d, mode, ca, direct_tls)
+    data = info(d, mode, ca, direct_tls, bidi)
     data["start_seconds"] = round(time.monotonic() - t0, 2)
     with open(os.path.join(d, "peers.json"), "w") as f:
         json.dump(data, f, indent=2)
@@ -675,6 +689,20 @@ def verify_auth(d, pairs):
         if server not in ("prosody", "ejabberd") or not remote:
             raise Failure(f"{pair!r}: expected PEER:DOMAIN with PEER prosody or ejabberd")
         local = data["servers"][server]["domain"]
+        if server == "prosody" and data.get("bidi"):
+            # One bidirectional stream may carry both directions, authenticated once.
+            seen = [a for a in auths if a[0] == server and a[2] == local and a[3] == remote]
+            bad = [f"{a[1]} {a[4]}" for a in seen if a[4].lower() != want.lower()]
+            if not seen:
+                problems.append(f"{server} logged no s2s authentication with {remote}")
+            elif bad:
+                problems.append(f"{server} with {remote} used {', '.join(bad)}; the "
+                                f"{data['mode']} mode wants only {want}")
+            else:
+                dirs = ", ".join(sorted({a[1] for a in seen}))
+                print(f"ok   {server}: {local} / {remote} authenticated with {want} ({dirs}; "
+                      "bidi allowed)")
+            continue
         for direction in ("incoming", "outgoing"):
             seen = [a[4] for a in auths
                     if a[0] == server and a[1] == direction and a[2] == local
@@ -699,12 +727,13 @@ def verify_auth(d, pairs):
 def main(argv):
     if len(argv) >= 3 and argv[1] == "start":
         rest = argv[3:]
-        direct_tls = "--direct-tls" in rest
-        rest = [a for a in rest if a != "--direct-tls"]
-        if len(rest) > 1:
+        flags = {a for a in rest if a.startswith("--")}
+        rest = [a for a in rest if not a.startswith("--")]
+        if len(rest) > 1 or flags - {"--direct-tls", "--bidi"}:
             print(__doc__, file=sys.stderr)
             return 2
-        start(argv[2], rest[0] if rest else "external", direct_tls)
+        start(argv[2], rest[0] if rest else "external", "--direct-tls" in flags,
+              "--bidi" in flags)
     elif len(argv) == 3 and argv[1] == "stop":
         stop(os.path.abspath(argv[2]))
     elif len(argv) == 3 and argv[1] == "auth":

@@ -14,10 +14,6 @@
 //! them run one at a time, also across nextest's processes, and `sudo -n` is used when not
 //! root. `.ci/run` installs prosody, ejabberd, dnsmasq-base and lua-unbound.
 
-// Canto's side (`Peers::canto`, `dns`, the certificate paths…) is used by federation_peers.rs,
-// which main.rs does not compile until Canto's s2s lands.
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +41,16 @@ impl Mode {
             Mode::Dialback => "dialback",
         }
     }
+}
+
+/// Variants of the peers' setup.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// DNS publishes `_xmpps-server` SRV records (XEP-0368, port 5270, preferred), so both
+    /// peers connect with direct TLS.
+    pub direct_tls: bool,
+    /// Prosody loads mod_s2s_bidi (XEP-0288: it offers bidi and asks for it when offered).
+    pub bidi: bool,
 }
 
 /// An account on one of the servers.
@@ -153,9 +159,7 @@ fn text(b: &[u8]) -> String {
 
 impl Peers {
     /// Starts the peers in `mode` in a fresh directory; waits for the lock first.
-    /// `direct_tls` publishes `_xmpps-server` SRV records (XEP-0368), which Prosody and
-    /// ejabberd then prefer to `_xmpp-server` on 5269.
-    pub fn start(mode: Mode, direct_tls: bool) -> Peers {
+    pub fn start(mode: Mode, options: Options) -> Peers {
         let lock_path = std::env::temp_dir().join("canto-federation-peers.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -172,8 +176,11 @@ impl Peers {
         ));
         let dir_s = dir.to_string_lossy().into_owned();
         let mut args = vec!["start", &dir_s, mode.as_str()];
-        if direct_tls {
+        if options.direct_tls {
             args.push("--direct-tls");
+        }
+        if options.bidi {
+            args.push("--bidi");
         }
         let out = peers_py(&args);
         assert!(
@@ -319,9 +326,9 @@ pub fn show(what: &str, report: &str) {
 }
 
 /// Prosody and ejabberd federate in `mode`, and their logs show the mode's mechanism.
-async fn prosody_with_ejabberd(mode: Mode, direct_tls: bool) {
+async fn prosody_with_ejabberd(mode: Mode, options: Options) {
     require_federation_tools();
-    let peers = Peers::start(mode, direct_tls);
+    let peers = Peers::start(mode, options);
     let (alice, bob) = (&peers.prosody.users[0], &peers.ejabberd.users[0]);
     let (flow_ok, flow) = run_flow(&peers.ca, alice, bob).await;
     show(&format!("{} <-> {} ({mode:?})", alice.jid, bob.jid), &flow);
@@ -341,15 +348,19 @@ async fn prosody_with_ejabberd(mode: Mode, direct_tls: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_and_ejabberd_federate_with_sasl_external() {
-    prosody_with_ejabberd(Mode::External, false).await;
+    prosody_with_ejabberd(Mode::External, Options::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_and_ejabberd_federate_with_dialback() {
-    prosody_with_ejabberd(Mode::Dialback, false).await;
+    prosody_with_ejabberd(Mode::Dialback, Options::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_and_ejabberd_federate_over_direct_tls() {
-    prosody_with_ejabberd(Mode::External, true).await;
+    let options = Options {
+        direct_tls: true,
+        ..Options::default()
+    };
+    prosody_with_ejabberd(Mode::External, options).await;
 }

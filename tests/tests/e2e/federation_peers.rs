@@ -119,8 +119,6 @@ async fn sasl_external_over_direct_tls_with_prosody_and_ejabberd() {
 /// Prosody with mod_s2s_bidi: one stream carries both directions (XEP-0288) when Canto offers
 /// or requests bidi (`[s2s] bidi`, on by default); ejabberd has no bidi.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: after EXTERNAL on a stream where Canto asked Prosody for bidi, Canto closes \
-            it with not-authorized and stanzas from Prosody are lost (tests/federation/README.md)"]
 async fn sasl_external_with_bidi_on_prosody() {
     let options = Options {
         bidi: true,
@@ -130,7 +128,6 @@ async fn sasl_external_with_bidi_on_prosody() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails as sasl_external_with_bidi_on_prosody does, and as dialback with ejabberd"]
 async fn dialback_with_bidi_on_prosody() {
     let options = Options {
         bidi: true,

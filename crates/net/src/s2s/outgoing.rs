@@ -133,7 +133,8 @@ async fn serve(
     // XEP-0288 §3: on a bidirectional stream the peer may send to us once it has proved its
     // domain: by dialback on this stream (its key checked by a callback to its authoritative
     // server, or accepted at once when its certificate is valid, XEP-0344).
-    let mut peer_proved = false;
+    // A valid certificate already proved it (XEP-0288 §3, as Prosody's mod_s2s_bidi assumes).
+    let mut peer_proved = bidi && cert_ok;
     let (vtx, mut vrx) = mpsc::channel::<bool>(1);
     loop {
         let idle_at = conn.last_activity + idle;

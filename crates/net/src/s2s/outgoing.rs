@@ -133,7 +133,8 @@ async fn serve(
     // XEP-0288 §3: on a bidirectional stream the peer may send to us once it has proved its
     // domain: by dialback on this stream (its key checked by a callback to its authoritative
     // server, or accepted at once when its certificate is valid, XEP-0344).
-    // A valid certificate already proved it (XEP-0288 §3, as Prosody's mod_s2s_bidi assumes).
+    // Bidi is asked for only of a peer whose certificate verified: that proved it (XEP-0288 §3,
+    // as Prosody's mod_s2s_bidi assumes).
     let mut peer_proved = bidi && cert_ok;
     let (vtx, mut vrx) = mpsc::channel::<bool>(1);
     loop {
@@ -435,8 +436,11 @@ async fn authenticate(
     remote: &str,
     o: &mut Opened,
 ) -> Result<(), SetupError> {
-    if o.features.bidi && s2s.config().s2s.bidi {
-        // XEP-0288 §2: asked for after TLS, before authentication.
+    if o.features.bidi && o.cert_ok && s2s.config().s2s.bidi {
+        // XEP-0288 §2: asked for after TLS, before authentication; only of a peer whose
+        // certificate verified, so what it sends back on the stream is proved (§3). Without
+        // that, a peer that verifies our dialback key over its own route to us — the stream
+        // being authenticated, once bidirectional — would wait for itself (Prosody does).
         o.conn
             .send(&Element::new("bidi", proto::NS_BIDI))
             .await

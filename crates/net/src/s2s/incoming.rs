@@ -117,15 +117,9 @@ struct State {
     bidi: Bidi,
 }
 
-/// Our use of a bidirectional stream (XEP-0288 §3): we prove our domain with dialback on it,
-/// then it carries our stanzas for the peer.
+/// Our use of a bidirectional stream (XEP-0288 §3): it carries our stanzas for the peer.
 enum Bidi {
     Off,
-    /// Our `<db:result/>` for (local, remote) is out; waiting for the verdict.
-    Pending {
-        local: String,
-        remote: String,
-    },
     /// The stream is the route for (local, remote).
     Active {
         local: String,
@@ -133,7 +127,7 @@ enum Bidi {
         rx: mpsc::UnboundedReceiver<super::Queued>,
         queued: Arc<std::sync::atomic::AtomicUsize>,
     },
-    /// Refused, or another route existed: stanzas go the usual way.
+    /// Another route existed: stanzas go the usual way.
     Done,
 }
 
@@ -264,8 +258,8 @@ impl State {
         self.start_bidi(conn).await
     }
 
-    /// XEP-0288 §3: once the peer is authenticated on a stream it made bidirectional, we prove
-    /// our own domain on it with dialback (a key only our authoritative side can check).
+    /// XEP-0288 §3: once the peer is authenticated on a stream it made bidirectional, the
+    /// stream is our route to it too.
     async fn start_bidi(&mut self, conn: &mut XmlConn) -> Result<(), StreamError> {
         if !self.bidi_requested || !matches!(self.bidi, Bidi::Off) || !self.s2s.config().s2s.bidi {
             return Ok(());
@@ -273,11 +267,22 @@ impl State {
         let Some((remote, local)) = self.pairs.iter().next().cloned() else {
             return Ok(());
         };
-        let key = proto::dialback_key(&self.s2s.secret, &remote, &local, &self.id);
-        conn.send(&proto::db_result(&local, &remote, &key))
-            .await
-            .map_err(|_| StreamError::new(StreamCondition::UndefinedCondition))?;
-        self.bidi = Bidi::Pending { local, remote };
+        let _ = conn;
+        // The initiating server authenticates us as it chose to when it asked (our
+        // certificate, or the DNS it found us by, the trust dialback gives): we send on its
+        // stream at once, as Prosody's mod_s2s_bidi does (it refuses a <db:result/> here).
+        self.bidi = match self.s2s.attach_route(&local, &remote) {
+            Some((rx, queued)) => {
+                info!(%local, %remote, "s2s: our stanzas go on the peer's stream (XEP-0288)");
+                Bidi::Active {
+                    local,
+                    remote,
+                    rx,
+                    queued,
+                }
+            }
+            None => Bidi::Done,
+        };
         Ok(())
     }
 
@@ -466,32 +471,9 @@ impl State {
         ) else {
             return Err(StreamError::new(StreamCondition::ImproperAddressing));
         };
-        if let Some(t) = el.attr("type") {
-            // The verdict on our own key, on a bidirectional stream (XEP-0288 §3)...
-            if let Bidi::Pending {
-                local: l,
-                remote: r,
-            } = &self.bidi
-                && *l == local
-                && *r == remote
-            {
-                let (l, r) = (l.clone(), r.clone());
-                self.bidi = Bidi::Done;
-                if t == "valid"
-                    && let Some((rx, queued)) = self.s2s.attach_route(&l, &r)
-                {
-                    info!(%l, %r, "s2s: our stanzas go on the peer's stream (XEP-0288)");
-                    self.bidi = Bidi::Active {
-                        local: l,
-                        remote: r,
-                        rx,
-                        queued,
-                    };
-                }
-                return Ok(());
-            }
-            // ...otherwise a verdict is ours to give, not the peer's (XEP-0220 §2.1.3): an
-            // unsolicited result on this stream is refused.
+        if el.attr("type").is_some() {
+            // A verdict is ours to give, not the peer's (XEP-0220 §2.1.3): an unsolicited
+            // result on this stream is refused.
             return Err(StreamError::new(StreamCondition::NotAuthorized)
                 .with_text("unsolicited dialback result"));
         }

@@ -136,6 +136,9 @@ async fn serve(
     // Bidi is asked for only of a peer whose certificate verified: that proved it (XEP-0288 §3,
     // as Prosody's mod_s2s_bidi assumes).
     let mut peer_proved = bidi && cert_ok;
+    if peer_proved {
+        s2s.authenticated(remote, "bidi");
+    }
     let (vtx, mut vrx) = mpsc::channel::<bool>(1);
     loop {
         let idle_at = conn.last_activity + idle;

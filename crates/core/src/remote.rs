@@ -34,21 +34,26 @@ pub fn from_server_namespace(el: &mut Element) {
 }
 
 impl Server {
-    /// Installs the federation layer (once, at startup). Without one, stanzas to remote
-    /// domains are answered with `remote-server-not-found`.
+    /// Installs the federation layer (once, at startup), held weakly: the caller keeps it
+    /// alive. Without one, stanzas to remote domains are answered with
+    /// `remote-server-not-found`.
     pub fn set_remote_router(&self, router: Arc<dyn RemoteRouter>) {
-        let _ = self.remote.set(router);
+        let _ = self.remote.set(Arc::downgrade(&router));
+    }
+
+    fn remote_router(&self) -> Option<Arc<dyn RemoteRouter>> {
+        self.remote.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Whether stanzas to remote domains can leave this server.
     pub fn federates(&self) -> bool {
-        self.remote.get().is_some()
+        self.remote_router().is_some()
     }
 
     /// Hands `el` (with `from` at a local domain and `to` at a remote one) to the federation
     /// layer. Returns false when there is none (the caller answers, if it should).
     pub(crate) fn send_remote(&self, el: Element) -> bool {
-        let Some(router) = self.remote.get() else {
+        let Some(router) = self.remote_router() else {
             return false;
         };
         let from = el.attr("from").and_then(|f| parse_jid(f).ok());

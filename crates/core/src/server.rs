@@ -48,7 +48,9 @@ pub struct Server {
     /// Secret for unknown accounts' SASL decoys (see `auth.rs`).
     pub(crate) decoy_secret: crate::auth::DecoySecret,
     /// The federation layer, once the network has installed it (see `remote.rs`).
-    pub(crate) remote: std::sync::OnceLock<Arc<dyn crate::remote::RemoteRouter>>,
+    /// Held weakly: the federation layer holds the server, and whoever started it (the
+    /// network) holds the layer; a strong reference both ways would never be freed.
+    pub(crate) remote: std::sync::OnceLock<std::sync::Weak<dyn crate::remote::RemoteRouter>>,
 }
 
 impl Server {

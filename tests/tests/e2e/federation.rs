@@ -504,6 +504,15 @@ async fn spoofing_is_refused() {
         .unwrap_or_else(|e| panic!("{e}"));
     let got = read_until(&mut tcp, "</stream:stream>").await;
     assert!(got.contains("<host-unknown"), "{got}");
+    // RFC 6120 §4.9.1.2: even then, our stream header comes first.
+    assert!(got.starts_with("<?xml"), "{got}");
+    // Garbage before any header: the same (found by the s2s fuzz target).
+    let mut tcp = TcpStream::connect(("127.0.0.1", pb))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(b"\x7f<<<").await.unwrap_or_else(|e| panic!("{e}"));
+    let got = read_until(&mut tcp, "</stream:stream>").await;
+    assert!(got.starts_with("<?xml") && got.contains("<stream:error>"), "{got}");
 }
 
 #[tokio::test]

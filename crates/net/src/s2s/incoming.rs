@@ -61,11 +61,18 @@ pub(crate) async fn serve(s2s: Arc<S2s>, io: S2sIo, peer: String, direct_tls: bo
         sasl_done: false,
         opened: false,
         bidi_requested: false,
+        header_sent: false,
         bidi: Bidi::Off,
     };
     let (tx, mut rx) = mpsc::channel::<Verdict>(16);
     let result = st.run(&mut conn, tx, &mut rx).await;
     if let Err(e) = result {
+        if !st.header_sent {
+            // RFC 6120 §4.9.1.2: an error before the stream is set up still follows our
+            // stream header (found by the s2s fuzz target).
+            let header = proto::stream_header(&st.local, "", Some(&random_id()));
+            let _ = conn.write(&header).await;
+        }
         conn.fail(e).await;
     }
     if let Bidi::Active {
@@ -113,6 +120,8 @@ struct State {
     opened: bool,
     /// XEP-0288: the peer asked for a bidirectional stream.
     bidi_requested: bool,
+    /// Our stream header for the current stream is out.
+    header_sent: bool,
     /// XEP-0288: our side of it.
     bidi: Bidi,
 }
@@ -254,6 +263,7 @@ impl State {
         conn.write(&out)
             .await
             .map_err(|_| StreamError::new(StreamCondition::UndefinedCondition))?;
+        self.header_sent = true;
         // After SASL's restart: our half of a bidirectional stream starts now.
         self.start_bidi(conn).await
     }
@@ -341,6 +351,7 @@ impl State {
                 return Err(StreamError::new(StreamCondition::UndefinedCondition));
             }
             self.opened = false;
+            self.header_sent = false;
             return Ok(true);
         }
         if self.s2s.config().s2s.require_encryption && !conn.is_tls() {
@@ -437,6 +448,7 @@ impl State {
         self.sasl_done = true;
         conn.restart();
         self.opened = false;
+        self.header_sent = false;
         Ok(true)
     }
 

@@ -20,6 +20,7 @@ PIDs `start` wrote to DIR/pids/, after checking that each is still the one start
 line names DIR). Only the Python standard library, openssl, dnsmasq, prosody and erl are used.
 """
 
+import fcntl
 import json
 import os
 import re
@@ -440,6 +441,7 @@ api_permissions:
       acl: loopback
     what:
       - register
+      - registered_users
 access_rules:
   c2s:
     allow: all
@@ -479,19 +481,30 @@ modules:
     return spawn(d, "ejabberd", with_private_resolv_conf(d, cmd), env=env, cwd=ed)
 
 
+def ejabberd_api(command, args):
+    """POSTs to ejabberd's mod_http_api; returns the decoded JSON answer."""
+    url = f"http://{ADDRS[EJABBERD]}:{EJABBERD_HTTP_PORT}/api/{command}"
+    req = urllib.request.Request(url, data=json.dumps(args).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read() or b"null")
+
+
 def ejabberd_register(deadline):
     for user, password in USERS[EJABBERD]:
-        body = json.dumps({"user": user, "host": EJABBERD, "password": password}).encode()
-        url = f"http://{ADDRS[EJABBERD]}:{EJABBERD_HTTP_PORT}/api/register"
         while True:
             try:
-                req = urllib.request.Request(url, data=body,
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    r.read()
+                ejabberd_api("register", {"user": user, "host": EJABBERD, "password": password})
                 break
             except OSError as e:
-                # The listener can answer before the host's modules are up.
+                # The listener can answer before the host's modules are up; and an attempt
+                # whose answer was lost may have registered the user (ejabberd 23.01 then
+                # fails every later register of that user with an internal error).
+                try:
+                    if user in ejabberd_api("registered_users", {"host": EJABBERD}):
+                        break
+                except (OSError, TypeError, ValueError):
+                    pass
                 if time.monotonic() > deadline:
                     detail = e.read().decode(errors="replace") if hasattr(e, "read") else ""
                     raise Failure(f"registering {user}@{EJABBERD}: {e} {detail}") from None
@@ -538,20 +551,58 @@ def info(d, mode, ca, direct_tls, bidi):
     }
 
 
-# Names the directory of the peers started last, so that a run whose stop never came (its test
-# process killed) does not leave the next start with its addresses taken.
+# Held by each test that uses the peers (tests/tests/e2e/federation_harness.rs), which says so
+# with CANTO_PEERS_LOCK_HELD=1; a start or stop by hand first makes sure no test holds it.
+LOCK = "/tmp/canto-federation-peers.lock"
+
+
+def check_no_test_running():
+    if os.environ.get("CANTO_PEERS_LOCK_HELD") == "1":
+        return
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise Failure(f"a test is using the peers ({LOCK} is locked): try again when it is "
+                      "done") from None
+    finally:
+        os.close(fd)
+
+
+# Names the directory of the peers started last and the process that asked for them, so that
+# a run whose stop never came (its test process killed) does not leave the next start with
+# its addresses taken.
 LAST = os.path.join(os.environ.get("TMPDIR", "/tmp"), "canto-federation-peers.last")
 
 
+def owner_pid():
+    """The process that asked for the peers: our parent, or sudo's parent under sudo."""
+    ppid = os.getppid()
+    try:
+        with open(f"/proc/{ppid}/comm") as f:
+            if f.read().strip() == "sudo":
+                with open(f"/proc/{ppid}/stat") as st:
+                    return int(st.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return ppid
+
+
 def stop_stale():
+    """Stops the peers of the last start if the process that asked for them is gone; fails if
+    it is still there (another test or shell is using them)."""
     try:
         with open(LAST) as f:
-            last = f.read().strip()
+            last, _, owner = f.read().strip().partition("\n")
     except OSError:
         return
-    if last and os.path.isdir(pid_dir(last)) and os.listdir(pid_dir(last)):
-        log(f"stopping the peers of an earlier run that were never stopped ({last})")
-        stop(last)
+    if not (last and os.path.isdir(pid_dir(last)) and os.listdir(pid_dir(last))):
+        return
+    if not owner.isdigit() or (os.path.exists(f"/proc/{owner}") and not is_zombie(int(owner))):
+        raise Failure(f"the peers in {last}, started for process {owner or '?'}, are still "
+                      f"running: `peers.py stop {last}` (or wait for that process)")
+    log(f"stopping the peers of an earlier run that were never stopped ({last})")
+    stop(last)
 
 
 def start(d, mode, direct_tls=False, bidi=False):
@@ -565,12 +616,13 @@ def start(d, mode, direct_tls=False, bidi=False):
             raise Failure(f"{tool} is not installed (apt-get install openssl dnsmasq-base "
                           "prosody lua-unbound ejabberd)")
     d = os.path.abspath(d)
+    check_no_test_running()
     if os.path.exists(os.path.join(d, "pids")) and os.listdir(os.path.join(d, "pids")):
         raise Failure(f"{d} has peers running: `peers.py stop {d}` first")
     stop_stale()
     os.makedirs(d, exist_ok=True)
     with open(LAST, "w") as f:
-        f.write(d + "\n")
+        f.write(f"{d}\n{owner_pid()}\n")
     for sub in ("ca", "certs", "dns", "prosody", "ejabberd", "pids"):
         shutil.rmtree(os.path.join(d, sub), ignore_errors=True)
     os.makedirs(pid_dir(d))
@@ -590,6 +642,14 @@ def start(d, mode, direct_tls=False, bidi=False):
         for port in (C2S_PORT, S2S_PORT, DIRECT_TLS_S2S_PORT, EJABBERD_HTTP_PORT):
             wait_port(ADDRS[EJABBERD], port, "ejabberd", ejabberd, deadline)
         ejabberd_register(deadline)
+        # A server that could not bind its addresses (another set of peers starting at the same
+        # time) may have exited while the other set answered in its place.
+        for name, proc in (("prosody", prosody), ("ejabberd", ejabberd)):
+            if proc.poll() is not None:
+                raise Failure(f"{name} exited with status {proc.returncode}")
+        if not ours(int(open(os.path.join(pid_dir(d), "dnsmasq")).read()), d):
+            raise Failure("dnsmasq exited (is another DNS server on "
+                          f"{DNS_ADDR}:{DNS_PORT}?)")
     except BaseException:
         show_logs(d)
         stop(d)

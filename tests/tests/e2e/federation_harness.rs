@@ -139,16 +139,22 @@ fn is_root() -> bool {
     })
 }
 
-/// `python3 peers.py ARGS`, through `sudo -n` when not root.
+/// The lock that runs the tests using the peers one at a time (peers.py checks it too, so that
+/// a start by hand does not take the addresses from under a running test).
+pub const LOCK: &str = "/tmp/canto-federation-peers.lock";
+
+/// `python3 peers.py ARGS`, through `sudo -n` when not root; tells peers.py that the caller
+/// holds [`LOCK`].
 fn peers_py(args: &[&str]) -> Output {
     let mut c = if is_root() {
-        Command::new("python3")
+        Command::new("env")
     } else {
         let mut c = Command::new("sudo");
-        c.args(["-n", "python3"]);
+        c.args(["-n", "env"]);
         c
     };
-    c.arg(PEERS_PY).args(args);
+    c.args(["CANTO_PEERS_LOCK_HELD=1", "python3", PEERS_PY])
+        .args(args);
     c.output()
         .unwrap_or_else(|e| panic!("running {PEERS_PY}: {e}"))
 }
@@ -160,12 +166,12 @@ fn text(b: &[u8]) -> String {
 impl Peers {
     /// Starts the peers in `mode` in a fresh directory; waits for the lock first.
     pub fn start(mode: Mode, options: Options) -> Peers {
-        let lock_path = std::env::temp_dir().join("canto-federation-peers.lock");
+        let lock_path = Path::new(LOCK);
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
+            .open(lock_path)
             .unwrap_or_else(|e| panic!("{}: {e}", lock_path.display()));
         lock.lock()
             .unwrap_or_else(|e| panic!("locking {}: {e}", lock_path.display()));

@@ -510,9 +510,14 @@ async fn spoofing_is_refused() {
     let mut tcp = TcpStream::connect(("127.0.0.1", pb))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    tcp.write_all(b"\x7f<<<").await.unwrap_or_else(|e| panic!("{e}"));
+    tcp.write_all(b"\x7f<<<")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let got = read_until(&mut tcp, "</stream:stream>").await;
-    assert!(got.starts_with("<?xml") && got.contains("<stream:error>"), "{got}");
+    assert!(
+        got.starts_with("<?xml") && got.contains("<stream:error>"),
+        "{got}"
+    );
 }
 
 #[tokio::test]

@@ -551,3 +551,84 @@ async fn a_burst_of_requests_is_answered_without_overflowing_the_queue() {
     }
     s.stop().await;
 }
+
+/// RFC 6121 §3 with a contact at a component (a gateway's contact): the user's side of the
+/// subscription runs (roster item with `ask`, then `to` when the gateway approves), and the
+/// component gets the request; a message the component sends is archived for the user
+/// (XEP-0313 §4) with the archive's stanza-id, as one from any other contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_contacts_get_roster_items_and_their_messages_are_archived() {
+    let s = server().await;
+    let mut comp = connect(&s).await;
+    let mut alice = s.login("alice", "alicepw", "r").await;
+    let _ = alice
+        .iq("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("roster: {e:#}"));
+    alice
+        .send(&format!("<presence to='bob@{GW}' type='subscribe'/>"))
+        .await;
+    let push = alice
+        .wait_for(|e| e.name() == "iq" && e.attr("type") == Some("set"))
+        .await
+        .unwrap_or_else(|e| panic!("no roster push: {e:#}"));
+    let item = push
+        .children()
+        .flat_map(|q| q.children())
+        .next()
+        .unwrap_or_else(|| panic!("no item: {push}"));
+    assert_eq!(item.attr("jid"), Some(&*format!("bob@{GW}")));
+    assert_eq!(item.attr("ask"), Some("subscribe"), "{push}");
+    let p = comp
+        .wait_for(|e| e.name() == "presence")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(p.attr("type"), Some("subscribe"), "{p}");
+    assert_eq!(p.attr("from"), Some("alice@localhost"), "{p}");
+    comp.send(&format!(
+        "<presence from='bob@{GW}' to='alice@localhost' type='subscribed'/>"
+    ))
+    .await;
+    let push = alice
+        .wait_for(|e| {
+            e.name() == "iq"
+                && e.children()
+                    .flat_map(|q| q.children())
+                    .any(|i| i.attr("subscription") == Some("to"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no push with subscription=to: {e:#}"));
+    assert!(push.to_string().contains(GW), "{push}");
+
+    comp.send(&format!(
+        "<message from='bob@{GW}' to='alice@localhost/r' type='chat' id='g1'><body>from the gateway</body></message>"
+    ))
+    .await;
+    let m = alice
+        .wait_for(|e| e.name() == "message" && e.attr("id") == Some("g1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let sid = m
+        .get_child("stanza-id", "urn:xmpp:sid:0")
+        .unwrap_or_else(|| panic!("no stanza-id: {m}"));
+    assert_eq!(sid.attr("by"), Some("alice@localhost"));
+    alice
+        .send("<iq type='set' id='mq'><query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>")
+        .await;
+    let mut archived = Vec::new();
+    loop {
+        let e = alice.next().await.unwrap_or_else(|e| panic!("{e:#}"));
+        if e.attr("id") == Some("mq") {
+            assert_eq!(e.attr("type"), Some("result"), "{e}");
+            break;
+        }
+        archived.push(e);
+    }
+    assert!(
+        archived
+            .iter()
+            .any(|e| e.to_string().contains("from the gateway")),
+        "not in the archive: {archived:?}"
+    );
+    s.stop().await;
+}

@@ -1123,3 +1123,18 @@ async fn external_stream(ca: &Path, cert: &(PathBuf, PathBuf), port: u16, domain
     .unwrap_or_default();
     format!("{got}{more}")
 }
+
+/// A certificate for another name: a peer presenting evil.test's (valid, from the trusted CA)
+/// while claiming a.test is refused SASL EXTERNAL, and a.test is not authenticated.
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused() {
+    let p = Pair::new(true, true).await;
+    let evil = p.pki.issue(&["evil.test"]);
+    let port = p.b.running.s2s_addrs[0].port();
+    let got = external_stream(&p.pki.ca_pem, &evil, port, "a.test").await;
+    assert!(
+        got.contains("<failure") && !got.contains("<success"),
+        "{got}"
+    );
+    assert_eq!(p.b.running.s2s.auth_method("a.test"), None);
+}

@@ -207,6 +207,10 @@ impl TestServer {
         let running = start_with_modules(config, Some(storage.clone()), extra, &Trace::default())
             .await
             .unwrap_or_else(|e| panic!("server start: {e:#}"));
+        TestServer::from_running(running, dir, storage)
+    }
+
+    fn from_running(running: Running, dir: PathBuf, storage: Storage) -> TestServer {
         let addr = running.starttls_addrs[0];
         let tls_addr = running.direct_tls_addrs.first().copied().unwrap_or(addr);
         TestServer {
@@ -235,16 +239,7 @@ impl TestServer {
         )
         .await
         .unwrap_or_else(|e| panic!("server start: {e:#}"));
-        let addr = running.starttls_addrs[0];
-        let tls_addr = running.direct_tls_addrs.first().copied().unwrap_or(addr);
-        TestServer {
-            running,
-            addr,
-            tls_addr,
-            _cleanup: ScratchDir(dir.clone()),
-            dir,
-            storage,
-        }
+        TestServer::from_running(running, dir, storage)
     }
 
     /// Logs in on `host` over STARTTLS, trusting `ca` (whose certificate names `localhost`),
@@ -257,16 +252,9 @@ impl TestServer {
         password: &str,
         resource: &str,
     ) -> Client {
-        let mut c = Client::connect(self.addr, ca.to_path_buf()).await;
-        c.open(host).await;
-        c.starttls()
-            .await
-            .unwrap_or_else(|e| panic!("starttls: {e:#}"));
-        c.open(host).await;
-        c.auth_scram(HashAlgo::Sha256, user, password, None)
-            .await
-            .unwrap_or_else(|e| panic!("auth {user}@{host}: {e:#}"));
-        c.open(host).await;
+        let mut c = self
+            .login_unbound_trusting(ca.to_path_buf(), host, user, password)
+            .await;
         c.bind(Some(resource))
             .await
             .unwrap_or_else(|e| panic!("bind {user}@{host}: {e:#}"));
@@ -999,7 +987,19 @@ impl Client {
 impl TestServer {
     /// Logs in on `host` over STARTTLS with SCRAM-SHA-256, without binding a resource.
     pub async fn login_unbound(&self, host: &str, user: &str, password: &str) -> Client {
-        let mut c = self.connect().await;
+        self.login_unbound_trusting(self.cert_pem_path(), host, user, password)
+            .await
+    }
+
+    /// [`TestServer::login_unbound`] trusting the certificate(s) in `ca`.
+    async fn login_unbound_trusting(
+        &self,
+        ca: PathBuf,
+        host: &str,
+        user: &str,
+        password: &str,
+    ) -> Client {
+        let mut c = Client::connect(self.addr, ca).await;
         c.open(host).await;
         c.starttls()
             .await

@@ -48,6 +48,8 @@ pub const UPLOAD_REFUSALS: &str = "canto_upload_refusals_total";
 pub const MUC_ROOMS: &str = "canto_muc_rooms";
 /// Gauge: MUC occupants (nicks in rooms).
 pub const MUC_OCCUPANTS: &str = "canto_muc_occupants";
+/// Counter: remote domains authenticated on server streams, by `method` (docs/federation.md).
+pub const S2S_AUTHENTICATIONS: &str = "canto_s2s_authentications_total";
 
 /// `reason` of [`QUEUE_DROPS`]: a session's queue was full (slow reader; it is closed).
 pub const DROP_SESSION_QUEUE: &str = "session_queue";

@@ -190,8 +190,3 @@ impl Server {
         self.route_addressed(origin, kind, reply, from).await;
     }
 }
-
-/// Whether `jid` is at `domain`.
-pub fn is_at(jid: &Jid, domain: &str) -> bool {
-    jid.domain().as_str().eq_ignore_ascii_case(domain)
-}

@@ -543,23 +543,7 @@ async fn a_stanza_from_a_domain_the_stream_did_not_prove_closes_it() {
 /// TLS with a client certificate for evil.test, SASL EXTERNAL as evil.test, then a message
 /// from a.test. Returns what b.test sent after it.
 async fn evil_peer(ca: &Path, cert: &(PathBuf, PathBuf), port: u16) -> String {
-    use rustls_pki_types::pem::PemObject;
-    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert.0)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(Result::ok)
-        .collect();
-    let key =
-        rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.1).unwrap_or_else(|e| panic!("{e}"));
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| panic!("{e}")) {
-        roots
-            .add(c.unwrap_or_else(|e| panic!("{e}")))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = client_cert_config(ca, cert);
     let (mut tcp, features) = raw_peer(port, "evil.test", "b.test").await;
     assert!(features.contains("starttls"), "{features}");
     tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
@@ -1074,23 +1058,7 @@ async fn connections_per_remote_domain_are_capped_and_counted() {
 /// TLS with a client certificate, SASL EXTERNAL as `domain`; returns what the server said,
 /// after holding the stream open a moment.
 async fn external_stream(ca: &Path, cert: &(PathBuf, PathBuf), port: u16, domain: &str) -> String {
-    use rustls_pki_types::pem::PemObject;
-    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert.0)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(Result::ok)
-        .collect();
-    let key =
-        rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.1).unwrap_or_else(|e| panic!("{e}"));
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| panic!("{e}")) {
-        roots
-            .add(c.unwrap_or_else(|e| panic!("{e}")))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let cfg = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = client_cert_config(ca, cert);
     let (mut tcp, _) = raw_peer(port, domain, "b.test").await;
     tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
         .await
@@ -1137,4 +1105,25 @@ async fn a_certificate_for_another_name_is_refused() {
         "{got}"
     );
     assert_eq!(p.b.running.s2s.auth_method("a.test"), None);
+}
+
+/// A TLS client configuration trusting `ca` and presenting the certificate `cert` (chain, key).
+fn client_cert_config(ca: &Path, cert: &(PathBuf, PathBuf)) -> rustls::ClientConfig {
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&cert.0)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .collect();
+    let key =
+        rustls_pki_types::PrivateKeyDer::from_pem_file(&cert.1).unwrap_or_else(|e| panic!("{e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| panic!("{e}")) {
+        roots
+            .add(c.unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -252,7 +252,8 @@ impl S2s {
     /// Records that `remote` authenticated an incoming stream with `method` (`EXTERNAL`,
     /// `dialback`), for the log, metrics and tests.
     pub(crate) fn authenticated(&self, remote: &str, method: &'static str) {
-        metrics::counter!("canto_s2s_authentications_total", "method" => method).increment(1);
+        metrics::counter!(canto_core::metrics::S2S_AUTHENTICATIONS, "method" => method)
+            .increment(1);
         if let Ok(mut m) = self.methods.lock() {
             m.insert(remote.to_string(), method);
         }

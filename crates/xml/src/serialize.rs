@@ -51,6 +51,10 @@ pub fn escape(s: &str) -> String {
 /// every stream header declares (`<stream:features>`, `<stream:error>`).
 const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
 
+/// The `xml` prefix's namespace, bound in every document and never declarable as a default
+/// (Namespaces in XML §3): an element in it (`<xml:lang/>`) is written with the prefix.
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+
 /// Writes `el` as a child of the stream (an element whose parent's default namespace is
 /// `parent_ns`).
 pub(crate) fn write_element(el: &Element, out: &mut Vec<u8>, parent_ns: &str) {
@@ -63,11 +67,14 @@ fn write_at(el: &Element, out: &mut Vec<u8>, parent_ns: &str, top: bool) {
     // (a stanza kept for XEP-0198 replay is parsed back on its own), so a nested element in
     // the stream namespace declares it like any other.
     let prefixed = top && el.ns() == STREAMS_NS;
+    let xml_prefixed = el.ns() == XML_NS;
     if prefixed {
         out.extend_from_slice(b"stream:");
+    } else if xml_prefixed {
+        out.extend_from_slice(b"xml:");
     }
     out.extend_from_slice(el.name().as_bytes());
-    if !prefixed && el.ns() != parent_ns {
+    if !prefixed && !xml_prefixed && el.ns() != parent_ns {
         out.extend_from_slice(b" xmlns='");
         escape_attr_into(out, el.ns());
         out.push(b'\'');
@@ -104,7 +111,11 @@ fn write_at(el: &Element, out: &mut Vec<u8>, parent_ns: &str, top: bool) {
     }
     out.push(b'>');
     // Children of a prefixed element inherit the parent's default namespace, not the prefix's.
-    let child_parent = if prefixed { parent_ns } else { el.ns() };
+    let child_parent = if prefixed || xml_prefixed {
+        parent_ns
+    } else {
+        el.ns()
+    };
     for n in el.nodes() {
         match n {
             Node::Element(c) => write_at(c, out, child_parent, false),
@@ -114,6 +125,8 @@ fn write_at(el: &Element, out: &mut Vec<u8>, parent_ns: &str, top: bool) {
     out.extend_from_slice(b"</");
     if prefixed {
         out.extend_from_slice(b"stream:");
+    } else if xml_prefixed {
+        out.extend_from_slice(b"xml:");
     }
     out.extend_from_slice(el.name().as_bytes());
     out.push(b'>');
@@ -122,6 +135,19 @@ fn write_at(el: &Element, out: &mut Vec<u8>, parent_ns: &str, top: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_element_in_the_xml_namespace_keeps_its_prefix() {
+        // Found by the xml_stream fuzz target: `<xml:lang/>` was written as
+        // `<lang xmlns='http://www.w3.org/XML/1998/namespace'/>`, which no parser accepts.
+        let el = Element::new("lang", XML_NS).with_child(Element::new("x", "urn:a"));
+        let mut out = Vec::new();
+        write_element(&el, &mut out, "jabber:client");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "<xml:lang><x xmlns='urn:a'/></xml:lang>"
+        );
+    }
 
     #[test]
     fn escapes_specials_in_text_and_attributes() {

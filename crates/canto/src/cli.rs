@@ -29,6 +29,9 @@ pub enum Command {
     /// Manage accounts (works while the server runs).
     #[command(subcommand)]
     User(UserCommand),
+    /// Cluster mode (`[cluster] nats_url`): `cluster status` lists the nodes and sessions.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Validate the configuration and certificates; `check dns`: what other servers find.
     Check {
         /// What to check besides the configuration.
@@ -76,6 +79,21 @@ pub enum UserCommand {
     },
 }
 
+/// `canto cluster …`
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Ask every node of the cluster (over the configuration's NATS) for its sessions and
+    /// print one line per node; `--sessions` also lists each node's full JIDs.
+    Status {
+        /// Also list every session's full JID under its node.
+        #[arg(long)]
+        sessions: bool,
+        /// Milliseconds to wait for the nodes' answers.
+        #[arg(long, default_value_t = 1000)]
+        wait_ms: u64,
+    },
+}
+
 /// `canto check …`
 #[derive(Debug, Subcommand)]
 pub enum CheckCommand {
@@ -91,6 +109,40 @@ pub enum ConfigCommand {
     Example,
     /// Print the table of supported specifications (README), from the module registry.
     Specs,
+}
+
+/// `canto cluster status` output: a header, then one line per node (name, sessions, mirrors
+/// of the others' sessions, the nodes it sees, uptime), each node's JIDs below it when asked.
+pub fn cluster_status_text(nodes: &[canto_cluster::NodeStatus], sessions: bool) -> String {
+    use std::fmt::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let mut out = String::new();
+    let total: usize = nodes.iter().map(|n| n.sessions.len()).sum();
+    let _ = writeln!(out, "{} nodes, {} sessions", nodes.len(), total);
+    let _ = writeln!(
+        out,
+        "{:<20} {:>9} {:>8} {:>9}  peers",
+        "node", "sessions", "mirrors", "uptime_s"
+    );
+    for n in nodes {
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>8} {:>9}  {}",
+            n.node,
+            n.sessions.len(),
+            n.mirrors,
+            now.saturating_sub(n.started_ms) / 1000,
+            n.peers.join(",")
+        );
+        if sessions {
+            for j in &n.sessions {
+                let _ = writeln!(out, "    {j}");
+            }
+        }
+    }
+    out
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config> {
@@ -157,6 +209,22 @@ fn run(cli: Cli) -> Result<()> {
             print!("{out}");
             if !ok {
                 anyhow::bail!("problems found for federation (see above)");
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Status { sessions, wait_ms }) => {
+            let config = load_config(cli.config.as_ref())?;
+            if !config.cluster.enabled() {
+                anyhow::bail!("not a cluster: `cluster.nats_url` is not set in the configuration");
+            }
+            let nodes = runtime()?.block_on(canto_cluster::status(
+                &config.cluster,
+                std::time::Duration::from_millis(wait_ms),
+            ));
+            let nodes = nodes.map_err(anyhow::Error::msg)?;
+            print!("{}", cluster_status_text(&nodes, sessions));
+            if nodes.is_empty() {
+                anyhow::bail!("no node answered within {wait_ms} ms");
             }
             Ok(())
         }

@@ -34,6 +34,9 @@ pub enum Step {
     /// The DNS resolver for outgoing server connections made (hickory: its tasks and
     /// sockets exist from here on, after the signal handlers, as the seed says).
     Resolver,
+    /// Cluster mode only (`[cluster] nats_url`): joined the cluster over NATS (its client's
+    /// tasks start here, after the signal handlers), before any session can bind.
+    Cluster,
     /// Accept loops and other background tasks started.
     Background,
     /// `READY=1` sent to systemd (when `NOTIFY_SOCKET` is set).
@@ -92,6 +95,8 @@ pub struct Running {
     pub s2s: std::sync::Arc<canto_net::s2s::S2s>,
     /// Bound external component addresses (`[component] listen`, XEP-0114).
     pub component_addrs: Vec<std::net::SocketAddr>,
+    /// This node's cluster membership, in cluster mode.
+    pub cluster: Option<canto_cluster::Cluster>,
 }
 
 /// The part of startup after signals: storage, certificates, modules, listeners, background
@@ -212,6 +217,15 @@ async fn start_inner(
     let secret = canto_net::s2s::dialback_secret(&config.data_dir)
         .context("the dialback secret in data_dir")?;
     trace.step(Step::Resolver);
+    let cluster = if config.cluster.enabled() {
+        let c = canto_cluster::Cluster::start(server.clone())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        trace.step(Step::Cluster);
+        Some(c)
+    } else {
+        None
+    };
     let network = canto_net::start(server.clone(), certs, listeners, http_listeners, admin);
     let s2s = network.start_s2s(s2s_listeners, resolver, verifier, secret);
     if let Some(l) = metrics_listener {
@@ -233,6 +247,7 @@ async fn start_inner(
         s2s_direct_tls_addrs,
         s2s,
         component_addrs,
+        cluster,
     })
 }
 
@@ -363,6 +378,9 @@ pub async fn serve_until(
     info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     running.network.shutdown(Duration::from_secs(5)).await;
+    if let Some(c) = running.cluster {
+        c.leave().await;
+    }
     info!("stopped");
     Ok(())
 }

@@ -125,6 +125,7 @@ impl Server {
         {
             *slot = Arc::new(list);
         }
+        self.account_changed(user);
         Ok(())
     }
 

@@ -48,6 +48,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The metrics endpoint (`/metrics`, OpenMetrics text), on its own address.
     pub metrics: MetricsConfig,
+    /// Cluster mode: several nodes serving the same domains over NATS (docs/cluster.md).
+    pub cluster: ClusterConfig,
     /// Server-to-server federation (RFC 6120, XEP-0220, XEP-0288, XEP-0368).
     pub s2s: S2sConfig,
     /// DNS for outgoing server-to-server connections (SRV, A/AAAA, TLSA).
@@ -419,6 +421,86 @@ pub struct MetricsConfig {
     pub listen: String,
 }
 
+/// `[cluster]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server URL(s), comma-separated (`nats://127.0.0.1:4222`); empty: single node.
+    pub nats_url: String,
+    /// This node's name, unique in the cluster; empty: the host name.
+    pub node_name: String,
+    /// Prefix of every NATS subject the cluster uses (several clusters on one NATS).
+    pub subject_prefix: String,
+    /// Milliseconds between this node's heartbeats.
+    pub heartbeat_ms: u64,
+    /// Milliseconds without a heartbeat after which a node counts as dead: its sessions are
+    /// gone for the others and its rooms move.
+    pub node_timeout_ms: u64,
+    /// Largest stanza, in bytes, forwarded between nodes (larger ones are refused with
+    /// `resource-constraint`, never cut).
+    pub max_forward_bytes: usize,
+}
+
+impl ClusterConfig {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.trim().is_empty()
+    }
+
+    fn validate(&self, backend: &str) -> Result<(), ConfigError> {
+        // A NATS subject token: no separators, wildcards or spaces.
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !token(&self.subject_prefix) {
+            return bad(format!(
+                "`cluster.subject_prefix` = {:?}: letters, digits, - and _ only",
+                self.subject_prefix
+            ));
+        }
+        if !self.node_name.is_empty() && !token(&self.node_name) {
+            return bad(format!(
+                "`cluster.node_name` = {:?}: letters, digits, - and _ only",
+                self.node_name
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.node_timeout_ms < 2 * self.heartbeat_ms {
+            return bad(
+                "`cluster.node_timeout_ms` must be at least twice `cluster.heartbeat_ms` (> 0)"
+                    .into(),
+            );
+        }
+        if self.max_forward_bytes < 4096 {
+            return bad("`cluster.max_forward_bytes` must be at least 4096".into());
+        }
+        if self.enabled() && backend == "memory" {
+            return bad(
+                "`cluster.nats_url` is set but `storage.backend` = \"memory\": the nodes of a \
+                 cluster share one database (\"postgresql\")"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: String::new(),
+            node_name: String::new(),
+            subject_prefix: "canto".into(),
+            heartbeat_ms: 1000,
+            node_timeout_ms: 5000,
+            max_forward_bytes: 1 << 20,
+        }
+    }
+}
+
 impl Default for OfflineConfig {
     fn default() -> Self {
         OfflineConfig { max_messages: 1000 }
@@ -746,6 +828,7 @@ impl Default for Config {
             csi: CsiConfig::default(),
             http: HttpConfig::default(),
             metrics: MetricsConfig::default(),
+            cluster: ClusterConfig::default(),
             s2s: S2sConfig::default(),
             dns: DnsConfig::default(),
             component: ComponentListenConfig::default(),
@@ -932,6 +1015,7 @@ impl Config {
                 )));
             }
         }
+        self.cluster.validate(&self.storage.backend)?;
         let metrics = (!self.metrics.listen.is_empty()).then_some(&self.metrics.listen);
         for addr in self
             .c2s
@@ -1694,6 +1778,34 @@ pub const DOCS: &[(&str, &str)] = &[
     (
         "metrics.listen",
         "IP:PORT serving /metrics (OpenMetrics text); empty: off. Never on the\npublic HTTP listeners.",
+    ),
+    (
+        "cluster",
+        "Cluster mode (docs/cluster.md): nodes sharing one PostgreSQL and one NATS\nserve the same domains.",
+    ),
+    (
+        "cluster.nats_url",
+        "NATS server URL(s), comma-separated, e.g. \"nats://127.0.0.1:4222\"; empty:\na single node.",
+    ),
+    (
+        "cluster.node_name",
+        "This node's name, unique in the cluster; empty: the host name.",
+    ),
+    (
+        "cluster.subject_prefix",
+        "Prefix of the NATS subjects this cluster uses.",
+    ),
+    (
+        "cluster.heartbeat_ms",
+        "Milliseconds between this node's heartbeats.",
+    ),
+    (
+        "cluster.node_timeout_ms",
+        "Milliseconds without a heartbeat after which a node counts as dead: its\nsessions are gone for the others and its rooms move.",
+    ),
+    (
+        "cluster.max_forward_bytes",
+        "Largest stanza forwarded between nodes.",
     ),
     ("csi", "Client state indication (XEP-0352)."),
     (

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod blocking;
 pub mod caps;
 pub mod carbons;
+pub mod cluster;
 pub mod component;
 pub mod config;
 pub mod locks;

@@ -114,6 +114,7 @@ impl Server {
                 }
             }
         }
+        self.account_changed(user);
         self.roster_push(user, contact, item, ver);
         // XEP-0163 §7.1: a changed subscription state or group may take access away; the
         // modules re-check it now (PEP cancels subscriptions that lost it).

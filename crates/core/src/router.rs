@@ -490,6 +490,19 @@ impl Server {
     /// Hands a stanza to a hosted service from a path that cannot wait for it (an error reply,
     /// a presence broadcast): the service gets it on a task of its own.
     pub(crate) fn spawn_to_service(&self, domain: &str, el: Element) {
+        // A cluster runs each room (each JID at a service) on one node (docs/cluster.md).
+        if let Some(cluster) = self.cluster()
+            && let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok())
+            && let Some(node) = cluster.service_owner(domain, &to)
+        {
+            cluster.forward_to_service(&node, domain, el);
+            return;
+        }
+        self.spawn_to_local_service(domain, el);
+    }
+
+    /// Hands `el` to the hosted service at `domain` on this node.
+    pub(crate) fn spawn_to_local_service(&self, domain: &str, el: Element) {
         let (Some(server), Some(entry)) = (self.me(), self.modules().service(domain)) else {
             return;
         };

@@ -51,6 +51,8 @@ pub struct Server {
     /// Held weakly: the federation layer holds the server, and whoever started it (the
     /// network) holds the layer; a strong reference both ways would never be freed.
     pub(crate) remote: std::sync::OnceLock<std::sync::Weak<dyn crate::remote::RemoteRouter>>,
+    /// The cluster layer, once startup has installed it (see `cluster.rs`); held weakly too.
+    pub(crate) cluster: std::sync::OnceLock<std::sync::Weak<dyn crate::cluster::ClusterLink>>,
 }
 
 impl Server {
@@ -81,6 +83,7 @@ impl Server {
             sm: Default::default(),
             decoy_secret: Default::default(),
             remote: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
         }))
     }
 
@@ -263,6 +266,17 @@ impl Server {
     /// task on every way a session ends: client close, network loss, conflict, shutdown,
     /// stream error.
     pub fn destroy_session(self: &Arc<Self>, handle: &SessionHandle, reason: &str) {
+        if !handle.is_local() {
+            // A mirror replaced by a local bind (or the account deleted): it leaves this
+            // table, and its own node, told through its closer, destroys the session there.
+            self.sessions.remove(handle);
+            let user = handle.jid().to_bare();
+            if !self.sessions.is_online(&user) {
+                self.forget_roster(&user);
+                self.forget_blocklist(&user);
+            }
+            return;
+        }
         let was_available = handle.set_presence(None, 0);
         if was_available {
             // RFC 6121 §4.5.2: the server broadcasts unavailable presence on the user's

@@ -94,6 +94,28 @@ pub struct SessionState {
     presence: Mutex<Option<Arc<Element>>>,
     /// Who received directed presence from this session (RFC 6121 §4.6.3).
     directed: Mutex<Vec<canto_stanza::Jid>>,
+    /// For a session bound on another cluster node (a *mirror*): that node's name. Its queue
+    /// is read by the cluster layer, which forwards what it takes to that node.
+    node: Option<Arc<str>>,
+    /// Told of changes to this (local) session; `None` for mirrors and without a cluster.
+    observer: Option<Arc<dyn SessionObserver>>,
+}
+
+impl std::fmt::Debug for dyn SessionObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionObserver")
+    }
+}
+
+/// Told of every change to a local session that other cluster nodes route by (the facts of
+/// session.txt: bound, available with its presence and priority, interested, carbons, the
+/// blocklist fetched) and of its end. Installed once by the cluster layer; must not block (it
+/// is called from the setters, under no lock of the table).
+pub trait SessionObserver: Send + Sync {
+    /// A local session was bound or one of its routing facts changed.
+    fn changed(&self, session: &SessionHandle);
+    /// A local session left the routing table.
+    fn ended(&self, session: &SessionHandle);
 }
 
 /// Why a delivery did not happen.
@@ -114,6 +136,23 @@ impl SessionHandle {
     /// `full_jid`.
     pub fn jid(&self) -> &FullJid {
         &self.0.jid
+    }
+
+    /// Whether the session is bound on this node (not a mirror of one on another cluster node).
+    pub fn is_local(&self) -> bool {
+        self.0.node.is_none()
+    }
+
+    /// The cluster node the session is bound on, for a mirror.
+    pub fn home_node(&self) -> Option<&Arc<str>> {
+        self.0.node.as_ref()
+    }
+
+    /// Tells the cluster layer a routing fact of this local session changed.
+    fn changed(&self) {
+        if let Some(o) = &self.0.observer {
+            o.changed(self);
+        }
     }
 
     /// Queues a stanza. A full queue means the client stopped reading: rather than grow
@@ -188,7 +227,9 @@ impl SessionHandle {
 
     /// Marks the session interested (roster fetched).
     pub fn set_interested(&self) {
-        self.0.interested.store(true, Ordering::Release);
+        if !self.0.interested.swap(true, Ordering::AcqRel) {
+            self.changed();
+        }
     }
 
     /// Whether the session fetched the blocklist (XEP-0191 §3.3: it gets block pushes).
@@ -198,7 +239,9 @@ impl SessionHandle {
 
     /// Marks the session as having fetched the blocklist.
     pub fn set_wants_blocklist(&self) {
-        self.0.wants_blocklist.store(true, Ordering::Release);
+        if !self.0.wants_blocklist.swap(true, Ordering::AcqRel) {
+            self.changed();
+        }
     }
 
     /// Whether the session enabled Message Carbons (XEP-0280 §4).
@@ -208,7 +251,9 @@ impl SessionHandle {
 
     /// Enables or disables carbons for this session.
     pub fn set_carbons(&self, on: bool) {
-        self.0.carbons.store(on, Ordering::Release);
+        if self.0.carbons.swap(on, Ordering::AcqRel) != on {
+            self.changed();
+        }
     }
 
     /// The last broadcast available presence, if available.
@@ -268,6 +313,7 @@ impl SessionHandle {
         if let Ok(mut p) = self.0.presence.lock() {
             *p = presence;
         }
+        self.changed();
         was
     }
 }
@@ -277,6 +323,10 @@ impl SessionHandle {
 pub struct SessionManager {
     users: RwLock<HashMap<BareJid, Vec<SessionHandle>>>,
     next_id: AtomicU64,
+    /// The cluster layer's observer of local sessions (see [`SessionObserver`]).
+    observer: std::sync::OnceLock<Arc<dyn SessionObserver>>,
+    /// Mirrors of sessions on other cluster nodes in the table.
+    mirrors: AtomicUsize,
 }
 
 /// What binding produced.
@@ -311,6 +361,60 @@ impl SessionManager {
         closer: Arc<Closer>,
         max_sessions: usize,
     ) -> Result<Bound, StanzaError> {
+        let observer = self.observer.get().cloned();
+        let bound = self.insert(
+            id,
+            jid,
+            (tx, live_max),
+            closer,
+            max_sessions,
+            None,
+            observer,
+        )?;
+        bound.handle.changed();
+        Ok(bound)
+    }
+
+    /// Installs the cluster layer's observer of local sessions (once, before any bind).
+    pub fn set_observer(&self, observer: Arc<dyn SessionObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Puts a *mirror* in the table: a session bound on the cluster node `node`, routed to like
+    /// a local one; what is queued on `tx` the cluster layer forwards to that node. A local
+    /// session or mirror with the same full JID is replaced (the caller decides which binding
+    /// wins before calling).
+    pub fn bind_mirror(
+        &self,
+        jid: FullJid,
+        node: Arc<str>,
+        (tx, live_max): (mpsc::Sender<Outbound>, usize),
+        closer: Arc<Closer>,
+    ) -> Result<Bound, StanzaError> {
+        let bound = self.insert(
+            self.next_id(),
+            jid,
+            (tx, live_max),
+            closer,
+            usize::MAX,
+            Some(node),
+            None,
+        )?;
+        self.mirrors.fetch_add(1, Ordering::Relaxed);
+        Ok(bound)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert(
+        &self,
+        id: SessionId,
+        jid: FullJid,
+        (tx, live_max): (mpsc::Sender<Outbound>, usize),
+        closer: Arc<Closer>,
+        max_sessions: usize,
+        node: Option<Arc<str>>,
+        observer: Option<Arc<dyn SessionObserver>>,
+    ) -> Result<Bound, StanzaError> {
         let handle = SessionHandle(Arc::new(SessionState {
             id,
             jid: jid.clone(),
@@ -325,6 +429,8 @@ impl SessionManager {
             carbons: AtomicBool::new(false),
             presence: Mutex::new(None),
             directed: Mutex::new(Vec::new()),
+            node,
+            observer,
         }));
         let bare = jid.to_bare();
         let mut users = self
@@ -343,6 +449,9 @@ impl SessionManager {
             }
         };
         list.push(handle.clone());
+        if replaced.as_ref().is_some_and(|r| !r.is_local()) {
+            self.mirrors.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(Bound { handle, replaced })
     }
 
@@ -360,6 +469,16 @@ impl SessionManager {
         let removed = list.len() != before;
         if list.is_empty() {
             users.remove(&bare);
+        }
+        drop(users);
+        if removed {
+            if handle.is_local() {
+                if let Some(o) = &handle.0.observer {
+                    o.ended(handle);
+                }
+            } else {
+                self.mirrors.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         removed
     }
@@ -391,20 +510,33 @@ impl SessionManager {
             .unwrap_or(false)
     }
 
-    /// Every bound session (for shutdown).
+    /// Every session bound on this node (mirrors left out).
     pub fn all(&self) -> Vec<SessionHandle> {
         self.users
             .read()
-            .map(|u| u.values().flatten().cloned().collect())
+            .map(|u| {
+                u.values()
+                    .flatten()
+                    .filter(|h| h.is_local())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    /// Number of bound sessions.
+    /// Number of sessions bound on this node (mirrors left out: each node counts its own).
     pub fn count(&self) -> usize {
-        self.users
+        let all: usize = self
+            .users
             .read()
             .map(|u| u.values().map(Vec::len).sum())
-            .unwrap_or(0)
+            .unwrap_or(0);
+        all.saturating_sub(self.mirrors())
+    }
+
+    /// Number of mirrors of sessions on other cluster nodes.
+    pub fn mirrors(&self) -> usize {
+        self.mirrors.load(Ordering::Relaxed)
     }
 }
 

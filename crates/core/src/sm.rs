@@ -284,7 +284,7 @@ impl SmRegistry {
 
 /// Whether an unacknowledged stanza must not be lost: a `chat` or `normal` message with a body
 /// (XEP-0198 §4 leaves the choice; Prosody re-routes these).
-fn worth_rerouting(el: &canto_xml::Element) -> bool {
+pub(crate) fn worth_rerouting(el: &canto_xml::Element) -> bool {
     el.is("message", canto_stanza::ns::CLIENT)
         && matches!(el.attr("type"), None | Some("chat" | "normal"))
         && el.children().any(|c| c.name() == "body")

@@ -11,6 +11,7 @@ mod bookmarks;
 mod bosh;
 mod carbons;
 mod cli;
+mod cluster;
 mod component;
 mod csi;
 mod disco;

@@ -1,0 +1,405 @@
+//! Cluster mode (issue 15, docs/cluster.md) with nodes in this process: a real `nats-server`
+//! (Debian's package) per test, nodes sharing one storage as they share one database. The
+//! three-process cluster with PostgreSQL and SIGKILL is cluster_procs.rs.
+
+use std::time::Duration;
+
+use canto_storage::Storage;
+use canto_tests::*;
+use canto_xml::Element;
+
+const CARBONS: &str = "urn:xmpp:carbons:2";
+
+/// A `nats-server` on a free loopback port, killed on drop.
+pub struct Nats {
+    pub proc: Option<Proc>,
+    pub port: u16,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let port = free_addr().port();
+        let mut n = Nats { proc: None, port };
+        n.restart();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("nats-server (Debian package nats-server; .ci/run installs it): {e}")
+            });
+        self.proc = Some(Proc(child));
+        // Ready when it accepts connections.
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < end, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it (SIGKILL), as a NATS outage.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal("KILL");
+            let _ = p.0.wait();
+        }
+    }
+}
+
+/// A config for node `name` of a cluster on `nats` with subjects under `prefix`.
+fn node_config(nats: &Nats, prefix: &str, name: &str) -> canto_core::Config {
+    let mut c = test_config();
+    c.modules.push("carbons".into());
+    c.storage.backend = "sqlite".into();
+    c.cluster.nats_url = nats.url();
+    c.cluster.node_name = name.into();
+    c.cluster.subject_prefix = prefix.into();
+    c.cluster.heartbeat_ms = 100;
+    c.cluster.node_timeout_ms = 700;
+    c
+}
+
+fn prefix() -> String {
+    format!("t{:x}", rand::random::<u64>())
+}
+
+/// `n` nodes on one storage.
+async fn nodes(nats: &Nats, n: usize) -> (Vec<TestServer>, Storage) {
+    let storage = Storage::memory();
+    let p = prefix();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let s = TestServer::with_storage(node_config(nats, &p, &format!("n{i}")), storage.clone())
+            .await;
+        out.push(s);
+    }
+    for u in ["alice", "bob", "carol"] {
+        out[0].add_user(u, "pw").await;
+    }
+    (out, storage)
+}
+
+/// Waits until every node holds a mirror of every session bound on the others and sees every
+/// other node.
+async fn converged(nodes: &[TestServer]) {
+    let ok = poll_until(Duration::from_secs(10), || {
+        let total: usize = nodes
+            .iter()
+            .map(|n| n.running.server.sessions.count())
+            .sum();
+        nodes.iter().all(|n| {
+            let s = &n.running.server.sessions;
+            let peers = n
+                .running
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.nodes().len().saturating_sub(1));
+            s.mirrors() == total - s.count() && peers == nodes.len() - 1
+        })
+    })
+    .await;
+    let view: Vec<(usize, usize)> = nodes
+        .iter()
+        .map(|n| {
+            let s = &n.running.server.sessions;
+            (s.count(), s.mirrors())
+        })
+        .collect();
+    assert!(
+        ok,
+        "the nodes did not converge: (local, mirrors) per node {view:?}"
+    );
+}
+
+async fn available(c: &mut Client) {
+    c.send("<presence/>").await;
+    c.sync().await;
+}
+
+async fn body_from(c: &mut Client, from: &str) -> String {
+    let from = from.to_string();
+    let m = c
+        .wait_for(move |e| {
+            e.name() == "message" && e.attr("from") == Some(from.as_str()) && body(e).is_some()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    body(&m).unwrap_or_default()
+}
+
+fn body(e: &Element) -> Option<String> {
+    e.get_child("body", canto_stanza::ns::CLIENT)
+        .map(Element::text)
+}
+
+/// `x` (as `xjid`) subscribes to `yjid`'s presence, and `y` approves.
+async fn subscribe(x: &mut Client, xjid: &str, y: &mut Client, yjid: &str) {
+    x.send(&format!("<presence to='{yjid}' type='subscribe'/>"))
+        .await;
+    let xj = xjid.to_string();
+    y.wait_for(move |e| {
+        e.name() == "presence"
+            && e.attr("type") == Some("subscribe")
+            && e.attr("from") == Some(xj.as_str())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("subscribe from {xjid}: {e:#}"));
+    y.send(&format!("<presence to='{xjid}' type='subscribed'/>"))
+        .await;
+    let yj = yjid.to_string();
+    x.wait_for(move |e| {
+        e.name() == "presence"
+            && e.attr("type") == Some("subscribed")
+            && e.attr("from") == Some(yj.as_str())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("subscribed from {yjid}: {e:#}"));
+}
+
+/// Makes alice and bob mutual contacts through the real subscription flow, across nodes.
+async fn befriend(a: &mut Client, b: &mut Client) {
+    subscribe(a, "alice@localhost", b, "bob@localhost").await;
+    subscribe(b, "bob@localhost", a, "alice@localhost").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_presence_roster_pushes_and_carbons_cross_nodes() {
+    let nats = Nats::start();
+    let (n, _storage) = nodes(&nats, 3).await;
+    let mut a = n[0].login("alice", "pw", "a1").await;
+    let mut b = n[1].login("bob", "pw", "b1").await;
+    let mut a2 = n[2].login("alice", "pw", "a2").await;
+    // Roster fetched: interested resources, which get pushes wherever they are.
+    for c in [&mut a, &mut b, &mut a2] {
+        let r = c
+            .iq("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>")
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(r.attr("type"), Some("result"));
+    }
+    for c in [&mut a, &mut b, &mut a2] {
+        available(c).await;
+    }
+    converged(&n).await;
+    befriend(&mut a, &mut b).await;
+    // RFC 6121 §2.1.6: alice's other resource, on the third node, got the roster pushes of a
+    // subscription made on the first.
+    let push = a2
+        .wait_for(|e| {
+            e.name() == "iq"
+                && e.attr("type") == Some("set")
+                && e.get_child("query", "jabber:iq:roster")
+                    .and_then(|q| q.get_child("item", "jabber:iq:roster"))
+                    .is_some_and(|i| {
+                        i.attr("jid") == Some("bob@localhost")
+                            && i.attr("subscription") == Some("both")
+                    })
+        })
+        .await;
+    assert!(push.is_ok(), "no roster push on the other node: {push:?}");
+    // RFC 6121 §4.2.2: bob (node 1) gets alice's presence from both her nodes.
+    for r in ["alice@localhost/a1", "alice@localhost/a2"] {
+        let got = b
+            .wait_for(move |e| e.name() == "presence" && e.attr("from") == Some(r))
+            .await;
+        assert!(got.is_ok(), "bob did not see {r}: {got:?}");
+    }
+    // XEP-0280 on alice's resource on node 2.
+    let en = a2
+        .iq("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(en.attr("type"), Some("result"));
+    // The carbons fact reaches the other nodes before the messages do.
+    let ok = poll_until(Duration::from_secs(5), || {
+        n[0].running
+            .server
+            .sessions
+            .get(&"alice@localhost/a2".parse().unwrap_or_else(|_| panic!()))
+            .is_some_and(|h| h.carbons_enabled())
+    })
+    .await;
+    assert!(ok, "node 0 never learnt that a2 enabled carbons");
+    // In order, across nodes: 30 messages a1 → bob's full JID.
+    for i in 0..30 {
+        a.send(&format!(
+            "<message to='bob@localhost/b1' type='chat'><body>m{i}</body></message>"
+        ))
+        .await;
+    }
+    for i in 0..30 {
+        assert_eq!(
+            body_from(&mut b, "alice@localhost/a1").await,
+            format!("m{i}")
+        );
+    }
+    // §7: a2 got <sent/> copies of what a1 sent.
+    let sent = a2
+        .wait_for(|e| e.name() == "message" && e.get_child("sent", CARBONS).is_some())
+        .await;
+    assert!(sent.is_ok(), "no sent carbon on the other node: {sent:?}");
+    // RFC 6121 §8.5.2.1.1: bob → alice's bare JID reaches both her resources (same priority).
+    b.send("<message to='alice@localhost' type='chat'><body>hi both</body></message>")
+        .await;
+    assert_eq!(body_from(&mut a, "bob@localhost/b1").await, "hi both");
+    assert_eq!(body_from(&mut a2, "bob@localhost/b1").await, "hi both");
+    // An IQ to a full JID on another node and its answer.
+    b.send("<iq type='get' id='xping' to='alice@localhost/a2'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    // alice's client answers by hand.
+    let ping = a2
+        .wait_for(|e| e.name() == "iq" && e.attr("from") == Some("bob@localhost/b1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let id = ping.attr("id").unwrap_or_default().to_string();
+    a2.send(&format!(
+        "<iq type='result' id='{id}' to='bob@localhost/b1'/>"
+    ))
+    .await;
+    let ok = b
+        .wait_for(move |e| e.name() == "iq" && e.attr("id") == Some(id.as_str()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(ok.attr("type"), Some("result"));
+    assert_eq!(ok.attr("from"), Some("alice@localhost/a2"));
+    // Unavailable when a resource leaves, seen on the other node (destroy_session there).
+    drop(a2);
+    let gone = b
+        .wait_for(|e| {
+            e.name() == "presence"
+                && e.attr("from") == Some("alice@localhost/a2")
+                && e.attr("type") == Some("unavailable")
+        })
+        .await;
+    assert!(gone.is_ok(), "no unavailable from a2: {gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_binding_on_another_node_replaces_the_older() {
+    let nats = Nats::start();
+    let (n, _storage) = nodes(&nats, 2).await;
+    let mut old = n[0].login("alice", "pw", "phone").await;
+    converged(&n).await;
+    // RFC 6120 §7.7.2.2: the same full JID bound on the other node wins; the old session
+    // gets <conflict/>.
+    let mut new = n[1].login("alice", "pw", "phone").await;
+    let err = old.expect_stream_error().await;
+    assert_eq!(err, "conflict");
+    converged(&n).await;
+    assert_eq!(n[0].running.server.sessions.count(), 0);
+    assert_eq!(n[1].running.server.sessions.count(), 1);
+    // The new one works, from a third account on the first node.
+    let mut b = n[0].login("bob", "pw", "b").await;
+    converged(&n).await;
+    b.send("<message to='alice@localhost/phone' type='chat'><body>still there?</body></message>")
+        .await;
+    assert_eq!(body_from(&mut new, "bob@localhost/b").await, "still there?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_a_user_offline_everywhere_is_stored_and_delivered_on_another_node() {
+    let nats = Nats::start();
+    let (n, _storage) = nodes(&nats, 2).await;
+    let mut a = n[0].login("alice", "pw", "a").await;
+    let mut b = n[1].login("bob", "pw", "b").await;
+    available(&mut b).await;
+    converged(&n).await;
+    drop(b);
+    // Bob's session ends on node 1; node 0 hears it and stores the message (XEP-0160).
+    let ok = poll_until(Duration::from_secs(5), || {
+        n[0].running.server.sessions.mirrors() == 0
+    })
+    .await;
+    assert!(ok, "node 0 kept a mirror of a session that ended");
+    a.send("<message to='bob@localhost' type='chat'><body>later</body></message>")
+        .await;
+    a.sync().await;
+    let mut b = n[1].login("bob", "pw", "b2").await;
+    b.send("<presence/>").await;
+    assert_eq!(body_from(&mut b, "alice@localhost/a").await, "later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_going_away_keeps_local_users_served_and_recovers_without_restart() {
+    let mut nats = Nats::start();
+    let (n, storage) = nodes(&nats, 2).await;
+    let mut a = n[0].login("alice", "pw", "a").await;
+    let mut c = n[0].login("carol", "pw", "c").await;
+    let mut b = n[1].login("bob", "pw", "b").await;
+    for x in [&mut a, &mut b, &mut c] {
+        available(x).await;
+    }
+    converged(&n).await;
+    nats.stop();
+    // Local users go on: alice → carol on the same node.
+    a.send("<message to='carol@localhost/c' type='chat'><body>local</body></message>")
+        .await;
+    assert_eq!(body_from(&mut c, "alice@localhost/a").await, "local");
+    // A message to bob on the other node cannot cross: it is kept in offline storage, not lost.
+    a.send("<message to='bob@localhost/b' type='chat'><body>while down</body></message>")
+        .await;
+    let mut stored = 0;
+    for _ in 0..200 {
+        stored = storage
+            .archive
+            .count(
+                "offline",
+                "localhost",
+                "bob",
+                &canto_storage::ArchiveQuery::default(),
+            )
+            .await
+            .unwrap_or(0);
+        if stored > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stored, 1,
+        "the message sent while NATS was down is neither delivered nor stored"
+    );
+    // The nodes drop each other after node_timeout_ms.
+    let ok = poll_until(Duration::from_secs(10), || {
+        n.iter().all(|x| x.running.server.sessions.mirrors() == 0)
+    })
+    .await;
+    assert!(ok, "mirrors of the unreachable node stayed");
+    // NATS back: the nodes find each other again and route across, without a restart.
+    nats.restart();
+    converged(&n).await;
+    a.send("<message to='bob@localhost/b' type='chat'><body>after</body></message>")
+        .await;
+    assert_eq!(body_from(&mut b, "alice@localhost/a").await, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_lists_nodes_and_sessions() {
+    let nats = Nats::start();
+    let (n, _storage) = nodes(&nats, 2).await;
+    let _a = n[0].login("alice", "pw", "a").await;
+    let _b = n[1].login("bob", "pw", "b").await;
+    converged(&n).await;
+    let cfg = n[0].running.server.config().cluster.clone();
+    let st = canto_cluster::status(&cfg, Duration::from_millis(800))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = st.iter().map(|s| s.node.as_str()).collect();
+    assert_eq!(names, ["n0", "n1"]);
+    assert_eq!(st[0].sessions, ["alice@localhost/a"]);
+    assert_eq!(st[1].sessions, ["bob@localhost/b"]);
+    assert_eq!(st[0].peers, ["n1"]);
+    let text = canto::cli::cluster_status_text(&st, true);
+    assert!(text.starts_with("2 nodes, 2 sessions\n"), "{text}");
+    assert!(text.contains("    bob@localhost/b\n"), "{text}");
+}

@@ -55,7 +55,13 @@ struct Inner {
     cfg: ClusterConfig,
     subjects: Subjects,
     state: Mutex<State>,
+    /// Stanzas for hosted services on other nodes, published in order by one task.
+    to_services: mpsc::Sender<(String, String, Element)>,
 }
+
+/// Stanzas for services on other nodes waiting to be published; beyond it a stanza is served
+/// on this node rather than queued without bound.
+const SERVICE_QUEUE: usize = 16 * 1024;
 
 /// NATS subjects, all under `subject_prefix`.
 struct Subjects {
@@ -202,7 +208,9 @@ impl Cluster {
         };
         let client = connect(&cfg, &format!("canto-{node}")).await?;
         let subjects = Subjects::new(&cfg.subject_prefix);
+        let (to_services, services_rx) = mpsc::channel(SERVICE_QUEUE);
         let inner = Arc::new(Inner {
+            to_services,
             server: server.clone(),
             client,
             node: node.clone(),
@@ -238,6 +246,11 @@ impl Cluster {
         tokio::spawn(inner.clone().on_sync(sync, stop_rx.clone()));
         tokio::spawn(inner.clone().on_snapshot(snapshot, stop_rx.clone()));
         tokio::spawn(inner.clone().on_status(status, stop_rx.clone()));
+        tokio::spawn(
+            inner
+                .clone()
+                .publish_to_services(services_rx, stop_rx.clone()),
+        );
         tokio::spawn(inner.clone().heartbeat(stop_rx));
         info!(node = %node, nats = %inner.cfg.nats_url, "cluster joined");
         Ok(Cluster { inner, stop })
@@ -300,20 +313,14 @@ impl ClusterLink for Inner {
     }
 
     fn forward_to_service(&self, node: &str, domain: &str, el: Element) {
-        let mut payload = Vec::with_capacity(256);
-        payload.extend_from_slice(domain.as_bytes());
-        payload.push(b'\n');
-        el.write_to(&mut payload, ns::CLIENT);
         let subject = self.subjects.of("service", node);
-        let client = self.client.clone();
-        let server = self.server.clone();
-        let domain = domain.to_string();
-        tokio::spawn(async move {
-            if client.publish(subject, payload.into()).await.is_err() {
-                // NATS refused it: served here rather than lost.
-                server.deliver_to_local_service(&domain, el);
-            }
-        });
+        if let Err(e) = self.to_services.try_send((subject, domain.to_string(), el)) {
+            // Too many waiting (NATS stalled): served here rather than queued without bound.
+            let (_, domain, el) = e.into_inner();
+            warn!(service = %domain, "cluster: service forward queue full; handled here");
+            let server = self.server.clone();
+            tokio::spawn(async move { server.deliver_to_local_service(&domain, el).await });
+        }
     }
 }
 
@@ -458,6 +465,38 @@ impl Inner {
                 }
             };
             self.publish(self.subjects.gossip.clone(), &msg).await;
+        }
+    }
+
+    /// Publishes stanzas for services on other nodes, in the order they were routed.
+    async fn publish_to_services(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<(String, String, Element)>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut payload = Vec::with_capacity(512);
+        loop {
+            let next = tokio::select! {
+                n = rx.recv() => n,
+                _ = stop.changed() => None,
+            };
+            let Some((subject, domain, el)) = next else {
+                return;
+            };
+            payload.clear();
+            payload.extend_from_slice(domain.as_bytes());
+            payload.push(b'\n');
+            el.write_to(&mut payload, ns::CLIENT);
+            let sent = self.connected()
+                && self
+                    .client
+                    .publish(subject, Bytes::copy_from_slice(&payload))
+                    .await
+                    .is_ok();
+            if !sent {
+                // NATS is down: served here rather than lost.
+                self.server.deliver_to_local_service(&domain, el).await;
+            }
         }
     }
 
@@ -858,7 +897,7 @@ impl Inner {
             let Some(el) = decode(&m.payload[pos + 1..], self.cfg.max_forward_bytes) else {
                 continue;
             };
-            self.server.deliver_to_local_service(domain, el);
+            self.server.deliver_to_local_service(domain, el).await;
         }
     }
 

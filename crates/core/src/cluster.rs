@@ -143,10 +143,4 @@ impl Server {
                 .await;
         }
     }
-
-    /// Hands `el` to the hosted service at `domain` on this node: another node forwarded it
-    /// here, having routed it up to the service (checks, blocklists and hooks done there).
-    pub fn deliver_to_local_service(&self, domain: &str, el: Element) {
-        self.spawn_to_local_service(domain, el);
-    }
 }

@@ -479,6 +479,22 @@ impl Server {
     /// Hands a stanza to the hosted service at `domain`, in the sender's task, so stanzas from
     /// one sender reach the service in the order sent.
     async fn deliver_to_service(self: &Arc<Self>, domain: &str, el: Element) {
+        // A cluster runs each room (each JID at a service) on one node (docs/cluster.md).
+        if let Some(cluster) = self.cluster()
+            && let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok())
+            && let Some(node) = cluster.service_owner(domain, &to)
+        {
+            cluster.forward_to_service(&node, domain, el);
+            return;
+        }
+        self.deliver_to_local_service(domain, el).await;
+    }
+
+    /// Hands `el` to the hosted service at `domain` on this node, and waits for it: stanzas
+    /// from one sender reach a room in the order they were sent. Another node may have
+    /// forwarded it here, having routed it up to the service (checks, blocklists and hooks
+    /// done there).
+    pub async fn deliver_to_local_service(self: &Arc<Self>, domain: &str, el: Element) {
         let Some(entry) = self.modules().service(domain) else {
             return;
         };

@@ -403,3 +403,136 @@ async fn cluster_status_lists_nodes_and_sessions() {
     assert!(text.starts_with("2 nodes, 2 sessions\n"), "{text}");
     assert!(text.contains("    bob@localhost/b\n"), "{text}");
 }
+
+const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+/// A room name whose owner (rendezvous hashing over n0..n{k-1}) is node `owner`.
+fn room_owned_by(owner: usize, k: usize) -> String {
+    let names: Vec<String> = (0..k).map(|i| format!("n{i}")).collect();
+    (0..)
+        .map(|i| format!("room{i}@conference.localhost"))
+        .find(|r| {
+            canto_cluster::owner_among(r, names.iter().map(String::as_str))
+                == Some(names[owner].as_str())
+        })
+        .unwrap_or_default()
+}
+
+async fn join(c: &mut Client, room: &str, nick: &str) -> Element {
+    c.send(&format!(
+        "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    let me = format!("{room}/{nick}");
+    c.wait_for(move |e| e.name() == "presence" && e.attr("from") == Some(me.as_str()))
+        .await
+        .unwrap_or_else(|e| panic!("join {room} as {nick}: {e:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_lives_on_one_node_and_its_occupants_on_any() {
+    let nats = Nats::start();
+    let (n, _storage) = nodes(&nats, 3).await;
+    // The room is owned by node 2; its occupants are on nodes 0 and 1.
+    let room = room_owned_by(2, 3);
+    let mut a = n[0].login("alice", "pw", "a").await;
+    let mut b = n[1].login("bob", "pw", "b").await;
+    available(&mut a).await;
+    available(&mut b).await;
+    converged(&n).await;
+    let own = join(&mut a, &room, "Alice").await;
+    let codes: Vec<&str> = own
+        .get_child("x", MUC_USER)
+        .map(|x| x.children().filter_map(|c| c.attr("code")).collect())
+        .unwrap_or_default();
+    // XEP-0045 §10.1.1: created (201), self (110).
+    assert!(codes.contains(&"201") && codes.contains(&"110"), "{own}");
+    let r = a
+        .iq(&format!(
+            "<iq type='set' id='{{id}}' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // The room's state is on node 2 only.
+    join(&mut b, &room, "Bob").await;
+    let from_bob = format!("{room}/Bob");
+    a.wait_for(move |e| e.name() == "presence" && e.attr("from") == Some(from_bob.as_str()))
+        .await
+        .unwrap_or_else(|e| panic!("alice did not see bob join: {e:#}"));
+    b.send(&format!(
+        "<message to='{room}' type='groupchat'><body>across</body></message>"
+    ))
+    .await;
+    for c in [&mut a, &mut b] {
+        let m = c
+            .wait_for(|e| e.name() == "message" && body(e).is_some())
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(body(&m).as_deref(), Some("across"));
+        assert_eq!(m.attr("from"), Some(format!("{room}/Bob").as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_room_is_taken_over_when_its_node_leaves() {
+    let nats = Nats::start();
+    let (mut n, _storage) = nodes(&nats, 2).await;
+    let room = room_owned_by(1, 2);
+    let mut a = n[0].login("alice", "pw", "a").await;
+    available(&mut a).await;
+    converged(&n).await;
+    join(&mut a, &room, "Alice").await;
+    // A persistent room (XEP-0045 §10.2, muc#roomconfig_persistentroom), named.
+    let r = a
+        .iq(&format!(
+            "<iq type='set' id='{{id}}' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+             <field var='muc#roomconfig_persistentroom'><value>1</value></field>\
+             <field var='muc#roomconfig_roomname'><value>Kept</value></field>\
+             </x></query></iq>"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    // Its node stops (cleanly: a goodbye, so the other takes over at once).
+    let owner = n.remove(1);
+    if let Some(c) = owner.running.cluster {
+        c.leave().await;
+    }
+    owner.running.network.shutdown(Duration::from_secs(2)).await;
+    let ok = poll_until(Duration::from_secs(5), || {
+        n[0].running
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.nodes().len() == 1)
+    })
+    .await;
+    assert!(ok, "node 0 still sees node 1");
+    // Node 0 now serves the room from storage: its configuration survived.
+    let info = a
+        .iq(&format!(
+            "<iq type='get' id='{{id}}' to='{room}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(info.attr("type"), Some("result"), "{info}");
+    let name = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .and_then(|q| q.get_child("identity", "http://jabber.org/protocol/disco#info"))
+        .and_then(|i| i.attr("name"))
+        .map(str::to_string);
+    assert_eq!(name.as_deref(), Some("Kept"), "{info}");
+    assert!(
+        info.get_child("query", "http://jabber.org/protocol/disco#info")
+            .is_some_and(|q| q
+                .children()
+                .any(|f| f.attr("var") == Some("muc_persistent"))),
+        "{info}"
+    );
+    // And alice can rejoin it there.
+    let own = join(&mut a, &room, "Alice").await;
+    assert!(own.attr("type").is_none(), "{own}");
+}

@@ -266,6 +266,12 @@ impl Cluster {
         self.inner.nodes()
     }
 
+    /// Stops without a goodbye, as a crashed node looks to the others (they drop its
+    /// sessions after `node_timeout_ms`). For tests of that path in one process.
+    pub fn vanish(self) {
+        let _ = self.stop.send(true);
+    }
+
     /// Leaves the cluster: tells the others (who drop this node's mirrors at once rather than
     /// after `node_timeout_ms`) and stops. Sessions should have ended first (shutdown).
     pub async fn leave(self) {
@@ -511,7 +517,7 @@ impl Inner {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let (beat, dead, resync) = {
+            let (beat, dead, resync, died) = {
                 let mut st = self.lock();
                 let beat = Msg::Beat {
                     node: self.node.to_string(),
@@ -542,14 +548,18 @@ impl Inner {
                         n.clone()
                     })
                     .collect();
-                (beat, lost, resync)
+                (beat, lost, resync, !dead.is_empty())
             };
             self.publish(self.subjects.gossip.clone(), &beat).await;
             for n in resync {
                 self.ask_sync(&n).await;
             }
+            let changed = !dead.is_empty() || died;
             for m in dead {
                 self.server.mirror_lost(&m).await;
+            }
+            if changed {
+                self.server.cluster_changed().await;
             }
         }
     }
@@ -603,6 +613,7 @@ impl Inner {
         let mut lost = Vec::new();
         let mut ask = false;
         let mut apply = Vec::new();
+        let mut membership = false;
         {
             let mut st = self.lock();
             if let Msg::Bye { .. } = msg {
@@ -612,6 +623,7 @@ impl Inner {
                 {
                     info!(node = %node, "cluster node left");
                     lost.extend(p.sessions.into_values());
+                    membership = true;
                 }
             } else {
                 let key: Arc<str> = node.as_str().into();
@@ -634,6 +646,7 @@ impl Inner {
                     st.peers.insert(key.clone(), p);
                     info!(node = %node, "cluster node joined");
                     ask = true;
+                    membership = true;
                 }
                 if let Some(p) = st.peers.get_mut(&key) {
                     p.last_seen = Instant::now();
@@ -674,6 +687,9 @@ impl Inner {
         }
         for m in lost {
             self.server.mirror_lost(&m).await;
+        }
+        if membership {
+            self.server.cluster_changed().await;
         }
         if ask {
             self.ask_sync(&node).await;

@@ -135,12 +135,35 @@ impl Server {
         info!(jid = %mirror.jid(), "session on a lost cluster node removed");
     }
 
-    /// Tells this node's session hooks that a mirror's session is gone (rooms it was in drop
-    /// the occupant).
+    /// Tells this node's session hooks and hosted services that a mirror's session is gone
+    /// (rooms it was in drop the occupant).
     async fn session_gone_everywhere(self: &Arc<Self>, mirror: &SessionHandle) {
         for (_, hook) in self.modules().session_hooks() {
             hook.on_session(self, mirror.jid(), crate::module::SessionEvent::Destroyed)
                 .await;
+        }
+        let services: Vec<_> = self
+            .modules()
+            .all_services()
+            .map(|e| (e.domain.clone(), e.service.clone()))
+            .collect();
+        for (domain, service) in services {
+            let ctx = crate::module::ServiceCtx::new(self, &domain);
+            service.session_lost(&ctx, mirror.jid()).await;
+        }
+    }
+
+    /// The cluster's live nodes changed: every hosted service reads again what it may have
+    /// cached of what another node handled.
+    pub async fn cluster_changed(self: &Arc<Self>) {
+        let services: Vec<_> = self
+            .modules()
+            .all_services()
+            .map(|e| (e.domain.clone(), e.service.clone()))
+            .collect();
+        for (domain, service) in services {
+            let ctx = crate::module::ServiceCtx::new(self, &domain);
+            service.cluster_changed(&ctx).await;
         }
     }
 }

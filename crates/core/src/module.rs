@@ -370,6 +370,17 @@ impl std::fmt::Debug for ServiceEntry {
 pub trait Service: Send + Sync {
     /// Handles one stanza addressed to the service's domain or a JID at it.
     async fn handle(&self, ctx: &ServiceCtx, stanza: Element);
+
+    /// Cluster mode: `session` ended without being able to say so (its node died). A service
+    /// that keeps sessions (a room's occupants) forgets it as if it had sent unavailable
+    /// presence (RFC 6121 §4.6.3: a server tells directed-presence recipients when a session
+    /// ends; here a surviving node does it for the dead one).
+    async fn session_lost(&self, _ctx: &ServiceCtx, _session: &canto_stanza::FullJid) {}
+
+    /// Cluster mode: the set of live nodes changed, so what this node handles may have changed
+    /// (rooms move by rendezvous hashing): state kept in memory for what another node handled
+    /// meanwhile is read again from storage.
+    async fn cluster_changed(&self, _ctx: &ServiceCtx) {}
 }
 
 /// What a hosted service can do on the server: send stanzas from its domain. It cannot reach
@@ -657,6 +668,12 @@ impl ModuleTable {
     /// The external component configured at `domain`, if any.
     pub fn component(&self, domain: &str) -> Option<std::sync::Arc<crate::component::Component>> {
         self.components.get(domain).cloned()
+    }
+
+    /// The hosted services whose parent is `host`, sorted by domain (disco#items on the host).
+    /// Every hosted service.
+    pub fn all_services(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.services.values()
     }
 
     /// The hosted services whose parent is `host`, sorted by domain (disco#items on the host).

@@ -536,3 +536,60 @@ async fn a_persistent_room_is_taken_over_when_its_node_leaves() {
     let own = join(&mut a, &room, "Alice").await;
     assert!(own.attr("type").is_none(), "{own}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_users_go_unavailable_and_leave_rooms_elsewhere() {
+    let nats = Nats::start();
+    let (mut n, _storage) = nodes(&nats, 3).await;
+    // The room lives on node 1; alice (node 0) and bob (node 2) are in it and are contacts.
+    let room = room_owned_by(1, 3);
+    let mut a = n[0].login("alice", "pw", "a").await;
+    let mut b = n[2].login("bob", "pw", "b").await;
+    available(&mut a).await;
+    available(&mut b).await;
+    converged(&n).await;
+    subscribe(&mut a, "alice@localhost", &mut b, "bob@localhost").await;
+    a.wait_for(|e| e.name() == "presence" && e.attr("from") == Some("bob@localhost/b"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    join(&mut a, &room, "Alice").await;
+    let r = a
+        .iq(&format!(
+            "<iq type='set' id='{{id}}' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    join(&mut b, &room, "Bob").await;
+    let bob_in_room = format!("{room}/Bob");
+    let seen = bob_in_room.clone();
+    a.wait_for(move |e| e.name() == "presence" && e.attr("from") == Some(seen.as_str()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // Node 2 goes silent (no goodbye), as a crashed node would.
+    let dead = n.remove(2);
+    if let Some(c) = dead.running.cluster {
+        c.vanish();
+    }
+    // RFC 6121 §4.5.2, done by the survivors: alice hears bob is unavailable, and the room
+    // (XEP-0045 §7.14) says Bob left.
+    a.wait_for(|e| {
+        e.name() == "presence"
+            && e.attr("from") == Some("bob@localhost/b")
+            && e.attr("type") == Some("unavailable")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("no unavailable for bob: {e:#}"));
+    let seen = bob_in_room.clone();
+    a.wait_for(move |e| {
+        e.name() == "presence"
+            && e.attr("from") == Some(seen.as_str())
+            && e.attr("type") == Some("unavailable")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("bob stayed in the room: {e:#}"));
+    // Messages to bob now go to offline storage (his node is known dead).
+    assert_eq!(n[0].running.server.sessions.mirrors(), 0);
+    drop(b);
+}

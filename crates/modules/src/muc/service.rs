@@ -226,6 +226,75 @@ impl Service for MucService {
             }
         }
     }
+
+    async fn session_lost(&self, ctx: &ServiceCtx, session: &canto_stanza::FullJid) {
+        // The occupant leaves every room it was in here, as if it had sent unavailable
+        // presence (XEP-0045 §7.14), so the others see it go.
+        let full = session.to_string();
+        let rooms: Vec<(String, RoomRef)> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (_, s))| s.occupants > 0)
+            .map(|(n, (r, _))| (n.clone(), r.clone()))
+            .collect();
+        for (node, room) in rooms {
+            let nick = room.lock().await.room.nick_of(&full).map(str::to_string);
+            if let Some(nick) = nick {
+                let leave = Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "unavailable")
+                    .with_attr("from", full.clone())
+                    .with_attr("to", format!("{node}@{}/{nick}", self.domain));
+                self.handle(ctx, leave).await;
+            }
+        }
+    }
+
+    async fn cluster_changed(&self, _ctx: &ServiceCtx) {
+        // Rooms with nobody in them here may have been changed by the node that handled them:
+        // they are read again from storage (a persistent one), or forgotten (a temporary one
+        // lives on its node).
+        if self.loaded.get().is_none() {
+            return;
+        }
+        let empty: Vec<String> = self
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (_, s))| s.occupants == 0)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let bounds = self.config.get().bounds();
+        for node in empty {
+            let stored = match self.stores.rooms.get(&self.domain, "", &node).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, room = node, "re-reading a room failed");
+                    continue;
+                }
+            };
+            let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            if rooms.get(&node).is_some_and(|(_, s)| s.occupants > 0) {
+                continue;
+            }
+            match stored.as_deref().and_then(decode_element) {
+                Some(el) => {
+                    let jid = format!("{node}@{}", self.domain);
+                    let room = Room::from_stored(&jid, &el, bounds);
+                    let s = summary(&room);
+                    rooms.insert(
+                        node,
+                        (Arc::new(tokio::sync::Mutex::new(Slot::new(room))), s),
+                    );
+                }
+                None => {
+                    rooms.remove(&node);
+                }
+            }
+        }
+    }
 }
 
 impl MucService {

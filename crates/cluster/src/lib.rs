@@ -416,6 +416,7 @@ impl Inner {
             carbons: handle.carbons_enabled(),
             blocklist: handle.wants_blocklist(),
             bound_ms,
+            ext: handle.exts(),
         }
     }
 
@@ -817,6 +818,7 @@ impl Inner {
             handle.set_wants_blocklist();
         }
         handle.set_carbons(facts.carbons);
+        handle.replace_exts(facts.ext);
     }
 
     /// Stanzas other nodes route to this node's sessions.

@@ -24,6 +24,9 @@ pub struct Facts {
     /// When it was bound (ms since the epoch): of two bindings of one full JID on two nodes,
     /// the newer wins.
     pub bound_ms: u64,
+    /// Modules' facts (`SessionHandle::set_ext`): PEP's `+notify` interest.
+    #[serde(default)]
+    pub ext: Vec<(String, String)>,
 }
 
 /// One message between nodes.

@@ -94,6 +94,9 @@ pub struct SessionState {
     presence: Mutex<Option<Arc<Element>>>,
     /// Who received directed presence from this session (RFC 6121 §4.6.3).
     directed: Mutex<Vec<canto_stanza::Jid>>,
+    /// Facts modules keep about the session for routing on other cluster nodes (PEP's
+    /// `+notify` interest), by key; replicated with the others.
+    ext: Mutex<Vec<(String, String)>>,
     /// For a session bound on another cluster node (a *mirror*): that node's name. Its queue
     /// is read by the cluster layer, which forwards what it takes to that node.
     node: Option<Arc<str>>,
@@ -146,6 +149,54 @@ impl SessionHandle {
     /// The cluster node the session is bound on, for a mirror.
     pub fn home_node(&self) -> Option<&Arc<str>> {
         self.0.node.as_ref()
+    }
+
+    /// A module's fact about this session (see [`SessionHandle::set_ext`]).
+    pub fn ext(&self, key: &str) -> Option<String> {
+        let e = self.0.ext.lock().ok()?;
+        e.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    /// Sets (or with `None` removes) a module's fact about this session, which other cluster
+    /// nodes see on their mirror of it (PEP keeps the resource's `+notify` interest there).
+    pub fn set_ext(&self, key: &str, value: Option<String>) {
+        let changed = {
+            let Ok(mut e) = self.0.ext.lock() else {
+                return;
+            };
+            let pos = e.iter().position(|(k, _)| k == key);
+            match (pos, value) {
+                (Some(i), Some(v)) if e[i].1 == v => false,
+                (Some(i), Some(v)) => {
+                    e[i].1 = v;
+                    true
+                }
+                (Some(i), None) => {
+                    e.remove(i);
+                    true
+                }
+                (None, Some(v)) => {
+                    e.push((key.to_string(), v));
+                    true
+                }
+                (None, None) => false,
+            }
+        };
+        if changed {
+            self.changed();
+        }
+    }
+
+    /// All the modules' facts (for the cluster layer).
+    pub fn exts(&self) -> Vec<(String, String)> {
+        self.0.ext.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Replaces all the modules' facts of a mirror with what its node published.
+    pub fn replace_exts(&self, exts: Vec<(String, String)>) {
+        if let Ok(mut e) = self.0.ext.lock() {
+            *e = exts;
+        }
     }
 
     /// Tells the cluster layer a routing fact of this local session changed.
@@ -429,6 +480,7 @@ impl SessionManager {
             carbons: AtomicBool::new(false),
             presence: Mutex::new(None),
             directed: Mutex::new(Vec::new()),
+            ext: Mutex::new(Vec::new()),
             node,
             observer,
         }));

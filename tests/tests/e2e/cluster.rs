@@ -105,7 +105,7 @@ async fn converged(nodes: &[TestServer]) {
                 .as_ref()
                 .map_or(0, |c| c.nodes().len().saturating_sub(1));
             s.mirrors() == total - s.count() && peers == nodes.len() - 1
-        })
+        }) && facts_agree(nodes)
     })
     .await;
     let view: Vec<(usize, usize)> = nodes
@@ -119,6 +119,24 @@ async fn converged(nodes: &[TestServer]) {
         ok,
         "the nodes did not converge: (local, mirrors) per node {view:?}"
     );
+}
+
+/// Every node's mirror of every session has the facts its own node has.
+fn facts_agree(nodes: &[TestServer]) -> bool {
+    nodes.iter().all(|home| {
+        home.running.server.sessions.all().iter().all(|s| {
+            nodes.iter().all(|other| {
+                let m = other.running.server.sessions.get(s.jid());
+                m.is_some_and(|m| {
+                    m.is_available() == s.is_available()
+                        && m.priority() == s.priority()
+                        && m.is_interested() == s.is_interested()
+                        && m.carbons_enabled() == s.carbons_enabled()
+                        && m.exts() == s.exts()
+                })
+            })
+        })
+    })
 }
 
 async fn available(c: &mut Client) {
@@ -592,4 +610,52 @@ async fn a_dead_nodes_users_go_unavailable_and_leave_rooms_elsewhere() {
     // Messages to bob now go to offline storage (his node is known dead).
     assert_eq!(n[0].running.server.sessions.mirrors(), 0);
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pep_notifications_reach_interested_contacts_on_other_nodes() {
+    use crate::pep::{TUNE, announce, assert_item_event, is_event, publish};
+    let nats = Nats::start();
+    let (n, _storage) = nodes(&nats, 2).await;
+    let mut a = n[0].login("alice", "pw", "a").await;
+    let mut b = n[1].login("bob", "pw", "b").await;
+    available(&mut a).await;
+    available(&mut b).await;
+    converged(&n).await;
+    // bob follows alice's presence, so her PEP nodes of the presence model (XEP-0163 §4.3.2).
+    subscribe(&mut b, "bob@localhost", &mut a, "alice@localhost").await;
+    // bob's caps ask for tune (+notify, XEP-0163 §4.3.3), learnt by his node.
+    let announced = announce(&mut b, &[TUNE]).await;
+    assert!(announced.queried);
+    converged(&n).await;
+    let bob_b: canto_stanza::FullJid = "bob@localhost/b".parse().unwrap_or_else(|_| panic!());
+    let mirror_has_caps = poll_until(Duration::from_secs(5), || {
+        n[0].running.server.sessions.get(&bob_b).is_some_and(|h| {
+            h.presence()
+                .is_some_and(|p| p.has_child("c", "http://jabber.org/protocol/caps"))
+        })
+    })
+    .await;
+    assert!(mirror_has_caps, "node 0 never saw bob's caps");
+    publish(&mut a, None, TUNE, Some("t1"), "Roundabout").await;
+    // alice's node knows bob's interest from the session facts his node published: no
+    // second caps query (XEP-0115 §6.2) from node 0, the notification comes at once.
+    let event = b
+        .wait_for(|e| is_event(e, "alice@localhost", "items", TUNE) || e.name() == "iq")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        is_event(&event, "alice@localhost", "items", TUNE),
+        "{event}"
+    );
+    assert_item_event(&event, "t1", "Roundabout");
+    assert_eq!(event.attr("to"), Some("bob@localhost/b"));
+    // Interest ends with it: a resource that announces no caps gets nothing.
+    publish(&mut a, None, TUNE, Some("t2"), "Heart of the Sunrise").await;
+    let e = b
+        .wait_for(|e| is_event(e, "alice@localhost", "items", TUNE) || e.name() == "iq")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(is_event(&e, "alice@localhost", "items", TUNE), "{e}");
+    assert_item_event(&e, "t2", "Heart of the Sunrise");
 }

@@ -31,7 +31,7 @@ const CAPS_NODE: &str = "https://canto.test/client";
 const ROSTER: &str = "jabber:iq:roster";
 const BLOCKING: &str = "urn:xmpp:blocking";
 
-const TUNE: &str = "http://jabber.org/protocol/tune";
+pub(crate) const TUNE: &str = "http://jabber.org/protocol/tune";
 const MOOD: &str = "http://jabber.org/protocol/mood";
 const NICK: &str = "http://jabber.org/protocol/nick";
 const PRIVATE: &str = "urn:canto:test:private";
@@ -425,11 +425,11 @@ async fn online(s: &TestServer, user: &str, resource: &str) -> Client {
 }
 
 /// What arrived while [`announce`] waited.
-struct Announced {
+pub(crate) struct Announced {
     /// Everything else that arrived meanwhile (presence, other last items), in order.
-    others: Vec<Element>,
+    pub(crate) others: Vec<Element>,
     /// Whether the server asked this client for its features (else it knew the hash).
-    queried: bool,
+    pub(crate) queried: bool,
 }
 
 /// Makes sure the account has the `READY` node (private, so nobody else sees it).
@@ -453,7 +453,7 @@ async fn ensure_ready(c: &mut Client) {
 /// XEP-0163 §4.3.3), answers the server's disco#info query (XEP-0115 §6.2), and returns once
 /// the interest is in force. A resource may announce once (the `READY` node must be new to
 /// its interest).
-async fn announce(c: &mut Client, nodes: &[&str]) -> Announced {
+pub(crate) async fn announce(c: &mut Client, nodes: &[&str]) -> Announced {
     announce_as(c, nodes, nodes).await
 }
 

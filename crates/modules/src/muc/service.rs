@@ -236,7 +236,6 @@ impl Service for MucService {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(_, (_, s))| s.occupants > 0)
             .map(|(n, (r, _))| (n.clone(), r.clone()))
             .collect();
         for (node, room) in rooms {

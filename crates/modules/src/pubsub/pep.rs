@@ -620,7 +620,7 @@ impl PepState {
         };
         // The owner's own interested resources.
         for (full, _) in server.available_resources(owner) {
-            if self.interest.wants(&full, node) {
+            if wants(server, &self.interest, &full, node) {
                 add(Jid::from(full));
             }
         }
@@ -635,7 +635,7 @@ impl PepState {
                 continue;
             }
             for (full, _) in server.available_resources(contact) {
-                if self.interest.wants(&full, node) {
+                if wants(server, &self.interest, &full, node) {
                     add(Jid::from(full));
                 }
             }
@@ -921,6 +921,24 @@ fn jid_targets(server: &Arc<Server>, jid: &Jid) -> Vec<Jid> {
     }
 }
 
+/// The session fact (`SessionHandle::set_ext`) holding a resource's `+notify` nodes, one per
+/// line, for other cluster nodes.
+const NOTIFY_EXT: &str = "pep+notify";
+
+/// Whether the available resource `full` wants notifications of `node` (XEP-0163 §4.3.3):
+/// learnt from its caps on its own node; a session bound on another cluster node carries
+/// what its node learnt in a session fact.
+fn wants(server: &Server, interest: &Interest, full: &FullJid, node: &str) -> bool {
+    if interest.wants(full, node) {
+        return true;
+    }
+    server.sessions.get(full).is_some_and(|s| {
+        !s.is_local()
+            && s.ext(NOTIFY_EXT)
+                .is_some_and(|v| v.lines().any(|l| l == node))
+    })
+}
+
 /// Watches the user's broadcast presence: its caps decide the resource's `+notify` interest.
 struct PresenceWatch(Arc<PepState>);
 
@@ -966,6 +984,12 @@ impl StanzaHook for PresenceWatch {
                     // what it wants (its initial presence, or the first with caps); later caps
                     // changes only change what it is notified of, so presence churn costs no
                     // store reads.
+                    // Cluster mode: the other nodes read it from their mirror of the session.
+                    if let Some(s) = server.sessions.get(&full) {
+                        let mut list: Vec<&str> = nodes.iter().map(String::as_str).collect();
+                        list.sort_unstable();
+                        s.set_ext(NOTIFY_EXT, Some(list.join("\n")));
+                    }
                     if state.interest.set(&full, Arc::new(nodes.clone())) {
                         state.interest_changed(&server, &full, &nodes).await;
                     }

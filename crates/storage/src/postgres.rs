@@ -221,7 +221,8 @@ pub(crate) fn db_err(e: sqlx::Error) -> StorageError {
 }
 
 /// The key of the advisory lock serializing the writers of one object: the parts joined with
-/// NUL (which no JID, store or node name contains), hashed by the server with
+/// U+001F (a control character XML 1.0 does not allow, so no JID, store or node name contains
+/// it; PostgreSQL text cannot hold NUL), hashed by the server with
 /// `hashtextextended` to the lock's 64-bit key. A hash collision only serializes two unrelated
 /// writers.
 ///
@@ -233,7 +234,7 @@ pub(crate) fn db_err(e: sqlx::Error) -> StorageError {
 /// owner's lock from the insert to the commit makes commit order and `seq` order agree within
 /// one archive (and one pubsub node), the unit of paging.
 pub(crate) fn lock_key(parts: &[&str]) -> String {
-    parts.join("\0")
+    parts.join("\u{1f}")
 }
 
 /// Takes the transaction-scoped advisory lock named by `key` (released at commit or rollback).

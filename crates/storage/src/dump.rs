@@ -62,7 +62,7 @@ pub struct Table {
     pub columns: &'static [(&'static str, ColumnType)],
     /// How many leading columns form the primary key.
     pub key_len: usize,
-    /// Whether the key is a `seq` drawn from a never-reused sequence (SQLite AUTOINCREMENT,
+    /// Whether the table has a `seq` drawn from a never-reused sequence (SQLite AUTOINCREMENT,
     /// a PostgreSQL identity column), whose high-water mark is carried over too.
     pub sequence: bool,
 }
@@ -124,17 +124,19 @@ pub const TABLES: &[Table] = &[
     Table {
         name: "archive",
         store: "archive",
+        // Keyed by the owner's seq index (both backends have it; PostgreSQL has no index on
+        // `seq` alone), which is also unique.
         columns: &[
-            ("seq", Int),
-            ("id", Text),
             ("store", Text),
             ("host", Text),
             ("username", Text),
+            ("seq", Int),
+            ("id", Text),
             ("with_jid", Text),
             ("stamp_ms", Int),
             ("data", Bytes),
         ],
-        key_len: 1,
+        key_len: 4,
         sequence: true,
     },
     Table {
@@ -174,15 +176,15 @@ pub const TABLES: &[Table] = &[
         name: "pubsub_items",
         store: "pubsub",
         columns: &[
-            ("seq", Int),
             ("service", Text),
             ("node", Text),
+            ("seq", Int),
             ("item_id", Text),
             ("publisher", Text),
             ("stamp_ms", Int),
             ("payload", Bytes),
         ],
-        key_len: 1,
+        key_len: 3,
         sequence: true,
     },
 ];
@@ -407,9 +409,9 @@ impl Dump for SqliteBackend {
             "SELECT COUNT(*) FROM {}",
             table.name
         )))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(crate::sqlite::db_err)?;
+        .fetch_one(&self.pool)
+        .await
+        .map_err(crate::sqlite::db_err)?;
         count_u64(n)
     }
 
@@ -491,7 +493,9 @@ impl Dump for PostgresBackend {
             .fetch_all(&self.pool)
             .await
             .map_err(crate::postgres::db_err)?;
-        rows.iter().map(|r| postgres_sql::decode(table, r)).collect()
+        rows.iter()
+            .map(|r| postgres_sql::decode(table, r))
+            .collect()
     }
 
     async fn row(&self, table: &Table, key: &[Value]) -> Result<Option<DumpRow>> {
@@ -525,9 +529,9 @@ impl Dump for PostgresBackend {
             "SELECT COUNT(*) FROM {}",
             table.name
         )))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(crate::postgres::db_err)?;
+        .fetch_one(&self.pool)
+        .await
+        .map_err(crate::postgres::db_err)?;
         count_u64(n)
     }
 

@@ -103,10 +103,7 @@ async fn trim_items(
         .bind(node)
         .bind(to_i64(keep))
     };
-    let mut gone: Vec<(String, i64)> = query
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_err)?;
+    let mut gone: Vec<(String, i64)> = query.fetch_all(&mut *conn).await.map_err(db_err)?;
     gone.sort_by_key(|(_, seq)| *seq);
     Ok(gone.into_iter().map(|(id, _)| id).collect())
 }
@@ -145,7 +142,9 @@ pub(crate) fn select_items(
         }
     }
     if let Some(ids) = &q.ids {
-        b.push(" AND item_id = ANY(").push_bind(ids.clone()).push(")");
+        b.push(" AND item_id = ANY(")
+            .push_bind(ids.clone())
+            .push(")");
     }
     b.push(format_args!(" ORDER BY seq {dir}"));
     if let Some(limit) = q.limit {
@@ -509,15 +508,14 @@ impl PubsubStore for PostgresBackend {
         // The bare JID and its full JIDs: a prefix test with starts_with, not LIKE (whose
         // wildcards may occur in a JID).
         let prefix = format!("{bare}/");
-        let subscriptions = sqlx::query(
-            "DELETE FROM pubsub_subscriptions WHERE jid = $1 OR starts_with(jid, $2)",
-        )
-        .bind(bare)
-        .bind(&prefix)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .rows_affected();
+        let subscriptions =
+            sqlx::query("DELETE FROM pubsub_subscriptions WHERE jid = $1 OR starts_with(jid, $2)")
+                .bind(bare)
+                .bind(&prefix)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?
+                .rows_affected();
         tx.commit().await.map_err(db_err)?;
         usize::try_from(affiliations + subscriptions)
             .map_err(|_| StorageError::Database("row count overflow".to_owned()))

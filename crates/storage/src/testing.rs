@@ -83,10 +83,7 @@ pub async fn drop_postgres_db(url: &str) -> Result<()> {
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(StorageError::Database(format!(
             "{name:?} is not a database made by fresh_postgres_db"
         )));
@@ -95,11 +92,49 @@ pub async fn drop_postgres_db(url: &str) -> Result<()> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
     )))
-        .execute(&mut conn)
-        .await
-        .map_err(|e| StorageError::Database(format!("DROP DATABASE {name}: {e}")))?;
+    .execute(&mut conn)
+    .await
+    .map_err(|e| StorageError::Database(format!("DROP DATABASE {name}: {e}")))?;
     let _ = conn.close().await;
     Ok(())
+}
+
+/// A database from [`fresh_postgres_db`] that is dropped when this goes out of scope, also when
+/// the test fails (from a thread of its own, so it works inside and outside a runtime).
+#[derive(Debug)]
+pub struct TestDatabase {
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates a fresh database (see [`fresh_postgres_db`]).
+    pub async fn create(prefix: &str) -> Result<TestDatabase> {
+        Ok(TestDatabase {
+            url: fresh_postgres_db(prefix).await?,
+        })
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StorageError::Database(e.to_string()))?;
+            runtime.block_on(drop_postgres_db(&url))
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("test database not dropped: {e}");
+        }
+    }
 }
 
 async fn admin_connection(url: &str) -> Result<PgConnection> {

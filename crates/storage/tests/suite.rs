@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
+use canto_storage::testing::TestDatabase;
 use canto_storage::{
     ArchiveItem, ArchiveQuery, Backend, Credentials, HashAlgo, ItemQuery, NewArchiveItem,
     PubsubItem, PubsubSubscription, ScramKeys, SqliteBackend, Storage, StorageError,
 };
-use canto_storage::testing::{drop_postgres_db, fresh_postgres_db};
 
 /// A unique, not yet existing path below the system temp dir (with a missing parent
 /// directory, to exercise its creation). Removed by [`TempDb`]'s drop.
@@ -2176,9 +2176,9 @@ async fn sqlite_two_handles_share_one_file() {
 /// The whole suite on a fresh PostgreSQL database (`CANTO_TEST_POSTGRES_URL`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_backend() {
-    let url = fresh_postgres_db("suite").await.expect("test database");
+    let db = TestDatabase::create("suite").await.expect("test database");
     let backend = Backend::Postgres {
-        url: url.clone(),
+        url: db.url().to_owned(),
         pool_size: 4,
     };
     let s = Storage::open(&backend).await.expect("open");
@@ -2197,20 +2197,18 @@ async fn postgres_backend() {
             .expect("creds"),
         Some(creds(9))
     );
-    drop_postgres_db(&url).await.expect("drop");
 }
 
 /// Two pools on one database, opened (and migrated) at the same time, writing concurrently:
 /// a server and the CLI, or two servers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_two_handles_share_one_database() {
-    let url = fresh_postgres_db("shared").await.expect("test database");
+    let db = TestDatabase::create("shared").await.expect("test database");
     two_handles(Backend::Postgres {
-        url: url.clone(),
+        url: db.url().to_owned(),
         pool_size: 4,
     })
     .await;
-    drop_postgres_db(&url).await.expect("drop");
 }
 
 async fn two_handles(backend: Backend) {

@@ -62,7 +62,7 @@ pub async fn fresh_postgres_db(prefix: &str) -> Result<String> {
         .collect();
     let mut suffix = [0u8; 8];
     rand::fill(&mut suffix);
-    name.push_str("_");
+    name.push('_');
     for b in suffix {
         name.push_str(&format!("{b:02x}"));
     }

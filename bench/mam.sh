@@ -14,6 +14,9 @@
 #                 million); default: a fresh /tmp/canto-mam.* removed at the end (KEEP=1
 #                 keeps it)
 #   --out FILE    also append the raw output lines to FILE
+#   --postgres URL  store in this PostgreSQL database instead of SQLite (`storage.backend =
+#                 "postgresql"`; the database must exist and is filled like the SQLite file;
+#                 with --data, reused when the mark file says it was filled)
 #
 # Environment: CANTO_BIN and BENCH_BIN (prebuilt binaries; otherwise `cargo build --release
 # -p canto -p canto-bench` here, into CARGO_TARGET_DIR if set), KEEP=1.
@@ -26,8 +29,10 @@ QUERIES=200
 RUNS=3
 DATA=""
 OUT=""
+POSTGRES=""
 while [ $# -gt 0 ]; do
     case "$1" in
+        --postgres) POSTGRES="$2"; shift 2 ;;
         --count) COUNT="$2"; shift 2 ;;
         --queries) QUERIES="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
@@ -85,16 +90,20 @@ rate = "unlimited"
 [log]
 level = "warn"
 EOF
+if [ -n "$POSTGRES" ]; then
+    printf '\n[storage]\nbackend = "postgresql"\nurl = "%s"\n' "$POSTGRES" >>"$DIR/canto.toml"
+fi
 "$CANTO_BIN" --config "$DIR/canto.toml" check >&2 || exit 1
 
-MARK="$DIR/filled-$COUNT"
+MARK="$DIR/filled-$COUNT${POSTGRES:+-postgresql}"
 if [ -f "$MARK" ]; then
     log "reusing the archive of $COUNT messages in $DIR/data"
 else
     rm -rf "$DIR/data" "$DIR"/filled-*
     "$CANTO_BIN" --config "$DIR/canto.toml" user add "$USER_JID" --password "$PASSWORD" >&2 || exit 1
     log "filling the archive of $USER_JID with $COUNT messages"
-    "$BENCH_BIN" mam-fill --data-dir "$DIR/data" --user "$USER_JID" --count "$COUNT" \
+    if [ -n "$POSTGRES" ]; then FILL_TARGET=(--postgres "$POSTGRES"); else FILL_TARGET=(--data-dir "$DIR/data"); fi
+    "$BENCH_BIN" mam-fill "${FILL_TARGET[@]}" --user "$USER_JID" --count "$COUNT" \
         | tee -a "$DIR/results.txt" || exit 1
     touch "$MARK"
 fi

@@ -166,13 +166,18 @@ enum Workload {
         #[arg(long, requires = "peer_addr")]
         peer_domain: Option<String>,
     },
-    /// Fills one account's archive in Canto's SQLite file with N messages (through
-    /// canto_storage, as the server's `mam` module stores them), for the `mam` workload. Run
-    /// it while the server is stopped (it works while it runs too, but competes for the lock).
+    /// Fills one account's archive in Canto's SQLite file (or PostgreSQL database) with N
+    /// messages (through canto_storage, as the server's `mam` module stores them), for the
+    /// `mam` workload. Run it while the server is stopped (it works while it runs too, but
+    /// competes for the lock).
     MamFill {
         /// Canto's data directory: the file is DIR/canto.sqlite (the default `storage.path`).
-        #[arg(long, required_unless_present = "db")]
+        #[arg(long, required_unless_present_any = ["db", "postgres"])]
         data_dir: Option<std::path::PathBuf>,
+        /// Fill a PostgreSQL database instead (`storage.url` of a `backend = "postgresql"`
+        /// configuration).
+        #[arg(long, conflicts_with_all = ["db", "data_dir"])]
+        postgres: Option<String>,
         /// The SQLite file itself (overrides --data-dir).
         #[arg(long)]
         db: Option<std::path::PathBuf>,
@@ -496,6 +501,7 @@ async fn run(cli: Cli) -> Result<()> {
         Workload::MamFill {
             ref data_dir,
             ref db,
+            ref postgres,
             ref user,
             count,
             contacts,
@@ -503,13 +509,15 @@ async fn run(cli: Cli) -> Result<()> {
             start_ms,
             batch,
         } => {
-            let db = match (db, data_dir) {
-                (Some(f), _) => f.clone(),
-                (None, Some(d)) => d.join("canto.sqlite"),
-                (None, None) => bail!("mam-fill needs --data-dir or --db"),
+            let db = match (db, data_dir, postgres) {
+                (Some(f), _, _) => f.clone(),
+                (None, Some(d), _) => d.join("canto.sqlite"),
+                (None, None, Some(_)) => std::path::PathBuf::new(),
+                (None, None, None) => bail!("mam-fill needs --data-dir, --db or --postgres"),
             };
             mam::fill(mam::FillOpts {
                 db,
+                postgres: postgres.clone(),
                 user: user.clone(),
                 count,
                 contacts,

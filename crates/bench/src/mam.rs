@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use canto_storage::{ArchiveStore, NewArchiveItem, SqliteBackend};
+use canto_storage::{ArchiveStore, NewArchiveItem, PostgresBackend, SqliteBackend};
 use canto_xml::Element;
 
 use crate::client::{Client, Target};
@@ -46,6 +46,8 @@ pub fn split_jid(jid: &str) -> Result<(String, String)> {
 pub struct FillOpts {
     /// The SQLite file.
     pub db: PathBuf,
+    /// A PostgreSQL URL to fill instead of `db`.
+    pub postgres: Option<String>,
     /// Owner of the archive.
     pub user: String,
     /// Messages to append.
@@ -90,9 +92,22 @@ pub async fn fill(o: FillOpts) -> Result<()> {
         bail!("--batch must be at least 1");
     }
     // The backend the server opens (migrations included), kept to close it at the end.
-    let backend = SqliteBackend::open(&o.db)
-        .await
-        .with_context(|| format!("opening {}", o.db.display()))?;
+    let (backend, sqlite): (Arc<dyn ArchiveStore>, Option<SqliteBackend>) = match &o.postgres {
+        Some(url) => (
+            Arc::new(
+                PostgresBackend::open(url, 2)
+                    .await
+                    .context("opening the PostgreSQL database")?,
+            ),
+            None,
+        ),
+        None => {
+            let b = SqliteBackend::open(&o.db)
+                .await
+                .with_context(|| format!("opening {}", o.db.display()))?;
+            (Arc::new(b.clone()), Some(b))
+        }
+    };
     let step = o.step_ms.max(1);
     let count_i64 = i64::try_from(o.count).context("count")?;
     let start_ms = o
@@ -126,7 +141,9 @@ pub async fn fill(o: FillOpts) -> Result<()> {
     }
     let secs = t0.elapsed().as_secs_f64();
     // Closing checkpoints the WAL into the file.
-    backend.close().await;
+    if let Some(b) = &sqlite {
+        b.close().await;
+    }
     let size = ["", "-wal"]
         .iter()
         .filter_map(|s| {

@@ -41,6 +41,33 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Storage administration: moving data between backends.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+/// `canto storage …`
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Copy every store (accounts, key-value, maps, archives, pubsub) from the storage of one
+    /// configuration to that of another: SQLite to PostgreSQL or back. Stop the server first.
+    /// An interrupted copy continues where it stopped when run again.
+    Copy {
+        /// The configuration whose storage is read.
+        #[arg(long)]
+        from: PathBuf,
+        /// The configuration whose storage is written (an empty database, or one an earlier
+        /// run of this copy left behind).
+        #[arg(long)]
+        to: PathBuf,
+        /// Copy nothing: compare the two row by row, report differences, and exit non-zero
+        /// if there are any.
+        #[arg(long)]
+        verify: bool,
+        /// Rows per batch (one transaction in the destination).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
 }
 
 /// `canto user …`
@@ -237,6 +264,22 @@ fn run(cli: Cli) -> Result<()> {
                 log,
                 crate::startup::Trace::default(),
             ))
+        }
+        Command::Storage(StorageCommand::Copy {
+            from,
+            to,
+            verify,
+            batch,
+        }) => {
+            let from = load_config(Some(&from))?;
+            let to = load_config(Some(&to))?;
+            let rt = runtime()?;
+            let mut out = std::io::stdout();
+            if verify {
+                rt.block_on(crate::storage_cmd::verify(&from, &to, batch, &mut out))
+            } else {
+                rt.block_on(crate::storage_cmd::copy(&from, &to, batch, &mut out))
+            }
         }
         Command::User(u) => {
             let config = load_config(cli.config.as_ref())?;

@@ -5,4 +5,5 @@ pub mod checkdns;
 pub mod cli;
 pub mod logging;
 pub mod startup;
+pub mod storage_cmd;
 pub mod users;

@@ -65,6 +65,10 @@ impl Trace {
 pub fn backend(config: &Config) -> Backend {
     match config.storage.backend.as_str() {
         "memory" => Backend::Memory,
+        "postgresql" => Backend::Postgres {
+            url: config.storage.url.clone(),
+            pool_size: config.storage.pool_size,
+        },
         _ => Backend::Sqlite {
             path: config.sqlite_path(),
         },

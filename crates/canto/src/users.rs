@@ -1,5 +1,5 @@
 //! `canto user …`: account administration, safe while the server runs (SQLite's busy timeout
-//! makes the CLI and the server wait for each other).
+//! makes the CLI and the server wait for each other; PostgreSQL serves both at once).
 
 use std::io::BufRead;
 
@@ -31,7 +31,7 @@ pub fn parse_account(config: &Config, jid: &str) -> Result<(String, String)> {
 pub async fn open(config: &Config) -> Result<Storage> {
     if config.storage.backend == "memory" {
         bail!(
-            "the memory backend keeps nothing between runs; user commands need storage.backend = \"sqlite\""
+            "the memory backend keeps nothing between runs; user commands need storage.backend = \"sqlite\" or \"postgresql\""
         );
     }
     Storage::open(&crate::startup::backend(config))

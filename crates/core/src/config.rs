@@ -548,10 +548,15 @@ pub struct C2sConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// `"sqlite"` or `"memory"`.
+    /// `"sqlite"`, `"postgresql"` or `"memory"`.
     pub backend: String,
     /// SQLite file; relative paths are under `data_dir`.
     pub path: PathBuf,
+    /// PostgreSQL: `postgres://user[:password]@host[:port]/database` (required with
+    /// `backend = "postgresql"`; the database must exist, Canto creates its tables).
+    pub url: String,
+    /// PostgreSQL: connections in the pool at most.
+    pub pool_size: u32,
 }
 
 /// `[log]`
@@ -865,6 +870,9 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: "sqlite".into(),
             path: PathBuf::from("canto.sqlite"),
+            url: String::new(),
+            // Enough for a busy server; PostgreSQL's default max_connections is 100.
+            pool_size: 16,
         }
     }
 }
@@ -1009,9 +1017,30 @@ impl Config {
         }
         match self.storage.backend.as_str() {
             "sqlite" | "memory" => {}
+            "postgresql" => {
+                if self.storage.url.is_empty() {
+                    return Err(ConfigError::Invalid(
+                        "`storage.backend` = \"postgresql\" needs `storage.url` \
+                         (postgres://user@host/database)"
+                            .into(),
+                    ));
+                }
+                if !self.storage.url.starts_with("postgres://")
+                    && !self.storage.url.starts_with("postgresql://")
+                {
+                    return Err(ConfigError::Invalid(
+                        "`storage.url` must start with postgres:// or postgresql://".into(),
+                    ));
+                }
+                if self.storage.pool_size == 0 {
+                    return Err(ConfigError::Invalid(
+                        "`storage.pool_size` must be at least 1".into(),
+                    ));
+                }
+            }
             other => {
                 return Err(ConfigError::Invalid(format!(
-                    "`storage.backend` = {other:?}: expected \"sqlite\" or \"memory\""
+                    "`storage.backend` = {other:?}: expected \"sqlite\", \"postgresql\" or \"memory\""
                 )));
             }
         }
@@ -1502,11 +1531,19 @@ pub const DOCS: &[(&str, &str)] = &[
     ("storage", "Where accounts and user data are kept."),
     (
         "storage.backend",
-        "\"sqlite\" (default, a file under data_dir) or \"memory\" (tests).",
+        "\"sqlite\" (default, a file under data_dir), \"postgresql\" (a PostgreSQL database:\nstorage.url) or \"memory\" (tests). `canto storage copy` moves data between the\nfirst two (docs/storage.md).",
     ),
     (
         "storage.path",
         "SQLite file, relative to data_dir unless absolute.",
+    ),
+    (
+        "storage.url",
+        "PostgreSQL: postgres://user[:password]@host[:port]/database (the database must\nexist; its tables are created at startup).",
+    ),
+    (
+        "storage.pool_size",
+        "PostgreSQL: connections in the pool at most.",
     ),
     ("log", "Logging (to standard error)."),
     (
@@ -1873,11 +1910,36 @@ mod tests {
     }
 
     #[test]
+    fn postgresql_storage_parses() {
+        let c = Config::parse(
+            "[storage]\nbackend = \"postgresql\"\nurl = \"postgres://canto@db.example/canto\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.storage.url, "postgres://canto@db.example/canto");
+        assert_eq!(c.storage.pool_size, 16, "the default");
+        let c = Config::parse(
+            "[storage]\nbackend = \"postgresql\"\nurl = \"postgresql://h/d\"\npool_size = 4\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.storage.pool_size, 4);
+    }
+
+    #[test]
     fn bad_values_are_explained() {
         for (text, needle) in [
             ("hosts = []", "hosts"),
             ("hosts = [\"a b\"]", "not a valid domain"),
             ("[storage]\nbackend = \"mysql\"", "storage.backend"),
+            ("[storage]\nbackend = \"mysql\"", "\"postgresql\""),
+            ("[storage]\nbackend = \"postgresql\"", "needs `storage.url`"),
+            (
+                "[storage]\nbackend = \"postgresql\"\nurl = \"mysql://h/db\"",
+                "postgres://",
+            ),
+            (
+                "[storage]\nbackend = \"postgresql\"\nurl = \"postgres://h/db\"\npool_size = 0",
+                "pool_size",
+            ),
             ("[c2s]\nlisten = [\"nowhere\"]", "IP:PORT"),
             ("[c2s]\nmax_stanza_size = 5", "max_stanza_size"),
             (

@@ -9,9 +9,11 @@
 //! * [`PubsubStore`]: publish-subscribe nodes with their configurations, affiliations,
 //!   subscriptions and items, per service (PEP per account, hosted services per domain).
 //!
-//! Two backends implement all of them: [`Backend::Memory`] (tests, ephemeral servers) and
-//! [`Backend::Sqlite`] (WAL, `synchronous=FULL`, shared safely between the server and the CLI).
-//! [`Storage`] bundles the five stores of one backend.
+//! Three backends implement all of them: [`Backend::Memory`] (tests, ephemeral servers),
+//! [`Backend::Sqlite`] (WAL, `synchronous=FULL`, shared safely between the server and the CLI)
+//! and [`Backend::Postgres`] (the same schema on a PostgreSQL server, for several servers or a
+//! managed database). [`Storage`] bundles the five stores of one backend; [`dump`] reads and
+//! writes the raw rows of either SQL backend, for `canto storage copy`.
 //!
 //! Hosts and usernames are stored exactly as given: callers normalize them (nodeprep /
 //! PRECIS) before calling in.
@@ -21,13 +23,19 @@ use std::sync::Arc;
 
 pub use canto_proto::sasl::{Credentials, HashAlgo, ScramKeys};
 
+pub mod copy;
+pub mod dump;
 pub mod faults;
 mod memory;
 pub mod metrics;
+mod postgres;
+mod postgres_pubsub;
 mod sqlite;
 mod sqlite_pubsub;
+pub mod testing;
 
 pub use memory::MemoryBackend;
+pub use postgres::{DEFAULT_POOL_SIZE, PostgresBackend};
 pub use sqlite::SqliteBackend;
 
 /// Everything that can go wrong in a storage operation.
@@ -418,6 +426,14 @@ pub enum Backend {
         /// The database file; it and its parent directory are created if missing.
         path: PathBuf,
     },
+    /// A PostgreSQL database.
+    Postgres {
+        /// `postgres://user[:password]@host[:port]/database`; the database must exist, its
+        /// tables are created.
+        url: String,
+        /// Connections in the pool at most.
+        pool_size: u32,
+    },
 }
 
 /// All stores of one backend, cheap to clone.
@@ -442,12 +458,16 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// Opens the backend, creating the SQLite file (and parent dir) and running migrations.
+    /// Opens the backend, creating the SQLite file (and parent dir) or connecting to the
+    /// PostgreSQL server, and running migrations.
     pub async fn open(backend: &Backend) -> Result<Storage> {
         match backend {
             Backend::Memory => Ok(Storage::memory()),
             Backend::Sqlite { path } => Ok(Storage::from_backend(Arc::new(
                 SqliteBackend::open(path).await?,
+            ))),
+            Backend::Postgres { url, pool_size } => Ok(Storage::from_backend(Arc::new(
+                PostgresBackend::open(url, *pool_size).await?,
             ))),
         }
     }

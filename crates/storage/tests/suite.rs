@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
+use canto_storage::testing::TestDatabase;
 use canto_storage::{
     ArchiveItem, ArchiveQuery, Backend, Credentials, HashAlgo, ItemQuery, NewArchiveItem,
     PubsubItem, PubsubSubscription, ScramKeys, SqliteBackend, Storage, StorageError,
@@ -2169,8 +2170,49 @@ async fn sqlite_persists_after_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_two_handles_share_one_file() {
     let db = TempDb::new("shared");
-    // Both open (and migrate) a fresh file at the same time, like a server and the CLI.
-    let backend = db.backend();
+    two_handles(db.backend()).await;
+}
+
+/// The whole suite on a fresh PostgreSQL database (`CANTO_TEST_POSTGRES_URL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend() {
+    let db = TestDatabase::create("suite").await.expect("test database");
+    let backend = Backend::Postgres {
+        url: db.url().to_owned(),
+        pool_size: 4,
+    };
+    let s = Storage::open(&backend).await.expect("open");
+    run_suite(s.clone(), "postgresql").await;
+    s.accounts
+        .create("reopen.example", "kept", &creds(9))
+        .await
+        .expect("create");
+    // Reopening runs the migrations again: nothing to do, nothing lost.
+    let again = Storage::open(&backend).await.expect("reopen");
+    assert_eq!(
+        again
+            .accounts
+            .credentials("reopen.example", "kept")
+            .await
+            .expect("creds"),
+        Some(creds(9))
+    );
+}
+
+/// Two pools on one database, opened (and migrated) at the same time, writing concurrently:
+/// a server and the CLI, or two servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_two_handles_share_one_database() {
+    let db = TestDatabase::create("shared").await.expect("test database");
+    two_handles(Backend::Postgres {
+        url: db.url().to_owned(),
+        pool_size: 4,
+    })
+    .await;
+}
+
+async fn two_handles(backend: Backend) {
+    // Both open (and migrate) a fresh database at the same time, like a server and the CLI.
     let (server, cli) = tokio::join!(Storage::open(&backend), Storage::open(&backend));
     let (server, cli) = (server.expect("server open"), cli.expect("cli open"));
 

@@ -654,3 +654,147 @@ async fn sigterm_during_an_outgoing_connection_attempt_stops_fast() {
     );
     assert_eq!(bob.closed().await, Closed::Error("system-shutdown".into()));
 }
+
+/// `config` with its `[storage]` section replaced by PostgreSQL at `url`.
+fn postgres_config(dir: &ScratchDir, name: &str, sqlite_config: &Path, url: &str) -> PathBuf {
+    let body = std::fs::read_to_string(sqlite_config).unwrap_or_else(|e| panic!("{e}"));
+    let body = body.replace(
+        "[storage]\nbackend = \"sqlite\"\n",
+        &format!("[storage]\nbackend = \"postgresql\"\nurl = \"{url}\"\npool_size = 4\n"),
+    );
+    assert!(body.contains("postgresql"), "{body}");
+    let path = dir.path(name);
+    std::fs::write(&path, body).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// `canto storage copy` moves accounts from SQLite to PostgreSQL, where `canto user` finds
+/// them; `--verify` agrees, then reports a difference with a non-zero exit; a rerun copies
+/// nothing twice; and the copy back to a fresh SQLite file matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_storage_copy_and_verify() {
+    let db = canto_storage::testing::TestDatabase::create("cli_copy")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = ScratchDir::new("cli-storage-copy");
+    let sqlite = write_config(&dir, &[], "warn");
+    let pg = postgres_config(&dir, "pg.toml", &sqlite, db.url());
+    for user in ["alice", "bob"] {
+        ok(
+            canto(
+                Some(&sqlite),
+                &[
+                    "user",
+                    "add",
+                    &format!("{user}@localhost"),
+                    "--password",
+                    "pw",
+                ],
+                None,
+            ),
+            "add",
+        );
+    }
+    let (from, to) = (sqlite.to_string_lossy(), pg.to_string_lossy());
+    let out = ok(
+        canto(
+            None,
+            &["storage", "copy", "--from", &from, "--to", &to],
+            None,
+        ),
+        "copy",
+    );
+    assert!(out.contains("accounts"), "{out}");
+    assert!(out.contains("rows per store: accounts 2,"), "{out}");
+    assert_eq!(
+        listed(&pg, "localhost"),
+        ["alice@localhost", "bob@localhost"]
+    );
+    let out = ok(
+        canto(
+            None,
+            &["storage", "copy", "--from", &from, "--to", &to, "--verify"],
+            None,
+        ),
+        "verify",
+    );
+    assert!(out.contains("the databases hold the same rows"), "{out}");
+    // Running it again copies nothing twice.
+    let out = ok(
+        canto(
+            None,
+            &["storage", "copy", "--from", &from, "--to", &to],
+            None,
+        ),
+        "copy again",
+    );
+    assert!(out.contains("(2 were there from an earlier run)"), "{out}");
+    // A change on one side is reported.
+    ok(
+        canto(
+            Some(&pg),
+            &["user", "add", "carol@localhost", "--password", "pw"],
+            None,
+        ),
+        "add on PostgreSQL",
+    );
+    let out = canto(
+        None,
+        &["storage", "copy", "--from", &from, "--to", &to, "--verify"],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    let err = fails(out, "verify after a change");
+    assert!(err.contains("differ in accounts"), "{err}");
+    assert!(stdout.contains("1 only in the destination"), "{stdout}");
+    assert!(stdout.contains("\"carol\""), "{stdout}");
+    // And back to a fresh SQLite file.
+    let back_dir = ScratchDir::new("cli-storage-copy-back");
+    let back = write_config(&back_dir, &[], "warn");
+    let out = ok(
+        canto(
+            None,
+            &[
+                "storage",
+                "copy",
+                "--from",
+                &to,
+                "--to",
+                &back.to_string_lossy(),
+            ],
+            None,
+        ),
+        "copy back",
+    );
+    assert!(out.contains("accounts 3,"), "{out}");
+    assert_eq!(
+        listed(&back, "localhost"),
+        ["alice@localhost", "bob@localhost", "carol@localhost"]
+    );
+    // The same database on both sides is refused.
+    let err = fails(
+        canto(None, &["storage", "copy", "--from", &to, "--to", &to], None),
+        "same database",
+    );
+    assert!(err.contains("same database"), "{err}");
+}
+
+/// A PostgreSQL server that cannot be reached: the server does not start, and says which
+/// database it could not reach (no PostgreSQL needed: nothing listens on port 9).
+#[test]
+fn serve_with_unreachable_postgres_names_it() {
+    let dir = ScratchDir::new("cli-pg-down");
+    let sqlite = write_config(&dir, &[], "warn");
+    let pg = postgres_config(
+        &dir,
+        "pg.toml",
+        &sqlite,
+        "postgres://canto:secret@127.0.0.1:9/canto",
+    );
+    let err = fails(canto(Some(&pg), &["serve"], None), "serve");
+    assert!(
+        err.contains("cannot connect to PostgreSQL at canto@127.0.0.1:9/canto"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+}

@@ -2,7 +2,7 @@
 //! (issue 3; ARCHITECTURE.md, "Storage durability": committed before acknowledged). The real
 //! binary runs with SQLite; the sender learns that its messages were committed from the answer
 //! to a ping sent after them, because a session's stanzas are handled in order and an offline
-//! message is committed before the next stanza is read.
+//! message is committed before the next stanza is read. Run again with PostgreSQL storage.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -64,13 +64,31 @@ async fn login(addr: SocketAddr, ca: PathBuf, user: &str, pw: &str, res: &str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_messages_acknowledged_before_sigkill_are_delivered_after_restart() {
+    acknowledged_survive_sigkill("").await;
+}
+
+/// The same with PostgreSQL storage: commit before acknowledgement holds there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_offline_messages_acknowledged_before_sigkill_are_delivered_after_restart() {
+    let db = canto_storage::testing::TestDatabase::create("durable")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    acknowledged_survive_sigkill(&format!(
+        "[storage]\nbackend = \"postgresql\"\nurl = \"{}\"\n",
+        db.url()
+    ))
+    .await;
+}
+
+/// `storage`: the configuration's `[storage]` section (empty: the default SQLite file).
+async fn acknowledged_survive_sigkill(storage: &str) {
     let dir = ScratchDir::new("durable");
     let addr = free_addr();
     let config = dir.0.join("canto.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n[c2s]\nlisten = [\"{addr}\"]\ndirect_tls_listen = []\n[http]\nlisten = []\nhttps_listen = []\n[s2s]\nlisten = []\n[log]\nlevel = \"warn\"\n",
+            "data_dir = \"{}\"\n[c2s]\nlisten = [\"{addr}\"]\ndirect_tls_listen = []\n[http]\nlisten = []\nhttps_listen = []\n[s2s]\nlisten = []\n[log]\nlevel = \"warn\"\n{storage}",
             dir.0.join("data").display()
         ),
     )

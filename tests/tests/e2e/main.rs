@@ -12,7 +12,7 @@ mod bosh;
 mod carbons;
 mod cli;
 mod cluster;
-// mod cluster_procs;
+mod cluster_procs;
 mod component;
 mod csi;
 mod disco;

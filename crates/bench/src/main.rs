@@ -157,14 +157,22 @@ enum Workload {
         /// XEP-0352: every session announces this client state after its presence.
         #[arg(long, value_enum)]
         csi: Option<msg::Csi>,
-        /// Federation: the partner of each pair logs in on this other server (its accounts
-        /// are PREFIX<FIRST>… there too), so every message crosses server-to-server; the
-        /// first message each way, which sets up the connection, is timed on its own.
+        /// Federation or cluster: the partner of each pair logs in on this other server (its
+        /// accounts are PREFIX<FIRST>… there too, or the next ones on another node of the same
+        /// domain), so every message crosses server-to-server or node-to-node; the first
+        /// message each way, which sets up the connection, is timed on its own.
         #[arg(long, requires = "peer_domain")]
         peer_addr: Option<SocketAddr>,
-        /// The other server's XMPP domain (with --peer-addr).
+        /// The other server's XMPP domain (with --peer-addr). When it is --domain (another
+        /// node of a cluster), the partners use the next PAIRS accounts
+        /// (PREFIX<FIRST+PAIRS>…), so that no account is logged in on both.
         #[arg(long, requires = "peer_addr")]
         peer_domain: Option<String>,
+        /// Also report the CPU of this process over the measured interval, as
+        /// NAME_cpu_cores and NAME_cpu_us_per_msg (repeatable; e.g. `b=1234` for another
+        /// cluster node, `nats=1235`).
+        #[arg(long, value_name = "NAME=PID", value_parser = parse_watch)]
+        watch_pid: Vec<(String, u32)>,
     },
     /// Fills one account's archive in Canto's SQLite file (or PostgreSQL database) with N
     /// messages (through canto_storage, as the server's `mam` module stores them), for the
@@ -360,6 +368,16 @@ pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1e3)
 }
 
+/// `NAME=PID` for `msg --watch-pid`.
+fn parse_watch(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
+    let pid = pid.parse().map_err(|e| format!("PID {pid:?}: {e}"))?;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!("NAME {name:?}: letters, digits and _ only"));
+    }
+    Ok((name.to_owned(), pid))
+}
+
 /// Logs in the accounts with indexes `from..to` (account number `FIRST + index`, or
 /// `FIRST + index % wrap` when `wrap` > 0) with `concurrency` at a time, each with its own
 /// resource; returns the clients (in completion order) and each login's latency, sorted.
@@ -469,6 +487,7 @@ async fn run(cli: Cli) -> Result<()> {
             csi,
             peer_addr,
             ref peer_domain,
+            ref watch_pid,
         } => {
             let pace = match (flood, rate) {
                 (true, _) => msg::Pace::Flood { window },
@@ -494,6 +513,7 @@ async fn run(cli: Cli) -> Result<()> {
                         })),
                         _ => None,
                     },
+                    watch: watch_pid.clone(),
                 },
             )
             .await?

@@ -59,8 +59,10 @@ pub struct MsgOpts {
     pub sm: Option<usize>,
     /// XEP-0352: the client state every session announces.
     pub csi: Option<Csi>,
-    /// Federation: partners log in on this other server.
+    /// Federation or another cluster node: partners log in on this other server.
     pub peer: Option<Arc<crate::client::Target>>,
+    /// Other processes whose CPU over the measured interval is reported (name, PID).
+    pub watch: Vec<(String, u32)>,
 }
 
 /// XEP-0352 client states.
@@ -495,9 +497,21 @@ pub async fn run(cli: &Cli, t: &Arc<crate::client::Target>, o: MsgOpts) -> Resul
     let mut clients = match &o.peer {
         None => login_range(cli, t, 0, n, o.concurrency, 0).await?.0,
         Some(peer) => {
-            // Partners (i ^ 1) on different servers: every message crosses federation.
+            // Partners (i ^ 1) on different servers: every message crosses federation, or
+            // goes from one cluster node to another. Another node of the same domain shares
+            // the accounts: its partners are the next `pairs` ones, so that no full JID is
+            // bound on both nodes (a resource conflict) and no account is on both.
+            let there_from = if peer.domain == t.domain { o.pairs } else { 0 };
             let (here, _) = login_range(cli, t, 0, o.pairs, o.concurrency, 0).await?;
-            let (there, _) = login_range(cli, peer, 0, o.pairs, o.concurrency, 0).await?;
+            let (there, _) = login_range(
+                cli,
+                peer,
+                there_from,
+                there_from + o.pairs,
+                o.concurrency,
+                0,
+            )
+            .await?;
             here.into_iter()
                 .zip(there)
                 .flat_map(|(a, b)| [a, b])
@@ -523,16 +537,24 @@ pub async fn run(cli: &Cli, t: &Arc<crate::client::Target>, o: MsgOpts) -> Resul
     }
     // Let the presence echoes arrive before the clock starts.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    if o.peer.is_some() && clients.len() >= 2 {
+    if let Some(peer) = &o.peer
+        && clients.len() >= 2
+    {
         // The first message each way sets up the server-to-server connection (DNS, TCP, TLS,
-        // authentication: SASL EXTERNAL or dialback); a second one is warm.
+        // authentication: SASL EXTERNAL or dialback); a second one is warm. Between cluster
+        // nodes (same domain) there is nothing to set up: the same three figures, labelled so.
+        let kind = if peer.domain == t.domain {
+            "cross-node"
+        } else {
+            "s2s"
+        };
         for (label, from, to) in [
             ("first message, connection set up on the way", 0, 1),
             ("first message back", 1, 0),
             ("second message (warm)", 0, 1),
         ] {
             let took = one_message(&mut clients, from, to).await?;
-            println!("s2s {label}: {:.1} ms", took.as_secs_f64() * 1000.0);
+            println!("{kind} {label}: {:.1} ms", took.as_secs_f64() * 1000.0);
         }
     }
     let jids: Vec<String> = clients.iter().map(|c| c.jid.clone()).collect();
@@ -609,10 +631,20 @@ pub async fn run(cli: &Cli, t: &Arc<crate::client::Target>, o: MsgOpts) -> Resul
     let me = std::process::id();
     tokio::time::sleep_until(t_start + warmup).await;
     let srv0 = pid.map(ProcStats::read).transpose()?;
+    let watch0 = o
+        .watch
+        .iter()
+        .map(|(_, p)| ProcStats::read(*p))
+        .collect::<Result<Vec<_>>>()?;
     let own0 = ProcStats::read(me).ok();
     let got0 = received.load(Ordering::Relaxed);
     tokio::time::sleep_until(end).await;
     let srv1 = pid.map(ProcStats::read).transpose()?;
+    let watch1 = o
+        .watch
+        .iter()
+        .map(|(_, p)| ProcStats::read(*p))
+        .collect::<Result<Vec<_>>>()?;
     let own1 = ProcStats::read(me).ok();
     let got1 = received.load(Ordering::Relaxed);
 
@@ -657,6 +689,18 @@ pub async fn run(cli: &Cli, t: &Arc<crate::client::Target>, o: MsgOpts) -> Resul
         ),
         _ => "server_cpu_us_per_msg=n/a server_cpu_cores=n/a".into(),
     };
+    let watched: String = o
+        .watch
+        .iter()
+        .zip(watch0.iter().zip(&watch1))
+        .map(|((name, _), (a, b))| {
+            format!(
+                " {name}_cpu_us_per_msg={:.2} {name}_cpu_cores={:.2}",
+                (b.cpu_secs - a.cpu_secs) * 1e6 / in_window.max(1) as f64,
+                (b.cpu_secs - a.cpu_secs) / secs
+            )
+        })
+        .collect();
     let tool = match (own0, own1) {
         (Some(a), Some(b)) => format!(
             "tool_cpu_cores={:.2} tool_cpu_us_per_msg={:.2}",
@@ -685,7 +729,7 @@ pub async fn run(cli: &Cli, t: &Arc<crate::client::Target>, o: MsgOpts) -> Resul
         }
     );
     println!(
-        "msg: mode={mode} {features} pairs={} senders={n} duration_s={secs:.1} delivered_per_s={rate:.0} p50_us={:.1} p99_us={:.1} max_us={:.1} {srv} {tool} sent={sent} received={got} lost={} errors={errors}",
+        "msg: mode={mode} {features} pairs={} senders={n} duration_s={secs:.1} delivered_per_s={rate:.0} p50_us={:.1} p99_us={:.1} max_us={:.1} {srv}{watched} {tool} sent={sent} received={got} lost={} errors={errors}",
         o.pairs,
         percentile_u64(&lat, 0.5) as f64 / 1e3,
         percentile_u64(&lat, 0.99) as f64 / 1e3,

@@ -793,6 +793,14 @@ impl Inner {
                         }
                     }
                 }
+                // XEP-0191 §3.3 fails closed: a stanza to a user whose blocklist cannot be
+                // read is refused. Read it now, while storage answers, so that an outage
+                // later does not cut this session off from this node's users.
+                let server = self.server.clone();
+                let bare = h.jid().to_bare();
+                tokio::spawn(async move {
+                    let _ = server.try_blocklist(&bare).await;
+                });
                 tokio::spawn(forward(
                     self.client.clone(),
                     self.server.clone(),

@@ -19,6 +19,8 @@
 //!   connections (each is tested before use) and reconnects by itself once the server is back.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -36,7 +38,7 @@ pub const DEFAULT_POOL_SIZE: u32 = 16;
 
 /// How long a call waits for a pooled connection (including reconnecting to a server that is
 /// down) before it fails.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How long the first connection at startup may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -214,6 +216,18 @@ const MIGRATIONS: &[&[&str]] = &[&[
 /// decoding failures [`StorageError::Corrupt`], everything else (including an unreachable
 /// server and a pool timeout) [`StorageError::Database`].
 pub(crate) fn db_err(e: sqlx::Error) -> StorageError {
+    if matches!(
+        e,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+    ) {
+        // The server is unreachable: calls fail at once for a while (see
+        // `PostgresBackend::pool`). One process has one storage (the copy tool two, which
+        // stops at the first error anyway), so one mark for the process will do.
+        UNREACHABLE_UNTIL.store(
+            clock_ms().saturating_add(retry_after_ms()),
+            Ordering::Relaxed,
+        );
+    }
     match &e {
         sqlx::Error::Database(d) if d.code().as_deref() == Some(DISK_FULL) => {
             StorageError::Full(d.message().to_owned())
@@ -270,6 +284,31 @@ fn describe(options: &PgConnectOptions) -> String {
 #[derive(Clone, Debug)]
 pub struct PostgresBackend {
     pub(crate) pool: PgPool,
+    /// While the server is unreachable: until when (ms on [`clock_ms`]) calls fail at once
+    /// instead of each waiting for a connection (0: not tripped).
+    down_until: Arc<AtomicU64>,
+}
+
+/// How long a call waits for a first connection when the pool has none (the server may be
+/// down); then calls fail at once for [`RETRY_AFTER`], and the next one tries again.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long calls fail at once after a failed probe.
+const RETRY_AFTER: Duration = Duration::from_millis(1000);
+
+/// Set by [`db_err`] when a call found the server unreachable: until then (ms on
+/// [`clock_ms`]) calls fail at once.
+static UNREACHABLE_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn retry_after_ms() -> u64 {
+    u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(1000)
+}
+
+/// Milliseconds on a monotonic clock private to this module.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl PostgresBackend {
@@ -338,13 +377,59 @@ impl PostgresBackend {
             .map_err(|e| {
                 StorageError::Database(format!("cannot connect to PostgreSQL at {place}: {e}"))
             })?;
-        let backend = PostgresBackend { pool };
+        let backend = PostgresBackend {
+            pool,
+            down_until: Arc::new(AtomicU64::new(0)),
+        };
         if let Err(e) = backend.migrate().await {
             backend.pool.close().await;
             return Err(e);
         }
         tracing::debug!(database = %place, "opened PostgreSQL storage");
         Ok(backend)
+    }
+
+    /// The pool, for one call. While the server is unreachable calls fail at once with a
+    /// clear error rather than each waiting for a connection (so a stanza that would touch
+    /// storage is answered, or goes on without it, promptly): when the pool has no
+    /// connection, one call probes for [`PROBE_TIMEOUT`]; a failed probe makes the calls of
+    /// the next [`RETRY_AFTER`] fail at once, then the next call probes again. The pool
+    /// reconnects by itself when the server is back.
+    pub(crate) async fn pool(&self) -> Result<&PgPool> {
+        let now = clock_ms();
+        if now < self.down_until.load(Ordering::Relaxed)
+            || now < UNREACHABLE_UNTIL.load(Ordering::Relaxed)
+        {
+            return Err(StorageError::Database(
+                "PostgreSQL is unreachable (retrying)".to_owned(),
+            ));
+        }
+        if self.pool.size() > 0 && !self.pool.is_closed() {
+            return Ok(&self.pool);
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, self.pool.acquire()).await {
+            Ok(Ok(conn)) => {
+                drop(conn);
+                Ok(&self.pool)
+            }
+            Ok(Err(e)) => {
+                self.trip();
+                Err(db_err(e))
+            }
+            Err(_) => {
+                self.trip();
+                Err(StorageError::Database(format!(
+                    "PostgreSQL is unreachable: no connection within {} ms",
+                    PROBE_TIMEOUT.as_millis()
+                )))
+            }
+        }
+    }
+
+    fn trip(&self) {
+        let until =
+            clock_ms().saturating_add(u64::try_from(RETRY_AFTER.as_millis()).unwrap_or(1000));
+        self.down_until.store(until, Ordering::Relaxed);
     }
 
     /// Closes every connection of the pool; later calls fail.
@@ -355,7 +440,7 @@ impl PostgresBackend {
     /// Applies the migrations not yet recorded in `schema_version`, all in one transaction
     /// under an advisory lock, so concurrent openers serialize (DDL is transactional here).
     async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
             .execute(&mut *tx)
@@ -462,7 +547,7 @@ where
 impl AccountStore for PostgresBackend {
     async fn create(&self, host: &str, username: &str, creds: &Credentials) -> Result<()> {
         let _t = timed("account_create");
-        match insert_account(&self.pool, host, username, creds, false).await? {
+        match insert_account(self.pool().await?, host, username, creds, false).await? {
             0 => Err(StorageError::AlreadyExists),
             _ => Ok(()),
         }
@@ -492,7 +577,7 @@ impl AccountStore for PostgresBackend {
         .bind(creds.sha256.server_key.as_slice())
         .bind(host)
         .bind(username)
-        .execute(&self.pool)
+        .execute(self.pool().await?)
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected() > 0)
@@ -507,7 +592,7 @@ impl AccountStore for PostgresBackend {
         )
         .bind(host)
         .bind(username)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool().await?)
         .await
         .map_err(db_err)?;
         row.map(|row| {
@@ -525,7 +610,7 @@ impl AccountStore for PostgresBackend {
             sqlx::query_scalar("SELECT 1 FROM accounts WHERE host = $1 AND username = $2")
                 .bind(host)
                 .bind(username)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.pool().await?)
                 .await
                 .map_err(db_err)?;
         Ok(found.is_some())
@@ -533,7 +618,7 @@ impl AccountStore for PostgresBackend {
 
     async fn delete(&self, host: &str, username: &str) -> Result<bool> {
         let _t = timed("account_delete");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         let existed = sqlx::query("DELETE FROM accounts WHERE host = $1 AND username = $2")
             .bind(host)
             .bind(username)
@@ -564,14 +649,14 @@ impl AccountStore for PostgresBackend {
         let _t = timed("account_list");
         sqlx::query_scalar("SELECT username FROM accounts WHERE host = $1 ORDER BY username")
             .bind(host)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool().await?)
             .await
             .map_err(db_err)
     }
 
     async fn import(&self, accounts: &[(String, String, Credentials)]) -> Result<usize> {
         let _t = timed("account_import");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         for (host, username, creds) in accounts {
             insert_account(&mut *tx, host, username, creds, true).await?;
         }
@@ -588,7 +673,7 @@ impl KeyValueStore for PostgresBackend {
             .bind(host)
             .bind(user)
             .bind(store)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool().await?)
             .await
             .map_err(db_err)
     }
@@ -609,7 +694,7 @@ impl KeyValueStore for PostgresBackend {
                 .bind(user)
                 .bind(store),
         };
-        query.execute(&self.pool).await.map_err(db_err)?;
+        query.execute(self.pool().await?).await.map_err(db_err)?;
         Ok(())
     }
 }
@@ -626,7 +711,7 @@ impl MapStore for PostgresBackend {
         .bind(user)
         .bind(store)
         .bind(key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool().await?)
         .await
         .map_err(db_err)
     }
@@ -658,7 +743,7 @@ impl MapStore for PostgresBackend {
             .bind(store)
             .bind(key),
         };
-        query.execute(&self.pool).await.map_err(db_err)?;
+        query.execute(self.pool().await?).await.map_err(db_err)?;
         Ok(())
     }
 
@@ -671,7 +756,7 @@ impl MapStore for PostgresBackend {
         .bind(host)
         .bind(user)
         .bind(store)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool().await?)
         .await
         .map_err(db_err)
     }
@@ -682,7 +767,7 @@ impl MapStore for PostgresBackend {
             .bind(host)
             .bind(user)
             .bind(store)
-            .execute(&self.pool)
+            .execute(self.pool().await?)
             .await
             .map_err(db_err)?;
         Ok(())
@@ -887,12 +972,12 @@ impl ArchiveStore for PostgresBackend {
             .bind(with)
             .bind(stamp_ms)
             .bind(data)
-            .execute(&self.pool)
+            .execute(self.pool().await?)
             .await
             .map_err(db_err)?;
             return Ok(id);
         };
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         // The count and the insert under the owner's lock: no other append can get between.
         lock(&mut tx, &key).await?;
         let have: i64 = sqlx::query_scalar(
@@ -945,7 +1030,7 @@ impl ArchiveStore for PostgresBackend {
             .iter()
             .map(|item| NewRow { host, user, item })
             .collect();
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         lock_owners(&mut tx, store, &rows).await?;
         insert_rows(&mut tx, store, &rows, &ids).await?;
         tx.commit().await.map_err(db_err)?;
@@ -966,7 +1051,7 @@ impl ArchiveStore for PostgresBackend {
                 item: &b.item,
             })
             .collect();
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         lock_owners(&mut tx, store, &rows).await?;
         insert_rows(&mut tx, store, &rows, &ids).await?;
         tx.commit().await.map_err(db_err)?;
@@ -982,7 +1067,11 @@ impl ArchiveStore for PostgresBackend {
     ) -> Result<Vec<ArchiveItem>> {
         let _t = timed("archive_query");
         let mut b = select_items("", store, host, user, q);
-        let rows = b.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = b
+            .build()
+            .fetch_all(self.pool().await?)
+            .await
+            .map_err(db_err)?;
         rows.iter()
             .map(|row| {
                 Ok(ArchiveItem {
@@ -1013,7 +1102,7 @@ impl ArchiveStore for PostgresBackend {
             }
             let n: i64 = b
                 .build_query_scalar()
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool().await?)
                 .await
                 .map_err(db_err)?;
             return count_to_usize(n);
@@ -1021,7 +1110,7 @@ impl ArchiveStore for PostgresBackend {
         let mut b = select_count("", store, host, user, q);
         let n: i64 = b
             .build_query_scalar()
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool().await?)
             .await
             .map_err(db_err)?;
         count_to_usize(n)
@@ -1051,7 +1140,7 @@ impl ArchiveStore for PostgresBackend {
             .bind(user)
             .bind(ids),
         };
-        let done = query.execute(&self.pool).await.map_err(db_err)?;
+        let done = query.execute(self.pool().await?).await.map_err(db_err)?;
         usize::try_from(done.rows_affected())
             .map_err(|_| StorageError::Database("row count overflow".to_owned()))
     }
@@ -1061,7 +1150,7 @@ impl ArchiveStore for PostgresBackend {
         let done = sqlx::query("DELETE FROM archive WHERE store = $1 AND stamp_ms < $2")
             .bind(store)
             .bind(stamp_ms)
-            .execute(&self.pool)
+            .execute(self.pool().await?)
             .await
             .map_err(db_err)?;
         usize::try_from(done.rows_affected())
@@ -1463,9 +1552,15 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(15), "calls hung");
 
         proxy.up().await;
-        // The first call after the server is back succeeds: dead connections are tested and
-        // replaced before use.
-        assert!(b.exists("h", "before").await.expect("back up"));
+        // Calls fail at once for up to RETRY_AFTER after the last failure, then the pool
+        // reconnects by itself: dead connections are tested and replaced before use.
+        let back = std::time::Instant::now();
+        let mut exists = b.exists("h", "before").await;
+        while exists.is_err() && back.elapsed() < RETRY_AFTER * 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            exists = b.exists("h", "before").await;
+        }
+        assert!(exists.expect("back up"));
         b.create("h", "after", &creds).await.expect("create");
         assert_eq!(b.list("h").await.expect("list"), ["after", "before"]);
         proxy.down().await;

@@ -189,7 +189,7 @@ impl PubsubStore for PostgresBackend {
         let _t = timed("pubsub_nodes");
         sqlx::query_as("SELECT node, config FROM pubsub_nodes WHERE service = $1 ORDER BY node")
             .bind(service)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool().await?)
             .await
             .map_err(db_err)
     }
@@ -199,7 +199,7 @@ impl PubsubStore for PostgresBackend {
         sqlx::query_scalar("SELECT config FROM pubsub_nodes WHERE service = $1 AND node = $2")
             .bind(service)
             .bind(node)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool().await?)
             .await
             .map_err(db_err)
     }
@@ -221,10 +221,10 @@ impl PubsubStore for PostgresBackend {
         .bind(config);
         let Some(max) = max_nodes else {
             // A single statement commits on its own.
-            let done = insert.execute(&self.pool).await.map_err(db_err)?;
+            let done = insert.execute(self.pool().await?).await.map_err(db_err)?;
             return Ok(done.rows_affected() > 0);
         };
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         // The check and the insert under the service's lock.
         lock(&mut tx, &lock_key(&["pubsub-service", service])).await?;
         let exists: Option<i32> =
@@ -266,7 +266,7 @@ impl PubsubStore for PostgresBackend {
                 .bind(config)
                 .bind(service)
                 .bind(node)
-                .execute(&self.pool)
+                .execute(self.pool().await?)
                 .await
                 .map_err(db_err)?;
         Ok(done.rows_affected() > 0)
@@ -274,7 +274,7 @@ impl PubsubStore for PostgresBackend {
 
     async fn delete_node(&self, service: ServiceKey<'_>, node: &str) -> Result<bool> {
         let _t = timed("pubsub_delete_node");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         let deleted = delete_rows(&mut tx, service, Some(node)).await?;
         tx.commit().await.map_err(db_err)?;
         Ok(deleted > 0)
@@ -282,7 +282,7 @@ impl PubsubStore for PostgresBackend {
 
     async fn delete_service(&self, service: ServiceKey<'_>) -> Result<()> {
         let _t = timed("pubsub_delete_service");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         delete_rows(&mut tx, service, None).await?;
         tx.commit().await.map_err(db_err)
     }
@@ -314,7 +314,7 @@ impl PubsubStore for PostgresBackend {
             .bind(node)
             .bind(jid),
         };
-        query.execute(&self.pool).await.map_err(db_err)?;
+        query.execute(self.pool().await?).await.map_err(db_err)?;
         Ok(())
     }
 
@@ -332,7 +332,7 @@ impl PubsubStore for PostgresBackend {
         push_filters(&mut b, node, jid);
         b.push(" ORDER BY node, jid");
         b.build_query_as()
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool().await?)
             .await
             .map_err(db_err)
     }
@@ -357,7 +357,7 @@ impl PubsubStore for PostgresBackend {
         .bind(sub.subid.as_str())
         .bind(sub.state.as_str())
         .bind(sub.options.as_slice())
-        .execute(&self.pool)
+        .execute(self.pool().await?)
         .await
         .map_err(db_err)?;
         Ok(())
@@ -378,7 +378,11 @@ impl PubsubStore for PostgresBackend {
         if let Some(subid) = subid {
             b.push(" AND subid = ").push_bind(subid.to_owned());
         }
-        let done = b.build().execute(&self.pool).await.map_err(db_err)?;
+        let done = b
+            .build()
+            .execute(self.pool().await?)
+            .await
+            .map_err(db_err)?;
         affected(done.rows_affected())
     }
 
@@ -395,7 +399,11 @@ impl PubsubStore for PostgresBackend {
         b.push_bind(service.to_owned());
         push_filters(&mut b, node, jid);
         b.push(" ORDER BY node, jid, subid");
-        let rows = b.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = b
+            .build()
+            .fetch_all(self.pool().await?)
+            .await
+            .map_err(db_err)?;
         rows.iter().map(subscription_from_row).collect()
     }
 
@@ -407,7 +415,7 @@ impl PubsubStore for PostgresBackend {
         max_items: Option<usize>,
     ) -> Result<Option<Vec<String>>> {
         let _t = timed("pubsub_publish");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         // Items of one node commit in `seq` order; a republish of the same id cannot race.
         lock(&mut tx, &lock_key(&["pubsub-node", service, node])).await?;
         // Replace: the old row goes, the new one gets the next (highest) seq; the insert
@@ -454,7 +462,11 @@ impl PubsubStore for PostgresBackend {
     ) -> Result<Vec<PubsubItem>> {
         let _t = timed("pubsub_items");
         let mut b = select_items("", service, node, q);
-        let rows = b.build().fetch_all(&self.pool).await.map_err(db_err)?;
+        let rows = b
+            .build()
+            .fetch_all(self.pool().await?)
+            .await
+            .map_err(db_err)?;
         rows.iter().map(item_from_row).collect()
     }
 
@@ -465,7 +477,7 @@ impl PubsubStore for PostgresBackend {
         )
         .bind(service)
         .bind(node)
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool().await?)
         .await
         .map_err(db_err)?;
         count_to_usize(n)
@@ -479,7 +491,7 @@ impl PubsubStore for PostgresBackend {
         .bind(service)
         .bind(node)
         .bind(id)
-        .execute(&self.pool)
+        .execute(self.pool().await?)
         .await
         .map_err(db_err)?;
         Ok(done.rows_affected() > 0)
@@ -490,7 +502,7 @@ impl PubsubStore for PostgresBackend {
         let done = sqlx::query("DELETE FROM pubsub_items WHERE service = $1 AND node = $2")
             .bind(service)
             .bind(node)
-            .execute(&self.pool)
+            .execute(self.pool().await?)
             .await
             .map_err(db_err)?;
         affected(done.rows_affected())
@@ -498,7 +510,7 @@ impl PubsubStore for PostgresBackend {
 
     async fn forget_jid(&self, bare: &str) -> Result<usize> {
         let _t = timed("pubsub_forget_jid");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         let affiliations = sqlx::query("DELETE FROM pubsub_affiliations WHERE jid = $1")
             .bind(bare)
             .execute(&mut *tx)
@@ -523,7 +535,7 @@ impl PubsubStore for PostgresBackend {
 
     async fn trim(&self, service: ServiceKey<'_>, node: &str, keep: usize) -> Result<Vec<String>> {
         let _t = timed("pubsub_trim");
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        let mut tx = self.pool().await?.begin().await.map_err(db_err)?;
         lock(&mut tx, &lock_key(&["pubsub-node", service, node])).await?;
         let trimmed = trim_items(&mut tx, service, node, keep).await?;
         tx.commit().await.map_err(db_err)?;

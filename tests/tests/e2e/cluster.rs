@@ -655,3 +655,124 @@ async fn pep_notifications_reach_interested_contacts_on_other_nodes() {
     assert!(is_event(&e, "alice@localhost", "items", TUNE), "{e}");
     assert_item_event(&e, "t2", "Heart of the Sunrise");
 }
+
+/// A TCP proxy to PostgreSQL that can be cut (every connection closed, new ones refused) and
+/// restored, as a database server going away and coming back.
+struct CutProxy {
+    port: u16,
+    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl CutProxy {
+    async fn start(target: std::net::SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let (tx, _) = tokio::sync::watch::channel(true);
+        let up = std::sync::Arc::new(tx);
+        let up2 = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*up2.borrow() {
+                    continue;
+                }
+                let mut down = up2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        CutProxy { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        // `send` would not store the value while no connection holds a receiver.
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_keeps_online_users_served_and_recovers_without_restart() {
+    let db = canto_storage::testing::fresh_postgres_db("outage")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // postgres://user@127.0.0.1:PORT/db → through the proxy.
+    let (head, rest) = db.split_once("@").unwrap_or_else(|| panic!("{db}"));
+    let (hostport, dbname) = rest.split_once('/').unwrap_or_else(|| panic!("{db}"));
+    let target: std::net::SocketAddr = hostport.parse().unwrap_or_else(|e| panic!("{e}"));
+    let proxy = CutProxy::start(target).await;
+    let url = format!("{head}@127.0.0.1:{}/{dbname}", proxy.port);
+    let storage = Storage::open(&canto_storage::Backend::Postgres { url, pool_size: 4 })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let nats = Nats::start();
+    let p = prefix();
+    let mut n = Vec::new();
+    for i in 0..2 {
+        let mut c = node_config(&nats, &p, &format!("n{i}"));
+        c.storage.backend = "postgresql".into();
+        n.push(TestServer::with_storage(c, storage.clone()).await);
+    }
+    for u in ["alice", "bob", "carol"] {
+        n[0].add_user(u, "pw").await;
+    }
+    let mut a = n[0].login("alice", "pw", "a").await;
+    let mut c = n[0].login("carol", "pw", "c").await;
+    let mut b = n[1].login("bob", "pw", "b").await;
+    for x in [&mut a, &mut b, &mut c] {
+        available(x).await;
+    }
+    converged(&n).await;
+
+    proxy.set(false);
+    // A login needs the database: refused with a temporary failure (RFC 6120 §6.5.12), not
+    // a hang and not a wrong-password answer.
+    let mut d = n[1].connect().await;
+    d.open(HOST).await;
+    d.starttls().await.unwrap_or_else(|e| panic!("{e:#}"));
+    d.open(HOST).await;
+    let err = d
+        .auth_scram(canto_proto::sasl::HashAlgo::Sha256, "carol", "pw", None)
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(err.contains("temporary-auth-failure"), "{err}");
+    // Online users still reach each other (the archive write fails: the message is
+    // delivered without an archive id, not refused; docs/cluster.md).
+    a.send("<message to='carol@localhost/c' type='chat'><body>db down</body></message>")
+        .await;
+    assert_eq!(body_from(&mut c, "alice@localhost/a").await, "db down");
+    a.send("<message to='bob@localhost/b' type='chat'><body>db down too</body></message>")
+        .await;
+    assert_eq!(body_from(&mut b, "alice@localhost/a").await, "db down too");
+
+    // Back: logins work again without a restart.
+    proxy.set(true);
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut d = n[1].connect().await;
+        d.open(HOST).await;
+        d.starttls().await.unwrap_or_else(|e| panic!("{e:#}"));
+        d.open(HOST).await;
+        if d.auth_scram(canto_proto::sasl::HashAlgo::Sha256, "carol", "pw", None)
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "no login after the database came back");
+    a.send("<message to='bob@localhost/b' type='chat'><body>db back</body></message>")
+        .await;
+    assert_eq!(body_from(&mut b, "alice@localhost/a").await, "db back");
+}

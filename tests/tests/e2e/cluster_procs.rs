@@ -107,6 +107,15 @@ node_timeout_ms = 1500
     }
 
     async fn login(&self, user: &str, resource: &str) -> Client {
+        let mut c = self.authenticated(user).await;
+        c.bind(Some(resource))
+            .await
+            .unwrap_or_else(|e| panic!("bind {user}: {e:#}"));
+        c
+    }
+
+    /// Authenticated, stream restarted, not bound (to resume or bind).
+    async fn authenticated(&self, user: &str) -> Client {
         let mut c = Client::connect(self.addr, self.ca()).await;
         c.open("localhost").await;
         c.starttls()
@@ -117,9 +126,6 @@ node_timeout_ms = 1500
             .await
             .unwrap_or_else(|e| panic!("auth {user} on {}: {e:#}", self.name));
         c.open("localhost").await;
-        c.bind(Some(resource))
-            .await
-            .unwrap_or_else(|e| panic!("bind {user}: {e:#}"));
         c
     }
 }
@@ -275,6 +281,15 @@ async fn postgres_three_nodes_one_killed_mid_flood_no_acknowledged_message_lost(
             .unwrap_or_else(|e| panic!("no presence from bob: {e:#}"));
     }
 
+    // bob's session on n1 is resumable (XEP-0198).
+    b.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let enabled = b
+        .wait_for(|e| e.is("enabled", SM))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let previd = enabled.attr("id").unwrap_or_default().to_string();
+    assert!(!previd.is_empty(), "{enabled}");
     // The flood: alice (n0, stream management) → bob's bare JID (bob on n1). n1 dies with
     // SIGKILL after the first third.
     a.send(&format!("<enable xmlns='{SM}'/>")).await;
@@ -324,9 +339,27 @@ async fn postgres_three_nodes_one_killed_mid_flood_no_acknowledged_message_lost(
         .await
         .unwrap_or_else(|e| panic!("no carbon: {e:#}"));
 
-    // bob reconnects to n2: offline messages at initial presence, then his archive.
+    // bob reconnects to n2. Stream management state is not shared between nodes
+    // (docs/cluster.md): resuming n1's session there fails with item-not-found (XEP-0198
+    // §5), and the client binds a new one: offline messages at initial presence, then his
+    // archive.
     drop(b);
-    let mut b = nodes[2].login("bob", "b").await;
+    let mut b = nodes[2].authenticated("bob").await;
+    b.send(&format!(
+        "<resume xmlns='{SM}' previd='{previd}' h='{}'/>",
+        N / 3
+    ))
+    .await;
+    let failed = b
+        .wait_for(|e| e.ns() == SM)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(failed.is("failed", SM), "{failed}");
+    assert!(
+        failed.has_child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas"),
+        "{failed}"
+    );
+    b.bind(Some("b")).await.unwrap_or_else(|e| panic!("{e:#}"));
     b.send("<presence/>").await;
     b.sync().await;
     let offline = b.drain().await;

@@ -579,11 +579,9 @@ impl Inner {
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            let m = tokio::select! {
-                m = sub.next() => m,
-                _ = stop.changed() => None,
+            let Some(m) = next(&mut sub, &mut stop).await else {
+                return;
             };
-            let Some(m) = m else { return };
             let Ok(msg) = serde_json::from_slice::<Msg>(&m.payload) else {
                 warn!("cluster: malformed gossip ignored");
                 continue;
@@ -836,11 +834,9 @@ impl Inner {
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            let m = tokio::select! {
-                m = sub.next() => m,
-                _ = stop.changed() => None,
+            let Some(m) = next(&mut sub, &mut stop).await else {
+                return;
             };
-            let Some(m) = m else { return };
             let Some((id, hops, xml)) = split_delivery(&m.payload) else {
                 warn!("cluster: malformed delivery ignored");
                 continue;
@@ -871,11 +867,9 @@ impl Inner {
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            let m = tokio::select! {
-                m = sub.next() => m,
-                _ = stop.changed() => None,
+            let Some(m) = next(&mut sub, &mut stop).await else {
+                return;
             };
-            let Some(m) = m else { return };
             let Ok(Msg::Kick {
                 id,
                 condition,
@@ -909,11 +903,9 @@ impl Inner {
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            let m = tokio::select! {
-                m = sub.next() => m,
-                _ = stop.changed() => None,
+            let Some(m) = next(&mut sub, &mut stop).await else {
+                return;
             };
-            let Some(m) = m else { return };
             let Some(pos) = m.payload.iter().position(|b| *b == b'\n') else {
                 continue;
             };
@@ -936,11 +928,9 @@ impl Inner {
     ) {
         const CHUNK: usize = 200;
         loop {
-            let m = tokio::select! {
-                m = sub.next() => m,
-                _ = stop.changed() => None,
+            let Some(m) = next(&mut sub, &mut stop).await else {
+                return;
             };
-            let Some(m) = m else { return };
             let Ok(Msg::SyncRequest { from }) = serde_json::from_slice::<Msg>(&m.payload) else {
                 continue;
             };
@@ -979,11 +969,9 @@ impl Inner {
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            let m = tokio::select! {
-                m = sub.next() => m,
-                _ = stop.changed() => None,
+            let Some(m) = next(&mut sub, &mut stop).await else {
+                return;
             };
-            let Some(m) = m else { return };
             match serde_json::from_slice::<Msg>(&m.payload) {
                 Ok(Msg::Chunk {
                     node,
@@ -1082,11 +1070,9 @@ impl Inner {
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            let m = tokio::select! {
-                m = sub.next() => m,
-                _ = stop.changed() => None,
+            let Some(m) = next(&mut sub, &mut stop).await else {
+                return;
             };
-            let Some(m) = m else { return };
             let Some(reply) = m.reply else { continue };
             let status = {
                 let st = self.lock();
@@ -1111,6 +1097,17 @@ impl Inner {
                 let _ = self.client.publish(reply, payload.into()).await;
             }
         }
+    }
+}
+
+/// The next message of `sub`, or `None` once it ends or the node stops.
+async fn next(
+    sub: &mut async_nats::Subscriber,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<async_nats::Message> {
+    tokio::select! {
+        m = sub.next() => m,
+        _ = stop.changed() => None,
     }
 }
 

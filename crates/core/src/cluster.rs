@@ -39,6 +39,22 @@ impl Server {
         self.cluster.get().and_then(std::sync::Weak::upgrade)
     }
 
+    /// A module's fact (`SessionHandle::set_ext`) about the session `full` bound on another
+    /// cluster node, as its node published it; `None` for a local session or none at all.
+    pub fn remote_session_fact(&self, full: &canto_stanza::FullJid, key: &str) -> Option<String> {
+        self.sessions
+            .get(full)
+            .filter(|s| !s.is_local())
+            .and_then(|s| s.ext(key))
+    }
+
+    /// Sets a module's fact about the local session `full`, for the other cluster nodes.
+    pub fn set_session_fact(&self, full: &canto_stanza::FullJid, key: &str, value: Option<String>) {
+        if let Some(s) = self.sessions.get(full).filter(SessionHandle::is_local) {
+            s.set_ext(key, value);
+        }
+    }
+
     /// `user`'s roster or blocklist changed here.
     pub(crate) fn account_changed(&self, user: &BareJid) {
         if let Some(c) = self.cluster() {

@@ -436,6 +436,18 @@ fn room_owned_by(owner: usize, k: usize) -> String {
         .unwrap_or_default()
 }
 
+/// XEP-0045 §10.1.2: the creator accepts the default configuration (an instant room).
+async fn instant_room(c: &mut Client, room: &str) {
+    let r = c
+        .iq(&format!(
+            "<iq type='set' id='{{id}}' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(r.attr("type"), Some("result"), "{r}");
+}
+
 async fn join(c: &mut Client, room: &str, nick: &str) -> Element {
     c.send(&format!(
         "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
@@ -465,14 +477,7 @@ async fn a_room_lives_on_one_node_and_its_occupants_on_any() {
         .unwrap_or_default();
     // XEP-0045 §10.1.1: created (201), self (110).
     assert!(codes.contains(&"201") && codes.contains(&"110"), "{own}");
-    let r = a
-        .iq(&format!(
-            "<iq type='set' id='{{id}}' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-             <x xmlns='jabber:x:data' type='submit'/></query></iq>"
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    instant_room(&mut a, &room).await;
     // The room's state is on node 2 only.
     join(&mut b, &room, "Bob").await;
     let from_bob = format!("{room}/Bob");
@@ -571,14 +576,7 @@ async fn a_dead_nodes_users_go_unavailable_and_leave_rooms_elsewhere() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     join(&mut a, &room, "Alice").await;
-    let r = a
-        .iq(&format!(
-            "<iq type='set' id='{{id}}' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-             <x xmlns='jabber:x:data' type='submit'/></query></iq>"
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(r.attr("type"), Some("result"), "{r}");
+    instant_room(&mut a, &room).await;
     join(&mut b, &room, "Bob").await;
     let bob_in_room = format!("{room}/Bob");
     let seen = bob_in_room.clone();

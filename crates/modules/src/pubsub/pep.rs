@@ -932,11 +932,9 @@ fn wants(server: &Server, interest: &Interest, full: &FullJid, node: &str) -> bo
     if interest.wants(full, node) {
         return true;
     }
-    server.sessions.get(full).is_some_and(|s| {
-        !s.is_local()
-            && s.ext(NOTIFY_EXT)
-                .is_some_and(|v| v.lines().any(|l| l == node))
-    })
+    server
+        .remote_session_fact(full, NOTIFY_EXT)
+        .is_some_and(|v| v.lines().any(|l| l == node))
 }
 
 /// Watches the user's broadcast presence: its caps decide the resource's `+notify` interest.
@@ -985,11 +983,9 @@ impl StanzaHook for PresenceWatch {
                     // changes only change what it is notified of, so presence churn costs no
                     // store reads.
                     // Cluster mode: the other nodes read it from their mirror of the session.
-                    if let Some(s) = server.sessions.get(&full) {
-                        let mut list: Vec<&str> = nodes.iter().map(String::as_str).collect();
-                        list.sort_unstable();
-                        s.set_ext(NOTIFY_EXT, Some(list.join("\n")));
-                    }
+                    let mut list: Vec<&str> = nodes.iter().map(String::as_str).collect();
+                    list.sort_unstable();
+                    server.set_session_fact(&full, NOTIFY_EXT, Some(list.join("\n")));
                     if state.interest.set(&full, Arc::new(nodes.clone())) {
                         state.interest_changed(&server, &full, &nodes).await;
                     }

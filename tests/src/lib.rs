@@ -242,6 +242,26 @@ impl TestServer {
         TestServer::from_running(running, dir, storage)
     }
 
+    /// Starts a server on given storage whose DNS answers come from `resolver` (a cluster
+    /// node that federates).
+    pub async fn with_resolver_and_storage(
+        config: Config,
+        storage: Storage,
+        resolver: std::sync::Arc<dyn canto_net::s2s::dns::Resolver>,
+    ) -> TestServer {
+        let dir = config.data_dir.clone();
+        let running = canto::startup::start_with_resolver(
+            config,
+            Some(storage.clone()),
+            Vec::new(),
+            resolver,
+            &Trace::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("server start: {e:#}"));
+        TestServer::from_running(running, dir, storage)
+    }
+
     /// Logs in on `host` over STARTTLS, trusting `ca` (whose certificate names `localhost`),
     /// and binds `resource`.
     pub async fn login_with_ca(

@@ -774,3 +774,78 @@ async fn postgres_going_away_keeps_online_users_served_and_recovers_without_rest
         .await;
     assert_eq!(body_from(&mut b, "alice@localhost/a").await, "db back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_reaches_users_on_any_node() {
+    use crate::federation::{Pki, resolver};
+    // a.test is a cluster of two nodes: n0 takes incoming server streams (its SRV record),
+    // n1 opens its own outgoing ones (docs/cluster.md: s2s on any node). b.test is a single
+    // Canto. Certificates from one test CA: SASL EXTERNAL, nothing else shared.
+    let pki = Pki::new();
+    let (pa, pb) = (free_addr().port(), free_addr().port());
+    let dns = || std::sync::Arc::new(resolver(&[("a.test", pa), ("b.test", pb)]));
+    let nats = Nats::start();
+    let p = prefix();
+    let storage = Storage::memory();
+    let a_cert = pki.issue(&["a.test"]);
+    let mut n = Vec::new();
+    for i in 0..2 {
+        let mut c = node_config(&nats, &p, &format!("n{i}"));
+        c.hosts = vec!["a.test".into()];
+        c.s2s.listen = if i == 0 {
+            vec![format!("127.0.0.1:{pa}")]
+        } else {
+            Vec::new()
+        };
+        c.s2s.ca_file = pki.ca_pem.clone();
+        c.certificates.insert(
+            "a.test".into(),
+            canto_core::config::CertificateConfig {
+                certificate: a_cert.0.clone(),
+                key: a_cert.1.clone(),
+            },
+        );
+        n.push(TestServer::with_resolver_and_storage(c, storage.clone(), dns()).await);
+    }
+    n[0].add_user_on("a.test", "alice", "pw").await;
+    let mut cb = test_config();
+    cb.hosts = vec!["b.test".into()];
+    cb.s2s.listen = vec![format!("127.0.0.1:{pb}")];
+    cb.s2s.ca_file = pki.ca_pem.clone();
+    let b_cert = pki.issue(&["b.test"]);
+    cb.certificates.insert(
+        "b.test".into(),
+        canto_core::config::CertificateConfig {
+            certificate: b_cert.0,
+            key: b_cert.1,
+        },
+    );
+    let b = TestServer::with_resolver(cb, dns()).await;
+    b.add_user_on("b.test", "bob", "pw").await;
+    // alice on n1, which has no s2s listener; bob on b.test.
+    let mut alice = n[1]
+        .login_with_ca(&pki.ca_pem, "a.test", "alice", "pw", "phone")
+        .await;
+    let mut bob = b
+        .login_with_ca(&pki.ca_pem, "b.test", "bob", "pw", "laptop")
+        .await;
+    available(&mut alice).await;
+    available(&mut bob).await;
+    converged(&n).await;
+    // In: b.test → n0 (the SRV target) → over the cluster to alice on n1.
+    bob.send("<message to='alice@a.test/phone' type='chat'><body>from afar</body></message>")
+        .await;
+    assert_eq!(
+        body_from(&mut alice, "bob@b.test/laptop").await,
+        "from afar"
+    );
+    // Out: n1 opens its own stream to b.test.
+    alice
+        .send("<message to='bob@b.test/laptop' type='chat'><body>and back</body></message>")
+        .await;
+    assert_eq!(body_from(&mut bob, "alice@a.test/phone").await, "and back");
+    // And to the bare JID, delivered by priority whichever node holds the session.
+    bob.send("<message to='alice@a.test' type='chat'><body>bare</body></message>")
+        .await;
+    assert_eq!(body_from(&mut alice, "bob@b.test/laptop").await, "bare");
+}

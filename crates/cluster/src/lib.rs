@@ -261,6 +261,11 @@ impl Cluster {
         &self.inner.node
     }
 
+    /// Whether the NATS connection is up (as the client knows it).
+    pub fn connected(&self) -> bool {
+        self.inner.connected()
+    }
+
     /// The live nodes (this one first) and how many sessions each reported.
     pub fn nodes(&self) -> Vec<(String, usize)> {
         self.inner.nodes()

@@ -24,6 +24,8 @@ pub const HTTP_CONNECTIONS: &str = "canto_http_connections";
 pub const SESSIONS: &str = "canto_sessions";
 /// Gauge: sessions hibernating for XEP-0198 resumption.
 pub const SESSIONS_HIBERNATING: &str = "canto_sessions_hibernating";
+/// Gauge: cluster mode, sessions bound on other nodes that this node routes to (mirrors).
+pub const CLUSTER_MIRRORS: &str = "canto_cluster_mirrors";
 /// Counter: stanzas received from clients, label `kind` (`message`, `presence`, `iq`).
 pub const STANZAS_IN: &str = "canto_stanzas_in_total";
 /// Counter: stanzas queued to client sessions, label `kind` (`message`, `presence`, `iq`,
@@ -103,6 +105,10 @@ pub fn describe() {
     describe_gauge!(
         SESSIONS_HIBERNATING,
         "Sessions hibernating for XEP-0198 resumption"
+    );
+    describe_gauge!(
+        CLUSTER_MIRRORS,
+        "Cluster mode: sessions bound on other nodes that this node routes to"
     );
     describe_counter!(STANZAS_IN, "Stanzas received from clients, by kind");
     describe_counter!(STANZAS_OUT, "Stanzas queued to client sessions, by kind");
@@ -236,9 +242,10 @@ pub fn upload_refused(reason: &'static str) {
 }
 
 /// Sets the session gauges (at scrape time: the counts are cheap to read then).
-pub fn set_sessions(bound: usize, hibernating: usize) {
+pub fn set_sessions(bound: usize, hibernating: usize, mirrors: usize) {
     metrics::gauge!(SESSIONS).set(bound as f64);
     metrics::gauge!(SESSIONS_HIBERNATING).set(hibernating as f64);
+    metrics::gauge!(CLUSTER_MIRRORS).set(mirrors as f64);
 }
 
 /// Counts one in a gauge while it lives: incremented when made (and when cloned), decremented

@@ -68,7 +68,11 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 
 /// The metrics as OpenMetrics text, the gauges read at scrape time set first.
 pub fn render(server: &Server) -> String {
-    m::set_sessions(server.sessions.count(), server.sm.hibernating());
+    m::set_sessions(
+        server.sessions.count(),
+        server.sm.hibernating(),
+        server.sessions.mirrors(),
+    );
     match install() {
         Some(h) => to_openmetrics(&h.render()),
         None => "# EOF\n".to_string(),

@@ -363,7 +363,16 @@ async fn nats_going_away_keeps_local_users_served_and_recovers_without_restart()
     a.send("<message to='carol@localhost/c' type='chat'><body>local</body></message>")
         .await;
     assert_eq!(body_from(&mut c, "alice@localhost/a").await, "local");
-    // A message to bob on the other node cannot cross: it is kept in offline storage, not lost.
+    // Once node 0 knows NATS is gone, a message to bob on the other node cannot cross: it is
+    // kept in offline storage, not lost.
+    let noticed = poll_until(Duration::from_secs(10), || {
+        n[0].running
+            .cluster
+            .as_ref()
+            .is_some_and(|c| !c.connected())
+    })
+    .await;
+    assert!(noticed, "node 0 never noticed NATS was gone");
     a.send("<message to='bob@localhost/b' type='chat'><body>while down</body></message>")
         .await;
     let mut stored = 0;

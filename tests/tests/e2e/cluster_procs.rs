@@ -25,7 +25,21 @@ struct Node {
     dir: PathBuf,
     config: PathBuf,
     addr: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
     proc: Option<Proc>,
+}
+
+/// A gauge's value on `node`'s `/metrics` (per node: docs/cluster.md).
+async fn gauge(node: &Node, name: &str) -> Option<f64> {
+    let raw = http_raw(
+        node.metrics,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    raw.lines().find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (s == name).then(|| v.parse().ok()).flatten()
+    })
 }
 
 impl Node {
@@ -33,6 +47,7 @@ impl Node {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
         let addr = free_addr();
+        let metrics = free_addr();
         let config = dir.join("canto.toml");
         let text = format!(
             r#"data_dir = "{data}"
@@ -45,6 +60,9 @@ direct_tls_listen = []
 [http]
 listen = []
 https_listen = []
+
+[metrics]
+listen = "{metrics}"
 
 [s2s]
 listen = []
@@ -73,6 +91,7 @@ node_timeout_ms = 1500
             dir,
             config,
             addr,
+            metrics,
             proc: None,
         }
     }
@@ -257,6 +276,9 @@ async fn postgres_three_nodes_one_killed_mid_flood_no_acknowledged_message_lost(
     assert_eq!(r.attr("type"), Some("result"));
     let status = cluster_of(&nodes[0].config, 3).await;
     assert!(status.starts_with("3 nodes, 3 sessions"), "{status}");
+    // Metrics are per node: n0 counts its one session, and routes to the two elsewhere.
+    assert_eq!(gauge(&nodes[0], "canto_sessions").await, Some(1.0));
+    assert_eq!(gauge(&nodes[0], "canto_cluster_mirrors").await, Some(2.0));
     // Presence subscription across processes: bob's roster push on n1, alice's on n0 and n2.
     a.send("<presence to='bob@localhost' type='subscribe'/>")
         .await;

@@ -33,7 +33,7 @@ use canto_core::cluster::ClusterLink;
 use canto_core::config::ClusterConfig;
 use canto_core::session::{Closer, Outbound, SessionHandle, SessionId, SessionObserver};
 use canto_stanza::{BareJid, FullJid, Jid, StreamCondition, StreamError, ns};
-use canto_xml::{Element, Limits, StreamEvent, StreamParser};
+use canto_xml::Element;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -370,16 +370,8 @@ impl Inner {
 
     fn owner_of(&self, key: &str) -> Arc<str> {
         let st = self.lock();
-        let mut best = self.node.clone();
-        let mut best_w = weight(key, &self.node);
-        for name in st.peers.keys() {
-            let w = weight(key, name);
-            if w > best_w || (w == best_w && **name < *best) {
-                best = name.clone();
-                best_w = w;
-            }
-        }
-        best
+        let nodes = std::iter::once(&*self.node).chain(st.peers.keys().map(|n| &**n));
+        owner_among(key, nodes).map_or_else(|| self.node.clone(), Arc::from)
     }
 
     fn nodes(&self) -> Vec<(String, usize)> {
@@ -807,8 +799,8 @@ impl Inner {
                 tokio::spawn(forward(
                     self.client.clone(),
                     self.server.clone(),
-                    self.subjects.of("deliver", node),
-                    self.subjects.of("kick", node),
+                    self.subjects.of("deliver", node).into(),
+                    self.subjects.of("kick", node).into(),
                     facts.id,
                     h.clone(),
                     rx,
@@ -1122,24 +1114,25 @@ async fn next(
 async fn forward(
     client: async_nats::Client,
     server: Arc<Server>,
-    deliver: String,
-    kick: String,
+    deliver: async_nats::Subject,
+    kick: async_nats::Subject,
     id: u64,
     mirror: SessionHandle,
     mut rx: mpsc::Receiver<Outbound>,
     closer: Arc<Closer>,
 ) {
-    let mut buf = Vec::with_capacity(512);
+    // `"<id> 0\n"`, the same before every stanza for this session (hops 0: routed here).
+    let head = format!("{id} 0\n");
     loop {
         tokio::select! {
             biased;
             out = rx.recv() => {
                 let Some(Outbound::Stanza(el)) = out else { return };
-                buf.clear();
-                buf.extend_from_slice(format!("{id} 0\n").as_bytes());
+                let mut buf = Vec::with_capacity(head.len() + 256);
+                buf.extend_from_slice(head.as_bytes());
                 el.write_to(&mut buf, ns::CLIENT);
                 let sent = client.connection_state() == async_nats::connection::State::Connected
-                    && client.publish(deliver.clone(), Bytes::copy_from_slice(&buf)).await.is_ok();
+                    && client.publish(deliver.clone(), buf.into()).await.is_ok();
                 if !sent {
                     // NATS is down: a message goes where an unacknowledged one would (an
                     // available resource here, else offline storage), never lost.
@@ -1175,20 +1168,7 @@ fn split_delivery(payload: &[u8]) -> Option<(u64, u32, &[u8])> {
 
 /// Parses one stanza another node serialized (in `jabber:client`), within `max` bytes.
 pub fn decode(bytes: &[u8], max: usize) -> Option<Element> {
-    if bytes.len() > max {
-        return None;
-    }
-    let mut p = StreamParser::new(Limits {
-        max_stanza_bytes: max,
-        ..Limits::AUTHENTICATED
-    });
-    let mut out = Vec::new();
-    p.feed(b"<s xmlns='jabber:client'>", &mut out).ok()?;
-    p.feed(bytes, &mut out).ok()?;
-    out.into_iter().find_map(|e| match e {
-        StreamEvent::Stanza(e) => Some(e),
-        _ => None,
-    })
+    canto_core::roster::decode_element_within(bytes, max)
 }
 
 /// Asks every node for its status (`canto cluster status`): the answers that arrive within

@@ -132,8 +132,17 @@ impl RosterItem {
 
 /// Parses one stored element (our own serialization).
 pub fn decode_element(bytes: &[u8]) -> Option<Element> {
+    decode_element_within(bytes, 1 << 20)
+}
+
+/// Parses one element serialized in `jabber:client` (stored, or forwarded by another cluster
+/// node), of at most `max` bytes.
+pub fn decode_element_within(bytes: &[u8], max: usize) -> Option<Element> {
+    if bytes.len() > max {
+        return None;
+    }
     let mut p = StreamParser::new(Limits {
-        max_stanza_bytes: 1 << 20,
+        max_stanza_bytes: max,
         ..Limits::AUTHENTICATED
     });
     let mut out = Vec::new();
